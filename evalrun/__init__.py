@@ -1,0 +1,3 @@
+"""evalrun: batch evaluation of chat-completion APIs into Parquet reports."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""Command line: parse arguments, call one function per command, map errors to exit codes.
+
+Heavy imports (pydantic, pyarrow, pandas, aiohttp) happen inside the commands so that
+`evalrun --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evalrun",
+        description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check an experiment file and its dataset; sends nothing")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    s = sub.add_parser("plan", help="count cells, requests, tokens and the shortest duration; sends nothing")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    s.add_argument("--limit", type=_positive_int, help="use only the first N dataset rows")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
+    s.add_argument("config", type=Path, nargs="?", help="experiment YAML (optional with --resume)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value, e.g. --set params.temperature=0.2 (repeatable)")
+    s.add_argument("--limit", type=_positive_int, help="use only the first N dataset rows")
+    s.add_argument("--run-dir", type=Path, help="write the report exactly here")
+    s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run: send only what has no row")
+    s.add_argument("--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error")
+    s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
+    s.add_argument("--max-requests", type=_positive_int, help="stop cleanly after sending this many requests")
+    s.add_argument("--no-progress", action="store_true", help="no progress display")
+
+    s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+
+    s = sub.add_parser("serve-sim", help="run the simulator as a standalone server on 127.0.0.1")
+    if argv and "serve-sim" in argv:  # its options import aiohttp: only when asked for
+        from evalrun.sim import add_sim_arguments
+
+        add_sim_arguments(s)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.version:
+        from evalrun import __version__
+
+        print(f"evalrun {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    from evalrun.errors import ConfigError
+    from evalrun.logs import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"evalrun: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("evalrun: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from evalrun.config import load_experiment
+    from evalrun.grid import build_plan
+
+    plan = build_plan(load_experiment(args.config, args.overrides))
+    print(f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
+          f"{plan.repeats} repeats = {plan.total_requests:,} requests")  # fmt: skip
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import orjson
+
+    from evalrun.config import load_experiment
+    from evalrun.estimate import format_plan, plan_report
+    from evalrun.grid import build_plan
+
+    report = plan_report(build_plan(load_experiment(args.config, args.overrides), args.limit))
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_plan(report))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evalrun.runner import RunOptions, run
+
+    if (args.retry_errors or args.force) and args.resume is None:
+        raise_usage("--retry-errors and --force go with --resume RUN_DIR")
+    if args.resume is not None and args.run_dir is not None:
+        raise_usage("--resume already names the run directory; drop --run-dir")
+    opts = RunOptions(
+        overrides=args.overrides, limit=args.limit, run_dir=args.run_dir, resume=args.resume,
+        retry_errors=args.retry_errors, force=args.force, max_requests=args.max_requests,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    outcome = run(args.config, opts)
+    _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
+    for msg in outcome.messages:
+        print(f"evalrun: {msg}", file=sys.stderr)
+    print(outcome.run_dir)
+    return outcome.exit_code
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from evalrun.errors import ConfigError
+    from evalrun.store import RESULTS
+    from evalrun.summary import summarize
+
+    path = args.run_dir / RESULTS
+    if not path.is_file():
+        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    summary = summarize(pd.read_parquet(path))
+    if args.format == "table":
+        _print_summary(summary, str(args.run_dir))
+    elif args.format == "markdown":
+        print(summary.to_markdown(index=False) if _has_tabulate() else summary.to_csv(index=False, sep="|"))
+    elif args.format == "csv":
+        print(summary.to_csv(index=False), end="")
+    else:
+        print(summary.to_json(orient="records", indent=2))
+    return 0
+
+
+def cmd_serve_sim(args: argparse.Namespace) -> int:
+    from evalrun.sim import options_from_args, serve_forever
+
+    serve_forever(options_from_args(args), port=args.port)
+    return 0
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _print_summary(summary: object, title: str) -> None:
+    if summary is None:
+        return
+    from rich.console import Console
+
+    from evalrun.summary import render_table
+
+    # off a terminal rich assumes 80 columns; a report table wants its full width
+    width = None if sys.stdout.isatty() else 200
+    Console(soft_wrap=False, width=width).print(render_table(summary, title))  # type: ignore[arg-type]
+
+
+def raise_usage(message: str) -> None:
+    from evalrun.errors import ConfigError
+
+    raise ConfigError(message)
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "run": cmd_run,
+    "summary": cmd_summary,
+    "serve-sim": cmd_serve_sim,
+}

@@ -1,0 +1,516 @@
+"""The experiment file: strict pydantic models, YAML loading with line numbers, `--set`.
+
+Every error is a `ConfigError` whose message names the file, the line (when known), the key
+path and what is allowed, so that `evalrun` can print it and exit 2 before any request.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import model_validator
+
+from evalrun.errors import ConfigError
+from evalrun.params import PARAM_NAMES, RequestParams
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "x-goog-api-key"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """A named endpoint (or the embedded simulator) and its limits."""
+
+    preset: Literal["evolink", "simulator"] | None = None
+    kind: Literal["openai", "simulator"] = "openai"
+    base_urls: list[str] = Field(default_factory=list)
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(180.0, gt=0, le=3600, description="per attempt")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    max_concurrency: int = Field(16, ge=1, le=2000)
+    rpm: int | None = Field(None, ge=1, description="requests per minute per model")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute per model")
+    fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
+    allow_insecure_http: bool = False
+    simulator: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (like EVOLINK_API_KEY), "
+                "never the key itself"
+            )
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _no_literal_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name.lower() in _SECRET_HEADERS:
+                raise ValueError(
+                    f"header {name!r} would put a secret in the config file; set the key in an "
+                    "environment variable and name it with api_key_env"
+                )
+        return v
+
+    @field_validator("base_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL like https://host/v1")
+        return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        if self.kind == "simulator":
+            if self.base_urls:
+                raise ValueError("kind: simulator starts its own server; drop base_urls")
+            from evalrun.sim import SimOptions  # the simulator validates its own knobs
+
+            try:
+                SimOptions.from_mapping(self.simulator)
+            except ValueError as exc:
+                raise ValueError(f"simulator: {exc}") from None
+        else:
+            if self.simulator:
+                raise ValueError("simulator options need kind: simulator")
+            if not self.base_urls:
+                raise ValueError("base_urls needs at least one URL, e.g. [https://host/v1]")
+        if self.api_key_env and not self.allow_insecure_http:
+            for url in self.base_urls:
+                parts = urlsplit(url)
+                if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                    raise ValueError(
+                        f"{url} is plain http to a non-loopback host: the API key would travel "
+                        "unencrypted. Use https, or set allow_insecure_http: true"
+                    )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "evolink": {
+        "kind": "openai",
+        "base_urls": ["https://direct.evolink.ai/v1", "https://api.evolink.ai/v1"],
+        "api_key_env": "EVOLINK_API_KEY",
+        "max_concurrency": 16,
+    },
+    "simulator": {"kind": "simulator", "max_concurrency": 32},
+}
+
+
+class ModelEntry(_Strict):
+    """A model to evaluate, optionally on a named provider and with its own parameters."""
+
+    name: str = Field(min_length=1)
+    provider: str | None = None
+    params: RequestParams = Field(default_factory=RequestParams)
+
+
+class MessageTemplate(_Strict):
+    """One message of a prompt variant; `{column}` placeholders are filled per dataset row."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class DatasetConfig(_Strict):
+    path: str
+    format: Literal["jsonl", "csv", "parquet"] | None = None
+    id_column: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(5, ge=1, le=50, description="attempts per request, first included")
+    max_total_s: float = Field(900.0, gt=0, description="time budget per request, waits included")
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(120.0, ge=0, description="cap on a server's Retry-After")
+
+
+class BudgetConfig(_Strict):
+    max_requests: int | None = Field(None, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment file."""
+
+    experiment: str = Field(pattern=_NAME)
+    description: str | None = None
+    provider: str | None = None
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(min_length=1)
+    params: RequestParams = Field(default_factory=RequestParams)
+    grid: dict[str, Any] = Field(default_factory=dict)
+    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[MessageTemplate]] = Field(
+        min_length=1
+    )
+    dataset: DatasetConfig
+    repeats: int = Field(1, ge=1, le=100_000)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    reports_dir: str = "reports"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _presets(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, p in v.items():
+            if isinstance(p, dict):
+                preset = p.get("preset") or (name if name in PRESETS else None)
+                if preset in PRESETS:
+                    p = {**PRESETS[preset], **p}
+            out[name] = p
+        return out
+
+    @field_validator("prompts")
+    @classmethod
+    def _has_user(cls, v: dict[str, list[MessageTemplate]]) -> dict[str, list[MessageTemplate]]:
+        for name, messages in v.items():
+            if not any(m.role == "user" for m in messages):
+                raise ValueError(f"prompt {name!r} has no user message")
+        return v
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """The validated `grid:` block."""
+
+    axes: dict[str, list[Any]]
+    include: list[dict[str, Any]]
+    exclude: list[dict[str, Any]]
+
+
+@dataclass
+class Experiment:
+    """A validated experiment, with where it came from."""
+
+    config: ExperimentConfig
+    path: Path
+    grid: GridAxes
+    providers: dict[str, ProviderConfig]
+    raw: dict[str, Any]  # the resolved YAML (after --set), for the manifest
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.experiment
+
+    def provider_of(self, model: ModelEntry) -> str:
+        return model.provider or self.default_provider
+
+    @property
+    def default_provider(self) -> str:
+        if self.config.provider:
+            return self.config.provider
+        if len(self.config.providers) == 1:
+            return next(iter(self.config.providers))
+        return "simulator"
+
+    def where(self, *path: Any) -> str:
+        """`file:line` for a key path, for error messages."""
+        line = self.lines.get(tuple(path))
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override, validate. Raises ConfigError with file, line and key path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must be a YAML mapping with keys like experiment:, models:")
+    lines: dict[tuple[Any, ...], int] = {}
+    _index_lines(node, (), lines)
+    for item in overrides or []:
+        _apply_override(raw, item, path)
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, path, raw, lines)) from None
+    exp = Experiment(config=cfg, path=path, grid=GridAxes({}, [], []), providers={}, raw=raw, lines=lines)
+    exp.providers = _resolve_providers(exp)
+    exp.grid = _validate_grid(exp)
+    return exp
+
+
+def _index_lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    if node is None:
+        return
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1
+            _index_lines(value, sub, out)
+            out[sub] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _index_lines(value, path + (i,), out)
+
+
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set params.temperature=0.5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} in {path} is not a mapping")
+        node = nxt
+    node[parts[-1]] = parsed
+
+
+def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
+    cfg = exp.config
+    providers = dict(cfg.providers)
+    used = {exp.provider_of(m) for m in cfg.models}
+    for name in sorted(used):
+        if name in providers:
+            continue
+        if name in PRESETS:
+            providers[name] = ProviderConfig.model_validate(PRESETS[name])
+            continue
+        known = sorted(set(providers) | set(PRESETS))
+        hint = _did_you_mean(name, known)
+        line_path = ("provider",) if cfg.provider == name else ("models",)
+        raise ConfigError(
+            f"{exp.where(*line_path)}: provider {name!r} is not defined{hint}; "
+            f"define it under providers: or use one of {', '.join(known)}"
+        )
+    return providers
+
+
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    info = RequestParams.model_fields[name]
+    return TypeAdapter(Annotated[info.annotation, *info.metadata])  # type: ignore[valid-type]
+
+
+def _validate_value(exp: Experiment, key: str, value: Any, path: tuple[Any, ...]) -> Any:
+    try:
+        return _field_adapter(key).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        dotted = _dotted(path)
+        raise ConfigError(f"{exp.where(*path)}: {dotted}: {err['msg']} (got {value!r})") from None
+
+
+def _validate_grid(exp: Experiment) -> GridAxes:
+    raw = exp.config.grid
+    axes: dict[str, list[Any]] = {}
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+    model_names = [m.name for m in exp.config.models]
+    prompt_ids = list(exp.config.prompts)
+    for key, values in raw.items():
+        if key in ("include", "exclude"):
+            continue
+        if key in ("model", "models", "prompt", "prompts"):
+            raise ConfigError(
+                f"{exp.where('grid', key)}: grid.{key}: models and prompts are grid axes already; "
+                "list them under models: and prompts:, not under grid:"
+            )
+        if key not in PARAM_NAMES:
+            raise ConfigError(
+                f"{exp.where('grid', key)}: grid.{key}: unknown request parameter"
+                f"{_did_you_mean(key, PARAM_NAMES)}; allowed: {', '.join(PARAM_NAMES)}"
+            )
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{exp.where('grid', key)}: grid.{key}: must be a non-empty list of values, "
+                f"e.g. {key}: [a, b] (got {values!r})"
+            )
+        axes[key] = [_validate_value(exp, key, v, ("grid", key, i)) for i, v in enumerate(values)]
+        if len(set(map(repr, axes[key]))) != len(axes[key]):
+            raise ConfigError(f"{exp.where('grid', key)}: grid.{key}: a value is listed twice")
+    for kind, out in (("include", include), ("exclude", exclude)):
+        entries = raw.get(kind, [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"{exp.where('grid', kind)}: grid.{kind}: must be a list of mappings")
+        for i, entry in enumerate(entries):
+            where = exp.where("grid", kind, i)
+            if not isinstance(entry, dict) or not entry:
+                raise ConfigError(f"{where}: grid.{kind}[{i}]: must be a mapping like {{model: m, temperature: 0}}")
+            allowed = ["model", "prompt", *(axes if kind == "exclude" else PARAM_NAMES)]
+            clean: dict[str, Any] = {}
+            for key, value in entry.items():
+                if key not in allowed:
+                    raise ConfigError(
+                        f"{where}: grid.{kind}[{i}].{key}: not a grid axis"
+                        f"{_did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}"
+                    )
+                if key == "model" and value not in model_names:
+                    raise ConfigError(
+                        f"{where}: grid.{kind}[{i}].model: {value!r} is not in models:"
+                        f"{_did_you_mean(str(value), model_names)}"
+                    )
+                if key == "prompt" and value not in prompt_ids:
+                    raise ConfigError(
+                        f"{where}: grid.{kind}[{i}].prompt: {value!r} is not in prompts:"
+                        f"{_did_you_mean(str(value), prompt_ids)}"
+                    )
+                clean[key] = (
+                    value if key in ("model", "prompt")
+                    else _validate_value(exp, key, value, ("grid", kind, i, key))
+                )
+            out.append(clean)
+    return GridAxes(axes, include, exclude)
+
+
+# --------------------------------------------------------------------------- error text
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" — did you mean {match[0]!r}?" if match else ""
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _data_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union/validator tags from an error location, keeping the data path."""
+    out: list[Any] = []
+    node = raw
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            out.append(part)
+        elif last:
+            out.append(part)
+    return tuple(out)
+
+
+def _allowed_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
+    """The field names allowed where an unknown key was found, by walking the model types."""
+    tp: Any = model
+    for part in path:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if part not in tp.model_fields:
+                return []
+            tp = tp.model_fields[part].annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin is Union or str(origin) == "<class 'types.UnionType'>":
+            models = [a for a in get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not models:
+                return tp
+            tp = models[0]
+        else:
+            return tp
+
+
+def _format_validation(exc: ValidationError, path: Path, raw: Any, lines: dict[tuple[Any, ...], int]) -> str:
+    messages: list[str] = []
+    for err in exc.errors():
+        data_path = _data_path(tuple(err["loc"]), raw)
+        line = lines.get(data_path) or lines.get(data_path[:-1])
+        where = f"{path}:{line}" if line else str(path)
+        dotted = _dotted(data_path) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            key = str(data_path[-1]) if data_path else "?"
+            allowed = _allowed_keys(ExperimentConfig, data_path[:-1])
+            if key == "api_key":
+                msg = "a key must not be written in the config: set it in an environment variable and name it with api_key_env"
+            else:
+                msg = f"unknown key{_did_you_mean(key, allowed)}"
+                if allowed:
+                    msg += f"; allowed here: {', '.join(allowed)}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {err['input']!r})"
+        messages.append(f"{where}: {dotted}: {msg}")
+    unique = list(dict.fromkeys(messages))
+    more = f"\n(and {len(unique) - 8} more)" if len(unique) > 8 else ""
+    return "\n".join(unique[:8]) + more

@@ -1,0 +1,206 @@
+"""Dataset rows (JSONL, CSV, Parquet) and the `{column}` templating of prompt messages.
+
+Rows are streamed, never loaded whole: `check_dataset` makes one validating pass before any
+request (missing file, bad lines, missing placeholder columns, duplicate ids), and
+`iter_rows` streams them again while the run goes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from evalrun.errors import ConfigError
+from evalrun.records import Message
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A checked dataset: where it is, how to read it, what it holds."""
+
+    path: Path
+    format: str
+    id_column: str | None
+    limit: int | None
+    columns: tuple[str, ...]
+    rows: int  # after the limit
+
+
+def resolve_path(path: str, config_path: Path) -> Path:
+    """Relative paths are tried against the config file's folder, then the working directory."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    for candidate in (config_path.parent / p, Path.cwd() / p):
+        if candidate.exists():
+            return candidate
+    return config_path.parent / p
+
+
+def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number, row) pairs; raises ConfigError naming the line on bad input."""
+    if fmt == "jsonl":
+        with path.open("rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                if not line.strip():
+                    continue
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{lineno}: not valid JSON: {exc}") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                yield lineno, row
+    elif fmt == "csv":
+        # utf-8-sig: a BOM written by Excel must not become part of the first column's name
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                return
+            for row in reader:
+                if None in row:
+                    raise ConfigError(f"{path}:{reader.line_num}: more fields than the header has")
+                yield reader.line_num, dict(row)
+    else:
+        import pyarrow.parquet as pq
+
+        n = 1
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                n += 1
+                yield n - 1, row
+
+
+def _row_id(row: dict[str, Any], id_column: str | None) -> str:
+    if id_column is not None:
+        return str(row[id_column])
+    # no id column: a stable hash of the row's content identifies it across runs
+    return hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str), digest_size=6).hexdigest()
+
+
+def row_digest(row: dict[str, Any]) -> str:
+    """Content hash of a row: a changed row under the same id is a different request."""
+    return hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()
+
+
+def check_dataset(
+    path: Path, fmt: str | None, id_column: str | None, limit: int | None, needed: dict[str, set[str]]
+) -> DatasetInfo:
+    """One full validating pass. `needed` maps prompt name → the columns it uses."""
+    fmt = fmt or _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{path}: unknown dataset format; use .jsonl, .csv or .parquet, or set dataset.format")
+    if not path.is_file():
+        raise ConfigError(f"{path}: dataset file not found (dataset.path)")
+    seen: dict[str, int] = {}
+    columns: dict[str, None] = {}
+    count = 0
+    auto_id = id_column
+    try:
+        for lineno, row in _raw_rows(path, fmt):
+            if count == 0 and auto_id is None and "id" in row:
+                auto_id = "id"  # a column named id is the natural row id
+            for name, cols in needed.items():
+                missing = sorted(c for c in cols if c not in row)
+                if missing:
+                    raise ConfigError(
+                        f"{path}:{lineno}: row has no column {missing[0]!r}, used as "
+                        f"{{{missing[0]}}} by prompt {name!r}; columns here: {', '.join(row) or '(none)'}"
+                    )
+            if auto_id is not None:
+                if auto_id not in row or row[auto_id] in (None, ""):
+                    raise ConfigError(f"{path}:{lineno}: row has no value in id column {auto_id!r} (dataset.id_column)")
+            rid = _row_id(row, auto_id)
+            if rid in seen:
+                what = f"id {rid!r}" if auto_id else "the same content"
+                raise ConfigError(
+                    f"{path}:{lineno}: duplicate row: {what} as at line {seen[rid]}; row ids must be unique"
+                    + ("" if auto_id else " (add an id column to tell them apart)")
+                )
+            seen[rid] = lineno
+            columns.update(dict.fromkeys(row))
+            count += 1
+            if limit is not None and count >= limit:
+                break
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # pyarrow raises many kinds for a corrupt file
+        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
+    if count == 0:
+        raise ConfigError(f"{path}: the dataset has no rows")
+    return DatasetInfo(path, fmt, auto_id, limit, tuple(columns), count)
+
+
+def iter_rows(info: DatasetInfo) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(row_id, row) for every row, in file order, up to the limit."""
+    for i, (_, row) in enumerate(_raw_rows(info.path, info.format)):
+        if info.limit is not None and i >= info.limit:
+            return
+        yield _row_id(row, info.id_column), row
+
+
+# --------------------------------------------------------------------------- templating
+
+
+def placeholders(value: Any) -> set[str]:
+    """Column names used as {name} anywhere in a message's content (text or content parts)."""
+    if isinstance(value, str):
+        return {m.group(1) for m in _PLACEHOLDER.finditer(value) if m.group(1)}
+    if isinstance(value, list):
+        return set().union(*(placeholders(v) for v in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(placeholders(v) for v in value.values())) if value else set()
+    return set()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def fill(value: Any, row: dict[str, Any]) -> Any:
+    """`value` with every {column} replaced by the row's value; {{ and }} are literal braces."""
+    if isinstance(value, str):
+        if "{" not in value and "}" not in value:
+            return value
+        return _PLACEHOLDER.sub(
+            lambda m: _text(row[m.group(1)]) if m.group(1) else m.group(0)[0], value
+        )
+    if isinstance(value, list):
+        return [fill(v, row) for v in value]
+    if isinstance(value, dict):
+        return {k: fill(v, row) for k, v in value.items()}
+    return value
+
+
+def render(templates: list[Message], row: dict[str, Any]) -> list[Message]:
+    """The messages of one prompt variant for one row."""
+    return [fill(m, row) for m in templates]  # type: ignore[misc]
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """A cheap prompt-size estimate (≈4 characters a token) for the TPM limiter and `plan`."""
+    chars = 0
+    for m in messages:
+        c = m.get("content")
+        chars += len(c) if isinstance(c, str) else len(_text(c))
+    return chars // 4 + 4 * len(messages)

@@ -1,0 +1,93 @@
+"""`evalrun plan`: what a run will send, in requests, tokens and time — without sending."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from evalrun.datasets import estimate_tokens, iter_rows, render
+from evalrun.grid import Plan
+from evalrun.pool import output_budget
+
+
+def plan_report(plan: Plan) -> dict[str, Any]:
+    """Counts and estimates. Streams the dataset once; never materialises the requests."""
+    exp = plan.exp
+    repeats = plan.repeats
+    # prompt tokens per prompt variant, summed over rows (one pass over the dataset)
+    prompt_tokens: Counter[str] = Counter()
+    for _, row in iter_rows(plan.dataset):
+        for name, templates in plan.templates.items():
+            prompt_tokens[name] += estimate_tokens(render(templates, row))
+    per_target: dict[tuple[str, str], dict[str, float]] = {}
+    est_in = 0
+    est_out_max = 0
+    out_bounded = True
+    for cell in plan.cells:
+        reqs = plan.dataset.rows * repeats
+        tin = prompt_tokens[cell.prompt_id] * repeats
+        has_cap = bool(cell.params.get("max_tokens") or cell.params.get("max_completion_tokens"))
+        tout = output_budget(cell.params) * reqs
+        out_bounded &= has_cap
+        est_in += tin
+        est_out_max += tout
+        t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
+        t["requests"] += reqs
+        t["tokens"] += tin + tout
+    targets = []
+    shortest = 0.0
+    for (provider, model), t in per_target.items():
+        pcfg = exp.providers[provider]
+        by_rpm = t["requests"] / pcfg.rpm * 60 if pcfg.rpm else 0.0
+        by_tpm = t["tokens"] / pcfg.tpm * 60 if pcfg.tpm else 0.0
+        bound = max(by_rpm, by_tpm)
+        shortest = max(shortest, bound)
+        targets.append({
+            "provider": provider, "model": model, "requests": int(t["requests"]),
+            "rpm": pcfg.rpm, "tpm": pcfg.tpm, "max_concurrency": pcfg.max_concurrency,
+            "shortest_s": round(bound, 1),
+            "limited_by": "rpm" if bound and by_rpm >= by_tpm else "tpm" if bound else None,
+        })  # fmt: skip
+    return {
+        "experiment": exp.name,
+        "config": str(exp.path),
+        "dataset": str(plan.dataset.path),
+        "cells": len(plan.cells),
+        "rows": plan.dataset.rows,
+        "repeats": repeats,
+        "requests": plan.total_requests,
+        "est_input_tokens": est_in,
+        "est_output_tokens_max": est_out_max,
+        "output_bounded": out_bounded,
+        "shortest_duration_s": round(shortest, 1),
+        "targets": targets,
+    }
+
+
+def format_plan(report: dict[str, Any]) -> str:
+    lines = [
+        f"experiment   {report['experiment']}  ({report['config']})",
+        f"dataset      {report['dataset']}: {report['rows']:,} rows",
+        f"grid         {report['cells']:,} cells × {report['rows']:,} rows × {report['repeats']} repeats "
+        f"= {report['requests']:,} requests",
+        f"tokens       ≈{report['est_input_tokens']:,} input; output ≤ {report['est_output_tokens_max']:,}"
+        + ("" if report["output_bounded"] else " (no max_tokens set: assumed 1,024 a request)"),
+    ]
+    if report["shortest_duration_s"]:
+        lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
+    else:
+        lines.append("duration     not rate-limited: bounded by server latency × requests / concurrency")
+    for t in report["targets"]:
+        limit = ", ".join(f"{k} {t[k]:,}" for k in ("rpm", "tpm") if t[k]) or "no rate limit"
+        extra = f", ≥ {_dur(t['shortest_s'])} by {t['limited_by']}" if t["limited_by"] else ""
+        lines.append(f"  {t['provider']}/{t['model']}: {t['requests']:,} requests ({limit}, "
+                     f"concurrency {t['max_concurrency']}{extra})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _dur(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"

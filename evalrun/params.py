@@ -1,0 +1,99 @@
+"""The request parameters of the chat-completions API, with the documented ranges.
+
+Ranges are those of ../shared/api/README.md (EvoLink's OpenAI-compatible endpoint); the same
+model validates `params`, each `grid` value, and model-level overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ReasoningEffort = Literal["none", "low", "medium", "high"]
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class ToolChoiceObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class RequestParams(BaseModel):
+    """Every documented request field except `model` and `messages`."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature")
+    top_p: float | None = Field(None, ge=0, le=1, description="nucleus sampling mass")
+    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest tokens")
+    max_tokens: int | None = Field(None, ge=1, le=65536, description="output budget (legacy name)")
+    max_completion_tokens: int | None = Field(None, ge=1, le=65536, description="output budget")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | list[str] | None = Field(None, description="stop sequence(s)")
+    n: int | None = Field(None, ge=1, le=128, description="choices per request")
+    reasoning_effort: ReasoningEffort | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
+    extra_body: dict[str, Any] | None = Field(None, description="merged into the request body")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RequestParams:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.stop, list) and not all(isinstance(s, str) for s in self.stop):
+            raise ValueError("stop must be a string or a list of strings")
+        return self
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(RequestParams.model_fields)
+
+# How each parameter is stored in results.parquet: scalars keep their type, objects and
+# lists become JSON text (their shapes vary too much for one Arrow type).
+PARAM_ARROW_KIND: dict[str, str] = {
+    "temperature": "float",
+    "top_p": "float",
+    "top_k": "int",
+    "max_tokens": "int",
+    "max_completion_tokens": "int",
+    "frequency_penalty": "float",
+    "presence_penalty": "float",
+    "stop": "json",
+    "n": "int",
+    "reasoning_effort": "str",
+    "seed": "int",
+    "logprobs": "bool",
+    "top_logprobs": "int",
+    "stream": "bool",
+    "stream_options": "json",
+    "response_format": "json",
+    "tools": "json",
+    "tool_choice": "json",
+    "extra_body": "json",
+}
+assert set(PARAM_ARROW_KIND) == set(PARAM_NAMES)
+
+# The report column of each parameter: its own name, except `logprobs`, whose name belongs to
+# the column holding the returned token logprobs.
+PARAM_COLUMN: dict[str, str] = {name: name for name in PARAM_NAMES} | {"logprobs": "request_logprobs"}
+
+
+def clean_params(params: RequestParams) -> dict[str, Any]:
+    """The parameters that are set, as plain JSON-ready values."""
+    return params.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,246 @@
+"""The worker pool: a lazy stream of RequestSpecs → exactly one Result per request sent.
+
+Per provider: a bounded queue fed from the grid iterator (memory stays flat however large the
+grid) and `max_concurrency` workers. Each request passes the RPM/TPM limiter, then the client,
+under a tenacity policy built from `retry.classify`. A failure never escapes a worker: it
+becomes an error Result. Stops (Ctrl-C, budget, bad key, exhausted quota) end sending
+promptly; requests that were not sent get no row, so `--resume` sends them later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, stop_before_delay
+
+from evalrun.client import ProviderClient
+from evalrun.config import RetryConfig
+from evalrun.errors import RequestError
+from evalrun.ratelimit import Limiters, ModelLimiter
+from evalrun.records import Result, RequestSpec
+from evalrun.retry import Action, classify, retry_wait
+
+logger = logging.getLogger(__name__)
+
+QUEUE_PER_WORKER = 2  # specs buffered ahead of the workers, per worker
+
+
+class _Halted(Exception):
+    """Raised inside an attempt when the run or its provider stopped meanwhile."""
+
+
+@dataclass
+class StopState:
+    """Why sending stopped, if it did."""
+
+    run_reason: str | None = None  # Ctrl-C, budget
+    providers: dict[str, str] = field(default_factory=dict)  # provider → why it stopped
+    dead_models: dict[tuple[str, str], str] = field(default_factory=dict)
+    not_sent: int = 0
+
+
+def output_budget(params: dict[str, object]) -> int:
+    """Tokens a request may generate, for the TPM reservation (corrected after the answer)."""
+    cap = params.get("max_completion_tokens") or params.get("max_tokens") or 1024
+    n = params.get("n") or 1
+    return int(cap) * int(n)  # type: ignore[call-overload]
+
+
+class Pool:
+    def __init__(
+        self,
+        clients: dict[str, ProviderClient],
+        concurrency: dict[str, int],
+        limiters: Limiters,
+        retry: RetryConfig,
+        on_result: Callable[[Result], None],
+        key_env: dict[str, str | None],
+        max_requests: int | None = None,
+    ) -> None:
+        self.clients = clients
+        self.concurrency = concurrency
+        self.limiters = limiters
+        self.retry = retry
+        self.on_result = on_result
+        self.key_env = key_env
+        self.max_requests = max_requests
+        self.stop = StopState()
+        self.dispatched = 0
+        self.in_flight = 0
+        self._wake = asyncio.Event()  # set on any stop: cuts retry sleeps short
+
+    # ---- stopping ------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop.run_reason is None:
+            self.stop.run_reason = reason
+        self._wake.set()
+
+    def _halted(self, provider: str) -> bool:
+        return self.stop.run_reason is not None or provider in self.stop.providers
+
+    def _stop_provider(self, provider: str, exc: RequestError, reason: str) -> None:
+        if provider in self.stop.providers:
+            return
+        env = self.key_env.get(provider)
+        if reason == "insufficient_quota":
+            why = f"credits exhausted on provider {provider!r} (HTTP {exc.status_code}): {exc}"
+        else:
+            key = f"the key in ${env}" if env else "the request (no API key configured)"
+            why = f"provider {provider!r} rejected {key} (HTTP {exc.status_code}): {exc}"
+        self.stop.providers[provider] = why
+        logger.error("%s — no more requests will be sent to it", why)
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(self, specs: Iterable[RequestSpec]) -> None:
+        queues = {p: asyncio.Queue[RequestSpec | None](maxsize=c * QUEUE_PER_WORKER) for p, c in self.concurrency.items()}
+        workers = [
+            asyncio.create_task(self._worker(p, queues[p]), name=f"worker-{p}-{i}")
+            for p, c in self.concurrency.items()
+            for i in range(c)
+        ]
+        try:
+            for spec in specs:
+                provider = spec.cell.provider
+                if self.stop.run_reason is not None:
+                    break
+                if provider in self.stop.providers:
+                    self.stop.not_sent += 1
+                    continue
+                if self.max_requests is not None and self.dispatched >= self.max_requests:
+                    self.request_stop(f"budget: --max-requests {self.max_requests} reached")
+                    break
+                self.dispatched += 1
+                await queues[provider].put(spec)
+        finally:
+            for p, q in queues.items():
+                for _ in range(self.concurrency[p]):
+                    await q.put(None)
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, provider: str, queue: asyncio.Queue[RequestSpec | None]) -> None:
+        client = self.clients[provider]
+        while True:
+            spec = await queue.get()
+            if spec is None:
+                return
+            if self._halted(provider):
+                self.stop.not_sent += 1
+                continue
+            dead = self.stop.dead_models.get((provider, spec.cell.model))
+            if dead is not None:
+                self.on_result(
+                    Result(spec, time.time(), None, 0, client.base_url, http_status=404,
+                           error_type="not_found", error_message=f"not sent: {dead}")
+                )  # fmt: skip
+                continue
+            self.in_flight += 1
+            try:
+                result = await self._execute(client, spec)
+            finally:
+                self.in_flight -= 1
+            if result is None:
+                self.stop.not_sent += 1
+            else:
+                self.on_result(result)
+
+    def _wait(self, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome else None
+        decision = classify(exc) if exc else classify(RequestError())
+        r = self.retry
+        return retry_wait(decision, rs.attempt_number, r.backoff_initial_s, r.backoff_max_s, r.retry_after_max_s)
+
+    def _should_retry(self, rs: RetryCallState) -> bool:
+        exc = rs.outcome.exception() if rs.outcome else None
+        if not isinstance(exc, RequestError):
+            return False
+        decision = classify(exc)
+        if decision.action is not Action.RETRY:
+            return False
+        return decision.max_attempts is None or rs.attempt_number < decision.max_attempts
+
+    async def _execute(self, client: ProviderClient, spec: RequestSpec) -> Result | None:
+        cell = spec.cell
+        limiter = self.limiters.get(cell.provider, cell.model)
+        est = spec.est_prompt_tokens + output_budget(cell.params)
+        started = time.time()
+        attempts = 0
+        waited = 0.0
+        latency: float | None = None
+        retry_types: list[str] = []
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.max_attempts) | stop_before_delay(self.retry.max_total_s),
+            wait=self._wait,
+            retry=self._should_retry,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._halted(cell.provider):
+                        raise _Halted()
+                    waited += await limiter.acquire(est)
+                    if self._halted(cell.provider):
+                        raise _Halted()
+                    attempts += 1
+                    base_url = client.base_url
+                    t0 = time.monotonic()
+                    try:
+                        completion = await client.send(spec)
+                    except RequestError as exc:
+                        latency = time.monotonic() - t0
+                        self._after_failure(client, limiter, spec, exc, retry_types)
+                        raise
+                    latency = time.monotonic() - t0
+            client.note_success()
+            limiter.on_success()
+            limiter.settle(est, completion.usage.total_tokens)
+            return Result(spec, started, latency, attempts, base_url, completion=completion,
+                          limiter_wait_s=waited, retry_types=retry_types)  # fmt: skip
+        except _Halted:
+            return None
+        except RequestError as exc:
+            # the last entry of retry_types is this final error, not a retry
+            return Result(
+                spec, started, latency, attempts, client.base_url, http_status=exc.status_code,
+                error_type=exc.error_type, error_message=str(exc), limiter_wait_s=waited,
+                retry_types=retry_types[:-1],
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must cost one row, not the run
+            logger.exception("internal error on request %s", spec.request_id)
+            return Result(spec, started, latency, attempts, client.base_url,
+                          error_type="internal_error", error_message=f"{type(exc).__name__}: {exc}")  # fmt: skip
+
+    def _after_failure(
+        self, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec, exc: RequestError, retry_types: list[str]
+    ) -> None:
+        """Side effects of a failed attempt that reach beyond this request."""
+        decision = classify(exc)
+        retry_types.append(exc.error_type)
+        if decision.rate_limited:
+            cap = self.retry.retry_after_max_s
+            limiter.on_rate_limited(min(decision.wait_s, cap) if decision.wait_s else None)
+        if decision.counts_for_fallback:
+            client.note_failure()
+        if decision.action is Action.STOP_PROVIDER:
+            self._stop_provider(spec.cell.provider, exc, decision.reason)
+        elif decision.action is Action.FAIL_MODEL:
+            self.stop.dead_models.setdefault(
+                (spec.cell.provider, spec.cell.model),
+                f"model {spec.cell.model!r} was not found on provider {spec.cell.provider!r} (HTTP 404: {exc})",
+            )

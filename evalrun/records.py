@@ -1,0 +1,119 @@
+"""Typed records that flow between the stages: data only, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+
+class TopLogprob(TypedDict, total=False):
+    """One alternative token at a position, as the API sends it."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TypedDict, total=False):
+    """One generated token with its logprob and the top alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class Message(TypedDict, total=False):
+    """A chat message on the wire; `content` is text or a list of content parts."""
+
+    role: str
+    content: Any
+    name: str
+    tool_calls: list[Any]
+    tool_call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One point of the grid: provider × model × resolved parameters × prompt variant."""
+
+    cell_id: str
+    provider: str
+    model: str
+    prompt_id: str
+    params: dict[str, Any]  # only the parameters that are set; never mutated after expansion
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """Everything needed to send one request, and its stable id."""
+
+    request_id: str
+    cell: Cell
+    row_id: str
+    repeat: int
+    messages: list[Message]
+    data: dict[str, Any]  # the dataset row the messages were rendered from
+    est_prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one request; any field the API left out is None."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    prompt_text_tokens: int | None = None
+    prompt_audio_tokens: int | None = None
+    prompt_image_tokens: int | None = None
+    completion_text_tokens: int | None = None
+    completion_audio_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One generated alternative (there are `n` per request)."""
+
+    index: int
+    content: str | None
+    finish_reason: str | None
+    tool_calls: list[Any] | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A parsed successful response."""
+
+    response_id: str | None
+    response_model: str | None
+    choices: list[Choice]
+    usage: Usage
+    stream_chunks: int | None = None
+    ttft_s: float | None = None
+    itl_mean_s: float | None = None
+    itl_p95_s: float | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    """How one request ended: a completion, or the last error after retries."""
+
+    spec: RequestSpec
+    started_at: float  # unix time of the first attempt
+    latency_s: float | None  # of the last attempt
+    attempts: int
+    base_url: str | None
+    completion: Completion | None = None
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    limiter_wait_s: float = 0.0
+    retry_types: list[str] = field(default_factory=list)  # error type of every failed attempt
+
+    @property
+    def ok(self) -> bool:
+        return self.completion is not None

@@ -1,0 +1,482 @@
+"""Deterministic answers: a pure function of (seed, request body, repeat, choice index).
+
+The request is hashed once (blake2b of canonical JSON) and each choice gets its own
+`random.Random`; nothing reads the clock or global state, so the same request gives
+byte-identical content, logprobs and usage in any process. Models have a *skill*: the
+chance of answering a recognised task (arithmetic, multiple choice) correctly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from hashlib import blake2b
+
+import orjson
+
+from evalrun.sim.tasks import (
+    ANSWER_SLOT, SchemaContext, find_arithmetic, find_multiple_choice, format_number,
+    instance_for_schema, option_number, pick_tool, prompt_words, proper_nouns, wants_bare_number,
+)
+from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
+from evalrun.sim.wire import KNOWN_MODELS, TokenLogprob, ToolCall, Usage
+
+__all__ = ["Answer", "ChoiceAnswer", "ModelProfile", "answer_request", "completion_body",
+           "logprob_content", "profile_for", "usage_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """How good, how slow and how thoughtful a simulated model is."""
+
+    skill: float
+    base_ms: float
+    per_token_ms: float
+    default_effort: str
+    can_disable_thinking: bool
+
+
+PROFILES: dict[str, ModelProfile] = {
+    "gemini-3.1-pro-preview": ModelProfile(0.95, 250.0, 3.0, "medium", False),
+    "gemini-3-pro-preview": ModelProfile(0.90, 250.0, 3.0, "medium", False),
+    "gemini-2.5-flash-lite": ModelProfile(0.72, 80.0, 1.0, "none", True),
+}
+OTHER_PROFILE = ModelProfile(0.75, 100.0, 1.0, "none", True)
+assert tuple(sorted(PROFILES)) == tuple(sorted(KNOWN_MODELS))
+
+EFFORT_BONUS = {"none": -0.05, "low": 0.0, "medium": 0.02, "high": 0.04}
+REASONING_TOKENS = {"none": (0, 0), "low": (64, 128), "medium": (256, 512), "high": (1024, 2048)}
+TEMPERATURE_PENALTY = 0.12
+TOP_P_BONUS = 0.05
+P_MIN, P_MAX = 0.02, 0.995
+CREATED_BASE = 1_760_000_000
+# Transport, reporting and truncation parameters change how much of the sample is returned
+# and how, never what is sampled: a max_tokens cut is a prefix of the uncut answer.
+_NOT_IN_KEY = frozenset({"stream", "stream_options", "logprobs", "top_logprobs", "stop",
+                         "max_tokens", "max_completion_tokens"})
+_TOOL_CALL_OVERHEAD = 3
+_WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
+_NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
+
+VOCAB = tuple(
+    "the model answer result system value data process method approach question analysis "
+    "example context problem solution step first second final number text output input "
+    "consider note that this which result simple clear direct careful structure pattern "
+    "general specific important relevant common typical likely possible overall several "
+    "these those each other further given based using because while although therefore "
+    "however thus also often usually mainly quickly simply clearly exactly roughly nearly "
+    "time place part case point fact way form level order detail reason idea term factor "
+    "evidence summary review response request section line list table record source field "
+    "is are was be can will may should would could has have shows gives makes takes uses "
+    "provides suggests indicates follows remains becomes depends includes requires means".split()
+)
+_VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
+_VOCAB_BYTES = tuple(list(t.encode()) for t in _VOCAB_TOKENS)
+
+
+def profile_for(model: str) -> ModelProfile:
+    return PROFILES.get(model, OTHER_PROFILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Dist:
+    """The reported next-token distribution at an answer token: sampled p and rivals."""
+
+    p: float
+    alts: tuple[tuple[str, float], ...]
+
+
+@dataclass(slots=True)
+class ChoiceAnswer:
+    """One generated choice, before serialisation."""
+
+    index: int
+    tokens: list[str]          # visible content tokens; they concatenate to `content`
+    dists: dict[int, Dist]     # explicit distributions at answer-token positions
+    content: str | None
+    tool_call: ToolCall | None
+    reasoning: int
+    visible: int               # completion tokens that are not reasoning
+    finish_reason: str
+    lp_seed: int               # seeds logprob reporting separately from sampling
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole completion: every choice plus prompt accounting."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChoiceAnswer]
+    prompt: PromptCount
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.reasoning + c.visible for c in self.choices)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt.total + self.completion_tokens
+
+
+def _u(digest: bytes) -> float:
+    return int.from_bytes(digest[:7], "big") / 2.0**56
+
+
+def _effort(body: dict, profile: ModelProfile) -> str:
+    effort = body.get("reasoning_effort") or profile.default_effort
+    # The pro models always think; "none" is accepted and treated as the lowest level.
+    return "low" if effort == "none" and not profile.can_disable_thinking else effort
+
+
+def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
+    temperature = body.get("temperature")
+    top_p = body.get("top_p")
+    p = (profile.skill
+         - TEMPERATURE_PENALTY * (1.0 if temperature is None else temperature)
+         + EFFORT_BONUS[effort]
+         + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p)))
+    return min(P_MAX, max(P_MIN, p))
+
+
+def _with_p(tok: str, ps: float, rivals: list[str], weights: list[float]) -> Dist:
+    """Spread (1 - ps) over rivals by weight, keeping 5 % unlisted so sums stay < 1."""
+    share = (1.0 - ps) * 0.95
+    total = sum(weights) or 1.0
+    seen = {tok}
+    alts = []
+    for r, w in zip(rivals, weights):
+        if r not in seen:
+            seen.add(r)
+            alts.append((r, share * w / total))
+    return Dist(ps, tuple(alts))
+
+
+def _number_dist(sampled, truth, correct: bool, p: float, rng: random.Random, prefix: str) -> Dist:
+    if correct:
+        ps = min(0.999, max(0.5, p + 0.1 * (rng.random() - 0.3)))
+        rivals = [sampled + k for k in _NEIGHBOURS[:6]]
+        weights = [0.5, 0.25, 0.12, 0.06, 0.04, 0.03]
+    else:
+        ps = 0.25 + 0.3 * rng.random()
+        # the truth is the strongest rival of a mistake, so logprob scorers can see it
+        rivals = [truth] + [sampled + k for k in _NEIGHBOURS[:5] if sampled + k != truth]
+        weights = [0.55 + 0.3 * rng.random(), 0.2, 0.1, 0.06, 0.04, 0.03][: len(rivals)]
+    return _with_p(prefix + format_number(sampled),
+                   ps, [prefix + format_number(r) for r in rivals], weights)
+
+
+def _letter_dist(sampled: str, truth: str, letters: tuple[str, ...], correct: bool,
+                 p: float, rng: random.Random) -> Dist:
+    others = [x for x in letters if x != sampled and x != truth]
+    weights = [0.1 + rng.random() for _ in others]
+    if correct:
+        ps = min(0.999, max(0.5, p + 0.1 * (rng.random() - 0.3)))
+        return _with_p(sampled, ps, others, weights)
+    ps = 0.35 + 0.3 * rng.random()
+    scale = sum(weights) or 1.0
+    return _with_p(sampled, ps, [truth] + others, [scale * 1.6] + weights)
+
+
+def _generic_tokens(rng: random.Random, words: list[str]) -> list[str]:
+    """A plain sentence or two of 8–60 tokens that echoes some prompt words."""
+    n = rng.randint(8, 60)
+    out: list[str] = []
+    capital = True
+    while len(out) < n - 1:
+        if words and rng.random() < 0.2:
+            w = words[rng.randrange(len(words))]
+        else:
+            w = VOCAB[rng.randrange(len(VOCAB))]
+        if capital:
+            w = w.capitalize()
+            capital = False
+        out.append(" " + w if out else w)
+        r = rng.random()
+        if len(out) < n - 2 and r < 0.14:
+            out.append("," if r < 0.06 else ".")
+            capital = r >= 0.06
+    out.append(".")
+    return out
+
+
+def _apply_stop(tokens: list[str], stops: list[str]) -> tuple[list[str], bool]:
+    text = "".join(tokens)
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    if not hits:
+        return tokens, False
+    cut, out, acc = min(hits), [], 0
+    for tok in tokens:
+        if acc + len(tok) <= cut:
+            out.append(tok)
+            acc += len(tok)
+            continue
+        if cut > acc:
+            out.append(tok[: cut - acc])
+        break
+    return out, True
+
+
+def _split_slot(text: str, literal: str, quoted: bool) -> tuple[list[str], int | None]:
+    """Tokenize serialized JSON, making the answer literal one token at a known index."""
+    slot = orjson.dumps(ANSWER_SLOT).decode()
+    head, sep, tail = text.partition(slot)
+    if not sep:
+        return tokenize(text), None
+    if quoted:
+        head, tail = head + '"', '"' + tail
+    left = tokenize(head)
+    return left + [literal] + tokenize(tail), len(left)
+
+
+@dataclass(slots=True)
+class _Task:
+    """What the prompt asks, shared by all choices of one request."""
+
+    last_user: str
+    words: list[str]
+    names: list[str]
+    bare: bool
+    arith: object
+    mc: object
+    mc_truth: str | None
+    u_question: float
+    qdigest: bytes
+
+
+def _analyse(body: dict, seed_prefix: bytes) -> _Task:
+    messages = body["messages"]
+    last_user = ""
+    for msg in reversed(messages):
+        if msg.get("role") == "user":
+            last_user = message_text(msg.get("content"))
+            break
+    else:
+        last_user = message_text(messages[-1].get("content"))
+    mc = find_multiple_choice(last_user)
+    arith = find_arithmetic(mc.question if mc else last_user)
+    truth = None
+    if mc is not None:
+        if arith is not None:
+            truth = next((ltr for ltr, txt in zip(mc.letters, mc.texts) if option_number(txt) == arith.value), None)
+        if truth is None:
+            # no way to know: the "knowledge" is a hash of the question, the same for every model
+            h = blake2b(seed_prefix + last_user.encode(), digest_size=8).digest()
+            truth = mc.letters[int.from_bytes(h, "big") % len(mc.letters)]
+    bare = any(wants_bare_number(message_text(m.get("content"))) for m in messages
+               if m.get("role") in ("system", "developer", "user"))
+    qdigest = blake2b(seed_prefix + orjson.dumps(messages, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    return _Task(last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, _u(qdigest), qdigest)
+
+
+def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
+    """A uniform draw for correctness that is partly shared across models and settings.
+
+    Half the time it depends only on the messages (some questions are just hard), a quarter
+    on messages+repeat, a quarter on the full request; the marginal stays uniform.
+    """
+    coin, own = rng.random(), rng.random()
+    if coin < 0.5:
+        return task.u_question
+    if coin < 0.75:
+        return _u(blake2b(task.qdigest + repeat.to_bytes(8, "big", signed=True) + index.to_bytes(4, "big"),
+                          digest_size=8).digest())
+    return own
+
+
+def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
+                 profile: ModelProfile, effort: str, p: float) -> ChoiceAnswer:
+    rng = random.Random(seed)
+    correct = _choose(task, index, repeat, rng) < p
+    lo, hi = REASONING_TOKENS[effort]
+    reasoning = rng.randint(lo, hi) if hi else 0
+
+    answer: str | None = None  # the literal to place, e.g. "42" or "B"
+    dist: Dist | None = None
+    number_answer = False
+    if task.mc is not None:
+        letters = task.mc.letters
+        answer = task.mc_truth if correct else rng.choice([x for x in letters if x != task.mc_truth])
+        dist = _letter_dist(answer, task.mc_truth, letters, correct, p, rng)
+    elif task.arith is not None:
+        truth = task.arith.value
+        value = truth if correct else truth + rng.choice(_WRONG_OFFSETS) * rng.choice((-1, 1))
+        answer, number_answer = format_number(value), True
+        prefix = "" if task.bare else " "
+        dist = _number_dist(value, truth, correct, p, rng, prefix)
+
+    tools = body.get("tools")
+    fn = pick_tool(tools, body.get("tool_choice", "auto"), task.last_user, rng) if tools else None
+    tokens: list[str] = []
+    dists: dict[int, Dist] = {}
+    tool_call: ToolCall | None = None
+    if fn is not None:
+        ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, fn.get("parameters") or {})
+        args = instance_for_schema(fn.get("parameters") or {"type": "object", "properties": {}}, ctx)
+        arguments = orjson.dumps(args).decode()
+        if ctx.placed:
+            slot = orjson.dumps(ANSWER_SLOT).decode()
+            arguments = arguments.replace(slot, answer if number_answer else f'"{answer}"')
+        tool_call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
+                     "function": {"name": fn.get("name", ""), "arguments": arguments}}
+    else:
+        fmt = body.get("response_format")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind in ("json_object", "json_schema"):
+            if kind == "json_schema":
+                schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+                ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, schema)
+                obj = instance_for_schema(schema, ctx)
+            elif answer is not None:
+                obj = {"answer": ANSWER_SLOT}
+            else:
+                obj = {"answer": " ".join(task.words[:3]) or "ok", "keywords": task.words[:3]}
+            text = orjson.dumps(obj).decode()
+            tokens, at = _split_slot(text, answer or "", quoted=not number_answer)
+            if at is not None and dist is not None:
+                dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
+        elif task.mc is not None:
+            tokens, dists[0] = [answer], dist
+        elif answer is not None:
+            if task.bare:
+                tokens, dists[0] = [answer], dist
+            else:
+                tokens = ["The", " answer", " is", " " + answer, "."]
+                dists[3] = dist
+        else:
+            tokens = _generic_tokens(rng, task.words)
+
+    budget = body.get("max_completion_tokens") or body.get("max_tokens")
+    finish = "stop"
+    if budget is not None and reasoning >= budget:
+        reasoning, tokens, tool_call, finish = budget, [], None, "length"
+        visible = 0
+    elif tool_call is not None:
+        visible = (len(tokenize(tool_call["function"]["name"])) + len(tokenize(tool_call["function"]["arguments"]))
+                   + _TOOL_CALL_OVERHEAD)
+        finish = "tool_calls"
+        if budget is not None and reasoning + visible > budget:
+            # the call was cut mid-arguments: nothing usable comes back
+            tool_call, visible, finish = None, budget - reasoning, "length"
+    else:
+        stop = body.get("stop")
+        if stop:
+            tokens, _ = _apply_stop(tokens, [stop] if isinstance(stop, str) else stop)
+        if budget is not None and len(tokens) > budget - reasoning:
+            tokens, finish = tokens[: budget - reasoning], "length"
+        visible = len(tokens)
+    content = None if tool_call is not None else "".join(tokens)
+    return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish,
+                        seed ^ 0x5EED_1090B5)
+
+
+def request_digest(body: dict, seed: int, repeat: int) -> bytes:
+    key = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
+    prefix = f"{seed}|{repeat}|".encode()
+    return blake2b(prefix + orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
+    """Generate every choice of a validated request."""
+    digest = request_digest(body, seed, repeat)
+    base = int.from_bytes(digest, "big")
+    model = body["model"]
+    profile = profile_for(model)
+    effort = _effort(body, profile)
+    p = _p_correct(body, profile, effort)
+    task = _analyse(body, f"{seed}|".encode())
+    n = body.get("n") or 1
+    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, profile, effort, p)
+               for i in range(n)]
+    prompt = count_prompt(body["messages"], body.get("tools"))
+    return Answer(f"chatcmpl-{digest.hex()}", CREATED_BASE + base % 86_400, model, choices, prompt)
+
+
+# ---- serialisation ------------------------------------------------------------------------
+
+
+def usage_of(answer: Answer) -> Usage:
+    prompt = answer.prompt
+    completion = answer.completion_tokens
+    return {
+        "prompt_tokens": prompt.total,
+        "completion_tokens": completion,
+        "total_tokens": prompt.total + completion,
+        "prompt_tokens_details": {"cached_tokens": prompt.cached,
+                                  "text_tokens": prompt.total - prompt.image - prompt.audio,
+                                  "audio_tokens": prompt.audio, "image_tokens": prompt.image},
+        "completion_tokens_details": {"text_tokens": sum(c.visible for c in answer.choices),
+                                      "audio_tokens": 0,
+                                      "reasoning_tokens": sum(c.reasoning for c in answer.choices)},
+        "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
+    }
+
+
+_log = math.log
+
+
+def _top(tok: str | int, p: float) -> dict:
+    # vocabulary fillers travel as indices so their bytes come precomputed
+    if isinstance(tok, int):
+        return {"token": _VOCAB_TOKENS[tok], "logprob": _log(p), "bytes": _VOCAB_BYTES[tok]}
+    return {"token": tok, "logprob": _log(p), "bytes": list(tok.encode())}
+
+
+def logprob_content(choice: ChoiceAnswer, top_k: int) -> list[TokenLogprob]:
+    """Per visible token: its logprob and exactly `top_k` alternatives, most likely first."""
+    rng = random.Random(choice.lp_seed)
+    nvocab = len(VOCAB)
+    out: list[TokenLogprob] = []
+    for i, tok in enumerate(choice.tokens):
+        dist = choice.dists.get(i)
+        off = rng.randrange(nvocab)
+        if dist is None:
+            ps = 1.0 - 0.45 * rng.random() ** 2
+            cands = [(tok, ps)]
+            rest = 1.0 - ps
+        else:
+            ps = dist.p
+            cands = [(tok, ps), *((a, q) for a, q in dist.alts if a != tok)]
+            rest = max(1.0 - sum(q for _, q in cands), 1e-6)
+        j = 0
+        while len(cands) < top_k:  # unlisted mass, halving, on vocabulary words
+            k = (off + j) % nvocab
+            j += 1
+            rest *= 0.5
+            if _VOCAB_TOKENS[k] != tok:
+                cands.append((k, rest))
+        if dist is not None:
+            cands.sort(key=lambda c: -c[1])
+        out.append({"token": tok, "logprob": _log(ps), "bytes": list(tok.encode()),
+                    "top_logprobs": [_top(t, q) for t, q in cands[:top_k]]})
+    return out
+
+
+def _message(choice: ChoiceAnswer) -> dict:
+    msg: dict = {"role": "assistant", "content": choice.content}
+    if choice.tool_call is not None:
+        msg["tool_calls"] = [choice.tool_call]
+    return msg
+
+
+def completion_body(answer: Answer, *, logprobs: bool, top_k: int,
+                    usage: Usage | None | bool = True) -> dict:
+    """The non-streaming response object; `usage` True means the real usage."""
+    body = {
+        "id": answer.id,
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.model,
+        "choices": [
+            {"index": c.index, "message": _message(c),
+             "logprobs": {"content": logprob_content(c, top_k)} if logprobs else None,
+             "finish_reason": c.finish_reason}
+            for c in answer.choices
+        ],
+        "usage": usage_of(answer) if usage is True else usage,
+    }
+    if usage is False:
+        del body["usage"]
+    return body

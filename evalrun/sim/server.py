@@ -1,0 +1,368 @@
+"""The aiohttp application: routes, the fault pipeline, latency, SSE and the handle.
+
+Per arrival the checks run in a fixed order — auth → fail_first → quota → unknown model →
+validation (400) → rpm/tpm window → random faults — so each switch can be tested alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request, completion_body, profile_for, usage_of
+from evalrun.sim.faults import Fault, FaultState, RateWindows, SimStats
+from evalrun.sim.options import SimOptions, update_options
+from evalrun.sim.stream import sse_events
+from evalrun.sim.validate import validate_request
+from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
+
+__all__ = ["SimulatorHandle", "serve_forever", "start_simulator"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024  # base64 images and audio make legitimate bodies large
+SHUTDOWN_S = 1.0
+REPEAT_HEADER = "X-Evalrun-Repeat"
+_JSON = "application/json"
+_NOT_JSON = object()
+_MODELS_BODY = orjson.dumps({"object": "list", "data": [
+    {"id": m, "object": "model", "created": CREATED_BASE, "owned_by": "google"} for m in KNOWN_MODELS
+]})
+_ERROR_200 = orjson.dumps({"error": {"message": "upstream model overloaded", "type": "upstream_error",
+                                     "code": "upstream_error"}})
+_QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+
+
+def _partial_usage(answer: Answer) -> Usage:
+    """A usage block with the holes real gateways leave: fields null or missing."""
+    usage = usage_of(answer)
+    del usage["total_tokens"]
+    usage["completion_tokens"] = None
+    usage["prompt_tokens_details"] = None
+    return usage
+
+
+class _Simulator:
+    """Server state shared by the handlers: options, counters, fault state, windows."""
+
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.stats = SimStats()
+        self.faults = FaultState()
+        self.faults.reset(options.seed)
+        self.windows = RateWindows()
+        self.closing = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.t0 = self.loop.time()
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _json(self, obj: object, status: int = 200) -> web.Response:
+        self.stats.count_status(status)
+        return web.Response(status=status, body=orjson.dumps(obj), content_type=_JSON)
+
+    def _error(self, status: int, message: str | None = None, *, type_: str | None = None,
+               param: str | None = None, retry_after: str | None = None) -> web.Response:
+        self.stats.count_status(status)
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return web.Response(status=status, body=error_body(status, message, type_=type_, param=param),
+                            content_type=_JSON, headers=headers)
+
+    def _fault_error(self, status: int, why: str) -> web.Response:
+        """An injected failure with the headers a gateway would send for that status."""
+        if status == 429:
+            return self._error(429, f"Rate limit reached ({why}).", retry_after=self.options.retry_after)
+        if status == 402:
+            return self._error(402, _QUOTA_MESSAGE, type_="insufficient_quota")
+        return self._error(status, retry_after="1" if status == 503 else None)
+
+    def _note_fault(self, name: str) -> None:
+        self.stats.faults[name] = self.stats.faults.get(name, 0) + 1
+
+    def _delays(self, model: str) -> tuple[float, float]:
+        """(base, per token) seconds after scaling; (0, 0) means never sleep."""
+        o = self.options
+        if o.latency_scale == 0:
+            return 0.0, 0.0
+        profile = profile_for(model)
+        base = profile.base_ms if o.latency_ms is None else o.latency_ms
+        per = profile.per_token_ms if o.per_token_ms is None else o.per_token_ms
+        return base * o.latency_scale / 1000.0, per * o.latency_scale / 1000.0
+
+    def _authorized(self, request: web.Request) -> bool:
+        key = self.options.require_api_key
+        return key is None or request.headers.get("Authorization") == "Bearer " + key
+
+    # ---- routes ---------------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        if stats.in_flight > stats.max_in_flight:
+            stats.max_in_flight = stats.in_flight
+        now = self.loop.time()
+        stats.arrivals.append(round(now - self.t0, 6))
+        try:
+            return await self._chat(request, now)
+        finally:
+            stats.in_flight -= 1
+
+    async def _chat(self, request: web.Request, now: float) -> web.StreamResponse:
+        o, fs = self.options, self.faults
+        u, u_status = fs.draw(o)
+        if not self._authorized(request):
+            return self._error(401)
+        fs.arrivals += 1
+        if fs.arrivals <= o.fail_first:
+            self._note_fault("fail_first")
+            return self._fault_error(o.fail_first_status, "fail_first")
+        if o.quota_after is not None and fs.successes >= o.quota_after:
+            self._note_fault("quota")
+            return self._error(o.quota_status, _QUOTA_MESSAGE, type_="insufficient_quota")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(413)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = _NOT_JSON
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str):
+            self.stats.by_model[model] = self.stats.by_model.get(model, 0) + 1
+            if model in o.unknown_models or (o.strict_models and model not in KNOWN_MODELS):
+                return self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                                   param="model")
+        if body is _NOT_JSON:
+            return self._error(400, "We could not parse the JSON body of your request.")
+        problem = validate_request(body)
+        if problem is not None:
+            return self._error(400, problem[0], param=problem[1])
+        try:
+            repeat = int(request.headers.get(REPEAT_HEADER, 0))
+        except ValueError:
+            return self._error(400, f"Invalid value for header '{REPEAT_HEADER}': expected an integer.",
+                               param=REPEAT_HEADER)
+
+        answer = answer_request(body, o.seed, repeat)
+        tokens = answer.total_tokens
+        wait = self.windows.retry_after(model, now, tokens, o)
+        if wait is not None:
+            return self._error(429, f"Rate limit reached for {model}: {o.rpm_limit} requests or "
+                                    f"{o.tpm_limit} tokens per minute.", retry_after=str(wait))
+        in_window, tokens_in_window = self.windows.admit(model, now, tokens)
+        if in_window > self.stats.max_in_window.get(model, 0):
+            self.stats.max_in_window[model] = in_window
+        if tokens_in_window > self.stats.max_tokens_in_window.get(model, 0):
+            self.stats.max_tokens_in_window[model] = tokens_in_window
+
+        fault, status = fs.pick(o, u, u_status)
+        if fault is not None:
+            self._note_fault(fault.value)
+        if fault is Fault.RATE_429:
+            return self._error(429, "Rate limit reached for requests (simulated).", retry_after=o.retry_after)
+        if fault is Fault.STATUS_5XX:
+            return self._fault_error(status, "simulated")
+        if fault is Fault.HANG:
+            return await self._hang(o.hang_s)
+
+        usage: Usage | None | bool = True
+        if fault is Fault.NULL_USAGE:
+            fs.null_usage_flips += 1
+            usage = None if fs.null_usage_flips % 2 else _partial_usage(answer)
+        logprobs = body.get("logprobs") is True
+        top_k = body.get("top_logprobs") or 0
+        base_s, per_s = self._delays(model)
+        if body.get("stream") is True:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            response = await self._stream(request, answer, fault, base_s, per_s, logprobs=logprobs,
+                                          top_k=top_k, include_usage=include_usage, usage=usage)
+        else:
+            delay = base_s + per_s * answer.completion_tokens
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if fault is Fault.ERROR_200:
+                self.stats.count_status(200)
+                return web.Response(body=_ERROR_200, content_type=_JSON)
+            payload = orjson.dumps(completion_body(answer, logprobs=logprobs, top_k=top_k, usage=usage))
+            if fault is Fault.MALFORMED:
+                self.stats.count_status(200)
+                return web.Response(body=payload[: len(payload) // 2], content_type=_JSON)
+            response = self._ok(payload)
+        fs.successes += 1
+        self.stats.tokens_total += tokens
+        return response
+
+    def _ok(self, payload: bytes) -> web.Response:
+        self.stats.count_status(200)
+        return web.Response(body=payload, content_type=_JSON)
+
+    async def _hang(self, hang_s: float) -> web.Response:
+        # The client usually gives up first: aiohttp then cancels this handler.
+        try:
+            await asyncio.wait_for(self.closing.wait(), hang_s)
+        except TimeoutError:
+            return self._error(504, "Upstream model provider timed out (simulated hang).")
+        return self._error(503, "Simulator shutting down.", retry_after="1")
+
+    async def _stream(self, request: web.Request, answer: Answer, fault: Fault | None, base_s: float,
+                      per_s: float, *, logprobs: bool, top_k: int, include_usage: bool,
+                      usage: Usage | None | bool) -> web.StreamResponse:
+        events = list(sse_events(answer, logprobs=logprobs, top_k=top_k, include_usage=include_usage,
+                                 usage=usage))
+        if fault is Fault.ERROR_200:
+            events = [(events[0][0], b"data: " + _ERROR_200 + b"\n\n"), events[-1]]
+        elif fault is Fault.MALFORMED:
+            # a truncated event and no [DONE]: the connection just ends
+            events = [events[0], (0, events[1][1][: len(events[1][1]) // 2])]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        try:
+            if base_s == 0 and per_s == 0:
+                await resp.prepare(request)
+                self.stats.count_status(200)
+                await resp.write(b"".join(e for _, e in events))
+            else:
+                for i, (ntok, event) in enumerate(events):
+                    delay = per_s * ntok + (base_s if i == 0 else 0.0)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if i == 0:  # headers go out with the first token, as time-to-first-byte
+                        await resp.prepare(request)
+                        self.stats.count_status(200)
+                    await resp.write(event)
+            await resp.write_eof()
+        except ConnectionResetError:
+            logger.debug("client went away mid-stream")
+        return resp
+
+    async def models(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401)
+        self.stats.count_status(200)
+        return web.Response(body=_MODELS_BODY, content_type=_JSON)
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.stats.to_json()), content_type=_JSON)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.reset_state()
+        return web.Response(body=b'{"ok":true}', content_type=_JSON)
+
+    def reset_state(self) -> None:
+        self.stats.reset()
+        self.faults.reset(self.options.seed)
+        self.windows.reset()
+
+    async def get_options(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.options.to_dict()), content_type=_JSON)
+
+    async def set_options(self, request: web.Request) -> web.Response:
+        try:
+            data = orjson.loads(await request.read())
+            if not isinstance(data, Mapping):
+                raise ValueError("expected a JSON object of simulator options")
+            update_options(self.options, data)
+        except (ValueError, orjson.JSONDecodeError) as exc:  # JSONDecodeError is a ValueError too
+            return web.Response(status=400, body=error_body(400, str(exc)), content_type=_JSON)
+        return web.Response(body=orjson.dumps(self.options.to_dict()), content_type=_JSON)
+
+
+class SimulatorHandle:
+    """A running simulator in the current event loop."""
+
+    def __init__(self, sim: _Simulator, runner: web.AppRunner, host: str, port: int) -> None:
+        self._sim = sim
+        self._runner = runner
+        self.port = port
+        self.base_url = f"http://{host}:{port}/v1"
+
+    @property
+    def options(self) -> SimOptions:
+        return self._sim.options
+
+    @options.setter
+    def options(self, value: SimOptions) -> None:
+        self._sim.options = value
+
+    @property
+    def stats(self) -> SimStats:
+        return self._sim.stats
+
+    def reset(self) -> None:
+        """Same as POST /sim/reset."""
+        self._sim.reset_state()
+
+    async def close(self) -> None:
+        self._sim.closing.set()  # releases hung requests at once
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> SimulatorHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _make_app(sim: _Simulator) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    for prefix in ("/v1", ""):  # clients differ on whether base_url ends in /v1
+        app.router.add_post(f"{prefix}/chat/completions", sim.chat)
+        app.router.add_get(f"{prefix}/models", sim.models)
+    app.router.add_get("/sim/stats", sim.get_stats)
+    app.router.add_post("/sim/reset", sim.reset)
+    app.router.add_get("/sim/options", sim.get_options)
+    app.router.add_post("/sim/options", sim.set_options)
+    return app
+
+
+async def start_simulator(options: SimOptions | None = None, host: str = "127.0.0.1",
+                          port: int = 0) -> SimulatorHandle:
+    """Serve in the running event loop; port 0 picks a free port (see handle.port)."""
+    sim = _Simulator(options if options is not None else SimOptions())
+    # handler_cancellation: a client that gives up on a hung request frees its handler
+    runner = web.AppRunner(_make_app(sim), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=SHUTDOWN_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = runner.addresses[0][1]
+    logger.debug("simulator listening on %s:%s", host, bound)
+    return SimulatorHandle(sim, runner, host, bound)
+
+
+def serve_forever(options: SimOptions, host: str = "127.0.0.1", port: int = 8089) -> None:
+    """Block serving until SIGINT/SIGTERM (for `evalrun serve-sim`)."""
+
+    async def main() -> None:
+        handle = await start_simulator(options, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+                pass
+        # The one line a user (or a benchmark script) waits for before sending traffic.
+        print(f"evalrun simulator listening on {handle.base_url}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await handle.close()
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    try:
+        if uvloop is not None:
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,238 @@
+"""Results on disk: the append-only journal (durable per request), the explicit Arrow schema,
+`results.parquet` written from the journal, and `manifest.json`.
+
+The journal is the source of truth while a run goes: one JSON line per finished request,
+flushed before the request counts as done. A line cut by a crash is ignored on reading, so
+a killed run resumes from exactly the requests whose line is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from evalrun.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
+from evalrun.records import Result
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+JOURNAL = "journal.jsonl"
+RESULTS = "results.parquet"
+SUMMARY = "summary.parquet"
+MANIFEST = "manifest.json"
+PARQUET_BATCH_ROWS = 4096
+DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
+
+USAGE_FIELDS = (
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+    "prompt_text_tokens", "prompt_audio_tokens", "prompt_image_tokens",
+    "completion_text_tokens", "completion_audio_tokens",
+)  # fmt: skip
+
+
+def results_schema(data_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """The schema of results.parquet: fixed columns, one per request parameter, then data_*."""
+    import pyarrow as pa
+
+    top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
+    token = pa.struct(
+        [("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64())),
+         ("top_logprobs", pa.list_(top))]
+    )  # fmt: skip
+    kinds = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string()}
+    fields = [
+        ("run_id", pa.string()), ("request_id", pa.string()), ("cell_id", pa.string()),
+        ("experiment", pa.string()), ("provider", pa.string()), ("base_url", pa.string()),
+        ("model", pa.string()), ("response_model", pa.string()),
+        *[(PARAM_COLUMN[name], kinds[PARAM_ARROW_KIND[name]]) for name in PARAM_NAMES],
+        ("prompt_id", pa.string()), ("row_id", pa.string()), ("repeat", pa.int64()),
+        ("messages", pa.string()), ("choice_index", pa.int64()), ("n_choices", pa.int64()),
+        ("content", pa.string()), ("finish_reason", pa.string()), ("tool_calls", pa.string()),
+        ("logprobs", pa.list_(token)),
+        *[(name, pa.int64()) for name in USAGE_FIELDS],
+        ("latency_s", pa.float64()), ("ttft_s", pa.float64()), ("stream_chunks", pa.int64()),
+        ("itl_mean_s", pa.float64()), ("itl_p95_s", pa.float64()),
+        ("started_at", pa.timestamp("ms", tz="UTC")), ("attempts", pa.int64()),
+        ("retry_types", pa.list_(pa.string())), ("limiter_wait_s", pa.float64()),
+        ("status", pa.string()), ("http_status", pa.int64()), ("error_type", pa.string()),
+        ("error_message", pa.string()), ("response_id", pa.string()),
+        *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
+    ]  # fmt: skip
+    return pa.schema(fields)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def result_rows(result: Result, run_id: str, experiment: str, data_columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The report rows of one request: one per choice; usage sits on choice 0 only (so sums
+    over rows never count a request's tokens twice)."""
+    spec = result.spec
+    cell = spec.cell
+    params = cell.params
+    common: dict[str, Any] = {
+        "run_id": run_id, "request_id": spec.request_id, "cell_id": cell.cell_id,
+        "experiment": experiment, "provider": cell.provider, "base_url": result.base_url,
+        "model": cell.model, "prompt_id": cell.prompt_id, "row_id": spec.row_id,
+        "repeat": spec.repeat, "messages": orjson.dumps(spec.messages).decode(),
+        "latency_s": result.latency_s, "started_at": int(result.started_at * 1000),
+        "attempts": result.attempts, "retry_types": result.retry_types or None,
+        "limiter_wait_s": round(result.limiter_wait_s, 6),
+    }  # fmt: skip
+    for name in PARAM_NAMES:
+        v = params.get(name)
+        common[PARAM_COLUMN[name]] = _json_text(v) if PARAM_ARROW_KIND[name] == "json" else v
+    for c in data_columns:
+        v = spec.data.get(c)
+        common[DATA_PREFIX + c] = v if v is None or isinstance(v, str) else _json_text(v) if isinstance(v, (dict, list)) else str(v)
+    comp = result.completion
+    if comp is None:
+        return [{
+            **common, "status": "error", "http_status": result.http_status,
+            "error_type": result.error_type, "error_message": result.error_message,
+        }]  # fmt: skip
+    usage = {name: getattr(comp.usage, name) for name in USAGE_FIELDS}
+    rows = []
+    for choice in comp.choices:
+        row = {
+            **common, "status": "ok", "http_status": 200, "response_model": comp.response_model,
+            "response_id": comp.response_id, "choice_index": choice.index,
+            "n_choices": len(comp.choices), "content": choice.content,
+            "finish_reason": choice.finish_reason, "tool_calls": _json_text(choice.tool_calls),
+            "logprobs": choice.logprobs, "ttft_s": comp.ttft_s, "stream_chunks": comp.stream_chunks,
+            "itl_mean_s": comp.itl_mean_s, "itl_p95_s": comp.itl_p95_s,
+        }  # fmt: skip
+        if choice is comp.choices[0]:
+            row.update(usage)
+        rows.append(row)
+    return rows
+
+
+class Journal:
+    """Append-only, flushed per request: what is in it survives kill -9."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = path.open("ab", buffering=1 << 16)
+
+    def append(self, request_id: str, status: str, error_type: str | None, rows: list[dict[str, Any]]) -> None:
+        line = orjson.dumps({"id": request_id, "status": status, "error_type": error_type, "rows": rows})
+        self._f.write(line + b"\n")
+        self._f.flush()  # to the OS: the process may die, the kernel keeps it
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete entry; a torn last line (crash mid-write) is skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                logger.info("journal %s: ignoring a torn last line %d (crash mid-write)", path, lineno)
+                return
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                logger.warning("journal %s: ignoring unreadable line %d", path, lineno)
+                continue
+            yield entry
+
+
+def journal_state(path: Path) -> dict[str, tuple[str, str | None]]:
+    """request_id → (status, error_type) of its latest entry, for resume."""
+    return {e["id"]: (e["status"], e.get("error_type")) for e in read_journal(path)}
+
+
+def repair_journal(path: Path) -> None:
+    """Cut a torn last line so that new entries start on a line of their own."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # walk back to the last newline
+        pos = size - 1
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+def write_results(run_dir: Path, data_columns: tuple[str, ...], dedupe: bool) -> dict[str, int]:
+    """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
+
+    A request appears in the journal more than once only after a resume (--retry-errors, or a
+    provider stop); `dedupe` then keeps each request's latest entry. Returns the counts.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    journal = run_dir / JOURNAL
+    schema = results_schema(data_columns)
+    last: dict[str, int] = {}
+    if dedupe:
+        last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
+    tmp = run_dir / (RESULTS + ".tmp")
+    counts = {"requests": 0, "errors": 0, "rows": 0}
+    buf: list[dict[str, Any]] = []
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for i, entry in enumerate(read_journal(journal)):
+            if dedupe and last.get(entry["id"]) != i:
+                continue
+            counts["requests"] += 1
+            counts["errors"] += entry["status"] == "error"
+            buf.extend(entry["rows"])
+            if len(buf) >= PARQUET_BATCH_ROWS:
+                writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
+                counts["rows"] += len(buf)
+                buf.clear()
+        if buf:
+            writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
+            counts["rows"] += len(buf)
+    os.replace(tmp, run_dir / RESULTS)
+    return counts
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic: a reader never sees half a manifest."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str))
+    os.replace(tmp, path)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,95 @@
+"""Per-cell summary of a finished run: results.parquet → summary.parquet and a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evalrun.params import PARAM_COLUMN
+from evalrun.store import RESULTS, SUMMARY
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell. Requests are counted once (their choice-0 or error row), so n>1
+    choices never double the request count, the latency or the tokens."""
+    import pandas as pd
+
+    if results.empty:
+        return pd.DataFrame()
+    req = results[results["choice_index"].isna() | (results["choice_index"] == 0)]
+    varying = [p for p in PARAM_COLUMN.values() if p in results and results[p].nunique(dropna=False) > 1]
+    keys = ["cell_id"]
+    agg = req.groupby(keys, sort=False).agg(
+        provider=("provider", "first"),
+        model=("model", "first"),
+        prompt_id=("prompt_id", "first"),
+        requests=("request_id", "nunique"),
+        errors=("status", lambda s: int((s == "error").sum())),
+        attempts=("attempts", "sum"),
+        **{t: (t, "sum") for t in TOKEN_COLUMNS},
+        latency_p50_s=("latency_s", lambda s: s.quantile(0.50)),
+        latency_p95_s=("latency_s", lambda s: s.quantile(0.95)),
+        latency_p99_s=("latency_s", lambda s: s.quantile(0.99)),
+        started=("started_at", "min"),
+    )
+    agg["retries"] = agg["attempts"] - agg["requests"]
+    agg["rows"] = results.groupby("cell_id", sort=False).size()
+    for p in varying:
+        agg[p] = req.groupby("cell_id", sort=False)[p].first()
+    agg["error_rate"] = agg["errors"] / agg["requests"]
+    agg = agg.reset_index().sort_values(["model", *varying, "prompt_id"], kind="stable").drop(columns="started")
+    lead = ["cell_id", "provider", "model", *varying, "prompt_id"]
+    return agg[lead + [c for c in agg.columns if c not in lead]].reset_index(drop=True)
+
+
+def write_summary(run_dir: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    results = pd.read_parquet(run_dir / RESULTS)
+    summary = summarize(results)
+    summary.to_parquet(run_dir / SUMMARY, index=False)
+    return summary
+
+
+def render_table(summary: pd.DataFrame, title: str = "") -> Any:
+    """A rich Table of the summary, only the columns a person reads first."""
+    from rich.table import Table
+
+    table = Table(title=title or None, show_lines=False)
+    if summary.empty:
+        table.add_column("no results")
+        return table
+    fixed = {"cell_id", "provider", "requests", "errors", "attempts", "retries", "rows", "error_rate", *TOKEN_COLUMNS}
+    head = [c for c in summary.columns if c not in fixed and not c.startswith("latency")]
+    if summary["prompt_id"].nunique() == 1:
+        head.remove("prompt_id")
+    cols = head + ["requests", "errors", "retries", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+                   "latency_p50_s", "latency_p95_s"]  # fmt: skip
+    for c in cols:
+        table.add_column(c.replace("_tokens", " tok").replace("latency_", "").replace("_s", " s"),
+                         justify="left" if c in head else "right")  # fmt: skip
+    for _, r in summary.iterrows():
+        table.add_row(*(_fmt(r[c], c.endswith("_s")) for c in cols))
+    return table
+
+
+def _fmt(v: Any, seconds: bool = False) -> str:
+    import pandas as pd
+
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    if isinstance(v, float):
+        if seconds:
+            return f"{v:.3f}"
+        return f"{v:g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, int) or hasattr(v, "__int__") and not isinstance(v, str):
+        try:
+            return f"{int(v):,}"
+        except (TypeError, ValueError):
+            return str(v)
+    return str(v)

@@ -1,0 +1,222 @@
+"""Shared fixtures: configs in tmp_path, the CLI in-process, and loopback HTTP servers.
+
+`evalrun run` starts its own event loop, so servers the tests script or inspect run on a
+second event loop in a background thread, reached over real HTTP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from evalrun.cli import main
+
+
+# ---------------------------------------------------------------------------- retry waits
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_waits: keep evalrun's real retry/backoff waits")
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry waits are zero unless a test measures them (marker real_waits)."""
+    if request.node.get_closest_marker("real_waits") is None:
+        monkeypatch.setattr("evalrun.pool.retry_wait", lambda *a, **k: 0.0)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "data.jsonl"
+    rows = [{"id": f"q{i}", "question": f"{i} + {i * 2}", "answer": i * 3} for i in range(1, 6)]
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+def base_config(tmp_path: Path, dataset: Path, base_url: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A small valid experiment: the embedded simulator, or an OpenAI-compatible base_url."""
+    if base_url is None:
+        providers = {"sim": {"kind": "simulator", "simulator": {"latency_scale": 0}}}
+    else:
+        providers = {"sim": {"base_urls": [base_url], "max_concurrency": 4}}
+    cfg: dict[str, Any] = {
+        "experiment": "t",
+        "provider": "sim",
+        "providers": providers,
+        "models": ["gemini-2.5-flash-lite"],
+        "params": {"max_tokens": 256},
+        "prompts": {"p": [{"role": "user", "content": "What is {question}? Only the number."}]},
+        "dataset": {"path": str(dataset)},
+        "reports_dir": str(tmp_path / "reports"),
+        "retry": {"max_attempts": 4, "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(tmp_path: Path, cfg: dict[str, Any], name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    def run(*args: str) -> CliResult:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+class LoopThread:
+    """An event loop in a daemon thread, for servers that outlive one `asyncio.run`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+def completion(content: str = "42", *, usage: Any = "default", model: str = "m", n: int = 1, **choice: Any) -> dict[str, Any]:
+    """A chat.completion body in the provider's documented shape."""
+    if usage == "default":
+        usage = {
+            "prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18,
+            "prompt_tokens_details": {"cached_tokens": 0, "text_tokens": 13, "audio_tokens": 0, "image_tokens": 0},
+            "completion_tokens_details": {"text_tokens": 5, "audio_tokens": 0, "reasoning_tokens": 0},
+            "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
+        }  # fmt: skip
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": content}, "logprobs": None,
+         "finish_reason": "stop", **choice}
+        for i in range(n)
+    ]  # fmt: skip
+    return {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": model,
+            "choices": choices, "usage": usage}  # fmt: skip
+
+
+@dataclass
+class Reply:
+    """One scripted answer."""
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    hang: bool = False  # accept, never answer
+
+
+@dataclass
+class Scripted:
+    """A scripted OpenAI-compatible server: answers from `script` in order, then `default`."""
+
+    base_url: str
+    script: list[Reply]
+    default: Callable[[dict[str, Any]], Reply]
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]], Reply]) -> tuple[Scripted, web.AppRunner]:
+    state = Scripted("", list(script), default)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = {"_raw": body.decode("utf-8", "replace")}
+        state.requests.append(payload)
+        state.headers.append(dict(request.headers))
+        state.times.append(time.monotonic())
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            reply = state.script.pop(0) if state.script else state.default(payload)
+            if reply.hang:
+                await asyncio.sleep(60)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            raw = reply.body if reply.body is not None else orjson.dumps(reply.json if reply.json is not None else completion())
+            return web.Response(status=reply.status, body=raw, headers={"Content-Type": "application/json", **reply.headers})
+        finally:
+            state.in_flight -= 1
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.base_url = f"http://127.0.0.1:{port}/v1"
+    return state, runner
+
+
+@pytest.fixture
+def scripted(loop_thread: LoopThread) -> Iterator[Callable[..., Scripted]]:
+    """scripted([Reply(429, headers={'Retry-After': '1'}), Reply()]) → a live server."""
+    runners: list[web.AppRunner] = []
+
+    def start(script: list[Reply] | None = None, default: Callable[[dict[str, Any]], Reply] | None = None) -> Scripted:
+        state, runner = loop_thread.call(_start_scripted(script or [], default or (lambda p: Reply())))
+        runners.append(runner)
+        return state
+
+    yield start
+    for r in runners:
+        loop_thread.call(r.cleanup())
+
+
+def read_results(run_dir: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(run_dir / "results.parquet")
