@@ -7,6 +7,7 @@ path and what is allowed, so that `evalrun` can print it and exit 2 before any r
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -347,8 +348,12 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
     return providers
 
 
+@functools.cache
 def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """Validates one parameter on its own (a grid value), with the field's range."""
     info = RequestParams.model_fields[name]
+    if not info.metadata:
+        return TypeAdapter(info.annotation)
     return TypeAdapter(Annotated[info.annotation, *info.metadata])  # type: ignore[valid-type]
 
 

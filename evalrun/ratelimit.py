@@ -21,6 +21,7 @@ DECREASE_ON_429 = 0.7
 RECOVER_PER_SUCCESS = 1.02
 MIN_FACTOR = 0.05
 OBSERVED_WINDOW = 256  # sends remembered to estimate the current rate when no rpm is set
+MIN_OBSERVED = 8
 
 
 @dataclass
@@ -91,7 +92,8 @@ class ModelLimiter:
             self.factor = min(1.0, self.factor * RECOVER_PER_SUCCESS)
         if self._adaptive_rpm is not None:
             self._adaptive_rpm *= RECOVER_PER_SUCCESS
-            if self._adaptive_rpm > self._observed_rpm() * 4:
+            observed = self._observed_rpm()
+            if observed is None or self._adaptive_rpm > observed * 4:
                 self._adaptive_rpm = None  # recovered well past what we were sending: unlimit
 
     def on_rate_limited(self, retry_after: float | None) -> None:
@@ -100,16 +102,19 @@ class ModelLimiter:
         self.factor = max(MIN_FACTOR, self.factor * DECREASE_ON_429)
         if not self.rpm:
             observed = self._observed_rpm()
-            current = self._adaptive_rpm or observed
-            self._adaptive_rpm = max(1.0, min(current, observed) * DECREASE_ON_429) if current else None
+            if observed is not None:
+                current = min(self._adaptive_rpm or observed, observed)
+                self._adaptive_rpm = max(1.0, current * DECREASE_ON_429)
         if retry_after:
             self._blocked_until = max(self._blocked_until, time.monotonic() + retry_after)
 
-    def _observed_rpm(self) -> float:
-        if len(self._sends) < 2:
-            return 60.0
+    def _observed_rpm(self) -> float | None:
+        """The recent send rate; None when too few sends to tell (then Retry-After and backoff
+        alone slow us down)."""
+        if len(self._sends) < MIN_OBSERVED:
+            return None
         span = self._sends[-1] - self._sends[0]
-        return (len(self._sends) - 1) / span * 60.0 if span > 0 else 6000.0
+        return (len(self._sends) - 1) / span * 60.0 if span > 0 else None
 
 
 class Limiters:

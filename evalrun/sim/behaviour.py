@@ -318,23 +318,25 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
         arguments = orjson.dumps(args).decode()
         if ctx.placed:
             slot = orjson.dumps(ANSWER_SLOT).decode()
-            arguments = arguments.replace(slot, answer if number_answer else f'"{answer}"')
+            arguments = arguments.replace(slot, answer if ctx.placed == "raw" else f'"{answer}"')
         tool_call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
                      "function": {"name": fn.get("name", ""), "arguments": arguments}}
     else:
         fmt = body.get("response_format")
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if kind in ("json_object", "json_schema"):
+            placed = None
             if kind == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
                 ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, schema)
                 obj = instance_for_schema(schema, ctx)
+                placed = ctx.placed
             elif answer is not None:
-                obj = {"answer": ANSWER_SLOT}
+                obj, placed = {"answer": ANSWER_SLOT}, "raw" if number_answer else "quoted"
             else:
                 obj = {"answer": " ".join(task.words[:3]) or "ok", "keywords": task.words[:3]}
             text = orjson.dumps(obj).decode()
-            tokens, at = _split_slot(text, answer or "", quoted=not number_answer)
+            tokens, at = _split_slot(text, answer or "", quoted=placed == "quoted")
             if at is not None and dist is not None:
                 dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
         elif task.mc is not None:

@@ -153,6 +153,8 @@ class RateWindows:
                 if freed >= need:
                     waits.append(t + WINDOW_S - now)
                     break
+            else:  # too big even for an empty window: wait until it is empty
+                waits.append(w.times[-1] + WINDOW_S - now)
         if not waits:
             return None
         return max(1, math.ceil(max(waits)))

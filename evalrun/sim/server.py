@@ -18,6 +18,7 @@ from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request, completi
 from evalrun.sim.faults import Fault, FaultState, RateWindows, SimStats
 from evalrun.sim.options import SimOptions, update_options
 from evalrun.sim.stream import sse_events
+from evalrun.sim.tasks import SchemaTooComplex
 from evalrun.sim.validate import validate_request
 from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
 
@@ -150,7 +151,10 @@ class _Simulator:
             return self._error(400, f"Invalid value for header '{REPEAT_HEADER}': expected an integer.",
                                param=REPEAT_HEADER)
 
-        answer = answer_request(body, o.seed, repeat)
+        try:
+            answer = answer_request(body, o.seed, repeat)
+        except SchemaTooComplex as exc:
+            return self._error(400, str(exc))
         tokens = answer.total_tokens
         wait = self.windows.retry_after(model, now, tokens, o)
         if wait is not None:
@@ -220,7 +224,8 @@ class _Simulator:
             events = [(events[0][0], b"data: " + _ERROR_200 + b"\n\n"), events[-1]]
         elif fault is Fault.MALFORMED:
             # a truncated event and no [DONE]: the connection just ends
-            events = [events[0], (0, events[1][1][: len(events[1][1]) // 2])]
+            ntok, cut = next(e for e in events[1:] if e[1].startswith(b"data: {"))
+            events = [events[0], (ntok, cut[: len(cut) // 2])]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
             if base_s == 0 and per_s == 0:
@@ -311,13 +316,15 @@ class SimulatorHandle:
 
 def _make_app(sim: _Simulator) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    for prefix in ("/v1", ""):  # clients differ on whether base_url ends in /v1
+    # Clients differ on whether base_url ends in /v1, and a caller holding only base_url
+    # should reach the control routes too: everything answers with and without /v1.
+    for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", sim.chat)
         app.router.add_get(f"{prefix}/models", sim.models)
-    app.router.add_get("/sim/stats", sim.get_stats)
-    app.router.add_post("/sim/reset", sim.reset)
-    app.router.add_get("/sim/options", sim.get_options)
-    app.router.add_post("/sim/options", sim.set_options)
+        app.router.add_get(f"{prefix}/sim/stats", sim.get_stats)
+        app.router.add_post(f"{prefix}/sim/reset", sim.reset)
+        app.router.add_get(f"{prefix}/sim/options", sim.get_options)
+        app.router.add_post(f"{prefix}/sim/options", sim.set_options)
     return app
 
 

@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 __all__ = [
-    "Arithmetic", "MultipleChoice", "SchemaContext", "find_arithmetic", "find_multiple_choice",
+    "Arithmetic", "MultipleChoice", "SchemaContext", "SchemaTooComplex", "find_arithmetic", "find_multiple_choice",
     "format_number", "instance_for_schema", "pick_tool", "prompt_words", "wants_bare_number",
 ]
 
@@ -236,6 +236,10 @@ _ANSWER_NAMES = ("answer", "result", "value", "solution", "number", "total", "ch
 _FILLER = ("alpha", "delta", "sigma", "orbit", "maple", "river", "quartz", "ember")
 
 
+class SchemaTooComplex(ValueError):
+    """A schema whose smallest instance is too big to build per request (answered as 400)."""
+
+
 @dataclass(slots=True)
 class SchemaContext:
     """What an instance generator may use: randomness, prompt words, an answer to place."""
@@ -246,7 +250,8 @@ class SchemaContext:
     answer: str | None  # the answer literal to place in an answer-named field, if any
     answer_is_number: bool
     root: dict
-    placed: bool = False
+    placed: str | None = None  # "raw" (a JSON number) or "quoted" (inside a JSON string)
+    budget: int = 5000         # values left to generate: hostile schemas must stay cheap
 
 
 def _word(ctx: SchemaContext) -> str:
@@ -303,6 +308,9 @@ def _bounds(schema: dict, step: float) -> tuple[float, float]:
 
 def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name: str = "") -> object:
     """A value that validates against `schema` (the common subset of JSON Schema)."""
+    ctx.budget -= 1
+    if ctx.budget < 0:
+        raise SchemaTooComplex("the JSON schema asks for too large an instance to simulate")
     if not isinstance(schema, dict) or depth > 12:
         return _word(ctx)
     schema = _resolve(schema, ctx, depth)
@@ -311,7 +319,7 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
         if ctx.answer is not None and not ctx.placed and ctx.answer in enum and _is_answer_field(name):
-            ctx.placed = True
+            ctx.placed = "quoted"
             return ANSWER_SLOT
         return enum[ctx.rng.randrange(len(enum))]
     kind = _schema_type(schema)
@@ -324,13 +332,13 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
                 out[key] = instance_for_schema(sub, ctx, depth + 1, key)
         return out
     if kind == "array":
-        lo = schema.get("minItems", 1)
-        hi = schema.get("maxItems", max(lo, 3))
-        count = min(max(lo, min(hi, 1 + ctx.rng.randrange(3))), 50)
+        lo = schema.get("minItems", 1) if isinstance(schema.get("minItems"), int) else 1
+        hi = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else max(lo, 3)
+        count = max(lo, min(hi, 1 + ctx.rng.randrange(3)))
         return [instance_for_schema(schema.get("items"), ctx, depth + 1) for _ in range(count)]
     if kind in ("number", "integer"):
         if wants_answer and ctx.answer_is_number and (kind == "number" or "." not in ctx.answer):
-            ctx.placed = True
+            ctx.placed = "raw"
             return ANSWER_SLOT
         lo, hi = _bounds(schema, 1 if kind == "integer" else 0.01)
         if kind == "integer":
@@ -343,7 +351,7 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
         return None
     # strings (and untyped schemas)
     if wants_answer:
-        ctx.placed = True
+        ctx.placed = "quoted"
         return ANSWER_SLOT
     fmt = schema.get("format")
     if fmt == "date":
@@ -358,6 +366,8 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
         text = " ".join(_word(ctx) for _ in range(1 + ctx.rng.randrange(3)))
     lo = schema.get("minLength", 0)
     hi = schema.get("maxLength")
+    if isinstance(lo, int) and lo > 10_000:
+        raise SchemaTooComplex("the JSON schema asks for too long a string to simulate")
     if isinstance(lo, int) and len(text) < lo:
         text = (text + " ") * (lo // (len(text) + 1) + 1)
     if isinstance(hi, int):

@@ -1,0 +1,430 @@
+"""A corpus of broken inputs: each one must stop evalrun before any request is sent.
+
+For every case, run through the real CLI in-process against a scripted loopback server:
+  1. exit code 2;
+  2. stderr is one error starting `evalrun: error:` that names the file (the config, or the
+     dataset for dataset problems), the line and/or key path, and what is allowed;
+  3. no traceback;
+  4. zero requests reached the server and no run directory (let alone a journal) exists.
+
+A case is a base config (conftest.base_config pointed at the server) plus one edit, or raw
+YAML text for syntax cases; `line` is either a number or a snippet of the written file whose
+(first) line number the error must name.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from conftest import base_config
+from evalrun.cli import main
+
+MODEL = "gemini-2.5-flash-lite"
+GOOD_ROWS = "".join(
+    orjson.dumps({"id": f"q{i}", "question": f"{i} + {i}", "answer": 2 * i}).decode() + "\n" for i in range(1, 6)
+)
+UNSET_ENV = "EVALRUN_TEST_SURELY_UNSET_KEY"
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------------------ config edits
+
+
+def _walk(cfg: dict[str, Any], dotted: str) -> tuple[Any, str]:
+    *parents, last = dotted.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    return node, last
+
+
+def put(dotted: str, value: Any) -> Edit:
+    """Set cfg[a][b]… = value (intermediate mappings are created)."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        node, last = _walk(cfg, dotted)
+        node[last] = copy.deepcopy(value)
+
+    return edit
+
+
+def drop(dotted: str) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        node, last = _walk(cfg, dotted)
+        del node[last]
+
+    return edit
+
+
+def rename(old: str, new: str) -> Edit:
+    """Rename a top-level key, keeping its place in the file."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        items = [(new if k == old else k, v) for k, v in cfg.items()]
+        cfg.clear()
+        cfg.update(items)
+
+    return edit
+
+
+def both(*edits: Edit) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        for e in edits:
+            e(cfg)
+
+    return edit
+
+
+def model_params(**params: Any) -> Edit:
+    return put("models", [{"name": MODEL, "params": params}])
+
+
+def jsonl(*rows: Any) -> str:
+    return "".join((r if isinstance(r, str) else orjson.dumps(r).decode()) + "\n" for r in rows)
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    edit: Edit | None = None  # applied to the base config
+    raw: str | None = None  # the config file's text instead ($DATA: the dataset path)
+    data: str | None = None  # dataset text, written to data_name (and dataset.path points there)
+    data_name: str = "data.jsonl"
+    argv: tuple[str, ...] = ()  # more arguments after CONFIG
+    cmd: str = "run"
+    file: str | None = "config"  # the file the error names: "config", a dataset file name, or None
+    line: int | str | None = None  # a line number, or a snippet of that file whose line is meant
+    key: str | None = None  # the key path (or option) the error names
+    says: tuple[str, ...] = ()  # what is allowed / what is wrong: distinctive substrings
+    argparse: bool = False  # rejected by argparse itself (its own "usage: … error:" format)
+
+
+def C(id: str, **kw: Any) -> Case:  # noqa: N802 — a table row
+    says = kw.pop("says", ())
+    return Case(id, says=(says,) if isinstance(says, str) else tuple(says), **kw)
+
+
+CASES: list[Case] = [
+    # --- YAML syntax and shape ------------------------------------------------------------
+    C("yaml-bad-indent",
+      raw="experiment: t\nmodels:\n  - a\n   - b\nprompts: {}\n",
+      line=4, says="YAML syntax error"),
+    C("yaml-unclosed-bracket",
+      raw="experiment: t\nmodels: [a, b\nprompts:\n  p: []\ndataset: $DATA\n",
+      line=3, says=("YAML syntax error", "expected ',' or ']'")),
+    C("yaml-unclosed-quote",
+      raw='experiment: t\ndescription: "never closed\nmodels: [a]\n',
+      line=4, says=("YAML syntax error", "end of stream")),
+    C("yaml-tab-indent",
+      raw="experiment: t\nmodels:\n\t- a\n",
+      line=3, says=("YAML syntax error", "tab")),
+    C("top-level-list", raw="- experiment: t\n- models: [a]\n", line=1, says=("must be a YAML mapping", "experiment:")),
+    C("top-level-scalar", raw="just some text\n", line=1, says=("must be a YAML mapping", "got a string")),
+    C("empty-file", raw="", says=("is empty", "experiment:")),
+    C("comments-only-file", raw="# nothing here yet\n", says=("is empty", "experiment:")),
+    # --- required keys and types ----------------------------------------------------------
+    C("missing-experiment", edit=drop("experiment"), key="experiment", says="required key is missing"),
+    C("missing-models", edit=drop("models"), key="models", says="required key is missing"),
+    C("missing-prompts", edit=drop("prompts"), key="prompts", says="required key is missing"),
+    C("missing-dataset", edit=drop("dataset"), key="dataset", says="required key is missing"),
+    C("models-not-a-list", edit=put("models", MODEL), line="models:", key="models",
+      says=("must be a list", MODEL)),
+    C("models-empty", edit=put("models", []), line="models:", key="models", says="at least 1"),
+    C("repeats-three", edit=put("repeats", "three"), line="repeats:", key="repeats",
+      says=("valid integer", "'three'")),
+    C("params-a-list", edit=put("params", ["temperature", 0.5]), line="params:", key="params",
+      says=("must be a mapping", "got a list")),
+    C("experiment-bad-name", edit=put("experiment", "my eval!"), line="experiment:", key="experiment",
+      says="letters, digits"),
+    # --- out-of-range request parameters: params, grid values, a model's own params ------
+    C("params-temperature-2.5", edit=put("params.temperature", 2.5), line="temperature: 2.5",
+      key="params.temperature", says="less than or equal to 2"),
+    C("params-top_p-1.5", edit=put("params.top_p", 1.5), line="top_p: 1.5",
+      key="params.top_p", says="less than or equal to 1"),
+    C("params-top_k-0", edit=put("params.top_k", 0), line="top_k: 0",
+      key="params.top_k", says="greater than or equal to 1"),
+    C("params-max_tokens-0", edit=put("params.max_tokens", 0), line="max_tokens: 0",
+      key="params.max_tokens", says="greater than or equal to 1"),
+    C("params-max_tokens-70000", edit=put("params.max_tokens", 70000), line="max_tokens: 70000",
+      key="params.max_tokens", says="less than or equal to 65536"),
+    C("params-reasoning_effort-extreme", edit=put("params.reasoning_effort", "extreme"),
+      line="reasoning_effort: extreme", key="params.reasoning_effort",
+      says=("'none', 'low', 'medium' or 'high'", "'extreme'")),
+    C("grid-temperature-2.5", edit=put("grid", {"temperature": [0.0, 2.5]}), line="- 2.5",
+      key="grid.temperature[1]", says="less than or equal to 2"),
+    C("grid-frequency_penalty-3", edit=put("grid", {"frequency_penalty": [0, 3]}), line="- 3",
+      key="grid.frequency_penalty[1]", says="less than or equal to 2"),
+    C("grid-n-0", edit=put("grid", {"n": [0, 1]}), line="- 0", key="grid.n[0]",
+      says="greater than or equal to 1"),
+    C("grid-reasoning_effort-extreme", edit=put("grid", {"reasoning_effort": ["low", "extreme"]}),
+      line="- extreme", key="grid.reasoning_effort[1]", says="'none', 'low', 'medium' or 'high'"),
+    C("grid-top_logprobs-21", edit=both(put("params.logprobs", True), put("grid", {"top_logprobs": [5, 21]})),
+      line="- 21", key="grid.top_logprobs[1]", says="less than or equal to 20"),
+    C("model-presence_penalty-3", edit=model_params(presence_penalty=3), line="presence_penalty: 3",
+      key="models[0].params.presence_penalty", says="less than or equal to 2"),
+    C("model-top_p-1.5", edit=model_params(top_p=1.5), line="top_p: 1.5",
+      key="models[0].params.top_p", says="less than or equal to 1"),
+    # --- parameters that need another one -------------------------------------------------
+    C("top_logprobs-without-logprobs", edit=put("params.top_logprobs", 5), line="params:", key="params",
+      says="top_logprobs needs logprobs"),
+    C("stream_options-without-stream", edit=put("params.stream_options", {"include_usage": True}),
+      line="params:", key="params", says="stream_options is only allowed with stream: true"),
+    C("tool_choice-without-tools", edit=put("params.tool_choice", "required"), line="params:", key="params",
+      says="tool_choice needs tools"),
+    C("stop-list-with-number", edit=put("params.stop", ["###", 3]), line="- 3", key="params.stop[1]",
+      says="stop must be a string or a list of strings"),
+    C("grid-cell-top_logprobs-without-logprobs", edit=put("grid", {"top_logprobs": [1, 2]}), line="grid:",
+      says=("top_logprobs needs logprobs", "top_logprobs=1")),
+    # --- unknown keys -----------------------------------------------------------------------
+    C("unknown-top-level-modles", edit=rename("models", "modles"), line="modles:", key="modles",
+      says="did you mean 'models'"),
+    C("unknown-params-temprature", edit=put("params.temprature", 0.5), line="temprature:",
+      key="params.temprature", says=("did you mean 'temperature'", "allowed here:")),
+    C("unknown-provider-key", edit=put("providers.sim.base_url", "http://127.0.0.1:1/v1"), line="base_url:",
+      key="providers.sim.base_url", says="did you mean 'base_urls'"),
+    C("unknown-grid-axis", edit=put("grid", {"temprature": [0, 1]}), line="temprature:", key="grid.temprature",
+      says=("unknown request parameter", "did you mean 'temperature'")),
+    # --- grid shape -------------------------------------------------------------------------
+    C("grid-axis-not-a-list", edit=put("grid", {"temperature": 0.5}), line="temperature: 0.5",
+      key="grid.temperature", says="must be a non-empty list"),
+    C("grid-axis-empty-list", edit=put("grid", {"temperature": []}), line="temperature: []",
+      key="grid.temperature", says="must be a non-empty list"),
+    C("grid-axis-duplicate-value", edit=put("grid", {"temperature": [0.5, 0.5]}), line="temperature:",
+      key="grid.temperature", says="listed twice"),
+    C("grid-exclude-unknown-model",
+      edit=put("grid", {"temperature": [0, 1], "exclude": [{"model": "gemini-2.5-flash-lit"}]}),
+      line="- model: gemini-2.5-flash-lit", key="grid.exclude[0].model",
+      says=("is not in models:", f"did you mean '{MODEL}'")),
+    C("grid-exclude-unknown-axis",
+      edit=put("grid", {"temperature": [0, 1], "exclude": [{"top_p": 0.5}]}),
+      line="- top_p: 0.5", key="grid.exclude[0].top_p", says=("not a grid axis", "allowed: model, prompt, temperature")),
+    C("grid-excludes-everything",
+      edit=put("grid", {"temperature": [0, 1], "exclude": [{"model": MODEL}]}),
+      line="exclude:", says="the grid is empty"),
+    C("grid-model-axis", edit=put("grid", {"model": ["a", "b"]}), line="model:", key="grid.model",
+      says="list them under models: and prompts:"),
+    C("grid-prompt-axis", edit=put("grid", {"prompt": ["p"]}), line="prompt:", key="grid.prompt",
+      says="list them under models: and prompts:"),
+    # --- providers and secrets --------------------------------------------------------------
+    C("provider-not-defined", edit=put("provider", "nosuch"), line="provider: nosuch",
+      says=("provider 'nosuch' is not defined", "evolink, sim, simulator")),
+    C("provider-typo", edit=put("provider", "simm"), line="provider: simm", says="did you mean 'sim'"),
+    C("model-provider-not-defined", edit=put("models", [{"name": MODEL, "provider": "nosuch"}]),
+      line="provider: nosuch", says=("provider 'nosuch' is not defined", "define it under providers:")),
+    C("api_key-literal", edit=put("providers.sim.api_key", "sk-abcdef0123456789"), line="api_key:",
+      key="providers.sim.api_key", says=("must not be written in the config", "api_key_env")),
+    C("header-authorization-literal", edit=put("providers.sim.headers", {"Authorization": "Bearer sk-abc"}),
+      line="headers:", key="providers.sim.headers", says=("'Authorization'", "api_key_env")),
+    C("api_key_env-holds-a-key", edit=put("providers.sim.api_key_env", "sk-abc123def456"), line="api_key_env:",
+      key="providers.sim.api_key_env", says="NAME of an environment variable"),
+    C("plain-http-remote-with-key",
+      edit=both(put("providers.sim.base_urls", ["http://example.com/v1"]), put("providers.sim.api_key_env", "X_KEY")),
+      line="sim:", key="providers.sim", says=("plain http to a non-loopback host", "allow_insecure_http")),
+    C("api_key_env-unset", edit=put("providers.sim.api_key_env", UNSET_ENV), key="api_key_env",
+      says=(UNSET_ENV, "provider 'sim' needs an API key")),
+    C("base_url-not-http", edit=put("providers.sim.base_urls", ["ftp://example.com/v1"]), line="- ftp://",
+      key="providers.sim.base_urls", says="is not an http(s) URL"),
+    C("simulator-with-base_urls", edit=put("providers.sim.kind", "simulator"), line="sim:", key="providers.sim",
+      says="kind: simulator starts its own server; drop base_urls"),
+    C("simulator-unknown-option",
+      edit=put("providers.sim", {"kind": "simulator", "simulator": {"latency_scal": 0}}), line="sim:",
+      key="providers.sim", says=("unknown simulator option 'latency_scal'", "latency_scale")),
+    C("simulator-option-out-of-range",
+      edit=put("providers.sim", {"kind": "simulator", "simulator": {"rate_429": 1.5}}), line="sim:",
+      key="providers.sim", says="'rate_429' must be between 0 and 1"),
+    C("max_concurrency-0", edit=put("providers.sim.max_concurrency", 0), line="max_concurrency: 0",
+      key="providers.sim.max_concurrency", says="greater than or equal to 1"),
+    # --- dataset ----------------------------------------------------------------------------
+    C("dataset-missing-file", edit=put("dataset.path", "nope.jsonl"), file="nope.jsonl",
+      says=("dataset file not found", "dataset.path")),
+    C("dataset-unknown-extension", data=GOOD_ROWS, data_name="data.txt", file="data.txt",
+      says=("unknown dataset format", ".jsonl, .csv or .parquet", "dataset.format")),
+    C("dataset-malformed-jsonl-line", data=jsonl({"id": "a", "question": "1"}, {"id": "b", "question": "2"},
+                                                 '{"id": "c", "question": '), file="data.jsonl", line=3,
+      says="not valid JSON"),
+    C("dataset-jsonl-array-line", data=jsonl({"id": "a", "question": "1"}, ["b", "2"]), file="data.jsonl",
+      line=2, says=("must be a JSON object", "list")),
+    C("dataset-missing-placeholder-column",
+      data=jsonl({"id": "a", "question": "1"}, {"id": "b", "question": "2"}, {"id": "c", "q": "3"}),
+      file="data.jsonl", line=3, says=("no column 'question'", "{question}", "prompt 'p'")),
+    C("dataset-empty", data="", file="data.jsonl", says="has no rows"),
+    C("dataset-blank-lines-only", data="\n\n  \n", file="data.jsonl", says="has no rows"),
+    C("dataset-duplicate-ids",
+      data=jsonl({"id": "a", "question": "1"}, {"id": "b", "question": "2"}, {"id": "a", "question": "3"}),
+      file="data.jsonl", line=3, says=("duplicate row", "id 'a'", "line 1")),
+    C("dataset-identical-rows-without-ids",
+      data=jsonl({"question": "1"}, {"question": "2"}, {"question": "1"}),
+      file="data.jsonl", line=3, says=("duplicate row", "same content", "line 1", "add an id column")),
+    C("dataset-csv-more-fields-than-header", data="id,question\na,1\nb,2,extra\n", data_name="data.csv",
+      file="data.csv", line=3, says="more fields than the header"),
+    C("dataset-csv-missing-id-value", data="id,question\na,1\n,2\n", data_name="data.csv",
+      file="data.csv", line=3, says="no value in id column 'id'"),
+    C("dataset-id_column-not-in-rows", edit=put("dataset.id_column", "key"), file="data.jsonl", line=1,
+      says=("no value in id column 'key'", "dataset.id_column")),
+    C("dataset-limit-0", edit=put("dataset.limit", 0), line="limit: 0", key="dataset.limit",
+      says="greater than or equal to 1"),
+    # --- prompts ----------------------------------------------------------------------------
+    C("prompt-without-user-message", edit=put("prompts", {"p": [{"role": "system", "content": "{question}"}]}),
+      line="p:", key="prompts.p", says="has no user message"),
+    C("prompt-bad-role", edit=put("prompts", {"p": [{"role": "bot", "content": "{question}"}]}),
+      line="role: bot", key="prompts.p[0].role", says=("'system', 'developer', 'user', 'assistant' or 'tool'", "'bot'")),
+    C("prompts-empty", edit=put("prompts", {}), line="prompts:", key="prompts", says="at least one prompt"),
+    C("prompt-bad-name", edit=put("prompts", {"my prompt": [{"role": "user", "content": "{question}"}]}),
+      line="my prompt:", key="prompts", says="letters, digits"),
+    # --- command line -----------------------------------------------------------------------
+    C("set-malformed", argv=("--set", "foo"), key="--set 'foo'", says="expected key.path=value"),
+    C("set-invalid-value", argv=("--set", "params.temperature=9"), key="params.temperature",
+      says=("less than or equal to 2", "--set params.temperature=9")),
+    C("set-unknown-key", argv=("--set", "params.temprature=0.5"), key="params.temprature",
+      says=("did you mean 'temperature'", "--set params.temprature=0.5")),
+    C("limit-0", argv=("--limit", "0"), file=None, key="--limit", says="must be at least 1", argparse=True),
+    C("resume-not-a-run", argv=("--resume", "$TMP/not-a-run"), file=None, key="--resume",
+      says=("no manifest.json there", "is it a run directory?")),
+    C("retry-errors-without-resume", argv=("--retry-errors",), file=None, key="--retry-errors",
+      says="go with --resume RUN_DIR"),
+    # --- the same checks through validate and plan ----------------------------------------
+    C("validate-params-temperature-2.5", cmd="validate", edit=put("params.temperature", 2.5),
+      line="temperature: 2.5", key="params.temperature", says="less than or equal to 2"),
+    C("validate-dataset-duplicate-ids", cmd="validate",
+      data=jsonl({"id": "a", "question": "1"}, {"id": "a", "question": "2"}),
+      file="data.jsonl", line=2, says=("duplicate row", "line 1")),
+    C("validate-yaml-unclosed-bracket", cmd="validate", raw="experiment: t\nmodels: [a, b\n",
+      line=3, says="YAML syntax error"),
+    C("plan-unknown-grid-axis", cmd="plan", edit=put("grid", {"temprature": [0, 1]}), line="temprature:",
+      key="grid.temprature", says="did you mean 'temperature'"),
+    C("plan-provider-not-defined", cmd="plan", edit=put("provider", "nosuch"), line="provider: nosuch",
+      says="provider 'nosuch' is not defined"),
+    C("plan-dataset-missing-placeholder", cmd="plan", data=jsonl({"id": "a", "q": "1"}), file="data.jsonl",
+      line=1, says="no column 'question'"),
+]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ running a case
+
+
+@dataclass
+class Outcome:
+    code: int | str | None
+    out: str
+    err: str
+    config: Path
+    files: dict[str, Path]  # name → path, for the files a case may name
+
+
+def run_case(case: Case, tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]) -> Outcome:
+    good = tmp_path / "data.jsonl"
+    good.write_text(GOOD_ROWS)
+    dataset = good
+    if case.data is not None:
+        dataset = tmp_path / case.data_name
+        dataset.write_text(case.data, encoding="utf-8")
+    config = tmp_path / "exp.yaml"
+    if case.raw is not None:
+        config.write_text(case.raw.replace("$DATA", str(dataset)))
+    else:
+        cfg = base_config(tmp_path, dataset, base_url)
+        if case.edit is not None:
+            case.edit(cfg)
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    argv = [case.cmd, str(config), *(a.replace("$TMP", str(tmp_path)) for a in case.argv)]
+    if case.cmd == "run":
+        argv.append("--no-progress")
+    capsys.readouterr()
+    try:
+        code: int | str | None = main(argv)
+    except SystemExit as exc:  # argparse rejects a value before evalrun's own code runs
+        code = exc.code
+    out, err = capsys.readouterr()
+    files = {"config": config, case.data_name: dataset, "nope.jsonl": tmp_path / "nope.jsonl"}
+    return Outcome(code, out, err, config, files)
+
+
+def line_of(path: Path, where: int | str) -> int:
+    """`where` itself, or the number of the first line of `path` that contains it."""
+    if isinstance(where, int):
+        return where
+    for n, text in enumerate(path.read_text().splitlines(), 1):
+        if where in text:
+            return n
+    raise AssertionError(f"the test's own line marker {where!r} is not in {path}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_rejected_before_any_request(
+    case: Case, tmp_path: Path, scripted: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(UNSET_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # a relative path the code invents must land in tmp_path
+    srv = scripted()
+    res = run_case(case, tmp_path, srv.base_url, capsys)
+    err = res.err
+    context = f"\n--- stderr ---\n{err}--- stdout ---\n{res.out}"
+
+    # 1. exit code 2
+    assert res.code == 2, context
+    # 3. no traceback anywhere
+    assert "Traceback" not in err and "Traceback" not in res.out, context
+    # 2. one error, in evalrun's format (argparse's own "usage: … error:" for values it rejects)
+    if case.argparse:
+        assert re.search(rf"evalrun {case.cmd}: error: argument {re.escape(case.key or '')}", err), context
+    else:
+        assert err.startswith("evalrun: error: "), context
+        assert err.count("evalrun: error:") == 1, context
+        assert "pydantic" not in err.lower() and "errors.pydantic.dev" not in err, context
+    if case.file is not None:
+        path = res.files[case.file]
+        if case.line is not None:
+            assert f"{path}:{line_of(path, case.line)}:" in err, context
+        else:
+            assert str(path) in err, context
+    if case.key is not None:
+        assert case.key in err, context
+    for text in case.says:
+        assert text in err, context
+    # 4. nothing sent, nothing written
+    assert srv.requests == [], context
+    assert not (tmp_path / "reports").exists(), context
+    assert not list(tmp_path.rglob("journal.jsonl")), context
+
+
+# ------------------------------------------------------------------------------ positive control
+
+
+def test_csv_with_bom_and_id_column_is_read(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    """A UTF-8 BOM (as Excel writes it) is not part of the first column's name, and not an error."""
+    from evalrun.config import load_experiment
+    from evalrun.datasets import iter_rows
+    from evalrun.grid import build_plan
+
+    srv = scripted()
+    data = tmp_path / "data.csv"
+    data.write_bytes("\ufeffid,question\nr1,1 + 1\nr2,2 + 2\n".encode())
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, data, srv.base_url), sort_keys=False))
+
+    res = cli("validate", config)
+    assert res.code == 0, res.err
+    assert "1 cells × 2 rows" in res.out
+    plan = build_plan(load_experiment(config))
+    assert plan.dataset.id_column == "id"
+    assert plan.dataset.columns == ("id", "question")
+    assert [rid for rid, _ in iter_rows(plan.dataset)] == ["r1", "r2"]
+    assert srv.requests == []
+
+
+def test_corpus_is_large_and_ids_are_unique() -> None:
+    assert len(CASES) >= 35
+    assert len({c.id for c in CASES}) == len(CASES)
