@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -58,6 +59,9 @@ class ProviderClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._bodies: dict[str, dict[str, Any]] = {}  # cell_id → payload without messages
+        # The repeat index lets a deterministic local server (the simulator) vary its answer per
+        # repeat; a remote API never sees this header.
+        self._send_repeat = all(_is_local(u) for u in base_urls)
 
     @property
     def base_url(self) -> str:
@@ -92,10 +96,10 @@ class ProviderClient:
     async def send(self, spec: RequestSpec) -> Completion:
         """One attempt. Raises a RequestError subclass on any failure."""
         body = orjson.dumps(self.payload(spec))
-        headers = {**self._headers, "X-Evalrun-Repeat": str(spec.repeat)}
+        headers = {**self._headers, "X-Evalrun-Repeat": str(spec.repeat)} if self._send_repeat else self._headers
         stream = bool(spec.cell.params.get("stream"))
         if stream:
-            headers["Accept"] = "text/event-stream"
+            headers = {**headers, "Accept": "text/event-stream"}
         url = self.base_url + "/chat/completions"
         t0 = time.monotonic()
         try:
@@ -119,6 +123,11 @@ class ProviderClient:
             raise MalformedResponse(f"response body cut off: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _loads(raw: bytes) -> Any:

@@ -187,6 +187,18 @@ class ExperimentConfig(_Strict):
             return [{"name": m} if isinstance(m, str) else m for m in v]
         return v
 
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelEntry]) -> list[ModelEntry]:
+        seen: set[tuple[str, str | None]] = set()
+        for m in v:
+            key = (m.name, m.provider)
+            if key in seen:
+                where = f" on provider {m.provider!r}" if m.provider else ""
+                raise ValueError(f"model {m.name!r} is listed twice{where}; list each model once per provider")
+            seen.add(key)
+        return v
+
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset_path(cls, v: Any) -> Any:
@@ -244,11 +256,17 @@ class Experiment:
 
     @property
     def default_provider(self) -> str:
+        """`provider:`, else the only provider defined, else the simulator when none is."""
         if self.config.provider:
             return self.config.provider
         if len(self.config.providers) == 1:
             return next(iter(self.config.providers))
-        return "simulator"
+        if not self.config.providers:
+            return "simulator"
+        raise ConfigError(
+            f"{self.where('providers')}: several providers are defined ({', '.join(self.config.providers)}) "
+            "and a model names none; set provider: at the top level or on each model"
+        )
 
     def where(self, *path: Any) -> str:
         """`file:line` for a key path, for error messages."""
@@ -272,45 +290,66 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+        raise ConfigError(_format_yaml_error(exc, path)) from None
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the file is empty; an experiment is a YAML mapping with the keys "
+            "experiment:, models:, prompts: and dataset:"
+        )
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the file must be a YAML mapping with keys like experiment:, models:")
+        raise ConfigError(
+            f"{path}:{node.start_mark.line + 1 if node else 1}: the file must be a YAML mapping with the keys "
+            f"experiment:, models:, prompts: and dataset: (got {_kind(raw)})"
+        )
     lines: dict[tuple[Any, ...], int] = {}
-    _index_lines(node, (), lines)
+    _index_lines(node, (), lines, path)
+    overridden: dict[tuple[str, ...], str] = {}
     for item in overrides or []:
-        _apply_override(raw, item, path)
+        overridden[_apply_override(raw, item, path)] = item
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        # params and model params are checked field by field here; combinations such as
+        # top_logprobs-needs-logprobs are checked on each merged cell in grid.expand_cells
+        cfg = ExperimentConfig.model_validate(raw, context={"partial": True})
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, path, raw, lines)) from None
+        raise ConfigError(_format_validation(exc, path, raw, lines, overridden)) from None
     exp = Experiment(config=cfg, path=path, grid=GridAxes({}, [], []), providers={}, raw=raw, lines=lines)
     exp.providers = _resolve_providers(exp)
     exp.grid = _validate_grid(exp)
     return exp
 
 
-def _index_lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _index_lines(
+    node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], file: Path | None = None
+) -> None:
+    """Key path → line; a key repeated in one mapping is an error (YAML would keep the last silently)."""
     if node is None:
         return
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
         for key, value in node.value:
             sub = path + (key.value,)
-            out[sub] = key.start_mark.line + 1
-            _index_lines(value, sub, out)
-            out[sub] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in first:
+                    raise ConfigError(
+                        f"{file}:{line}: {_dotted(sub)}: the key is repeated (first at line {first[key.value]}); "
+                        "keep one of them"
+                    )
+                first[key.value] = line
+            out[sub] = line
+            _index_lines(value, sub, out, file)
+            out[sub] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
-            _index_lines(value, path + (i,), out)
+            _index_lines(value, path + (i,), out, file)
 
 
-def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ...]:
+    """Apply one `--set key.path=value`; returns the key path it set."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set params.temperature=0.5")
+        raise ConfigError(f"{path}: --set {item!r}: expected key.path=value, e.g. --set params.temperature=0.5")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -326,6 +365,7 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} in {path} is not a mapping")
         node = nxt
     node[parts[-1]] = parsed
+    return tuple(parts)
 
 
 def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
@@ -340,7 +380,10 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
             continue
         known = sorted(set(providers) | set(PRESETS))
         hint = _did_you_mean(name, known)
-        line_path = ("provider",) if cfg.provider == name else ("models",)
+        line_path: tuple[Any, ...] = ("provider",)
+        if cfg.provider != name:
+            i = next((i for i, m in enumerate(cfg.models) if m.provider == name), None)
+            line_path = ("models", i, "provider") if i is not None else ("models",)
         raise ConfigError(
             f"{exp.where(*line_path)}: provider {name!r} is not defined{hint}; "
             f"define it under providers: or use one of {', '.join(known)}"
@@ -431,6 +474,51 @@ def _validate_grid(exp: Experiment) -> GridAxes:
 # --------------------------------------------------------------------------- error text
 
 
+def _format_yaml_error(exc: yaml.YAMLError, path: Path) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    msg = f"{where}: YAML syntax error: {problem}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark and (not mark or cmark.line != mark.line):
+        msg += f" ({context} that starts at line {cmark.line + 1})"  # e.g. the unclosed [ or "
+    if "'\\t'" in problem:
+        msg += "; indent with spaces, not tabs"
+    elif "block end" in problem or "mapping values are not allowed" in problem:
+        msg += "; check this line's indentation (or quote a value that contains ': ')"
+    return msg
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", type(None): "nothing"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+# the location parts pydantic adds for union members, dict keys and validators (not data)
+_PYDANTIC_TYPE_TAGS = re.compile(
+    r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|\[key\]|literal\[.*\]|function-.*|[A-Z]\w*)$"
+)
+
+
+def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) -> str:
+    """Pydantic's message in evalrun's words where pydantic's would be obscure."""
+    etype, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if etype in ("model_type", "dict_type", "model_attributes_type"):
+        return "must be a mapping of key: value lines" + (f" (got {_kind(got)})" if with_input else "")
+    if etype == "list_type":
+        return "must be a list, e.g. [a, b] or lines starting with '- '" + (f" (got {got!r})" if with_input else "")
+    if etype == "too_short" and ctx.get("actual_length") == 0:
+        return f"must not be empty: at least {ctx.get('min_length', 1)} entry needed"
+    if etype == "string_pattern_mismatch" and ctx.get("pattern") == name_pattern:
+        return (f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, "
+                "'.', '_' and '-'")  # fmt: skip
+    msg = err["msg"].removeprefix("Value error, ")
+    if with_input and "input" in err and etype != "value_error" and not isinstance(got, (dict, list)):
+        msg += f" (got {got!r})"
+    return msg
+
+
 def _did_you_mean(word: str, choices: Any) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" — did you mean {match[0]!r}?" if match else ""
@@ -455,8 +543,8 @@ def _data_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
             out.append(part)
-        elif last:
-            out.append(part)
+        elif last and isinstance(node, dict) and not _PYDANTIC_TYPE_TAGS.match(str(part)):
+            out.append(part)  # a missing key
     return tuple(out)
 
 
@@ -493,11 +581,39 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _format_validation(exc: ValidationError, path: Path, raw: Any, lines: dict[tuple[Any, ...], int]) -> str:
-    messages: list[str] = []
+def _format_validation(
+    exc: ValidationError, path: Path, raw: Any, lines: dict[tuple[Any, ...], int],
+    overridden: dict[tuple[str, ...], str] | None = None,
+) -> str:  # fmt: skip
+    errors = []
     for err in exc.errors():
         data_path = _data_path(tuple(err["loc"]), raw)
-        line = lines.get(data_path) or lines.get(data_path[:-1])
+        # a shorter data path: the location had pydantic's tags for union members or dict keys
+        errors.append((err, data_path, len(data_path) < len(err["loc"])))
+    # a union (e.g. stop: str | list[str]) reports once per member: keep the deepest, most precise one
+    errors = [
+        (err, dp, tagged) for err, dp, tagged in errors
+        if not (tagged and any(len(o) > len(dp) and o[: len(dp)] == dp for _, o, _ in errors))
+    ]  # fmt: skip
+    typos = {  # unknown keys that are a typo of a missing one explain that one too
+        dp[:-1] + (m,): dp
+        for err, dp, _ in errors if err["type"] == "extra_forbidden" and dp
+        for m in difflib.get_close_matches(str(dp[-1]), _allowed_keys(ExperimentConfig, dp[:-1]), n=1, cutoff=0.6)
+    }  # fmt: skip
+    alternatives: dict[tuple[Any, ...], list[Any]] = {}  # union members failing at the same place
+    for err, data_path, tagged in errors:
+        if tagged and err["type"] not in ("missing", "extra_forbidden"):
+            alternatives.setdefault(data_path, []).append(err)
+    messages: list[str] = []
+    for err, data_path, tagged in errors:
+        if err["type"] == "missing" and data_path in typos:
+            continue
+        origin = next(
+            (item for key, item in (overridden or {}).items()
+             if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)),
+            None,
+        )  # fmt: skip
+        line = None if origin else (lines.get(data_path) or lines.get(data_path[:-1]))
         where = f"{path}:{line}" if line else str(path)
         dotted = _dotted(data_path) or "(top level)"
         if err["type"] == "extra_forbidden":
@@ -511,10 +627,15 @@ def _format_validation(exc: ValidationError, path: Path, raw: Any, lines: dict[t
                     msg += f"; allowed here: {', '.join(allowed)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif len(alternatives.get(data_path, ())) > 1:
+            either = alternatives[data_path]
+            msg = "; or ".join(dict.fromkeys(_error_text(e, with_input=False) for e in either))
+            if not isinstance(err.get("input"), (dict, list)):
+                msg += f" (got {err.get('input')!r})"
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-                msg += f" (got {err['input']!r})"
+            msg = _error_text(err)
+        if origin:
+            msg += f" (from --set {origin})"
         messages.append(f"{where}: {dotted}: {msg}")
     unique = list(dict.fromkeys(messages))
     more = f"\n(and {len(unique) - 8} more)" if len(unique) > 8 else ""

@@ -58,8 +58,11 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     continue
                 try:
                     row = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{lineno}: not valid JSON: {exc}") from None
+                except orjson.JSONDecodeError as exc:  # its own line/column count within this one line
+                    raise ConfigError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.pos + 1}); "
+                        "each line must be one complete JSON object"
+                    ) from None
                 if not isinstance(row, dict):
                     raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
                 yield lineno, row
@@ -69,9 +72,20 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 return
+            header = reader.fieldnames
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:  # DictReader would silently keep only the last column of that name
+                raise ConfigError(f"{path}:1: the header names column {twice[0]!r} more than once")
             for row in reader:
                 if None in row:
-                    raise ConfigError(f"{path}:{reader.line_num}: more fields than the header has")
+                    raise ConfigError(
+                        f"{path}:{reader.line_num}: more fields than the header has ({len(header)})"
+                    )
+                if None in row.values():  # DictReader's filler for fields the line lacks
+                    got = sum(v is not None for v in row.values())
+                    raise ConfigError(
+                        f"{path}:{reader.line_num}: fewer fields than the header has ({got} of {len(header)})"
+                    )
                 yield reader.line_num, dict(row)
     else:
         import pyarrow.parquet as pq
@@ -120,8 +134,14 @@ def check_dataset(
                         f"{{{missing[0]}}} by prompt {name!r}; columns here: {', '.join(row) or '(none)'}"
                     )
             if auto_id is not None:
-                if auto_id not in row or row[auto_id] in (None, ""):
-                    raise ConfigError(f"{path}:{lineno}: row has no value in id column {auto_id!r} (dataset.id_column)")
+                why = "named by dataset.id_column" if id_column else "every row needs one, as the first row has it"
+                if auto_id not in row:
+                    raise ConfigError(
+                        f"{path}:{lineno}: row has no id column {auto_id!r} ({why}); "
+                        f"columns here: {', '.join(row) or '(none)'}"
+                    )
+                if row[auto_id] in (None, ""):
+                    raise ConfigError(f"{path}:{lineno}: row has no value in id column {auto_id!r} ({why})")
             rid = _row_id(row, auto_id)
             if rid in seen:
                 what = f"id {rid!r}" if auto_id else "the same content"
@@ -168,13 +188,18 @@ def placeholders(value: Any) -> set[str]:
 
 
 def _text(value: Any) -> str:
+    """A cell value as prompt text: strings as they are, everything else as JSON (true, not True)."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (dict, list)):
+    try:
         return orjson.dumps(value).decode()
-    return str(value)
+    except TypeError:  # dates and other Parquet types
+        return str(value)
+
+
+cell_text = _text  # the same rendering for data_<column> report columns
 
 
 def fill(value: Any, row: dict[str, Any]) -> Any:

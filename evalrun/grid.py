@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from evalrun.config import Experiment
+from evalrun.config import Experiment, ModelEntry
 from evalrun.datasets import (
     DatasetInfo,
     check_dataset,
@@ -66,41 +66,41 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     base = cfg.params.model_dump(exclude_none=True)
     axes = exp.grid.axes
     names = list(axes)
-    combos: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []  # (model, prompt, grid values, model params)
-    models = {m.name: m for m in cfg.models}
+    combos: list[tuple[ModelEntry, str, dict[str, Any]]] = []  # (model entry, prompt, grid values)
     for model in cfg.models:
-        mparams = model.params.model_dump(exclude_none=True)
         for values in itertools.product(*(axes[n] for n in names)):
             point = dict(zip(names, values))
             for prompt in templates:
                 if any(_matches(e, model.name, prompt, point) for e in exp.grid.exclude):
                     continue
-                combos.append((model.name, prompt, point, mparams))
+                combos.append((model, prompt, point))
                 if len(combos) > MAX_CELLS:
                     raise ConfigError(f"{exp.where('grid')}: the grid has more than {MAX_CELLS:,} cells")
-    for i, entry in enumerate(exp.grid.include):
+    for entry in exp.grid.include:
         point = {k: v for k, v in entry.items() if k not in ("model", "prompt")}
-        for mname in [entry["model"]] if "model" in entry else list(models):
-            mparams = models[mname].params.model_dump(exclude_none=True)
+        for model in cfg.models:
+            if entry.get("model", model.name) != model.name:
+                continue
             for prompt in [entry["prompt"]] if "prompt" in entry else list(templates):
-                combos.append((mname, prompt, point, mparams))
+                combos.append((model, prompt, point))
     cells: dict[str, Cell] = {}
-    for mname, prompt, point, mparams in combos:
+    for model, prompt, point in combos:
+        mparams = model.params.model_dump(exclude_none=True)
         merged = {**base, **mparams, **point}  # later wins: params < model params < grid
         try:
             params = clean_params(RequestParams.model_validate(merged))
         except ValidationError as exc:
             err = exc.errors()[0]
-            desc = ", ".join(f"{k}={v!r}" for k, v in {"model": mname, "prompt": prompt, **point}.items())
+            desc = ", ".join(f"{k}={v!r}" for k, v in {"model": model.name, "prompt": prompt, **point}.items())
+            block = "grid" if point else "params"
             raise ConfigError(
-                f"{exp.where('grid') if point else exp.where('params')}: the cell ({desc}) has invalid "
-                f"parameters: {err['msg'].removeprefix('Value error, ')}"
+                f"{exp.where(block)}: {block}: {err['msg'].removeprefix('Value error, ')} "
+                f"(in the cell {desc}, after merging params < model params < grid)"
             ) from None
-        model = models[mname]
         provider = exp.provider_of(model)
-        cell_id = _digest([mname, params, prompt, templates[prompt]], 6)
+        cell_id = _digest([provider, model.name, params, prompt, templates[prompt]], 6)
         if cell_id not in cells:  # an include equal to an existing cell adds nothing
-            cells[cell_id] = Cell(cell_id, provider, mname, prompt, params)
+            cells[cell_id] = Cell(cell_id, provider, model.name, prompt, params)
     if not cells:
         raise ConfigError(f"{exp.where('grid', 'exclude')}: the grid is empty: every combination is excluded")
     return list(cells.values())

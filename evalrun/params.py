@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 ReasoningEffort = Literal["none", "low", "medium", "high"]
 
@@ -50,7 +50,16 @@ class RequestParams(BaseModel):
     extra_body: dict[str, Any] | None = Field(None, description="merged into the request body")
 
     @model_validator(mode="after")
-    def _combinations(self) -> RequestParams:
+    def _combinations(self, info: ValidationInfo) -> RequestParams:
+        if self.extra_body:
+            clash = sorted(set(self.extra_body) & (set(PARAM_FIELDS) | {"model", "messages"}))
+            if clash:
+                raise ValueError(
+                    f"extra_body.{clash[0]} would override a request field; set {clash[0]} as a "
+                    "parameter (so the report records it) and keep extra_body for provider extensions"
+                )
+        if info.context and info.context.get("partial"):
+            return self  # params/model blocks: combinations are checked once merged into a cell
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.stream_options is not None and not self.stream:
@@ -63,6 +72,7 @@ class RequestParams(BaseModel):
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(RequestParams.model_fields)
+PARAM_FIELDS = frozenset(PARAM_NAMES)
 
 # How each parameter is stored in results.parquet: scalars keep their type, objects and
 # lists become JSON text (their shapes vary too much for one Arrow type).

@@ -37,7 +37,8 @@ class _Halted(Exception):
 class StopState:
     """Why sending stopped, if it did."""
 
-    run_reason: str | None = None  # Ctrl-C, budget
+    run_reason: str | None = None  # Ctrl-C: stop sending at once
+    budget_reason: str | None = None  # a budget: stop dispatching, let what is queued go
     providers: dict[str, str] = field(default_factory=dict)  # provider → why it stopped
     dead_models: dict[tuple[str, str], str] = field(default_factory=dict)
     not_sent: int = 0
@@ -120,15 +121,20 @@ class Pool:
                     self.stop.not_sent += 1
                     continue
                 if self.max_requests is not None and self.dispatched >= self.max_requests:
-                    self.request_stop(f"budget: --max-requests {self.max_requests} reached")
+                    self.stop.budget_reason = f"budget: --max-requests {self.max_requests} reached"
                     break
                 self.dispatched += 1
                 await queues[provider].put(spec)
-        finally:
             for p, q in queues.items():
                 for _ in range(self.concurrency[p]):
                     await q.put(None)
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:
+            # a second Ctrl-C: abandon in-flight requests (their rows are simply not written)
+            for w in workers:
+                w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            raise
 
     async def _worker(self, provider: str, queue: asyncio.Queue[RequestSpec | None]) -> None:
         client = self.clients[provider]
@@ -242,5 +248,6 @@ class Pool:
         elif decision.action is Action.FAIL_MODEL:
             self.stop.dead_models.setdefault(
                 (spec.cell.provider, spec.cell.model),
-                f"model {spec.cell.model!r} was not found on provider {spec.cell.provider!r} (HTTP 404: {exc})",
+                f"model {spec.cell.model!r} was not found on provider {spec.cell.provider!r} "
+                f"(HTTP 404: {getattr(exc, 'message', exc)})",
             )

@@ -105,13 +105,13 @@ def _new_run_dir(exp: Experiment) -> tuple[str, Path]:
 
 
 def _versions() -> dict[str, str]:
-    import aiohttp
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"evalrun": __version__, "python": platform.python_version(), "aiohttp": aiohttp.__version__}
-    for mod in ("pyarrow", "pandas", "pydantic", "tenacity"):
+    out = {"evalrun": __version__, "python": platform.python_version()}
+    for dist in ("aiohttp", "pyarrow", "pandas", "pydantic", "tenacity", "orjson", "uvloop"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # a version string is nice to have, never needed
+            out[dist] = version(dist)
+        except PackageNotFoundError:
             pass
     return out
 
@@ -138,7 +138,9 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
     plan = build_plan(exp, opts.limit)
     fingerprint = grid_fingerprint(plan)
     if opts.resume is not None:
-        if manifest.get("grid_fingerprint") != fingerprint and not opts.force:
+        changed = manifest.get("grid_fingerprint") != fingerprint
+        manifest["grid_changed"] = changed
+        if changed and not opts.force:
             raise ConfigError(
                 f"--resume {opts.resume}: the experiment's grid changed since that run (config, dataset, "
                 "limit or repeats); resuming would mix two experiments. Start a new run, or pass --force"
@@ -303,9 +305,10 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
         messages += list(pool.stop.dead_models.values())
     if interrupts:
         return "interrupted", messages
-    if pool.stop.run_reason or pool.stop.providers:
-        if pool.stop.run_reason:
-            messages.insert(0, f"stopped: {pool.stop.run_reason}")
+    reason = pool.stop.run_reason or pool.stop.budget_reason
+    if reason or pool.stop.providers:
+        if reason:
+            messages.insert(0, f"stopped: {reason}")
         return "stopped", messages
     return "completed", messages
 
@@ -314,7 +317,13 @@ def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats
             messages: list[str], opts: RunOptions) -> RunOutcome:  # fmt: skip
     from evalrun.summary import write_summary
 
-    counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")))
+    # after a forced resume of a changed grid, rows of requests no longer in it stay in the
+    # journal but not in the report
+    keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+    counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep)
+    if counts["strays"]:
+        messages.append(f"{counts['strays']:,} recorded requests are not in the changed grid; "
+                        "kept in journal.jsonl, left out of results.parquet")  # fmt: skip
     summary = write_summary(run_dir)
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
     missing = plan.total_requests - recorded
@@ -333,4 +342,7 @@ def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats
         messages.append(f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
                         f"continue with: evalrun run --resume {run_dir}")  # fmt: skip
     code = EXIT_OK if status == "completed" else EXIT_INTERRUPTED if status == "interrupted" else EXIT_INCOMPLETE
+    if code == EXIT_OK and recorded and errors == recorded:
+        messages.append("every request ended in error: see error_type / error_message in results.parquet")
+        code = EXIT_INCOMPLETE
     return RunOutcome(run_dir, status, code, messages, summary)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from evalrun.datasets import cell_text
 from evalrun.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.records import Result
 
@@ -98,7 +99,7 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
         common[PARAM_COLUMN[name]] = _json_text(v) if PARAM_ARROW_KIND[name] == "json" else v
     for c in data_columns:
         v = spec.data.get(c)
-        common[DATA_PREFIX + c] = v if v is None or isinstance(v, str) else _json_text(v) if isinstance(v, (dict, list)) else str(v)
+        common[DATA_PREFIX + c] = None if v is None else cell_text(v)
     comp = result.completion
     if comp is None:
         return [{
@@ -192,11 +193,15 @@ def repair_journal(path: Path) -> None:
         f.truncate(0)
 
 
-def write_results(run_dir: Path, data_columns: tuple[str, ...], dedupe: bool) -> dict[str, int]:
+def write_results(
+    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None = None
+) -> dict[str, int]:
     """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
 
     A request appears in the journal more than once only after a resume (--retry-errors, or a
-    provider stop); `dedupe` then keeps each request's latest entry. Returns the counts.
+    provider stop); `dedupe` then keeps each request's latest entry. `keep`, after a forced
+    resume of a changed grid, limits the report to the requests of the current grid.
+    Returns the counts.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -207,11 +212,14 @@ def write_results(run_dir: Path, data_columns: tuple[str, ...], dedupe: bool) ->
     if dedupe:
         last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
     tmp = run_dir / (RESULTS + ".tmp")
-    counts = {"requests": 0, "errors": 0, "rows": 0}
+    counts = {"requests": 0, "errors": 0, "rows": 0, "strays": 0}
     buf: list[dict[str, Any]] = []
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for i, entry in enumerate(read_journal(journal)):
             if dedupe and last.get(entry["id"]) != i:
+                continue
+            if keep is not None and entry["id"] not in keep:
+                counts["strays"] += 1
                 continue
             counts["requests"] += 1
             counts["errors"] += entry["status"] == "error"

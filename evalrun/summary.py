@@ -31,13 +31,17 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         requests=("request_id", "nunique"),
         errors=("status", lambda s: int((s == "error").sum())),
         attempts=("attempts", "sum"),
-        **{t: (t, "sum") for t in TOKEN_COLUMNS},
+        # attempts beyond the first; requests never sent (a dead model) have 0 attempts
+        retries=("attempts", lambda s: int((s - 1).clip(lower=0).sum())),
+        # min_count=1: a cell whose answers carried no usage sums to null, not to 0
+        **{t: (t, lambda s: s.sum(min_count=1)) for t in TOKEN_COLUMNS},
         latency_p50_s=("latency_s", lambda s: s.quantile(0.50)),
         latency_p95_s=("latency_s", lambda s: s.quantile(0.95)),
         latency_p99_s=("latency_s", lambda s: s.quantile(0.99)),
         started=("started_at", "min"),
     )
-    agg["retries"] = agg["attempts"] - agg["requests"]
+    for t in TOKEN_COLUMNS:
+        agg[t] = agg[t].astype("Int64")
     agg["rows"] = results.groupby("cell_id", sort=False).size()
     for p in varying:
         agg[p] = req.groupby("cell_id", sort=False)[p].first()
@@ -81,8 +85,10 @@ def render_table(summary: pd.DataFrame, title: str = "") -> Any:
 def _fmt(v: Any, seconds: bool = False) -> str:
     import pandas as pd
 
-    if v is None or (isinstance(v, float) and pd.isna(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
         return "–"
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return "true" if v else "false"
     if isinstance(v, float):
         if seconds:
             return f"{v:.3f}"

@@ -110,6 +110,7 @@ class Case:
     key: str | None = None  # the key path (or option) the error names
     says: tuple[str, ...] = ()  # what is allowed / what is wrong: distinctive substrings
     argparse: bool = False  # rejected by argparse itself (its own "usage: … error:" format)
+    mkdir: str | None = None  # a folder to create under tmp_path first
 
 
 def C(id: str, **kw: Any) -> Case:  # noqa: N802 — a table row
@@ -119,19 +120,20 @@ def C(id: str, **kw: Any) -> Case:  # noqa: N802 — a table row
 
 CASES: list[Case] = [
     # --- YAML syntax and shape ------------------------------------------------------------
-    C("yaml-bad-indent",
-      raw="experiment: t\nmodels:\n  - a\n   - b\nprompts: {}\n",
-      line=4, says="YAML syntax error"),
-    C("yaml-unclosed-bracket",
-      raw="experiment: t\nmodels: [a, b\nprompts:\n  p: []\ndataset: $DATA\n",
-      line=3, says=("YAML syntax error", "expected ',' or ']'")),
-    C("yaml-unclosed-quote",
-      raw='experiment: t\ndescription: "never closed\nmodels: [a]\n',
-      line=4, says=("YAML syntax error", "end of stream")),
-    C("yaml-tab-indent",
-      raw="experiment: t\nmodels:\n\t- a\n",
-      line=3, says=("YAML syntax error", "tab")),
-    C("top-level-list", raw="- experiment: t\n- models: [a]\n", line=1, says=("must be a YAML mapping", "experiment:")),
+    C("yaml-bad-indent-list-item", raw="experiment: t\nmodels:\n  - a\n - b\n",
+      line=4, says=("YAML syntax error", "check this line's indentation")),
+    C("yaml-bad-indent-key", raw="experiment: t\n  models: [a]\n",
+      line=2, says=("YAML syntax error", "mapping values are not allowed here", "indentation")),
+    C("yaml-unclosed-bracket", raw="experiment: t\nmodels: [a, b\nprompts:\n  p: []\ndataset: $DATA\n",
+      line=3, says=("YAML syntax error", "expected ',' or ']'", "flow sequence that starts at line 2")),
+    C("yaml-unclosed-quote", raw='experiment: t\ndescription: "never closed\nmodels: [a]\n',
+      line=4, says=("YAML syntax error", "end of stream", "quoted scalar that starts at line 2")),
+    C("yaml-tab-indent", raw="experiment: t\nmodels:\n\t- a\n",
+      line=3, says=("YAML syntax error", "indent with spaces, not tabs")),
+    C("yaml-duplicate-key", raw="experiment: t\nparams:\n  temperature: 0.2\n  max_tokens: 5\n  temperature: 0.7\n",
+      line=5, key="params.temperature", says="repeated (first at line 3)"),
+    C("top-level-list", raw="- experiment: t\n- models: [a]\n", line=1,
+      says=("must be a YAML mapping", "experiment:, models:, prompts: and dataset:", "got a list")),
     C("top-level-scalar", raw="just some text\n", line=1, says=("must be a YAML mapping", "got a string")),
     C("empty-file", raw="", says=("is empty", "experiment:")),
     C("comments-only-file", raw="# nothing here yet\n", says=("is empty", "experiment:")),
@@ -142,7 +144,7 @@ CASES: list[Case] = [
     C("missing-dataset", edit=drop("dataset"), key="dataset", says="required key is missing"),
     C("models-not-a-list", edit=put("models", MODEL), line="models:", key="models",
       says=("must be a list", MODEL)),
-    C("models-empty", edit=put("models", []), line="models:", key="models", says="at least 1"),
+    C("models-empty", edit=put("models", []), line="models:", key="models", says="must not be empty"),
     C("repeats-three", edit=put("repeats", "three"), line="repeats:", key="repeats",
       says=("valid integer", "'three'")),
     C("params-a-list", edit=put("params", ["temperature", 0.5]), line="params:", key="params",
@@ -185,7 +187,13 @@ CASES: list[Case] = [
     C("tool_choice-without-tools", edit=put("params.tool_choice", "required"), line="params:", key="params",
       says="tool_choice needs tools"),
     C("stop-list-with-number", edit=put("params.stop", ["###", 3]), line="- 3", key="params.stop[1]",
-      says="stop must be a string or a list of strings"),
+      says=("valid string", "(got 3)")),
+    C("stop-a-number", edit=put("params.stop", 5), line="stop: 5", key="params.stop",
+      says=("valid string; or must be a list", "(got 5)")),
+    C("tool_choice-bad-value",
+      edit=both(put("params.tools", [{"type": "function"}]), put("params.tool_choice", "maybe")),
+      line="tool_choice: maybe", key="params.tool_choice",
+      says=("'none', 'auto' or 'required'", "(got 'maybe')")),
     C("grid-cell-top_logprobs-without-logprobs", edit=put("grid", {"top_logprobs": [1, 2]}), line="grid:",
       says=("top_logprobs needs logprobs", "top_logprobs=1")),
     # --- unknown keys -----------------------------------------------------------------------
@@ -210,10 +218,15 @@ CASES: list[Case] = [
       says=("is not in models:", f"did you mean '{MODEL}'")),
     C("grid-exclude-unknown-axis",
       edit=put("grid", {"temperature": [0, 1], "exclude": [{"top_p": 0.5}]}),
-      line="- top_p: 0.5", key="grid.exclude[0].top_p", says=("not a grid axis", "allowed: model, prompt, temperature")),
+      line="- top_p: 0.5", key="grid.exclude[0].top_p",
+      says=("not a grid axis", "allowed: model, prompt, temperature")),
     C("grid-excludes-everything",
       edit=put("grid", {"temperature": [0, 1], "exclude": [{"model": MODEL}]}),
       line="exclude:", says="the grid is empty"),
+    C("grid-not-a-mapping", edit=put("grid", ["temperature"]), line="grid:", key="grid",
+      says="must be a mapping of key: value lines (got a list)"),
+    C("grid-include-out-of-range", edit=put("grid", {"temperature": [0, 1], "include": [{"temperature": 3}]}),
+      line="- temperature: 3", key="grid.include[0].temperature", says="less than or equal to 2"),
     C("grid-model-axis", edit=put("grid", {"model": ["a", "b"]}), line="model:", key="grid.model",
       says="list them under models: and prompts:"),
     C("grid-prompt-axis", edit=put("grid", {"prompt": ["p"]}), line="prompt:", key="grid.prompt",
@@ -235,7 +248,7 @@ CASES: list[Case] = [
       line="sim:", key="providers.sim", says=("plain http to a non-loopback host", "allow_insecure_http")),
     C("api_key_env-unset", edit=put("providers.sim.api_key_env", UNSET_ENV), key="api_key_env",
       says=(UNSET_ENV, "provider 'sim' needs an API key")),
-    C("base_url-not-http", edit=put("providers.sim.base_urls", ["ftp://example.com/v1"]), line="- ftp://",
+    C("base_url-not-http", edit=put("providers.sim.base_urls", ["ftp://example.com/v1"]), line="base_urls:",
       key="providers.sim.base_urls", says="is not an http(s) URL"),
     C("simulator-with-base_urls", edit=put("providers.sim.kind", "simulator"), line="sim:", key="providers.sim",
       says="kind: simulator starts its own server; drop base_urls"),
@@ -254,7 +267,7 @@ CASES: list[Case] = [
       says=("unknown dataset format", ".jsonl, .csv or .parquet", "dataset.format")),
     C("dataset-malformed-jsonl-line", data=jsonl({"id": "a", "question": "1"}, {"id": "b", "question": "2"},
                                                  '{"id": "c", "question": '), file="data.jsonl", line=3,
-      says="not valid JSON"),
+      says=("not valid JSON", "at column 26", "one complete JSON object")),
     C("dataset-jsonl-array-line", data=jsonl({"id": "a", "question": "1"}, ["b", "2"]), file="data.jsonl",
       line=2, says=("must be a JSON object", "list")),
     C("dataset-missing-placeholder-column",
@@ -270,28 +283,35 @@ CASES: list[Case] = [
       file="data.jsonl", line=3, says=("duplicate row", "same content", "line 1", "add an id column")),
     C("dataset-csv-more-fields-than-header", data="id,question\na,1\nb,2,extra\n", data_name="data.csv",
       file="data.csv", line=3, says="more fields than the header"),
+    C("dataset-csv-fewer-fields-than-header", data="id,question,answer\na,1,2\nb,2\n", data_name="data.csv",
+      file="data.csv", line=3, says="fewer fields than the header has (2 of 3)"),
+    C("dataset-csv-header-names-a-column-twice", data="id,question,question\na,1,2\n", data_name="data.csv",
+      file="data.csv", line=1, says="column 'question' more than once"),
     C("dataset-csv-missing-id-value", data="id,question\na,1\n,2\n", data_name="data.csv",
       file="data.csv", line=3, says="no value in id column 'id'"),
     C("dataset-id_column-not-in-rows", edit=put("dataset.id_column", "key"), file="data.jsonl", line=1,
-      says=("no value in id column 'key'", "dataset.id_column")),
+      says=("no id column 'key'", "dataset.id_column", "columns here: id, question, answer")),
     C("dataset-limit-0", edit=put("dataset.limit", 0), line="limit: 0", key="dataset.limit",
       says="greater than or equal to 1"),
     # --- prompts ----------------------------------------------------------------------------
     C("prompt-without-user-message", edit=put("prompts", {"p": [{"role": "system", "content": "{question}"}]}),
-      line="p:", key="prompts.p", says="has no user message"),
+      line="prompts:", key="prompts", says="prompt 'p' has no user message"),
     C("prompt-bad-role", edit=put("prompts", {"p": [{"role": "bot", "content": "{question}"}]}),
-      line="role: bot", key="prompts.p[0].role", says=("'system', 'developer', 'user', 'assistant' or 'tool'", "'bot'")),
-    C("prompts-empty", edit=put("prompts", {}), line="prompts:", key="prompts", says="at least one prompt"),
+      line="role: bot", key="prompts.p[0].role",
+      says=("'system', 'developer', 'user', 'assistant' or 'tool'", "'bot'")),
+    C("prompts-empty", edit=put("prompts", {}), line="prompts:", key="prompts", says="must not be empty"),
     C("prompt-bad-name", edit=put("prompts", {"my prompt": [{"role": "user", "content": "{question}"}]}),
-      line="my prompt:", key="prompts", says="letters, digits"),
+      line="my prompt:", key="prompts.my prompt", says="letters, digits"),
     # --- command line -----------------------------------------------------------------------
     C("set-malformed", argv=("--set", "foo"), key="--set 'foo'", says="expected key.path=value"),
+    C("set-through-a-list", argv=("--set", "models.name=x"), key="--set models.name",
+      says="models in"),
     C("set-invalid-value", argv=("--set", "params.temperature=9"), key="params.temperature",
-      says=("less than or equal to 2", "--set params.temperature=9")),
+      says=("less than or equal to 2", "(from --set params.temperature=9)")),
     C("set-unknown-key", argv=("--set", "params.temprature=0.5"), key="params.temprature",
       says=("did you mean 'temperature'", "--set params.temprature=0.5")),
     C("limit-0", argv=("--limit", "0"), file=None, key="--limit", says="must be at least 1", argparse=True),
-    C("resume-not-a-run", argv=("--resume", "$TMP/not-a-run"), file=None, key="--resume",
+    C("resume-not-a-run", mkdir="not-a-run", argv=("--resume", "$TMP/not-a-run"), file=None, key="--resume",
       says=("no manifest.json there", "is it a run directory?")),
     C("retry-errors-without-resume", argv=("--retry-errors",), file=None, key="--retry-errors",
       says="go with --resume RUN_DIR"),
@@ -331,6 +351,9 @@ def run_case(case: Case, tmp_path: Path, base_url: str, capsys: pytest.CaptureFi
     if case.data is not None:
         dataset = tmp_path / case.data_name
         dataset.write_text(case.data, encoding="utf-8")
+    if case.mkdir:
+        (tmp_path / case.mkdir).mkdir()
+        (tmp_path / case.mkdir / "notes.txt").write_text("not a run\n")
     config = tmp_path / "exp.yaml"
     if case.raw is not None:
         config.write_text(case.raw.replace("$DATA", str(dataset)))

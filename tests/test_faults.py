@@ -192,7 +192,7 @@ def test_the_key_never_reaches_a_file_the_run_writes(tmp_path, dataset, scripted
 
     srv = scripted(default=echo)
     r = cli("-vv", "run", _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY"), "--no-progress")
-    assert r.code == 0
+    assert r.code == 1 and "every request ended in error" in r.err
     assert srv.headers[0]["Authorization"] == f"Bearer {key}"  # it was sent…
     assert key not in r.out and key not in r.err  # …and is nowhere else
     files = [p for p in r.run_dir.rglob("*") if p.is_file()]

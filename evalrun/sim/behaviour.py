@@ -8,7 +8,6 @@ chance of answering a recognised task (arithmetic, multiple choice) correctly.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -16,14 +15,13 @@ from hashlib import blake2b
 import orjson
 
 from evalrun.sim.tasks import (
-    ANSWER_SLOT, SchemaContext, find_arithmetic, find_multiple_choice, format_number,
+    ANSWER_SLOT, Arithmetic, MultipleChoice, SchemaContext, find_arithmetic, find_multiple_choice, format_number,
     instance_for_schema, option_number, pick_tool, prompt_words, proper_nouns, wants_bare_number,
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
-from evalrun.sim.wire import KNOWN_MODELS, TokenLogprob, ToolCall, Usage
+from evalrun.sim.wire import KNOWN_MODELS, ToolCall
 
-__all__ = ["Answer", "ChoiceAnswer", "ModelProfile", "answer_request", "completion_body",
-           "logprob_content", "profile_for", "usage_of"]
+__all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +57,7 @@ _TOOL_CALL_OVERHEAD = 3
 _WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
 _NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
 
-VOCAB = tuple(
+VOCAB = tuple(dict.fromkeys(  # distinct, so logprob alternatives never repeat a token
     "the model answer result system value data process method approach question analysis "
     "example context problem solution step first second final number text output input "
     "consider note that this which result simple clear direct careful structure pattern "
@@ -70,9 +68,10 @@ VOCAB = tuple(
     "evidence summary review response request section line list table record source field "
     "is are was be can will may should would could has have shows gives makes takes uses "
     "provides suggests indicates follows remains becomes depends includes requires means".split()
-)
-_VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
-_VOCAB_BYTES = tuple(list(t.encode()) for t in _VOCAB_TOKENS)
+))
+# logprob alternatives are drawn from these; bytes precomputed for the hot path
+VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
+VOCAB_BYTES = tuple(list(t.encode()) for t in VOCAB_TOKENS)
 
 
 def profile_for(model: str) -> ModelProfile:
@@ -239,8 +238,8 @@ class _Task:
     words: list[str]
     names: list[str]
     bare: bool
-    arith: object
-    mc: object
+    arith: Arithmetic | None
+    mc: MultipleChoice | None
     mc_truth: str | None
     u_question: float
     qdigest: bytes
@@ -287,7 +286,7 @@ def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
 
 
 def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
-                 profile: ModelProfile, effort: str, p: float) -> ChoiceAnswer:
+                 effort: str, p: float) -> ChoiceAnswer:
     rng = random.Random(seed)
     correct = _choose(task, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
@@ -390,95 +389,7 @@ def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
     p = _p_correct(body, profile, effort)
     task = _analyse(body, f"{seed}|".encode())
     n = body.get("n") or 1
-    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, profile, effort, p)
+    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p)
                for i in range(n)]
     prompt = count_prompt(body["messages"], body.get("tools"))
     return Answer(f"chatcmpl-{digest.hex()}", CREATED_BASE + base % 86_400, model, choices, prompt)
-
-
-# ---- serialisation ------------------------------------------------------------------------
-
-
-def usage_of(answer: Answer) -> Usage:
-    prompt = answer.prompt
-    completion = answer.completion_tokens
-    return {
-        "prompt_tokens": prompt.total,
-        "completion_tokens": completion,
-        "total_tokens": prompt.total + completion,
-        "prompt_tokens_details": {"cached_tokens": prompt.cached,
-                                  "text_tokens": prompt.total - prompt.image - prompt.audio,
-                                  "audio_tokens": prompt.audio, "image_tokens": prompt.image},
-        "completion_tokens_details": {"text_tokens": sum(c.visible for c in answer.choices),
-                                      "audio_tokens": 0,
-                                      "reasoning_tokens": sum(c.reasoning for c in answer.choices)},
-        "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
-    }
-
-
-_log = math.log
-
-
-def _top(tok: str | int, p: float) -> dict:
-    # vocabulary fillers travel as indices so their bytes come precomputed
-    if isinstance(tok, int):
-        return {"token": _VOCAB_TOKENS[tok], "logprob": _log(p), "bytes": _VOCAB_BYTES[tok]}
-    return {"token": tok, "logprob": _log(p), "bytes": list(tok.encode())}
-
-
-def logprob_content(choice: ChoiceAnswer, top_k: int) -> list[TokenLogprob]:
-    """Per visible token: its logprob and exactly `top_k` alternatives, most likely first."""
-    rng = random.Random(choice.lp_seed)
-    nvocab = len(VOCAB)
-    out: list[TokenLogprob] = []
-    for i, tok in enumerate(choice.tokens):
-        dist = choice.dists.get(i)
-        off = rng.randrange(nvocab)
-        if dist is None:
-            ps = 1.0 - 0.45 * rng.random() ** 2
-            cands = [(tok, ps)]
-            rest = 1.0 - ps
-        else:
-            ps = dist.p
-            cands = [(tok, ps), *((a, q) for a, q in dist.alts if a != tok)]
-            rest = max(1.0 - sum(q for _, q in cands), 1e-6)
-        j = 0
-        while len(cands) < top_k:  # unlisted mass, halving, on vocabulary words
-            k = (off + j) % nvocab
-            j += 1
-            rest *= 0.5
-            if _VOCAB_TOKENS[k] != tok:
-                cands.append((k, rest))
-        if dist is not None:
-            cands.sort(key=lambda c: -c[1])
-        out.append({"token": tok, "logprob": _log(ps), "bytes": list(tok.encode()),
-                    "top_logprobs": [_top(t, q) for t, q in cands[:top_k]]})
-    return out
-
-
-def _message(choice: ChoiceAnswer) -> dict:
-    msg: dict = {"role": "assistant", "content": choice.content}
-    if choice.tool_call is not None:
-        msg["tool_calls"] = [choice.tool_call]
-    return msg
-
-
-def completion_body(answer: Answer, *, logprobs: bool, top_k: int,
-                    usage: Usage | None | bool = True) -> dict:
-    """The non-streaming response object; `usage` True means the real usage."""
-    body = {
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.model,
-        "choices": [
-            {"index": c.index, "message": _message(c),
-             "logprobs": {"content": logprob_content(c, top_k)} if logprobs else None,
-             "finish_reason": c.finish_reason}
-            for c in answer.choices
-        ],
-        "usage": usage_of(answer) if usage is True else usage,
-    }
-    if usage is False:
-        del body["usage"]
-    return body

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request, completion_body, profile_for, usage_of
+from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request, profile_for
 from evalrun.sim.faults import Fault, FaultState, RateWindows, SimStats
 from evalrun.sim.options import SimOptions, update_options
-from evalrun.sim.stream import sse_events
+from evalrun.sim.response import completion_body, sse_events, usage_of
 from evalrun.sim.tasks import SchemaTooComplex
 from evalrun.sim.validate import validate_request
 from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024 * 1024  # base64 images and audio make legitimate bodies large
 SHUTDOWN_S = 1.0
 REPEAT_HEADER = "X-Evalrun-Repeat"
+MAX_REPEAT = 2**31 - 1
 _JSON = "application/json"
 _NOT_JSON = object()
 _MODELS_BODY = orjson.dumps({"object": "list", "data": [
@@ -147,9 +148,11 @@ class _Simulator:
             return self._error(400, problem[0], param=problem[1])
         try:
             repeat = int(request.headers.get(REPEAT_HEADER, 0))
+            if not 0 <= repeat <= MAX_REPEAT:
+                raise ValueError
         except ValueError:
-            return self._error(400, f"Invalid value for header '{REPEAT_HEADER}': expected an integer.",
-                               param=REPEAT_HEADER)
+            return self._error(400, f"Invalid value for header '{REPEAT_HEADER}': expected an integer "
+                                    f"from 0 to {MAX_REPEAT}.", param=REPEAT_HEADER)
 
         try:
             answer = answer_request(body, o.seed, repeat)
