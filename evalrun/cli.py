@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -23,8 +24,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with evalrun's error format: one line, the command's --help as the hint."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"evalrun: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="evalrun",
         description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, model_validator
 
 ReasoningEffort = Literal["none", "low", "medium", "high"]
 
@@ -25,24 +25,27 @@ class ToolChoiceObject(BaseModel):
 
 
 class RequestParams(BaseModel):
-    """Every documented request field except `model` and `messages`."""
+    """Every documented request field except `model` and `messages`.
+
+    Scalars are strict: YAML `true` is not a number and `1` is not a boolean.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature")
-    top_p: float | None = Field(None, ge=0, le=1, description="nucleus sampling mass")
-    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest tokens")
-    max_tokens: int | None = Field(None, ge=1, le=65536, description="output budget (legacy name)")
-    max_completion_tokens: int | None = Field(None, ge=1, le=65536, description="output budget")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    temperature: StrictFloat | None = Field(None, ge=0, le=2, description="sampling temperature")
+    top_p: StrictFloat | None = Field(None, ge=0, le=1, description="nucleus sampling mass")
+    top_k: StrictInt | None = Field(None, ge=1, description="sample among the k likeliest tokens")
+    max_tokens: StrictInt | None = Field(None, ge=1, le=65536, description="output budget (legacy name)")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=65536, description="output budget")
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
     stop: str | list[str] | None = Field(None, description="stop sequence(s)")
-    n: int | None = Field(None, ge=1, le=128, description="choices per request")
+    n: StrictInt | None = Field(None, ge=1, le=128, description="choices per request")
     reasoning_effort: ReasoningEffort | None = None
-    seed: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream: bool | None = None
+    seed: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None

@@ -91,9 +91,11 @@ def api_keys(exp: Experiment) -> dict[str, str | None]:
             continue
         value = os.environ.get(env, "").strip()
         if not value:
+            line = exp.lines.get(("providers", name, "api_key_env")) or exp.lines.get(("providers", name))
+            where = f"{exp.path}:{line}" if line else str(exp.path)
             raise ConfigError(
-                f"provider {name!r} needs an API key: set the environment variable {env} "
-                f"(named by api_key_env in {exp.path}); or use provider: simulator to try the config without one"
+                f"{where}: providers.{name}.api_key_env: the environment variable {env} is not set; "
+                f"export {env}=<your key> (or try the config on the simulator: --set provider=simulator)"
             )
         keys[name] = value
     return keys
