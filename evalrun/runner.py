@@ -340,6 +340,10 @@ def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats
                                     "retries_by_type": dict(stats.retries_by_type)}},
     })  # fmt: skip
     write_json(run_dir / MANIFEST, manifest)
+    if stats.errors_by_type:
+        messages.append("errors by type: " + ", ".join(f"{k} {v}" for k, v in stats.errors_by_type.most_common()))
+    if stats.retries_by_type:
+        messages.append("retries by type: " + ", ".join(f"{k} {v}" for k, v in stats.retries_by_type.most_common()))
     if missing:
         messages.append(f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
                         f"continue with: evalrun run --resume {run_dir}")  # fmt: skip

@@ -4,7 +4,9 @@ the report holds: exactly one row per request, errors typed, nothing sent after 
 
 from __future__ import annotations
 
+import email.utils
 import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -27,6 +29,7 @@ def test_429_then_success_is_retried_once(tmp_path, dataset, scripted, cli) -> N
     assert len(srv.requests) == 6  # 5 requests + 1 retry
     retried = df[df.attempts == 2]
     assert len(retried) == 1 and list(retried.retry_types.iloc[0]) == ["rate_limit"]
+    assert "retries by type: rate_limit 1" in r.err
 
 
 @pytest.mark.real_waits
@@ -36,6 +39,15 @@ def test_retry_after_seconds_is_honoured(tmp_path, dataset, scripted, cli) -> No
     assert r.code == 0, r.err
     assert len(srv.times) == 2
     assert srv.times[1] - srv.times[0] >= 0.95
+
+
+@pytest.mark.real_waits
+def test_retry_after_http_date_is_honoured(tmp_path, dataset, scripted, cli) -> None:
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # 1–2 s away (whole seconds)
+    srv = scripted([Reply(429, headers={"Retry-After": when})])
+    r = cli("run", _config(tmp_path, dataset, srv.base_url, max_concurrency=1), "--no-progress", "--limit", "1")
+    assert r.code == 0, r.err
+    assert 0.9 <= srv.times[1] - srv.times[0] <= 3.0
 
 
 def test_400_and_413_fail_without_retry_and_keep_the_server_message(tmp_path, dataset, scripted, cli) -> None:
@@ -52,6 +64,7 @@ def test_400_and_413_fail_without_retry_and_keep_the_server_message(tmp_path, da
     assert "temperature is weird" in errors.error_message.iloc[0]
     assert list(errors.attempts) == [1, 1]
     assert len(srv.requests) == 5
+    assert "errors by type: invalid_request 1, request_too_large 1" in r.err
 
 
 def test_5xx_switches_to_the_next_base_url(tmp_path, dataset, scripted, cli) -> None:
