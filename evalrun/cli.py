@@ -62,6 +62,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--max-requests", type=_positive_int, help="stop cleanly after sending this many requests")
     s.add_argument("--no-progress", action="store_true", help="no progress display")
 
+    s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--config", type=Path, help="take the scorers from this file (default: the run's own config)")
+
+    s = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 if a cell regressed (a CI gate)")
+    s.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest")
+    s.add_argument("--baseline", choices=["latest"], help="latest: the previous run of the same experiment")
+    s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
+    s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
+    s.add_argument("--alpha", type=float, help="…and McNemar p < alpha (default 0.05)")
+    s.add_argument("--out", type=Path, help="where compare.md/.parquet go (default: the new run's directory)")
+    s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
+
     s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
@@ -103,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from evalrun.config import load_experiment
     from evalrun.grid import build_plan
+    from evalrun.scoring import load_scorers
 
     plan = build_plan(load_experiment(args.config, args.overrides))
+    load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
     print(f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
           f"{plan.repeats} repeats = {plan.total_requests:,} requests")  # fmt: skip
     return 0
@@ -167,6 +182,77 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    import orjson
+
+    from evalrun.config import load_experiment
+    from evalrun.errors import ConfigError
+    from evalrun.scoring import load_scorers
+    from evalrun.store import DATA_PREFIX, MANIFEST, RESULTS, rescore
+    from evalrun.summary import write_summary
+
+    run_dir = args.run_dir
+    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
+    manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
+    config = args.config or Path(manifest["config_path"])
+    exp = load_experiment(config, manifest.get("overrides") or [])
+    import pyarrow.parquet as pq
+
+    columns = tuple(n[len(DATA_PREFIX):] for n in pq.read_schema(run_dir / RESULTS).names if n.startswith(DATA_PREFIX))
+    scorers = load_scorers(exp.config.scorers, exp.path, columns, exp.lines)
+    rows = rescore(run_dir, scorers)
+    manifest["scorers"] = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
+    from evalrun.store import write_json
+
+    write_json(run_dir / MANIFEST, manifest)
+    _print_summary(write_summary(run_dir), f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})")
+    print(run_dir)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evalrun.compare import Gate, compare_runs, latest_baseline, to_markdown, write_outputs
+    from evalrun.errors import ConfigError
+
+    if args.baseline:
+        if len(args.runs) != 1:
+            raise ConfigError("with --baseline latest give one run: evalrun compare --baseline latest NEW_RUN")
+        new = args.runs[0]
+        base = latest_baseline(new)
+    elif len(args.runs) == 2:
+        base, new = args.runs
+    else:
+        raise ConfigError("evalrun compare BASE_RUN NEW_RUN (or --baseline latest NEW_RUN)")
+    for name, value, lo, hi in (("--fail-on-drop", args.fail_on_drop, 0, 1), ("--alpha", args.alpha, 0, 1)):
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    gate_cfg = _gate_from_manifest(new)
+    gate = Gate(
+        scorer=args.scorer or gate_cfg.get("scorer"),
+        fail_on_drop=args.fail_on_drop if args.fail_on_drop is not None else gate_cfg.get("fail_on_drop", 0.02),
+        alpha=args.alpha if args.alpha is not None else gate_cfg.get("alpha", 0.05),
+    )
+    result = compare_runs(base, new, gate)
+    out = args.out or new
+    write_outputs(result, out, args.junit)
+    print(to_markdown(result, flips=False), end="")
+    print(f"evalrun: wrote {out / 'compare.md'}, compare.parquet, compare_flips.parquet"
+          + (f", {args.junit}" if args.junit else ""), file=sys.stderr)  # fmt: skip
+    return 1 if len(result.regressed) else 0
+
+
+def _gate_from_manifest(run_dir: Path) -> dict:
+    import orjson
+
+    from evalrun.store import MANIFEST
+
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    return (orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}
+
+
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     from evalrun.sim import options_from_args, serve_forever
 
@@ -205,5 +291,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "run": cmd_run,
     "summary": cmd_summary,
+    "score": cmd_score,
+    "compare": cmd_compare,
     "serve-sim": cmd_serve_sim,
 }

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import Discriminator, Tag, model_validator
 
 from evalrun.errors import ConfigError
 from evalrun.params import PARAM_NAMES, RequestParams
+from evalrun.scoring import GateConfig, ScorerConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -142,11 +143,57 @@ class MessageTemplate(_Strict):
     tool_call_id: str | None = None
 
 
+class FromColumn(_Strict):
+    """A prompt entry standing for the row's own list of messages, e.g. a conversation column."""
+
+    from_column: str = Field(min_length=1, description="dataset column holding a list of messages")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alone(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "from_column" in v and len(v) > 1:
+            other = next(k for k in v if k != "from_column")
+            raise ValueError(f"from_column stands for all of the row's messages and takes no other key (got {other!r})")
+        return v
+
+
+def _entry_kind(value: Any) -> str:
+    # a misspelt from_column (from_colum) is reported as that, not as a message missing its role
+    is_column = isinstance(value, dict) and any(str(k).startswith("from") for k in value)
+    return "FromColumn" if is_column else "MessageTemplate"
+
+
+# Tagged by the presence of from_column, so an error names one kind of entry, not both; the tags
+# are model names, which error paths drop like pydantic's own union tags.
+PromptEntry = Annotated[
+    Union[Annotated[MessageTemplate, Tag("MessageTemplate")], Annotated[FromColumn, Tag("FromColumn")]],
+    Discriminator(_entry_kind),
+]
+
+
 class DatasetConfig(_Strict):
+    """Where the rows are, how to read them, and which columns set request parameters per row."""
+
     path: str
     format: Literal["jsonl", "csv", "parquet"] | None = None
     id_column: str | None = None
     limit: int | None = Field(None, ge=1)
+    params_from_columns: dict[str, str] = Field(
+        default_factory=dict, description="request parameter → the column holding each row's value"
+    )
+
+    @field_validator("params_from_columns")
+    @classmethod
+    def _parameters(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, column in v.items():
+            if name not in PARAM_NAMES:
+                raise ValueError(
+                    f"{name!r} is not a request parameter{_did_you_mean(name, PARAM_NAMES)}; "
+                    f"allowed: {', '.join(PARAM_NAMES)}"
+                )
+            if not column:
+                raise ValueError(f"{name}: name the dataset column that holds it")
+        return v
 
 
 class RetryConfig(_Strict):
@@ -171,13 +218,15 @@ class ExperimentConfig(_Strict):
     models: list[ModelEntry] = Field(min_length=1)
     params: RequestParams = Field(default_factory=RequestParams)
     grid: dict[str, Any] = Field(default_factory=dict)
-    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[MessageTemplate]] = Field(
+    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(
         min_length=1
     )
     dataset: DatasetConfig
     repeats: int = Field(1, ge=1, le=100_000)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    scorers: list[ScorerConfig] = Field(default_factory=list)
+    gate: GateConfig = Field(default_factory=GateConfig)
     reports_dir: str = "reports"
 
     @field_validator("models", mode="before")
@@ -220,10 +269,11 @@ class ExperimentConfig(_Strict):
 
     @field_validator("prompts")
     @classmethod
-    def _has_user(cls, v: dict[str, list[MessageTemplate]]) -> dict[str, list[MessageTemplate]]:
+    def _has_user(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for name, messages in v.items():
-            if not any(m.role == "user" for m in messages):
-                raise ValueError(f"prompt {name!r} has no user message")
+            # a from_column entry brings the row's messages; the dataset pass checks them
+            if not any(isinstance(m, FromColumn) or m.role == "user" for m in messages):
+                raise ValueError(f"prompt {name!r} has no user message (nor a from_column: entry)")
         return v
 
 
@@ -561,10 +611,19 @@ def _allowed_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
             tp = get_args(tp)[-1]
         else:
             return []
-    tp = _unwrap(tp)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
-    return []
+    # where either of several models is allowed (a prompt entry), the keys of all of them
+    models = _union_models(tp) or [_unwrap(tp)]
+    return [f for m in models if isinstance(m, type) and issubclass(m, BaseModel) for f in m.model_fields]
+
+
+def _union_models(tp: Any) -> list[Any]:
+    """The models a union can be, its members possibly Annotated (tagged); [] if not a union."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) is not Union and str(get_origin(tp)) != "<class 'types.UnionType'>":
+        return []
+    members = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(tp)]
+    return [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
 def _unwrap(tp: Any) -> Any:
@@ -573,7 +632,7 @@ def _unwrap(tp: Any) -> Any:
         if origin is Annotated:
             tp = get_args(tp)[0]
         elif origin is Union or str(origin) == "<class 'types.UnionType'>":
-            models = [a for a in get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+            models = _union_models(tp)
             if not models:
                 return tp
             tp = models[0]

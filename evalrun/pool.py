@@ -147,7 +147,7 @@ class Pool:
                 continue
             dead = self.stop.dead_models.get((provider, spec.cell.model))
             if dead is not None:
-                self.on_result(
+                self._record(
                     Result(spec, time.time(), None, 0, client.base_url, http_status=404,
                            error_type="not_found", error_message=f"not sent: {dead}")
                 )  # fmt: skip
@@ -160,7 +160,15 @@ class Pool:
             if result is None:
                 self.stop.not_sent += 1
             else:
-                self.on_result(result)
+                self._record(result)
+
+    def _record(self, result: Result) -> None:
+        """Hand a result to the journal. If that fails, nothing more can be kept: stop."""
+        try:
+            self.on_result(result)
+        except Exception as exc:
+            logger.exception("could not record request %s", result.spec.request_id)
+            self.request_stop(f"internal error while recording a result ({type(exc).__name__}: {exc})")
 
     def _wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None

@@ -25,6 +25,7 @@ from evalrun.errors import ConfigError
 from evalrun.grid import Plan, build_plan
 from evalrun.progress import Progress, RunStats
 from evalrun.records import RequestSpec, Result
+from evalrun.scoring import load_scorers
 from evalrun.store import (
     JOURNAL,
     MANIFEST,
@@ -138,6 +139,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
         raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
     exp = load_experiment(config, opts.overrides)
     plan = build_plan(exp, opts.limit)
+    load_scorers(exp.config.scorers, exp.path, plan.dataset.columns, exp.lines)  # fail before sending
     fingerprint = grid_fingerprint(plan)
     if opts.resume is not None:
         changed = manifest.get("grid_fingerprint") != fingerprint
@@ -322,7 +324,9 @@ def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
-    counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep)
+    scorers = load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
+    counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep,
+                           scorers=scorers)  # fmt: skip
     if counts["strays"]:
         messages.append(f"{counts['strays']:,} recorded requests are not in the changed grid; "
                         "kept in journal.jsonl, left out of results.parquet")  # fmt: skip

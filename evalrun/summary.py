@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.params import PARAM_COLUMN
+from evalrun.stats import wilson_interval
 from evalrun.store import RESULTS, SUMMARY
 
 if TYPE_CHECKING:
@@ -45,10 +46,24 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     agg["rows"] = results.groupby("cell_id", sort=False).size()
     for p in varying:
         agg[p] = req.groupby("cell_id", sort=False)[p].first()
+    # scores are per row (every choice); an error row counts as not passed
+    by_cell = results.groupby("cell_id", sort=False)
+    for name in scorer_names(results):
+        passes = by_cell[f"pass_{name}"].sum()
+        rows = by_cell.size()
+        agg[f"pass_rate_{name}"] = passes / rows
+        ci = [wilson_interval(int(k), int(n)) for k, n in zip(passes, rows)]
+        agg[f"pass_ci_low_{name}"] = pd.Series([c[0] for c in ci], index=passes.index)
+        agg[f"pass_ci_high_{name}"] = pd.Series([c[1] for c in ci], index=passes.index)
+        agg[f"mean_score_{name}"] = by_cell[f"score_{name}"].mean()
     agg["error_rate"] = agg["errors"] / agg["requests"]
     agg = agg.reset_index().sort_values(["model", *varying, "prompt_id"], kind="stable").drop(columns="started")
     lead = ["cell_id", "provider", "model", *varying, "prompt_id"]
     return agg[lead + [c for c in agg.columns if c not in lead]].reset_index(drop=True)
+
+
+def scorer_names(results: pd.DataFrame) -> list[str]:
+    return [c[len("pass_"):] for c in results.columns if c.startswith("pass_") and f"score_{c[5:]}" in results]
 
 
 def write_summary(run_dir: Path) -> pd.DataFrame:
@@ -69,17 +84,25 @@ def render_table(summary: pd.DataFrame, title: str = "") -> Any:
         table.add_column("no results")
         return table
     fixed = {"cell_id", "provider", "requests", "errors", "attempts", "retries", "rows", "error_rate", *TOKEN_COLUMNS}
-    head = [c for c in summary.columns if c not in fixed and not c.startswith("latency")]
+    scored = ("pass_rate_", "pass_ci_", "mean_score_")
+    head = [c for c in summary.columns if c not in fixed and not c.startswith(("latency", *scored))]
+    rates = [c for c in summary.columns if c.startswith("pass_rate_")]
     if summary["prompt_id"].nunique() == 1:
         head.remove("prompt_id")
-    cols = head + ["requests", "errors", "retries", "prompt_tokens", "completion_tokens", "reasoning_tokens",
-                   "latency_p50_s", "latency_p95_s"]  # fmt: skip
+    cols = head + ["requests", "errors", "retries", *rates, "prompt_tokens", "completion_tokens",
+                   "reasoning_tokens", "latency_p50_s", "latency_p95_s"]  # fmt: skip
     for c in cols:
-        table.add_column(c.replace("_tokens", " tok").replace("latency_", "").replace("_s", " s"),
-                         justify="left" if c in head else "right")  # fmt: skip
+        label = c.replace("pass_rate_", "pass ").replace("_tokens", " tok").replace("latency_", "").replace("_s", " s")
+        table.add_column(label, justify="left" if c in head else "right")
     for _, r in summary.iterrows():
-        table.add_row(*(_fmt(r[c], c.endswith("_s")) for c in cols))
+        table.add_row(*(_rate(r, c) if c in rates else _fmt(r[c], c.endswith("_s")) for c in cols))
     return table
+
+
+def _rate(r: Any, col: str) -> str:
+    name = col[len("pass_rate_"):]
+    lo, hi = r[f"pass_ci_low_{name}"], r[f"pass_ci_high_{name}"]
+    return f"{r[col]:.0%} [{lo:.0%}–{hi:.0%}]"
 
 
 def _fmt(v: Any, seconds: bool = False) -> str:

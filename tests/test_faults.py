@@ -213,3 +213,22 @@ def test_the_key_never_reaches_a_file_the_run_writes(tmp_path, dataset, scripted
     for p in files:
         assert key.encode() not in p.read_bytes(), p
     assert "***" in read_results(r.run_dir).error_message.iloc[0]
+
+
+def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset, cli, monkeypatch) -> None:
+    import evalrun.runner as runner
+
+    real, calls = runner.result_rows, {"n": 0}
+
+    def failing(*args, **kwargs):  # the disk fills up on the third result
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "result_rows", failing)
+    cfg = base_config(tmp_path, dataset)
+    cfg["providers"]["sim"]["max_concurrency"] = 1
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress")
+    assert r.code == 1
+    assert "No space left on device" in r.err and "--resume" in r.err

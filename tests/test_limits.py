@@ -47,10 +47,12 @@ def test_rpm_paces_requests_evenly(tmp_path, scripted, cli) -> None:
     assert r.code == 0, r.err
     times = srv.times
     assert len(times) == n
-    # scaled-down "no 60 s window holds more than R": no 1 s window holds more than 10
-    assert _max_in_window(times, 1.0) <= 10
+    # Sends are scheduled 60/R apart (+0.2 %); arrivals carry a few ms of scheduling jitter.
+    # Over the real 60 s window that margin is 120 ms (the benchmark checks it); over this
+    # scaled-down 1 s window it is 2 ms, so one jittered arrival may cross the boundary.
+    assert _max_in_window(times, 1.0) <= 11
     span = max(times) - min(times)
-    assert (n - 1) * 0.1 * 0.98 <= span <= (n - 1) * 0.1 + 0.5
+    assert (n - 1) * 0.1 <= span <= (n - 1) * 0.1 + 0.5  # never faster on average
 
 
 def test_tpm_paces_by_tokens_and_corrects_from_usage(tmp_path, scripted, cli) -> None:

@@ -45,7 +45,7 @@ def test_quickstart_writes_the_three_files_and_prints_the_run_dir(quickstart_run
 def test_results_schema_is_the_declared_one(quickstart_run) -> None:
     run_dir, _, _ = quickstart_run
     schema = pq.read_schema(run_dir / "results.parquet")
-    expected = results_schema(("id", "question", "answer"))
+    expected = results_schema(("id", "question", "answer"), ["correct"])
     assert schema.remove_metadata().equals(expected), schema
     required = {"run_id", "request_id", "cell_id", "experiment", "provider", "base_url", "model",
                 "response_model", "temperature", "top_p", "top_k", "max_tokens", "reasoning_effort",

@@ -9,6 +9,7 @@ chance of answering a recognised task (arithmetic, multiple choice) correctly.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from hashlib import blake2b
 
@@ -46,6 +47,10 @@ assert tuple(sorted(PROFILES)) == tuple(sorted(KNOWN_MODELS))
 EFFORT_BONUS = {"none": -0.05, "low": 0.0, "medium": 0.02, "high": 0.04}
 REASONING_TOKENS = {"none": (0, 0), "low": (64, 128), "medium": (256, 512), "high": (1024, 2048)}
 TEMPERATURE_PENALTY = 0.12
+# A prompt that tells the model to guess makes it careless: this is how a demo or a test
+# shows a prompt regression (the same model, parameters and prompt name; a worse prompt).
+GUESS_PENALTY = 0.35
+_GUESS = re.compile(r"\bguess", re.IGNORECASE)
 TOP_P_BONUS = 0.05
 P_MIN, P_MAX = 0.02, 0.995
 CREATED_BASE = 1_760_000_000
@@ -137,6 +142,9 @@ def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
          - TEMPERATURE_PENALTY * (1.0 if temperature is None else temperature)
          + EFFORT_BONUS[effort]
          + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p)))
+    if any(_GUESS.search(message_text(m.get("content")))
+           for m in body["messages"] if m.get("role") in ("system", "user")):
+        p -= GUESS_PENALTY
     return min(P_MAX, max(P_MIN, p))
 
 

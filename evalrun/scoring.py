@@ -1,0 +1,346 @@
+"""Scorers: declared in the experiment YAML, applied to every report row, stored as
+`score_<name>` (0–1) and `pass_<name>` columns of results.parquet.
+
+Scoring runs when the report is written and again, without any request, on
+`evalrun score RUN_DIR`. A scorer sees the response row and the dataset row (its `data_*`
+columns, as text); an error row scores null and does not pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import re
+import string
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from evalrun.datasets import fill, placeholders
+from evalrun.errors import ConfigError
+
+Normalize = Literal["case", "whitespace", "punctuation"]
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_PUNCT = str.maketrans("", "", string.punctuation)
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+logger = logging.getLogger(__name__)
+
+
+class _Scorer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=_NAME, description="column suffix; defaults to the type")
+
+
+class ExactMatch(_Scorer):
+    """The answer (or the part `extract` captures) equals `expected` after normalisation."""
+
+    type: Literal["exact_match"]
+    expected: str = "{answer}"
+    normalize: list[Normalize] = Field(default_factory=lambda: ["whitespace"])
+    extract: str | None = Field(None, description="regex; its first group (or whole match) is compared")
+
+
+class Contains(_Scorer):
+    type: Literal["contains", "not_contains"]
+    value: str
+    normalize: list[Normalize] = Field(default_factory=list)
+
+
+class RegexMatch(_Scorer):
+    type: Literal["regex"]
+    pattern: str
+
+
+class NumericMatch(_Scorer):
+    """A number pulled from free text (the last one, or `extract`'s group) is within tolerance."""
+
+    type: Literal["numeric"]
+    expected: str = "{answer}"
+    tolerance: float = Field(0.0, ge=0, description="absolute")
+    rel_tolerance: float = Field(0.0, ge=0, description="relative to |expected|")
+    extract: str | None = None
+
+
+class JsonValid(_Scorer):
+    type: Literal["json_valid"]
+
+
+class JsonSchemaMatch(_Scorer):
+    """The content parses as JSON and validates against a schema (inline or per row)."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> JsonSchemaMatch:
+        if (self.schema_ is None) == (self.schema_column is None):
+            raise ValueError("give exactly one of schema (inline) or schema_column (per row)")
+        return self
+
+
+class ChoiceLogprobs(_Scorer):
+    """Multiple choice read from the first token's top_logprobs: score = probability on the
+    expected option (normalised over the options), pass = it is the most likely option."""
+
+    type: Literal["choice_logprobs"]
+    choices: list[str] = Field(default_factory=lambda: ["A", "B", "C", "D"], min_length=2)
+    expected: str = "{answer}"
+
+
+class Custom(_Scorer):
+    """`module:function(row, response) -> bool | float | (score, passed) | {score, pass}`."""
+
+    type: Literal["custom"]
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    path: str | None = Field(None, description="folder to import from, relative to the config")
+    threshold: float = Field(0.5, description="a float result passes at or above this")
+
+
+ScorerConfig = Annotated[
+    ExactMatch | Contains | RegexMatch | NumericMatch | JsonValid | JsonSchemaMatch | ChoiceLogprobs | Custom,
+    Field(discriminator="type"),
+]
+
+
+class GateConfig(BaseModel):
+    """Defaults for `evalrun compare` (the command line overrides them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    scorer: str | None = Field(None, description="which scorer's pass rate gates; default the first")
+    fail_on_drop: float = Field(0.02, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+# --------------------------------------------------------------------------- applying
+
+Score = tuple[float | None, bool]
+Fn = Callable[[dict[str, Any]], Score]
+
+
+def scorer_name(cfg: Any) -> str:
+    return cfg.name or cfg.type
+
+
+def _norm(text: str, how: list[str]) -> str:
+    if "case" in how:
+        text = text.casefold()
+    if "punctuation" in how:
+        text = text.translate(_PUNCT)
+    if "whitespace" in how:
+        text = " ".join(text.split())
+    return text
+
+
+def _expected(template: str, row: dict[str, Any]) -> str:
+    return fill(template, row)
+
+
+def _extract(pattern: re.Pattern[str] | None, text: str) -> str | None:
+    if pattern is None:
+        return text
+    m = pattern.search(text)
+    if m is None:
+        return None
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def parse_number(text: str | None) -> float | None:
+    """The last number in free text ("The answer is 1,234.5." → 1234.5)."""
+    if text is None:
+        return None
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _bool(ok: bool) -> Score:
+    return (1.0 if ok else 0.0), ok
+
+
+def _compile(cfg: Any, where: str, base_dir: Path) -> Fn:
+    kind = cfg.type
+    try:
+        rx = re.compile(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None) or "(?!)")
+    except re.error as exc:
+        raise ConfigError(f"{where}: invalid regular expression: {exc}") from None
+    has_rx = bool(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None))
+    if kind == "exact_match":
+        def exact(r: dict[str, Any]) -> Score:
+            got = _extract(rx if has_rx else None, r["content"] or "")
+            return _bool(got is not None and _norm(got, cfg.normalize) == _norm(_expected(cfg.expected, r["data"]), cfg.normalize))
+        return exact
+    if kind in ("contains", "not_contains"):
+        def contains(r: dict[str, Any]) -> Score:
+            found = _norm(_expected(cfg.value, r["data"]), cfg.normalize) in _norm(r["content"] or "", cfg.normalize)
+            return _bool(found if kind == "contains" else not found)
+        return contains
+    if kind == "regex":
+        return lambda r: _bool(rx.search(r["content"] or "") is not None)
+    if kind == "numeric":
+        def numeric(r: dict[str, Any]) -> Score:
+            got = parse_number(_extract(rx if has_rx else None, r["content"] or ""))
+            want = parse_number(_expected(cfg.expected, r["data"]))
+            if got is None or want is None:
+                return _bool(False)
+            return _bool(abs(got - want) <= max(cfg.tolerance, cfg.rel_tolerance * abs(want)))
+        return numeric
+    if kind == "json_valid":
+        return lambda r: _bool(_json(r["content"]) is not _INVALID)
+    if kind == "json_schema":
+        return _json_schema(cfg)
+    if kind == "choice_logprobs":
+        return _choice(cfg)
+    return _custom(cfg, where, base_dir)
+
+
+_INVALID = object()
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return _INVALID
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _INVALID
+
+
+def _json_schema(cfg: JsonSchemaMatch) -> Fn:
+    try:
+        import jsonschema
+    except ImportError:
+        raise ConfigError("the json_schema scorer needs the jsonschema package: pip install jsonschema") from None
+    static = jsonschema.Draft202012Validator(cfg.schema_) if cfg.schema_ is not None else None
+
+    def check(r: dict[str, Any]) -> Score:
+        doc = _json(r["content"])
+        if doc is _INVALID:
+            return _bool(False)
+        validator = static
+        if validator is None:
+            schema = _json(r["data"].get(cfg.schema_column or ""))
+            if not isinstance(schema, dict):
+                return _bool(False)
+            validator = jsonschema.Draft202012Validator(schema)
+        return _bool(validator.is_valid(doc))
+
+    return check
+
+
+def _choice(cfg: ChoiceLogprobs) -> Fn:
+    options = [c.strip() for c in cfg.choices]
+
+    def choose(r: dict[str, Any]) -> Score:
+        want = _expected(cfg.expected, r["data"]).strip()
+        tokens = r.get("logprobs") or []
+        probs = dict.fromkeys(options, 0.0)
+        if tokens:
+            first = tokens[0]
+            for alt in [first, *(first.get("top_logprobs") or [])]:
+                tok = (alt.get("token") or "").strip()
+                if tok in probs and alt.get("logprob") is not None:
+                    probs[tok] = max(probs[tok], math.exp(alt["logprob"]))
+        total = sum(probs.values())
+        if total <= 0 or want not in probs:
+            return None if not tokens else 0.0, False
+        best = max(options, key=lambda o: probs[o])
+        return probs[want] / total, best == want
+
+    return choose
+
+
+def _custom(cfg: Custom, where: str, base_dir: Path) -> Fn:
+    module_name, func_name = cfg.function.split(":")
+    folder = (base_dir / cfg.path).resolve() if cfg.path else base_dir.resolve()
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}: cannot load custom scorer {cfg.function!r} (looked in {folder}): {exc}") from None
+
+    def custom(r: dict[str, Any]) -> Score:
+        out = func(r["data"], {k: v for k, v in r.items() if k != "data"})
+        if isinstance(out, dict):
+            score, passed = out.get("score"), out.get("pass")
+        elif isinstance(out, tuple):
+            score, passed = out
+        elif isinstance(out, bool):
+            score, passed = (1.0 if out else 0.0), out
+        else:
+            score, passed = out, None
+        score = None if score is None else float(score)
+        if passed is None:
+            passed = score is not None and score >= cfg.threshold
+        return score, bool(passed)
+
+    return custom
+
+
+class Scorers:
+    """The experiment's scorers, compiled; applies them to report rows in place."""
+
+    def __init__(self, configs: list[Any], base_dir: Path, source: str = "scorers") -> None:
+        self.names: list[str] = []
+        self._fns: list[Fn] = []
+        self._warned: set[str] = set()
+        for i, cfg in enumerate(configs):
+            name = scorer_name(cfg)
+            if name in self.names:
+                raise ConfigError(f"{source}[{i}]: two scorers are named {name!r}; give one a name:")
+            self.names.append(name)
+            self._fns.append(_compile(cfg, f"{source}[{i}]", base_dir))
+        self.columns_needed = set().union(
+            *(placeholders([getattr(c, "expected", ""), getattr(c, "value", "")]) for c in configs)
+        ) | {c.schema_column for c in configs if getattr(c, "schema_column", None)}
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def apply(self, rows: list[dict[str, Any]], data_prefix: str) -> None:
+        """Add score_<name> and pass_<name> to every row (null / False on error rows)."""
+        if not self.names:
+            return
+        cut = len(data_prefix)
+        for row in rows:
+            ok = row.get("status") == "ok"
+            view = {**row, "data": {k[cut:]: v for k, v in row.items() if k.startswith(data_prefix)}} if ok else None
+            for name, fn in zip(self.names, self._fns):
+                score: float | None
+                passed: bool
+                if view is None:
+                    score, passed = None, False
+                else:
+                    try:
+                        score, passed = fn(view)
+                    except Exception as exc:  # a scorer bug costs that score, not the report
+                        score, passed = None, False
+                        if name not in self._warned:
+                            self._warned.add(name)
+                            logger.warning("scorer %s failed on row %s: %s: %s (score left null)",
+                                           name, row.get("row_id"), type(exc).__name__, exc)
+                row[f"score_{name}"] = score
+                row[f"pass_{name}"] = passed
+
+
+def load_scorers(configs: list[Any], config_path: Path, columns: tuple[str, ...], lines: dict[Any, int] | None = None) -> Scorers:
+    """Compile the scorers and check the dataset columns they read exist."""
+    where = f"{config_path}:{(lines or {}).get(('scorers',), '')}".rstrip(":")
+    scorers = Scorers(configs, config_path.parent, f"{where}: scorers")
+    missing = sorted(scorers.columns_needed - set(columns))
+    if missing:
+        raise ConfigError(
+            f"{where}: scorers: the dataset has no column {missing[0]!r} (used as {{{missing[0]}}} or "
+            f"schema_column); its columns: {', '.join(columns)}"
+        )
+    return scorers
