@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with evalrun's error format: one line, the command's --help as the hint."""
 
@@ -60,6 +70,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error")
     s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
     s.add_argument("--max-requests", type=_positive_int, help="stop cleanly after sending this many requests")
+    s.add_argument("--max-cost", type=_positive_float, metavar="AMOUNT",
+                   help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)")
     s.add_argument("--no-progress", action="store_true", help="no progress display")
 
     s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
@@ -74,6 +86,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, help="…and McNemar p < alpha (default 0.05)")
     s.add_argument("--out", type=Path, help="where compare.md/.parquet go (default: the new run's directory)")
     s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
+
+    s = sub.add_parser("cost", help="cost and tokens of a finished run, broken down; sends nothing")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--by", default="model", help="report columns to group by, comma-separated (default: model)")
+    s.add_argument("--prices", type=Path, metavar="FILE", help="recompute the cost with this price table")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
     s.add_argument("run_dir", type=Path)
@@ -149,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise_usage("--resume already names the run directory; drop --run-dir")
     opts = RunOptions(
         overrides=args.overrides, limit=args.limit, run_dir=args.run_dir, resume=args.resume,
-        retry_errors=args.retry_errors, force=args.force, max_requests=args.max_requests,
+        retry_errors=args.retry_errors, force=args.force, max_requests=args.max_requests, max_cost=args.max_cost,
         progress=not args.no_progress,
     )  # fmt: skip
     outcome = run(args.config, opts)
@@ -253,6 +271,54 @@ def _gate_from_manifest(run_dir: Path) -> dict:
     return (orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    import orjson
+    import pandas as pd
+
+    from evalrun.errors import ConfigError
+    from evalrun.pricing import load_pricing
+    from evalrun.store import MANIFEST, RESULTS
+    from evalrun.summary import cost_breakdown
+
+    path = args.run_dir / RESULTS
+    if not path.is_file():
+        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
+    table = cost_breakdown(pd.read_parquet(path), [c.strip() for c in args.by.split(",") if c.strip()], pricing)
+    manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
+    currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"{args.run_dir.name}: cost in {currency or '(no prices)'}"
+                  + (f" at {args.prices}" if args.prices else ""))  # fmt: skip
+        for c in table.columns:
+            t.add_column(c, justify="left" if table[c].dtype == object else "right")
+        for r in table.to_dict("records"):
+            t.add_row(*(_cost_cell(k, v) for k, v in r.items()))
+        Console(width=None if sys.stdout.isatty() else 200).print(t)
+    return 0
+
+
+def _cost_cell(column: str, value: object) -> str:
+    import pandas as pd
+
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if column.startswith("cost"):
+        return f"{value:.6f}"
+    if column == "reasoning_share":
+        return f"{value:.0%}"
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value):,}"
+    return str(value)
+
+
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     from evalrun.sim import options_from_args, serve_forever
 
@@ -292,6 +358,7 @@ COMMANDS = {
     "run": cmd_run,
     "summary": cmd_summary,
     "score": cmd_score,
+    "cost": cmd_cost,
     "compare": cmd_compare,
     "serve-sim": cmd_serve_sim,
 }

@@ -21,6 +21,7 @@ from pydantic import Discriminator, Tag, model_validator
 
 from evalrun.errors import ConfigError
 from evalrun.params import PARAM_NAMES, RequestParams
+from evalrun.pricing import PricesConfig
 from evalrun.scoring import GateConfig, ScorerConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -206,6 +207,7 @@ class RetryConfig(_Strict):
 
 class BudgetConfig(_Strict):
     max_requests: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0, description="in the price table's currency")
 
 
 class ExperimentConfig(_Strict):
@@ -225,6 +227,7 @@ class ExperimentConfig(_Strict):
     repeats: int = Field(1, ge=1, le=100_000)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    prices: PricesConfig | str | None = None
     scorers: list[ScorerConfig] = Field(default_factory=list)
     gate: GateConfig = Field(default_factory=GateConfig)
     reports_dir: str = "reports"

@@ -5,9 +5,29 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from pathlib import Path
+
 from evalrun.datasets import estimate_tokens, iter_rows, render
 from evalrun.grid import Plan
 from evalrun.pool import output_budget
+from evalrun.pricing import load_pricing
+
+# Without an earlier run to learn from, a request is assumed to use this share of its output
+# budget (max_tokens × n): a rough prior, labelled as such in the output.
+ASSUMED_OUTPUT_SHARE = 0.25
+
+
+def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
+    """Mean completion tokens per cell in the latest finished run of this experiment."""
+    import pandas as pd
+
+    folder = Path(plan.exp.config.reports_dir) / plan.exp.name
+    runs = sorted((d for d in folder.glob("*") if (d / "results.parquet").is_file()), key=lambda d: d.stat().st_mtime)
+    if not runs:
+        return {}, None
+    df = pd.read_parquet(runs[-1] / "results.parquet", columns=["cell_id", "choice_index", "completion_tokens"])
+    df = df[df.choice_index == 0]
+    return df.groupby("cell_id").completion_tokens.mean().dropna().to_dict(), str(runs[-1])
 
 
 def plan_report(plan: Plan) -> dict[str, Any]:
@@ -23,6 +43,11 @@ def plan_report(plan: Plan) -> dict[str, Any]:
     est_in = 0
     est_out_max = 0
     out_bounded = True
+    pricing = load_pricing(exp.config.prices, exp.path)
+    observed, basis = _observed_output(plan)
+    cost_expected: float | None = 0.0 if pricing else None
+    cost_worst: float | None = 0.0 if pricing else None
+    unpriced: set[str] = set()
     for cell in plan.cells:
         reqs = plan.dataset.rows * repeats
         tin = prompt_tokens[cell.prompt_id] * repeats
@@ -31,6 +56,16 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         out_bounded &= has_cap
         est_in += tin
         est_out_max += tout
+        if pricing is not None and cost_expected is not None and cost_worst is not None:
+            if not pricing.known(cell.model):
+                unpriced.add(cell.model)
+            else:
+                expected_out = observed.get(cell.cell_id, output_budget(cell.params) * ASSUMED_OUTPUT_SHARE) * reqs
+                per_req_in = tin / reqs if reqs else 0
+                cost_expected += reqs * (pricing.cost(cell.model, {"prompt_tokens": round(per_req_in),
+                                                                   "completion_tokens": round(expected_out / reqs)})
+                                         ["cost_total"] or 0.0)  # fmt: skip
+                cost_worst += reqs * (pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0)
         t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
         t["requests"] += reqs
         t["tokens"] += tin + tout
@@ -61,6 +96,12 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         "output_bounded": out_bounded,
         "shortest_duration_s": round(shortest, 1),
         "targets": targets,
+        "currency": pricing.currency if pricing else None,
+        "prices": pricing.source if pricing else None,
+        "cost_expected": None if cost_expected is None else round(cost_expected, 6),
+        "cost_worst_case": None if cost_worst is None else round(cost_worst, 6),
+        "cost_basis": (f"mean output per cell of {basis}, else " if basis else "") + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
+        "unpriced_models": sorted(unpriced),
     }
 
 
@@ -73,6 +114,14 @@ def format_plan(report: dict[str, Any]) -> str:
         f"tokens       ≈{report['est_input_tokens']:,} input; output ≤ {report['est_output_tokens_max']:,}"
         + ("" if report["output_bounded"] else " (no max_tokens set: assumed 1,024 a request)"),
     ]
+    if report["cost_worst_case"] is not None:
+        lines.append(f"cost         ≈{report['cost_expected']:.4f} {report['currency']} expected "
+                     f"({report['cost_basis']}), ≤ {report['cost_worst_case']:.4f} if every request uses max_tokens; "
+                     f"prices: {report['prices']}")  # fmt: skip
+        if report["unpriced_models"]:
+            lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
+    else:
+        lines.append("cost         no price table (set prices: or put prices.yaml beside the config)")
     if report["shortest_duration_s"]:
         lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
     else:

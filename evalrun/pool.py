@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, stop_bef
 from evalrun.client import ProviderClient
 from evalrun.config import RetryConfig
 from evalrun.errors import RequestError
+from evalrun.pricing import CostBudget
 from evalrun.ratelimit import Limiters, ModelLimiter
 from evalrun.records import Result, RequestSpec
 from evalrun.retry import Action, classify, retry_wait
@@ -61,6 +62,7 @@ class Pool:
         on_result: Callable[[Result], None],
         key_env: dict[str, str | None],
         max_requests: int | None = None,
+        budget: CostBudget | None = None,
     ) -> None:
         self.clients = clients
         self.concurrency = concurrency
@@ -69,6 +71,7 @@ class Pool:
         self.on_result = on_result
         self.key_env = key_env
         self.max_requests = max_requests
+        self.budget = budget
         self.stop = StopState()
         self.dispatched = 0
         self.in_flight = 0
@@ -123,6 +126,11 @@ class Pool:
                 if self.max_requests is not None and self.dispatched >= self.max_requests:
                     self.stop.budget_reason = f"budget: --max-requests {self.max_requests} reached"
                     break
+                if self.budget is not None and not self.budget.reserve(
+                    spec.request_id, spec.cell.model, spec.est_prompt_tokens, output_budget(spec.cell.params)
+                ):
+                    self.stop.budget_reason = self.budget.reason
+                    break
                 self.dispatched += 1
                 await queues[provider].put(spec)
             for p, q in queues.items():
@@ -143,7 +151,7 @@ class Pool:
             if spec is None:
                 return
             if self._halted(provider):
-                self.stop.not_sent += 1
+                self._not_sent(spec)
                 continue
             dead = self.stop.dead_models.get((provider, spec.cell.model))
             if dead is not None:
@@ -158,9 +166,14 @@ class Pool:
             finally:
                 self.in_flight -= 1
             if result is None:
-                self.stop.not_sent += 1
+                self._not_sent(spec)
             else:
                 self._record(result)
+
+    def _not_sent(self, spec: RequestSpec) -> None:
+        self.stop.not_sent += 1
+        if self.budget is not None:
+            self.budget.release(spec.request_id)
 
     def _record(self, result: Result) -> None:
         """Hand a result to the journal. If that fails, nothing more can be kept: stop."""

@@ -17,6 +17,8 @@ class RunStats:
     """Counters updated as each result is recorded."""
 
     total: int
+    currency: str | None = None  # set when prices are known: the display shows cost so far
+    cost: float = 0.0
     done: int = 0
     ok: int = 0
     errors: int = 0
@@ -34,6 +36,7 @@ class RunStats:
             f"{self.done:,}/{self.total:,}",
             f"{rate:,.1f} req/s",
             f"{self.tokens / elapsed:,.0f} tok/s",
+            *([f"{self.cost:,.4f} {self.currency}"] if self.currency else []),
             f"errors {self.errors}" + (f" ({_top(self.errors_by_type)})" if self.errors else ""),
             f"retries {self.retries}" + (f" ({_top(self.retries_by_type)})" if self.retries else ""),
             f"in flight {in_flight}",

@@ -25,6 +25,7 @@ from evalrun.errors import ConfigError
 from evalrun.grid import Plan, build_plan
 from evalrun.progress import Progress, RunStats
 from evalrun.records import RequestSpec, Result
+from evalrun.pricing import CostBudget, Pricing, load_pricing
 from evalrun.scoring import load_scorers
 from evalrun.store import (
     JOURNAL,
@@ -57,6 +58,7 @@ class RunOptions:
     retry_errors: bool = False
     force: bool = False
     max_requests: int | None = None
+    max_cost: float | None = None
     progress: bool = True
 
 
@@ -140,6 +142,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
     exp = load_experiment(config, opts.overrides)
     plan = build_plan(exp, opts.limit)
     load_scorers(exp.config.scorers, exp.path, plan.dataset.columns, exp.lines)  # fail before sending
+    _budget_pricing(plan, opts)  # likewise
     fingerprint = grid_fingerprint(plan)
     if opts.resume is not None:
         changed = manifest.get("grid_fingerprint") != fingerprint
@@ -169,15 +172,41 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
     return plan, run_dir, run_id, manifest, done
 
 
+def _budget_pricing(plan: Plan, opts: RunOptions) -> Pricing | None:
+    """The run's prices; with a cost budget every model must have one (else it is unbounded)."""
+    exp = plan.exp
+    pricing = load_pricing(exp.config.prices, exp.path)
+    max_cost = opts.max_cost or exp.config.budget.max_cost
+    if max_cost is not None:
+        missing = sorted({c.model for c in plan.cells if pricing is None or not pricing.known(c.model)})
+        if missing:
+            raise ConfigError(
+                f"{exp.where('budget')}: a cost budget needs a price for every model; none for {', '.join(missing)} "
+                f"(add them under prices: in {exp.path}, or to {pricing.source if pricing else 'prices.yaml beside it'})"
+            )
+    return pricing
+
+
+def _spent(journal: Path) -> float:
+    """What the recorded requests of a run cost so far (for a resumed cost budget)."""
+    from evalrun.store import read_journal
+
+    return sum((row.get("cost_total") or 0.0) for e in read_journal(journal) for row in e["rows"])
+
+
 def run(config: Path | None, opts: RunOptions) -> RunOutcome:
     plan, run_dir, run_id, manifest, done = prepare_run(config, opts)
     keys = api_keys(plan.exp)
+    pricing = _budget_pricing(plan, opts)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = plan.exp
     manifest.setdefault("started_at", now_iso())
     manifest.update({
         "status": "running", "evalrun_version": __version__, "versions": _versions(),
         "argv": sys.argv[1:], "config": exp.raw,
+        "prices": {"source": pricing.source, "currency": pricing.currency, "as_of": pricing.table.as_of,
+                   "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()}}
+        if pricing else None,
         "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
         "grid": {"cells": len(plan.cells), "rows": plan.dataset.rows, "repeats": plan.repeats,
                  "requests": plan.total_requests, "dataset": str(plan.dataset.path)},
@@ -192,17 +221,20 @@ def run(config: Path | None, opts: RunOptions) -> RunOutcome:
     specs: Iterator[RequestSpec] = plan.specs()
     if done:
         specs = (s for s in specs if s.request_id not in done)
-    stats = RunStats(total=plan.total_requests - len(done))
+    stats = RunStats(total=plan.total_requests - len(done), currency=pricing.currency if pricing else None)
+    max_cost = opts.max_cost or exp.config.budget.max_cost
+    budget = CostBudget(max_cost, pricing, _spent(run_dir / JOURNAL)) if max_cost and pricing else None
     journal = Journal(run_dir / JOURNAL)
     try:
-        status, messages = _run_loop(plan, specs, stats, journal, run_id, keys, opts)
+        status, messages = _run_loop(plan, specs, stats, journal, run_id, keys, opts, pricing, budget)
     finally:
         journal.close()
     return _finish(plan, run_dir, manifest, stats, status, messages, opts)
 
 
 def _run_loop(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal: Journal, run_id: str,
-              keys: dict[str, str | None], opts: RunOptions) -> tuple[str, list[str]]:  # fmt: skip
+              keys: dict[str, str | None], opts: RunOptions, pricing: Pricing | None,
+              budget: CostBudget | None) -> tuple[str, list[str]]:  # fmt: skip
     try:
         import uvloop  # noqa: F401  # ~2× less event-loop overhead per request
 
@@ -210,11 +242,12 @@ def _run_loop(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        return runner.run(_run_async(plan, specs, stats, journal, run_id, keys, opts))
+        return runner.run(_run_async(plan, specs, stats, journal, run_id, keys, opts, pricing, budget))
 
 
 async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal: Journal, run_id: str,
-                     keys: dict[str, str | None], opts: RunOptions) -> tuple[str, list[str]]:  # fmt: skip
+                     keys: dict[str, str | None], opts: RunOptions, pricing: Pricing | None,
+                     budget: CostBudget | None) -> tuple[str, list[str]]:  # fmt: skip
     import aiohttp
 
     from evalrun.client import ProviderClient
@@ -242,7 +275,14 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
 
     def record(result: Result) -> None:
         rows = result_rows(result, run_id, exp_name, data_columns)
+        cost = None
+        if pricing is not None:  # usage sits on the first row: so does the request's cost
+            rows[0].update(pricing.cost(result.spec.cell.model, rows[0]))
+            cost = rows[0]["cost_total"]
         journal.append(result.spec.request_id, "ok" if result.ok else "error", result.error_type, rows)
+        if budget is not None:
+            budget.settle(result.spec.request_id, cost)
+        stats.cost += cost or 0.0
         stats.done += 1
         if result.ok:
             stats.ok += 1
@@ -266,7 +306,7 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
         progress.limiter = limiters.state
         max_requests = opts.max_requests or exp.config.budget.max_requests
         pool = Pool(clients, concurrency, limiters, exp.config.retry, record,
-                    {n: exp.providers[n].api_key_env for n in used}, max_requests)  # fmt: skip
+                    {n: exp.providers[n].api_key_env for n in used}, max_requests, budget)  # fmt: skip
         task = asyncio.ensure_future(pool.run(specs))
         interrupts = 0
         loop = asyncio.get_running_loop()

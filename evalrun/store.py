@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from evalrun.datasets import cell_text
+from evalrun.pricing import COST_COLUMNS
 from evalrun.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
-from evalrun.records import Result
+from evalrun.records import Choice, Completion, Result
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from evalrun.scoring import Scorers
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,9 @@ USAGE_FIELDS = (
 )  # fmt: skip
 
 
-def results_schema(data_columns: tuple[str, ...] = ()) -> pa.Schema:
-    """The schema of results.parquet: fixed columns, one per request parameter, then data_*."""
+def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+    """The schema of results.parquet: fixed columns, one per request parameter, data_*, then
+    score_<name> and pass_<name> per scorer."""
     import pyarrow as pa
 
     top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
@@ -60,6 +64,7 @@ def results_schema(data_columns: tuple[str, ...] = ()) -> pa.Schema:
         ("content", pa.string()), ("finish_reason", pa.string()), ("tool_calls", pa.string()),
         ("logprobs", pa.list_(token)),
         *[(name, pa.int64()) for name in USAGE_FIELDS],
+        *[(name, pa.float64()) for name in COST_COLUMNS],
         ("latency_s", pa.float64()), ("ttft_s", pa.float64()), ("stream_chunks", pa.int64()),
         ("itl_mean_s", pa.float64()), ("itl_p95_s", pa.float64()),
         ("started_at", pa.timestamp("ms", tz="UTC")), ("attempts", pa.int64()),
@@ -67,6 +72,7 @@ def results_schema(data_columns: tuple[str, ...] = ()) -> pa.Schema:
         ("status", pa.string()), ("http_status", pa.int64()), ("error_type", pa.string()),
         ("error_message", pa.string()), ("response_id", pa.string()),
         *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
+        *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
     ]  # fmt: skip
     return pa.schema(fields)
 
@@ -80,11 +86,15 @@ def _json_text(value: Any) -> str | None:
 
 
 def result_rows(result: Result, run_id: str, experiment: str, data_columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The report rows of one request: one per choice; usage sits on choice 0 only (so sums
-    over rows never count a request's tokens twice)."""
+    """The report rows of one request: one per choice of an answer, one for an error.
+
+    What belongs to the request rather than to a choice — usage and stream_chunks — sits on the
+    first choice's row only, so sums over rows never count a request twice when n > 1. An error
+    row keeps what had arrived of a failed stream (its first choice: content, logprobs, …).
+    """
     spec = result.spec
     cell = spec.cell
-    params = cell.params
+    params = spec.params  # the cell's, with the row's own (dataset.params_from_columns) on top
     common: dict[str, Any] = {
         "run_id": run_id, "request_id": spec.request_id, "cell_id": cell.cell_id,
         "experiment": experiment, "provider": cell.provider, "base_url": result.base_url,
@@ -102,25 +112,39 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
         common[DATA_PREFIX + c] = None if v is None else cell_text(v)
     comp = result.completion
     if comp is None:
-        return [{
+        row = {
             **common, "status": "error", "http_status": result.http_status,
             "error_type": result.error_type, "error_message": result.error_message,
-        }]  # fmt: skip
-    usage = {name: getattr(comp.usage, name) for name in USAGE_FIELDS}
+        }  # fmt: skip
+        part = result.partial
+        if part is not None:
+            row.update(_request_columns(part), n_choices=len(part.choices), response_model=part.response_model,
+                       response_id=part.response_id)
+            if part.choices:
+                row.update(_choice_columns(part.choices[0]))
+        return [row]
     rows = []
-    for choice in comp.choices:
+    for i, choice in enumerate(comp.choices):
         row = {
             **common, "status": "ok", "http_status": 200, "response_model": comp.response_model,
-            "response_id": comp.response_id, "choice_index": choice.index,
-            "n_choices": len(comp.choices), "content": choice.content,
-            "finish_reason": choice.finish_reason, "tool_calls": _json_text(choice.tool_calls),
-            "logprobs": choice.logprobs, "ttft_s": comp.ttft_s, "stream_chunks": comp.stream_chunks,
-            "itl_mean_s": comp.itl_mean_s, "itl_p95_s": comp.itl_p95_s,
+            "response_id": comp.response_id, "choice_index": choice.index, "n_choices": len(comp.choices),
+            **_choice_columns(choice), **(_request_columns(comp) if i == 0 else {}),
         }  # fmt: skip
-        if choice is comp.choices[0]:
-            row.update(usage)
         rows.append(row)
     return rows
+
+
+def _choice_columns(choice: Choice) -> dict[str, Any]:
+    return {
+        "content": choice.content, "finish_reason": choice.finish_reason,
+        "tool_calls": _json_text(choice.tool_calls), "logprobs": choice.logprobs,
+        "ttft_s": choice.ttft_s, "itl_mean_s": choice.itl_mean_s, "itl_p95_s": choice.itl_p95_s,
+    }  # fmt: skip
+
+
+def _request_columns(comp: Completion) -> dict[str, Any]:
+    """Columns of the whole request (every choice): they go on one row only."""
+    return {**{name: getattr(comp.usage, name) for name in USAGE_FIELDS}, "stream_chunks": comp.stream_chunks}
 
 
 class Journal:
@@ -194,7 +218,8 @@ def repair_journal(path: Path) -> None:
 
 
 def write_results(
-    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None = None
+    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None = None,
+    scorers: Scorers | None = None,
 ) -> dict[str, int]:
     """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
 
@@ -207,7 +232,8 @@ def write_results(
     import pyarrow.parquet as pq
 
     journal = run_dir / JOURNAL
-    schema = results_schema(data_columns)
+    names = scorers.names if scorers else []
+    schema = results_schema(data_columns, names)
     last: dict[str, int] = {}
     if dedupe:
         last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
@@ -225,14 +251,41 @@ def write_results(
             counts["errors"] += entry["status"] == "error"
             buf.extend(entry["rows"])
             if len(buf) >= PARQUET_BATCH_ROWS:
-                writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
-                counts["rows"] += len(buf)
-                buf.clear()
+                counts["rows"] += _write_batch(writer, buf, schema, scorers)
         if buf:
-            writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
-            counts["rows"] += len(buf)
+            counts["rows"] += _write_batch(writer, buf, schema, scorers)
     os.replace(tmp, run_dir / RESULTS)
     return counts
+
+
+def _write_batch(writer: Any, rows: list[dict[str, Any]], schema: pa.Schema, scorers: Scorers | None) -> int:
+    import pyarrow as pa
+
+    if scorers:
+        scorers.apply(rows, DATA_PREFIX)
+    writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    n = len(rows)
+    rows.clear()
+    return n
+
+
+def rescore(run_dir: Path, scorers: Scorers) -> int:
+    """Recompute every score column of results.parquet in place (atomically); no requests."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / RESULTS
+    source = pq.ParquetFile(path)
+    old = source.schema_arrow
+    keep = [f.name for f in old if not f.name.startswith(("score_", "pass_"))]
+    data_columns = tuple(n[len(DATA_PREFIX):] for n in keep if n.startswith(DATA_PREFIX))
+    schema = results_schema(data_columns, scorers.names)
+    tmp = run_dir / (RESULTS + ".tmp")
+    total = 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
+            total += _write_batch(writer, batch.to_pylist(), schema, scorers)
+    os.replace(tmp, path)
+    return total
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -243,4 +296,5 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC, ISO 8601, milliseconds: runs started in the same second still sort."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
