@@ -31,6 +31,9 @@ from evalrun.retry import parse_retry_after
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_MESSAGE = 2000  # characters of a server's error text kept in the report
+# After [DONE], the rest of the body (the chunked-encoding end) is read so that the connection
+# goes back to the pool; a server that keeps talking longer than this loses the connection.
+DRAIN_AFTER_DONE_S = 1.0
 
 
 class ProviderClient:
@@ -80,24 +83,21 @@ class ProviderClient:
         self._failures = 0
 
     def payload(self, spec: RequestSpec) -> dict[str, Any]:
-        """The request body; `extra_body` is merged at the top level, as the OpenAI SDK does."""
-        base = self._bodies.get(spec.cell.cell_id)
-        if base is None:
-            params = dict(spec.cell.params)
-            extra = params.pop("extra_body", None) or {}
-            if params.get("stream"):
-                # usage only arrives in a stream when asked for; it is what the run is billed by
-                opts = dict(params.get("stream_options") or {})
-                opts.setdefault("include_usage", True)
-                params["stream_options"] = opts
-            base = self._bodies[spec.cell.cell_id] = {"model": spec.cell.model, **params, **extra}
+        """The request body: the cell's body (built once per cell), the row's own parameters
+        on top when the dataset supplies some, and the messages."""
+        if spec.row_params:
+            base = _body(spec.cell.model, spec.params)
+        else:
+            base = self._bodies.get(spec.cell.cell_id)
+            if base is None:
+                base = self._bodies[spec.cell.cell_id] = _body(spec.cell.model, spec.cell.params)
         return {**base, "messages": spec.messages}
 
     async def send(self, spec: RequestSpec) -> Completion:
         """One attempt. Raises a RequestError subclass on any failure."""
         body = orjson.dumps(self.payload(spec))
         headers = {**self._headers, "X-Evalrun-Repeat": str(spec.repeat)} if self._send_repeat else self._headers
-        stream = bool(spec.cell.params.get("stream"))
+        stream = bool(spec.params.get("stream"))
         if stream:
             headers = {**headers, "Accept": "text/event-stream"}
         url = self.base_url + "/chat/completions"
@@ -106,8 +106,11 @@ class ProviderClient:
             async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as resp:
                 if resp.status >= 400:
                     raise _status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"))
-                if stream and resp.content_type == "text/event-stream":
-                    return await _read_stream(resp, t0)
+                # a server may ignore stream: true and answer with one JSON body, or label its
+                # event stream loosely; only a JSON answer is read as JSON then
+                ctype = resp.content_type
+                if ctype == "text/event-stream" or (stream and ctype != "application/json"):
+                    return await _read_stream(resp, t0, self._timeout.total)
                 raw = await resp.read()
             return parse_completion(_loads(raw))
         except RequestError as exc:
@@ -123,6 +126,18 @@ class ProviderClient:
             raise MalformedResponse(f"response body cut off: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _body(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Model and parameters on the wire; `extra_body` merged at the top level, as the OpenAI SDK does."""
+    params = dict(params)
+    extra = params.pop("extra_body", None) or {}
+    if params.get("stream"):
+        # usage only arrives in a stream when asked for; it is what the run is billed by
+        opts = dict(params.get("stream_options") or {})
+        opts.setdefault("include_usage", True)
+        params["stream_options"] = opts
+    return {"model": model, **params, **extra}
 
 
 def _is_local(url: str) -> bool:
@@ -205,6 +220,10 @@ def _content_text(content: Any) -> str | None:
     return str(content)
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def parse_completion(obj: Any) -> Completion:
     """A non-streamed chat.completion body → Completion; raises BadResponse if unusable."""
     if not isinstance(obj, dict):
@@ -212,7 +231,10 @@ def parse_completion(obj: Any) -> Completion:
     err = obj.get("error")
     if err:
         msg = err.get("message") if isinstance(err, dict) else str(err)
-        raise ErrorIn200(f"HTTP 200 with an error object: {str(msg)[:MAX_ERROR_MESSAGE]}")
+        exc = ErrorIn200(f"HTTP 200 with an error object: {str(msg)[:MAX_ERROR_MESSAGE]}")
+        if isinstance(obj.get("usage"), dict):  # billed anyway: keep the usage so it is costed
+            exc.partial = Completion(_str(obj.get("id")), _str(obj.get("model")), [], parse_usage(obj["usage"]))
+        raise exc
     raw_choices = obj.get("choices")
     if not isinstance(raw_choices, list) or not raw_choices:
         raise MalformedResponse("HTTP 200 but the body has no choices")
@@ -240,82 +262,202 @@ def parse_completion(obj: Any) -> Completion:
     )
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, t0: float) -> Completion:
-    """Assemble an SSE chat.completion.chunk stream; raises StreamTruncated without [DONE]."""
-    acc: dict[int, dict[str, Any]] = {}
-    usage: Any = None
-    response_id = response_model = None
-    chunks = 0
-    first: float | None = None
-    last: float | None = None
-    gaps: list[float] = []
-    done = False
-    async for line in resp.content:
-        if not line.startswith(b"data:"):
-            continue  # blank separators, ": keep-alive" comments, event:/id: fields
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            break
+# --------------------------------------------------------------------------- streaming
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks, as pandas and numpy do by default."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class _ChoiceStream:
+    """One choice being assembled from its deltas, with the arrival time of each output piece."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}  # tool-call index → the call so far
+        self.logprobs: list[Any] = []
+        self.finish: str | None = None
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gaps: list[float] = []
+
+    def feed(self, ch: dict[str, Any], now: float) -> None:
+        delta = ch.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise MalformedResponse(f"stream chunk has a delta that is not an object: {delta!r:.200}")
+        text = _content_text(delta.get("content"))
+        produced = bool(text)  # an empty delta ("" or {}) is no token: not in TTFT or the gaps
+        if text:
+            self.content.append(text)
+        calls = delta.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise MalformedResponse(f"stream chunk has tool_calls that are not a list: {calls!r:.200}")
+        for tc in calls:
+            produced |= self._tool_delta(tc)
+        lp = ch.get("logprobs")
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+            self.logprobs.extend(lp["content"])
+        if ch.get("finish_reason"):
+            self.finish = str(ch["finish_reason"])
+        if produced:
+            if self.first is None:
+                self.first = now
+            elif self.last is not None:
+                self.gaps.append(now - self.last)
+            self.last = now
+
+    def _tool_delta(self, tc: Any) -> bool:
+        """Merge one tool-call delta; True if it carried part of the call's name or arguments."""
+        if not isinstance(tc, dict):
+            raise MalformedResponse(f"stream chunk has a tool call that is not an object: {tc!r:.200}")
+        index = _int(tc.get("index"))
+        if index is None:
+            # some gateways leave the index out: a new id starts a call, anything else continues the last
+            same = [i for i, c in self.calls.items() if tc.get("id") and c["id"] == tc["id"]]
+            index = same[0] if same else len(self.calls) if tc.get("id") or not self.calls else max(self.calls)
+        slot = self.calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        if tc.get("id"):
+            slot["id"] = tc["id"]
+        if isinstance(tc.get("type"), str):
+            slot["type"] = tc["type"]
+        fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+        name = fn.get("name") or ""
+        if name and name != slot["function"]["name"]:  # sent once, in pieces, or repeated whole
+            slot["function"]["name"] += name
+        args = fn.get("arguments") or ""
+        if not isinstance(args, str):  # an object where the API sends JSON text
+            args = orjson.dumps(args).decode()
+        slot["function"]["arguments"] += args
+        return bool(name or args)
+
+    def choice(self, index: int, t0: float) -> Choice:
+        gaps = sorted(self.gaps)
+        return Choice(
+            index=index,
+            content="".join(self.content) if self.content or not self.calls else None,
+            finish_reason=self.finish,
+            tool_calls=[self.calls[k] for k in sorted(self.calls)] or None,
+            logprobs=self.logprobs or None,
+            ttft_s=None if self.first is None else self.first - t0,
+            itl_mean_s=sum(gaps) / len(gaps) if gaps else None,
+            itl_p95_s=_quantile(gaps, 0.95) if gaps else None,
+        )
+
+
+class _Stream:
+    """A chat.completion.chunk stream being assembled into a Completion."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.choices: dict[int, _ChoiceStream] = {}
+        self.usage: Any = None
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.chunks = 0
+
+    def feed(self, data: bytes, now: float) -> None:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise MalformedResponse(f"stream chunk is not JSON: {data[:200]!r}") from None
+            raise MalformedResponse(f"stream chunk {self.chunks + 1} is not JSON: {data[:200]!r}") from None
         if not isinstance(chunk, dict):
-            continue
+            raise MalformedResponse(f"stream chunk {self.chunks + 1} is a {type(chunk).__name__}, not an object")
         if chunk.get("error"):
             e = chunk["error"]
-            raise ErrorIn200(f"error in stream: {(e.get('message') if isinstance(e, dict) else e)}")
-        chunks += 1
-        response_id = response_id or chunk.get("id")
-        response_model = response_model or chunk.get("model")
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for ch in chunk.get("choices") or ():
-            i = ch.get("index", 0)
-            a = acc.setdefault(i, {"content": [], "tool_calls": {}, "logprobs": [], "finish": None})
-            delta = ch.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                now = time.monotonic()
-                if first is None:
-                    first = now
-                elif last is not None:
-                    gaps.append(now - last)
-                last = now
-                a["content"].append(text)
-            for tc in delta.get("tool_calls") or ():
-                slot = a["tool_calls"].setdefault(tc.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                if tc.get("id"):
-                    slot["id"] = tc["id"]
-                fn = tc.get("function") or {}
-                slot["function"]["name"] += fn.get("name") or ""
-                slot["function"]["arguments"] += fn.get("arguments") or ""
-            lp = ch.get("logprobs")
-            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-                a["logprobs"].extend(lp["content"])
-            if ch.get("finish_reason"):
-                a["finish"] = ch["finish_reason"]
-    if not done:
-        partial = "".join("".join(a["content"]) for a in acc.values())
-        raise StreamTruncated(f"stream ended before [DONE] after {chunks} chunks; partial content: {partial[:500]!r}")
-    gaps.sort()
-    return Completion(
-        response_id=response_id,
-        response_model=response_model,
-        choices=[
-            Choice(
-                index=i,
-                content="".join(a["content"]) if a["content"] or not a["tool_calls"] else None,
-                finish_reason=a["finish"],
-                tool_calls=[a["tool_calls"][k] for k in sorted(a["tool_calls"])] or None,
-                logprobs=a["logprobs"] or None,
-            )
-            for i, a in sorted(acc.items())
-        ],
-        usage=parse_usage(usage),
-        stream_chunks=chunks,
-        ttft_s=None if first is None else first - t0,
-        itl_mean_s=sum(gaps) / len(gaps) if gaps else None,
-        itl_p95_s=gaps[min(len(gaps) - 1, int(0.95 * len(gaps)))] if gaps else None,
-    )
+            msg = e.get("message") if isinstance(e, dict) else e
+            raise ErrorIn200(f"error in stream: {str(msg)[:MAX_ERROR_MESSAGE]}")
+        self.chunks += 1
+        if self.response_id is None and isinstance(chunk.get("id"), str):
+            self.response_id = chunk["id"]
+        if self.response_model is None and isinstance(chunk.get("model"), str):
+            self.response_model = chunk["model"]
+        if chunk.get("usage"):  # the last usage wins: some servers send a running total
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise MalformedResponse(f"stream chunk {self.chunks} has choices that are not a list")
+        for i, ch in enumerate(choices):
+            if not isinstance(ch, dict):
+                raise MalformedResponse(f"stream chunk {self.chunks} has a choice that is not an object")
+            index = _int(ch.get("index"))
+            self.choices.setdefault(i if index is None else index, _ChoiceStream()).feed(ch, now)
+
+    def completion(self) -> Completion:
+        return Completion(
+            response_id=self.response_id,
+            response_model=self.response_model,
+            choices=[c.choice(i, self.t0) for i, c in sorted(self.choices.items())],
+            usage=parse_usage(self.usage),
+            stream_chunks=self.chunks,
+        )
+
+    def result(self) -> Completion:
+        if not self.choices:
+            raise MalformedResponse(f"the stream ended with [DONE] after {self.chunks} chunks but no choices")
+        return self.completion()
+
+    def partial(self) -> Completion | None:
+        """What arrived before a failure, or None if nothing did."""
+        return self.completion() if self.choices or self.usage else None
+
+    def truncated(self, why: str) -> StreamTruncated:
+        exc = StreamTruncated(f"{why} after {self.chunks} chunks, before [DONE]")
+        exc.partial = self.partial()
+        return exc
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+            while await resp.content.readany():
+                pass
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        pass  # the answer is complete; only the connection's reuse is lost
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, t0: float, timeout_s: float | None) -> Completion:
+    """Assemble an SSE chat.completion.chunk stream.
+
+    Events are split here, per the SSE rules (data: lines up to a blank line; `:` comments such
+    as keep-alives and other fields skipped), rather than with aiohttp's readline, which refuses
+    lines over 128 KiB (a delta with many top_logprobs can be that long). A stream that ends or
+    breaks before `[DONE]` raises StreamTruncated; any error raised midway carries `partial`.
+    """
+    stream = _Stream(t0)
+    buf = bytearray()
+    data: list[bytes] = []
+    try:
+        async for piece in resp.content.iter_any():
+            now = time.monotonic()
+            buf += piece
+            start = 0
+            while (nl := buf.find(b"\n", start)) >= 0:
+                line = bytes(buf[start:nl]).rstrip(b"\r")
+                start = nl + 1
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+                elif not line and data:
+                    event, data = b"\n".join(data), []
+                    if event.strip() == b"[DONE]":
+                        await _drain(resp)
+                        return stream.result()
+                    stream.feed(event, now)
+            del buf[:start]
+    except RequestError as exc:
+        exc.partial = exc.partial or stream.partial()
+        raise
+    except asyncio.TimeoutError:  # before ClientConnectionError: aiohttp's read timeout is both
+        exc = AttemptTimeout(f"no complete answer within {timeout_s or 0:g} s ({stream.chunks} chunks arrived)")
+        exc.partial = stream.partial()
+        raise exc from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        raise stream.truncated(f"the connection broke ({type(exc).__name__})") from None
+    # a [DONE] whose closing blank line (or newline) never came still ends the stream properly
+    tail = bytes(buf).strip()
+    if (data == [b"[DONE]"] and not tail) or (not data and tail in (b"data: [DONE]", b"data:[DONE]")):
+        return stream.result()
+    raise stream.truncated("the stream ended")

@@ -1,8 +1,10 @@
-"""Dataset rows (JSONL, CSV, Parquet) and the `{column}` templating of prompt messages.
+"""Dataset rows (JSONL, CSV, Parquet), the `{column}` templating of prompt messages, and what
+a row brings besides: its own messages (`{from_column: …}`) and request parameters
+(`dataset.params_from_columns`).
 
 Rows are streamed, never loaded whole: `check_dataset` makes one validating pass before any
-request (missing file, bad lines, missing placeholder columns, duplicate ids), and
-`iter_rows` streams them again while the run goes.
+request (missing file, bad lines, missing placeholder columns, duplicate ids, and a caller's
+per-row checks), and `iter_rows` streams them again while the run goes.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from evalrun.errors import ConfigError
-from evalrun.records import Message
+from evalrun.params import RequestParams, clean_params
+from evalrun.records import Message, PromptEntry
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -110,9 +114,11 @@ def row_digest(row: dict[str, Any]) -> str:
 
 
 def check_dataset(
-    path: Path, fmt: str | None, id_column: str | None, limit: int | None, needed: dict[str, set[str]]
+    path: Path, fmt: str | None, id_column: str | None, limit: int | None, needed: dict[str, set[str]],
+    check_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> DatasetInfo:
-    """One full validating pass. `needed` maps prompt name → the columns it uses."""
+    """One full validating pass. `needed` maps prompt name → the columns it uses as {column};
+    `check_row` raises ValueError for anything else wrong with a row (reported with its line)."""
     fmt = fmt or _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ConfigError(f"{path}: unknown dataset format; use .jsonl, .csv or .parquet, or set dataset.format")
@@ -133,6 +139,11 @@ def check_dataset(
                         f"{path}:{lineno}: row has no column {missing[0]!r}, used as "
                         f"{{{missing[0]}}} by prompt {name!r}; columns here: {', '.join(row) or '(none)'}"
                     )
+            if check_row is not None:
+                try:
+                    check_row(row)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}:{lineno}: {exc}") from None
             if auto_id is not None:
                 why = "named by dataset.id_column" if id_column else "every row needs one, as the first row has it"
                 if auto_id not in row:
@@ -217,15 +228,123 @@ def fill(value: Any, row: dict[str, Any]) -> Any:
     return value
 
 
-def render(templates: list[Message], row: dict[str, Any]) -> list[Message]:
-    """The messages of one prompt variant for one row."""
-    return [fill(m, row) for m in templates]  # type: ignore[misc]
+def render(templates: list[PromptEntry], row: dict[str, Any]) -> list[Message]:
+    """The messages of one prompt variant for one row; `{from_column: c}` becomes row[c]'s messages."""
+    out: list[Message] = []
+    for m in templates:
+        if "from_column" in m:
+            out.extend(conversation(row.get(m["from_column"])))
+        else:
+            out.append(fill(m, row))
+    return out
+
+
+PART_TOKENS = 258  # a non-text content part: Gemini bills an image as 258 tokens; its base64 says nothing
 
 
 def estimate_tokens(messages: list[Message]) -> int:
     """A cheap prompt-size estimate (≈4 characters a token) for the TPM limiter and `plan`."""
-    chars = 0
+    chars = parts = 0
     for m in messages:
         c = m.get("content")
-        chars += len(c) if isinstance(c, str) else len(_text(c))
-    return chars // 4 + 4 * len(messages)
+        if isinstance(c, str):
+            chars += len(c)
+        elif isinstance(c, list):
+            for part in c:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+                else:
+                    parts += 1
+        if m.get("tool_calls"):
+            chars += len(_text(m["tool_calls"]))
+    return chars // 4 + 4 * len(messages) + PART_TOKENS * parts
+
+
+# --------------------------------------------------------------------------- what a row brings
+
+ROLES = ("system", "developer", "user", "assistant", "tool")  # as config.MessageTemplate allows
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+def conversation(value: Any) -> list[Message]:
+    """A row's list of messages (for `{from_column: …}`), checked; raises ValueError saying
+    what is wrong. They are data, not templates: sent as they are, no {placeholder} filled."""
+    if value == "":  # CSV's only way to say null
+        return []
+    if isinstance(value, str):  # CSV holds it as JSON text
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise ValueError(
+                'is text but not JSON; expected a list of messages like [{"role": "user", "content": "…"}]'
+            ) from None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of messages, got {type(value).__name__}")
+    out: list[Message] = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise ValueError(f"[{i}] must be a message object with role and content, got {type(m).__name__}")
+        # Parquet gives every struct field, absent ones as null; a null key means "not there"
+        m = {k: v for k, v in m.items() if v is not None or k == "content"}
+        unknown = sorted(set(m) - set(_MESSAGE_KEYS))
+        if unknown:
+            raise ValueError(f"[{i}].{unknown[0]}: unknown message key; allowed: {', '.join(_MESSAGE_KEYS)}")
+        if m.get("role") not in ROLES:
+            raise ValueError(f"[{i}].role: must be one of {', '.join(ROLES)} (got {m.get('role')!r})")
+        content = m.get("content")
+        if content is None and not (m["role"] == "assistant" and m.get("tool_calls")):
+            raise ValueError(f"[{i}].content: required (null only in an assistant message with tool_calls)")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise ValueError(
+                        f'[{i}].content[{j}]: a content part is an object with a type, e.g. {{"type": "text", '
+                        '"text": "…"} or {"type": "image_url", "image_url": {"url": "…"}}'
+                    )
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"[{i}].content[{j}].text: a text part needs a string text")
+        elif content is not None and not isinstance(content, str):
+            raise ValueError(f"[{i}].content: must be a string or a list of content parts")
+        for key in ("name", "tool_call_id"):
+            if key in m and not isinstance(m[key], str):
+                raise ValueError(f"[{i}].{key}: must be a string")
+        calls = m.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise ValueError(f"[{i}].tool_calls: must be a list of tool-call objects")
+        out.append(m)  # type: ignore[arg-type]
+    return out
+
+
+def _param(name: str, value: Any) -> Any:
+    # the same model as params: in the config, so a row's value meets the parameter's own type
+    # and range; "partial" leaves combinations (tool_choice needs tools) to the merged request
+    return clean_params(RequestParams.model_validate({name: value}, context={"partial": True}))[name]
+
+
+def row_params(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The request parameters a row sets through `dataset.params_from_columns` (parameter →
+    column), validated; a null, absent or empty (CSV) cell sets nothing. Raises ValueError naming
+    the column."""
+    out: dict[str, Any] = {}
+    for name, column in mapping.items():
+        value = row.get(column)
+        if value is None or value == "":
+            continue
+        try:
+            out[name] = _param(name, value)
+        except ValidationError as exc:
+            if isinstance(value, str):  # CSV cells are text: "0.5", '[{"type": "function", …}]'
+                try:
+                    out[name] = _param(name, orjson.loads(value))
+                    continue
+                except (orjson.JSONDecodeError, ValidationError):
+                    pass
+            err = exc.errors()[0]
+            at = "".join(f"[{p}]" for p in err["loc"][1:] if isinstance(p, int))  # not pydantic's type tags
+            raise ValueError(
+                f"column {column!r} (dataset.params_from_columns.{name}): {name}{at}: "
+                f"{err['msg'].removeprefix('Value error, ')} (got {value!r:.200})"
+            ) from None
+    return out

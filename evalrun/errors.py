@@ -16,6 +16,11 @@ What to do about each is decided in one place: `evalrun.retry.classify`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalrun.records import Completion
+
 
 class EvalrunError(Exception):
     """Base of every error evalrun raises on purpose."""
@@ -31,6 +36,7 @@ class RequestError(EvalrunError):
     error_type = "request_error"
     status_code: int | None = None
     retry_after: float | None = None
+    partial: Completion | None = None  # a stream that failed midway: what had arrived
 
 
 class TransportError(RequestError):

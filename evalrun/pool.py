@@ -127,7 +127,7 @@ class Pool:
                     self.stop.budget_reason = f"budget: --max-requests {self.max_requests} reached"
                     break
                 if self.budget is not None and not self.budget.reserve(
-                    spec.request_id, spec.cell.model, spec.est_prompt_tokens, output_budget(spec.cell.params)
+                    spec.request_id, spec.cell.model, spec.est_prompt_tokens, output_budget(spec.params)
                 ):
                     self.stop.budget_reason = self.budget.reason
                     break
@@ -201,7 +201,7 @@ class Pool:
     async def _execute(self, client: ProviderClient, spec: RequestSpec) -> Result | None:
         cell = spec.cell
         limiter = self.limiters.get(cell.provider, cell.model)
-        est = spec.est_prompt_tokens + output_budget(cell.params)
+        est = spec.est_prompt_tokens + output_budget(spec.params)
         started = time.time()
         attempts = 0
         waited = 0.0
@@ -244,7 +244,7 @@ class Pool:
             return Result(
                 spec, started, latency, attempts, client.base_url, http_status=exc.status_code,
                 error_type=exc.error_type, error_message=str(exc), limiter_wait_s=waited,
-                retry_types=retry_types[:-1],
+                retry_types=retry_types[:-1], partial=exc.partial,
             )  # fmt: skip
         except asyncio.CancelledError:
             raise

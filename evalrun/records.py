@@ -33,6 +33,13 @@ class Message(TypedDict, total=False):
     tool_call_id: str
 
 
+class PromptEntry(Message, total=False):
+    """One entry of a prompt variant: a message with {column} placeholders, or
+    `{from_column: <column>}`, which stands for the row's own list of messages."""
+
+    from_column: str
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """One point of the grid: provider × model × resolved parameters × prompt variant."""
@@ -55,6 +62,12 @@ class RequestSpec:
     messages: list[Message]
     data: dict[str, Any]  # the dataset row the messages were rendered from
     est_prompt_tokens: int
+    row_params: dict[str, Any] = field(default_factory=dict)  # from dataset.params_from_columns
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters this request is sent with: the cell's, overridden by the row's."""
+        return {**self.cell.params, **self.row_params} if self.row_params else self.cell.params
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,27 +88,27 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """One generated alternative (there are `n` per request)."""
+    """One generated alternative (there are `n` per request); timings only when streamed."""
 
     index: int
     content: str | None
     finish_reason: str | None
     tool_calls: list[Any] | None = None
     logprobs: list[TokenLogprob] | None = None
+    ttft_s: float | None = None  # request sent → this choice's first content or tool-call delta
+    itl_mean_s: float | None = None  # gaps between this choice's successive content deltas
+    itl_p95_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A parsed successful response."""
+    """A parsed response: a success, or (on an error) what arrived of a stream before it failed."""
 
     response_id: str | None
     response_model: str | None
     choices: list[Choice]
     usage: Usage
-    stream_chunks: int | None = None
-    ttft_s: float | None = None
-    itl_mean_s: float | None = None
-    itl_p95_s: float | None = None
+    stream_chunks: int | None = None  # of the whole request (all choices)
 
 
 @dataclass(slots=True)
@@ -113,6 +126,7 @@ class Result:
     error_message: str | None = None
     limiter_wait_s: float = 0.0
     retry_types: list[str] = field(default_factory=list)  # error type of every failed attempt
+    partial: Completion | None = None  # an error mid-stream: what had arrived (it was paid for)
 
     @property
     def ok(self) -> bool:

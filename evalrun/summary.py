@@ -27,7 +27,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty:
         return pd.DataFrame()
     req = results[results["choice_index"].isna() | (results["choice_index"] == 0)]
-    varying = [p for p in PARAM_COLUMN.values() if p in results and results[p].nunique(dropna=False) > 1]
+    # a cell's own parameters: constant within each cell, different across cells (a per-row
+    # parameter such as tools from a dataset column varies inside a cell and is not one)
+    by_cell_params = results.groupby("cell_id", sort=False)
+    varying = [p for p in PARAM_COLUMN.values() if p in results and results[p].nunique(dropna=False) > 1
+               and by_cell_params[p].nunique(dropna=False).max() == 1]  # fmt: skip
     keys = ["cell_id"]
     agg = req.groupby(keys, sort=False).agg(
         provider=("provider", "first"),

@@ -149,6 +149,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     hang: bool = False  # accept, never answer
+    stream: list[bytes | float] | None = None  # an SSE body sent piece by piece; a float pauses (s)
 
 
 @dataclass
@@ -185,6 +186,20 @@ async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]
                 await asyncio.sleep(60)
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            if reply.stream is not None:
+                sse = {"Content-Type": "text/event-stream", **reply.headers}
+                resp = web.StreamResponse(status=reply.status, headers=sse)
+                await resp.prepare(request)
+                try:
+                    for piece in reply.stream:
+                        if isinstance(piece, float):
+                            await asyncio.sleep(piece)
+                        else:
+                            await resp.write(piece)
+                    await resp.write_eof()
+                except ConnectionResetError:  # the client gave up on the stream (a bad chunk)
+                    pass
+                return resp
             raw = reply.body if reply.body is not None else orjson.dumps(reply.json if reply.json is not None else completion())
             return web.Response(status=reply.status, body=raw, headers={"Content-Type": "application/json", **reply.headers})
         finally:

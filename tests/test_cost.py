@@ -114,6 +114,18 @@ def test_cost_columns_in_the_report_and_evalrun_cost(tmp_path, dataset, scripted
     assert summary.cost_total.iloc[0] == pytest.approx(5 * 3550 / M)
 
 
+def test_failed_but_billed_requests_are_costed(tmp_path, dataset, scripted, cli) -> None:
+    """A 200 whose body is an error but which reports usage was billed: the error row says
+    what it cost (retries of it too: only the last attempt's usage is known)."""
+    billed = {"error": {"message": "content filtered", "type": "upstream_error"}, "usage": _usage(1000, 50)}
+    srv = scripted(default=lambda p: Reply(json=billed))
+    r = cli("run", _priced_config(tmp_path, dataset, srv.base_url), "--no-progress", "--limit", "1")
+    row = read_results(r.run_dir).iloc[0]
+    assert row.status == "error" and row.error_type == "error_in_200"
+    assert row.prompt_tokens == 1000 and row.completion_tokens == 50
+    assert row.cost_total == pytest.approx((1000 * 1.0 + 50 * 10.0) / M)
+
+
 def test_max_cost_stops_before_the_budget_and_resumes(tmp_path, scripted, cli) -> None:
     rows = tmp_path / "rows.jsonl"
     rows.write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "question": "1 + 1"}) + b"\n" for i in range(20)))
