@@ -6,25 +6,32 @@ path and what is allowed, so that `evalrun` can print it and exit 2 before any r
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic import Discriminator, Tag, model_validator
 
+from evalrun.diagnostics import (
+    NAME_PATTERN,
+    describe_kind,
+    did_you_mean,
+    dotted,
+    format_validation,
+    format_yaml_error,
+)
 from evalrun.errors import ConfigError
 from evalrun.params import PARAM_NAMES, RequestParams
 from evalrun.pricing import PricesConfig
 from evalrun.scoring import GateConfig, ScorerConfig
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_NAME = NAME_PATTERN
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "x-goog-api-key"}
 
@@ -189,7 +196,7 @@ class DatasetConfig(_Strict):
         for name, column in v.items():
             if name not in PARAM_NAMES:
                 raise ValueError(
-                    f"{name!r} is not a request parameter{_did_you_mean(name, PARAM_NAMES)}; "
+                    f"{name!r} is not a request parameter{did_you_mean(name, PARAM_NAMES)}; "
                     f"allowed: {', '.join(PARAM_NAMES)}"
                 )
             if not column:
@@ -343,7 +350,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(_format_yaml_error(exc, path)) from None
+        raise ConfigError(format_yaml_error(exc, path)) from None
     if raw is None:
         raise ConfigError(
             f"{path}: the file is empty; an experiment is a YAML mapping with the keys "
@@ -352,7 +359,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}:{node.start_mark.line + 1 if node else 1}: the file must be a YAML mapping with the keys "
-            f"experiment:, models:, prompts: and dataset: (got {_kind(raw)})"
+            f"experiment:, models:, prompts: and dataset: (got {describe_kind(raw)})"
         )
     lines: dict[tuple[Any, ...], int] = {}
     _index_lines(node, (), lines, path)
@@ -364,7 +371,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         # top_logprobs-needs-logprobs are checked on each merged cell in grid.expand_cells
         cfg = ExperimentConfig.model_validate(raw, context={"partial": True})
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, path, raw, lines, overridden)) from None
+        raise ConfigError(format_validation(exc, ExperimentConfig, path, raw, lines, overridden)) from None
     exp = Experiment(config=cfg, path=path, grid=GridAxes({}, [], []), providers={}, raw=raw, lines=lines)
     exp.providers = _resolve_providers(exp)
     exp.grid = _validate_grid(exp)
@@ -386,7 +393,7 @@ def _index_lines(
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 if key.value in first:
                     raise ConfigError(
-                        f"{file}:{line}: {_dotted(sub)}: the key is repeated (first at line {first[key.value]}); "
+                        f"{file}:{line}: {dotted(sub)}: the key is repeated (first at line {first[key.value]}); "
                         "keep one of them"
                     )
                 first[key.value] = line
@@ -432,7 +439,7 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
             providers[name] = ProviderConfig.model_validate(PRESETS[name])
             continue
         known = sorted(set(providers) | set(PRESETS))
-        hint = _did_you_mean(name, known)
+        hint = did_you_mean(name, known)
         line_path: tuple[Any, ...] = ("provider",)
         if cfg.provider != name:
             i = next((i for i, m in enumerate(cfg.models) if m.provider == name), None)
@@ -458,8 +465,8 @@ def _validate_value(exp: Experiment, key: str, value: Any, path: tuple[Any, ...]
         return _field_adapter(key).validate_python(value)
     except ValidationError as exc:
         err = exc.errors()[0]
-        dotted = _dotted(path)
-        raise ConfigError(f"{exp.where(*path)}: {dotted}: {err['msg']} (got {value!r})") from None
+        key_path = dotted(path)
+        raise ConfigError(f"{exp.where(*path)}: {key_path}: {err['msg']} (got {value!r})") from None
 
 
 def _validate_grid(exp: Experiment) -> GridAxes:
@@ -480,7 +487,7 @@ def _validate_grid(exp: Experiment) -> GridAxes:
         if key not in PARAM_NAMES:
             raise ConfigError(
                 f"{exp.where('grid', key)}: grid.{key}: unknown request parameter"
-                f"{_did_you_mean(key, PARAM_NAMES)}; allowed: {', '.join(PARAM_NAMES)}"
+                f"{did_you_mean(key, PARAM_NAMES)}; allowed: {', '.join(PARAM_NAMES)}"
             )
         if not isinstance(values, list) or not values:
             raise ConfigError(
@@ -504,17 +511,17 @@ def _validate_grid(exp: Experiment) -> GridAxes:
                 if key not in allowed:
                     raise ConfigError(
                         f"{where}: grid.{kind}[{i}].{key}: not a grid axis"
-                        f"{_did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}"
+                        f"{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}"
                     )
                 if key == "model" and value not in model_names:
                     raise ConfigError(
                         f"{where}: grid.{kind}[{i}].model: {value!r} is not in models:"
-                        f"{_did_you_mean(str(value), model_names)}"
+                        f"{did_you_mean(str(value), model_names)}"
                     )
                 if key == "prompt" and value not in prompt_ids:
                     raise ConfigError(
                         f"{where}: grid.{kind}[{i}].prompt: {value!r} is not in prompts:"
-                        f"{_did_you_mean(str(value), prompt_ids)}"
+                        f"{did_you_mean(str(value), prompt_ids)}"
                     )
                 clean[key] = (
                     value if key in ("model", "prompt")
@@ -522,183 +529,3 @@ def _validate_grid(exp: Experiment) -> GridAxes:
                 )
             out.append(clean)
     return GridAxes(axes, include, exclude)
-
-
-# --------------------------------------------------------------------------- error text
-
-
-def _format_yaml_error(exc: yaml.YAMLError, path: Path) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-    problem = getattr(exc, "problem", None) or str(exc)
-    msg = f"{where}: YAML syntax error: {problem}"
-    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and cmark and (not mark or cmark.line != mark.line):
-        msg += f" ({context} that starts at line {cmark.line + 1})"  # e.g. the unclosed [ or "
-    if "'\\t'" in problem:
-        msg += "; indent with spaces, not tabs"
-    elif "block end" in problem or "mapping values are not allowed" in problem:
-        msg += "; check this line's indentation (or quote a value that contains ': ')"
-    return msg
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", type(None): "nothing"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
-
-
-# the location parts pydantic adds for union members, dict keys and validators (not data)
-_PYDANTIC_TYPE_TAGS = re.compile(
-    r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|\[key\]|literal\[.*\]|function-.*|[A-Z]\w*)$"
-)
-
-
-def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) -> str:
-    """Pydantic's message in evalrun's words where pydantic's would be obscure."""
-    etype, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    if etype in ("model_type", "dict_type", "model_attributes_type"):
-        return "must be a mapping of key: value lines" + (f" (got {_kind(got)})" if with_input else "")
-    if etype == "list_type":
-        return "must be a list, e.g. [a, b] or lines starting with '- '" + (f" (got {got!r})" if with_input else "")
-    if etype == "too_short" and ctx.get("actual_length") == 0:
-        return f"must not be empty: at least {ctx.get('min_length', 1)} entry needed"
-    if etype == "string_pattern_mismatch" and ctx.get("pattern") == name_pattern:
-        return (f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, "
-                "'.', '_' and '-'")  # fmt: skip
-    msg = err["msg"].removeprefix("Value error, ")
-    if with_input and "input" in err and etype != "value_error" and not isinstance(got, (dict, list)):
-        msg += f" (got {got!r})"
-    return msg
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" — did you mean {match[0]!r}?" if match else ""
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _data_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
-    """Drop pydantic's union/validator tags from an error location, keeping the data path."""
-    out: list[Any] = []
-    node = raw
-    for i, part in enumerate(loc):
-        last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            out.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-            out.append(part)
-        elif last and isinstance(node, dict) and not _PYDANTIC_TYPE_TAGS.match(str(part)):
-            out.append(part)  # a missing key
-    return tuple(out)
-
-
-def _allowed_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
-    """The field names allowed where an unknown key was found, by walking the model types."""
-    tp: Any = model
-    for part in path:
-        tp = _unwrap(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            if part not in tp.model_fields:
-                return []
-            tp = tp.model_fields[part].annotation
-        elif get_origin(tp) in (list, dict):
-            tp = get_args(tp)[-1]
-        else:
-            return []
-    # where either of several models is allowed (a prompt entry), the keys of all of them
-    models = _union_models(tp) or [_unwrap(tp)]
-    return [f for m in models if isinstance(m, type) and issubclass(m, BaseModel) for f in m.model_fields]
-
-
-def _union_models(tp: Any) -> list[Any]:
-    """The models a union can be, its members possibly Annotated (tagged); [] if not a union."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) is not Union and str(get_origin(tp)) != "<class 'types.UnionType'>":
-        return []
-    members = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(tp)]
-    return [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp = get_args(tp)[0]
-        elif origin is Union or str(origin) == "<class 'types.UnionType'>":
-            models = _union_models(tp)
-            if not models:
-                return tp
-            tp = models[0]
-        else:
-            return tp
-
-
-def _format_validation(
-    exc: ValidationError, path: Path, raw: Any, lines: dict[tuple[Any, ...], int],
-    overridden: dict[tuple[str, ...], str] | None = None,
-) -> str:  # fmt: skip
-    errors = []
-    for err in exc.errors():
-        data_path = _data_path(tuple(err["loc"]), raw)
-        # a shorter data path: the location had pydantic's tags for union members or dict keys
-        errors.append((err, data_path, len(data_path) < len(err["loc"])))
-    # a union (e.g. stop: str | list[str]) reports once per member: keep the deepest, most precise one
-    errors = [
-        (err, dp, tagged) for err, dp, tagged in errors
-        if not (tagged and any(len(o) > len(dp) and o[: len(dp)] == dp for _, o, _ in errors))
-    ]  # fmt: skip
-    typos = {  # unknown keys that are a typo of a missing one explain that one too
-        dp[:-1] + (m,): dp
-        for err, dp, _ in errors if err["type"] == "extra_forbidden" and dp
-        for m in difflib.get_close_matches(str(dp[-1]), _allowed_keys(ExperimentConfig, dp[:-1]), n=1, cutoff=0.6)
-    }  # fmt: skip
-    alternatives: dict[tuple[Any, ...], list[Any]] = {}  # union members failing at the same place
-    for err, data_path, tagged in errors:
-        if tagged and err["type"] not in ("missing", "extra_forbidden"):
-            alternatives.setdefault(data_path, []).append(err)
-    messages: list[str] = []
-    for err, data_path, tagged in errors:
-        if err["type"] == "missing" and data_path in typos:
-            continue
-        origin = next(
-            (item for key, item in (overridden or {}).items()
-             if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)),
-            None,
-        )  # fmt: skip
-        line = None if origin else (lines.get(data_path) or lines.get(data_path[:-1]))
-        where = f"{path}:{line}" if line else str(path)
-        dotted = _dotted(data_path) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = str(data_path[-1]) if data_path else "?"
-            allowed = _allowed_keys(ExperimentConfig, data_path[:-1])
-            if key == "api_key":
-                msg = "a key must not be written in the config: set it in an environment variable and name it with api_key_env"
-            else:
-                msg = f"unknown key{_did_you_mean(key, allowed)}"
-                if allowed:
-                    msg += f"; allowed here: {', '.join(allowed)}"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif len(alternatives.get(data_path, ())) > 1:
-            either = alternatives[data_path]
-            msg = "; or ".join(dict.fromkeys(_error_text(e, with_input=False) for e in either))
-            if not isinstance(err.get("input"), (dict, list)):
-                msg += f" (got {err.get('input')!r})"
-        else:
-            msg = _error_text(err)
-        if origin:
-            msg += f" (from --set {origin})"
-        messages.append(f"{where}: {dotted}: {msg}")
-    unique = list(dict.fromkeys(messages))
-    more = f"\n(and {len(unique) - 8} more)" if len(unique) > 8 else ""
-    return "\n".join(unique[:8]) + more

@@ -228,7 +228,6 @@ def write_results(
     resume of a changed grid, limits the report to the requests of the current grid.
     Returns the counts.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     journal = run_dir / JOURNAL

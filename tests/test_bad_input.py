@@ -15,7 +15,6 @@ YAML text for syntax cases; `line` is either a number or a snippet of the writte
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
