@@ -93,6 +93,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--prices", type=Path, metavar="FILE", help="recompute the cost with this price table")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    s = sub.add_parser("report", help="write a self-contained HTML report of a finished run (charts, sortable table)")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--compare", type=Path, metavar="BASE_RUN", help="add the per-cell comparison with an earlier run")
+    s.add_argument("--out", type=Path, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+
     s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
@@ -319,6 +324,13 @@ def _cost_cell(column: str, value: object) -> str:
     return str(value)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from evalrun.report import write_report
+
+    print(write_report(args.run_dir, args.compare, args.out))
+    return 0
+
+
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     from evalrun.sim import options_from_args, serve_forever
 
@@ -359,6 +371,7 @@ COMMANDS = {
     "summary": cmd_summary,
     "score": cmd_score,
     "cost": cmd_cost,
+    "report": cmd_report,
     "compare": cmd_compare,
     "serve-sim": cmd_serve_sim,
 }
