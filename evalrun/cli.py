@@ -184,16 +184,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from evalrun.errors import ConfigError
     from evalrun.store import RESULTS
-    from evalrun.summary import summarize
+    from evalrun.summary import read_for_summary, summarize
 
     path = args.run_dir / RESULTS
     if not path.is_file():
         raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
-    summary = summarize(pd.read_parquet(path))
+    summary = summarize(read_for_summary(path))
     if args.format == "table":
         _print_summary(summary, str(args.run_dir))
     elif args.format == "markdown":

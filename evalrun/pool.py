@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, stop_before_delay
+from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
 from evalrun.client import ProviderClient
 from evalrun.config import RetryConfig
 from evalrun.errors import RequestError
 from evalrun.pricing import CostBudget
 from evalrun.ratelimit import Limiters, ModelLimiter
-from evalrun.records import Result, RequestSpec
+from evalrun.records import Completion, Result, RequestSpec
 from evalrun.retry import Action, classify, retry_wait
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,18 @@ QUEUE_PER_WORKER = 2  # specs buffered ahead of the workers, per worker
 
 class _Halted(Exception):
     """Raised inside an attempt when the run or its provider stopped meanwhile."""
+
+
+@dataclass
+class _Attempts:
+    """What the attempts of one request have cost so far."""
+
+    t0: float  # monotonic start, for max_total_s
+    attempts: int = 0
+    waited: float = 0.0
+    latency: float | None = None
+    base_url: str | None = None
+    retry_types: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,74 +195,95 @@ class Pool:
             logger.exception("could not record request %s", result.spec.request_id)
             self.request_stop(f"internal error while recording a result ({type(exc).__name__}: {exc})")
 
-    def _wait(self, rs: RetryCallState) -> float:
-        exc = rs.outcome.exception() if rs.outcome else None
-        decision = classify(exc) if exc else classify(RequestError())
-        r = self.retry
-        return retry_wait(decision, rs.attempt_number, r.backoff_initial_s, r.backoff_max_s, r.retry_after_max_s)
-
-    def _should_retry(self, rs: RetryCallState) -> bool:
-        exc = rs.outcome.exception() if rs.outcome else None
-        if not isinstance(exc, RequestError):
+    def _retryable(self, exc: BaseException | None, attempt: int) -> bool:
+        """Whether failed attempt number `attempt` is followed by another."""
+        if not isinstance(exc, RequestError) or attempt >= self.retry.max_attempts:
             return False
         decision = classify(exc)
         if decision.action is not Action.RETRY:
             return False
-        return decision.max_attempts is None or rs.attempt_number < decision.max_attempts
+        return decision.max_attempts is None or attempt < decision.max_attempts
+
+    def _wait_after(self, exc: BaseException | None, attempt: int) -> float:
+        decision = classify(exc) if exc is not None else classify(RequestError())
+        r = self.retry
+        return retry_wait(decision, attempt, r.backoff_initial_s, r.backoff_max_s, r.retry_after_max_s)
+
+    async def _attempt(self, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec, est: int,
+                       st: _Attempts) -> Completion:  # fmt: skip
+        """One try: wait for the limiter, send, record what it cost in time. Raises on failure."""
+        provider = spec.cell.provider
+        if self._halted(provider):
+            raise _Halted()
+        st.waited += await limiter.acquire(est)
+        if self._halted(provider):
+            raise _Halted()
+        st.attempts += 1
+        st.base_url = client.base_url
+        t0 = time.monotonic()
+        try:
+            return await client.send(spec)
+        except RequestError as exc:
+            self._after_failure(client, limiter, spec, exc, st.retry_types)
+            raise
+        finally:
+            st.latency = time.monotonic() - t0
+
+    async def _retry(self, first: RequestError, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec,
+                     est: int, st: _Attempts) -> Completion:  # fmt: skip
+        """Attempts 2…max_attempts under the tenacity policy, starting with the wait after the
+        first failure. Bounded by attempts and by max_total_s from the request's start."""
+        r = self.retry
+        first_wait = self._wait_after(first, 1)
+        if time.monotonic() - st.t0 + first_wait > r.max_total_s:
+            raise first
+        await self._sleep(first_wait)
+        remaining = r.max_total_s - (time.monotonic() - st.t0)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(r.max_attempts - 1) | stop_before_delay(max(0.0, remaining)),
+            wait=lambda rs: self._wait_after(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
+            retry=lambda rs: self._retryable(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                completion = await self._attempt(client, limiter, spec, est, st)
+        return completion
 
     async def _execute(self, client: ProviderClient, spec: RequestSpec) -> Result | None:
         cell = spec.cell
         limiter = self.limiters.get(cell.provider, cell.model)
         est = spec.est_prompt_tokens + output_budget(spec.params)
         started = time.time()
-        attempts = 0
-        waited = 0.0
-        latency: float | None = None
-        retry_types: list[str] = []
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.max_attempts) | stop_before_delay(self.retry.max_total_s),
-            wait=self._wait,
-            retry=self._should_retry,
-            sleep=self._sleep,
-            reraise=True,
-        )
+        st = _Attempts(t0=time.monotonic())
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if self._halted(cell.provider):
-                        raise _Halted()
-                    waited += await limiter.acquire(est)
-                    if self._halted(cell.provider):
-                        raise _Halted()
-                    attempts += 1
-                    base_url = client.base_url
-                    t0 = time.monotonic()
-                    try:
-                        completion = await client.send(spec)
-                    except RequestError as exc:
-                        latency = time.monotonic() - t0
-                        self._after_failure(client, limiter, spec, exc, retry_types)
-                        raise
-                    latency = time.monotonic() - t0
+            try:
+                # most requests succeed at once: no retry machinery on that path
+                completion = await self._attempt(client, limiter, spec, est, st)
+            except RequestError as exc:
+                if not self._retryable(exc, 1):
+                    raise
+                completion = await self._retry(exc, client, limiter, spec, est, st)
             client.note_success()
             limiter.on_success()
             limiter.settle(est, completion.usage.total_tokens)
-            return Result(spec, started, latency, attempts, base_url, completion=completion,
-                          limiter_wait_s=waited, retry_types=retry_types)  # fmt: skip
+            return Result(spec, started, st.latency, st.attempts, st.base_url, completion=completion,
+                          limiter_wait_s=st.waited, retry_types=st.retry_types)  # fmt: skip
         except _Halted:
             return None
         except RequestError as exc:
             # the last entry of retry_types is this final error, not a retry
             return Result(
-                spec, started, latency, attempts, client.base_url, http_status=exc.status_code,
-                error_type=exc.error_type, error_message=str(exc), limiter_wait_s=waited,
-                retry_types=retry_types[:-1], partial=exc.partial,
+                spec, started, st.latency, st.attempts, client.base_url, http_status=exc.status_code,
+                error_type=exc.error_type, error_message=str(exc), limiter_wait_s=st.waited,
+                retry_types=st.retry_types[:-1], partial=exc.partial,
             )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must cost one row, not the run
             logger.exception("internal error on request %s", spec.request_id)
-            return Result(spec, started, latency, attempts, client.base_url,
+            return Result(spec, started, st.latency, st.attempts, client.base_url,
                           error_type="internal_error", error_message=f"{type(exc).__name__}: {exc}")  # fmt: skip
 
     def _after_failure(

@@ -37,7 +37,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         provider=("provider", "first"),
         model=("model", "first"),
         prompt_id=("prompt_id", "first"),
-        requests=("request_id", "nunique"),
+        requests=("status", "size"),  # one choice-0 or error row per request
         errors=("status", lambda s: int((s == "error").sum())),
         attempts=("attempts", "sum"),
         # attempts beyond the first; requests never sent (a dead model) have 0 attempts
@@ -83,11 +83,22 @@ def scorer_names(results: pd.DataFrame) -> list[str]:
     return [c[len("pass_"):] for c in results.columns if c.startswith("pass_") and f"score_{c[5:]}" in results]
 
 
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    import pandas as pd
+# Columns the summary never reads: the big ones (logprobs alone can be most of the file)
+UNSUMMARIZED = ("logprobs", "messages", "content", "tool_calls", "error_message", "response_id", "base_url",
+                "run_id", "experiment", "response_model", "retry_types")  # fmt: skip
 
-    results = pd.read_parquet(run_dir / RESULTS)
-    summary = summarize(results)
+
+def read_for_summary(path: Path) -> pd.DataFrame:
+    """results.parquet without its large text and nested columns: memory stays proportional
+    to a few numbers per row, not to the answers and their logprobs."""
+    import pyarrow.parquet as pq
+
+    names = [n for n in pq.read_schema(path).names if n not in UNSUMMARIZED and not n.startswith("data_")]
+    return pq.read_table(path, columns=names).to_pandas()
+
+
+def write_summary(run_dir: Path) -> pd.DataFrame:
+    summary = summarize(read_for_summary(run_dir / RESULTS))
     summary.to_parquet(run_dir / SUMMARY, index=False)
     return summary
 
