@@ -187,20 +187,29 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     from evalrun.errors import ConfigError
     from evalrun.store import RESULTS
-    from evalrun.summary import read_for_summary, summarize
+    from evalrun.summary import summary_from_file
 
     path = args.run_dir / RESULTS
     if not path.is_file():
         raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
-    summary = summarize(read_for_summary(path))
+    summary = summary_from_file(path)
     if args.format == "table":
         _print_summary(summary, str(args.run_dir))
-    elif args.format == "markdown":
-        print(summary.to_markdown(index=False) if _has_tabulate() else summary.to_csv(index=False, sep="|"))
-    elif args.format == "csv":
-        print(summary.to_csv(index=False), end="")
+    elif args.format == "json":
+        import orjson
+
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str).decode())
     else:
-        print(summary.to_json(orient="records", indent=2))
+        import pandas as pd
+
+        frame = pd.DataFrame(summary)
+        if args.format == "csv":
+            print(frame.to_csv(index=False), end="")
+        else:  # a GitHub-flavoured Markdown table, for pull-request comments
+            head = "| " + " | ".join(frame.columns) + " |"
+            rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+            body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+            print("\n".join([head, rule, *body]))
     return 0
 
 
@@ -335,14 +344,6 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
 
     serve_forever(options_from_args(args), port=args.port)
     return 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _print_summary(summary: object, title: str) -> None:

@@ -363,18 +363,19 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
 
 def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats, status: str,
             messages: list[str], opts: RunOptions) -> RunOutcome:  # fmt: skip
-    from evalrun.summary import write_summary
+    from evalrun.summary import SummaryBuilder, write_summary
 
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
     scorers = load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
+    builder = SummaryBuilder()
     counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep,
-                           scorers=scorers)  # fmt: skip
+                           scorers=scorers, summary=builder)  # fmt: skip
     if counts["strays"]:
         messages.append(f"{counts['strays']:,} recorded requests are not in the changed grid; "
                         "kept in journal.jsonl, left out of results.parquet")  # fmt: skip
-    summary = write_summary(run_dir)
+    summary = write_summary(run_dir, builder.rows())
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
     missing = plan.total_requests - recorded
     if status == "completed" and missing:

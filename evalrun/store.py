@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from evalrun.scoring import Scorers
+    from evalrun.summary import SummaryBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def repair_journal(path: Path) -> None:
 
 def write_results(
     run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None = None,
-    scorers: Scorers | None = None,
+    scorers: Scorers | None = None, summary: SummaryBuilder | None = None,
 ) -> dict[str, int]:
     """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
 
@@ -235,14 +236,15 @@ def write_results(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _write_results(run_dir, data_columns, dedupe, keep, scorers)
+        return _write_results(run_dir, data_columns, dedupe, keep, scorers, summary)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def _write_results(
-    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None, scorers: Scorers | None
+    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None, scorers: Scorers | None,
+    summary: SummaryBuilder | None,
 ) -> dict[str, int]:
     import pyarrow.parquet as pq
 
@@ -266,18 +268,21 @@ def _write_results(
             counts["errors"] += entry["status"] == "error"
             buf.extend(entry["rows"])
             if len(buf) >= PARQUET_BATCH_ROWS:
-                counts["rows"] += _write_batch(writer, buf, schema, scorers)
+                counts["rows"] += _write_batch(writer, buf, schema, scorers, summary)
         if buf:
-            counts["rows"] += _write_batch(writer, buf, schema, scorers)
+            counts["rows"] += _write_batch(writer, buf, schema, scorers, summary)
     os.replace(tmp, run_dir / RESULTS)
     return counts
 
 
-def _write_batch(writer: Any, rows: list[dict[str, Any]], schema: pa.Schema, scorers: Scorers | None) -> int:
+def _write_batch(writer: Any, rows: list[dict[str, Any]], schema: pa.Schema, scorers: Scorers | None,
+                 summary: SummaryBuilder | None = None) -> int:  # fmt: skip
     import pyarrow as pa
 
     if scorers:
         scorers.apply(rows, DATA_PREFIX)
+    if summary is not None:
+        summary.add(rows)
     writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
     n = len(rows)
     rows.clear()

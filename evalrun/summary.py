@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,64 +21,117 @@ if TYPE_CHECKING:
 TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
 
 
+class SummaryBuilder:
+    """Per-cell aggregates, fed batch by batch with report rows (dicts) — from the pass that
+    writes results.parquet, or from reading it — so no whole-file frame is ever built.
+
+    Requests are counted once (their choice-0 or error row), so n>1 choices never double the
+    request count, the latency, the tokens or the cost; scores count every row (choice)."""
+
+    def __init__(self) -> None:
+        self._cells: dict[str, dict[str, Any]] = {}
+        self._params: dict[str, dict[str, Any]] = {}  # cell → its first value of each parameter
+        self._not_cell_level: set[str] = set()  # parameters that vary inside a cell (per-row ones)
+        self.scorers: list[str] = []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if not self.scorers and any(k.startswith("pass_") for k in row):
+                self.scorers = [k[5:] for k in row if k.startswith("pass_") and f"score_{k[5:]}" in row]
+            cid = row["cell_id"]
+            c = self._cells.get(cid)
+            if c is None:
+                c = self._cells[cid] = {
+                    "provider": row.get("provider"), "model": row.get("model"), "prompt_id": row.get("prompt_id"),
+                    "requests": 0, "errors": 0, "attempts": 0, "retries": 0, "rows": 0, "latency": [],
+                    "started": row.get("started_at"),
+                    **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
+                    **{f"passes_{n}": 0 for n in self.scorers}, **{f"scores_{n}": [] for n in self.scorers},
+                }  # fmt: skip
+                self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
+            else:
+                first = self._params[cid]
+                for p in PARAM_COLUMN.values():
+                    if p not in self._not_cell_level and row.get(p) != first[p]:
+                        self._not_cell_level.add(p)
+            c["rows"] += 1
+            for n in self.scorers:
+                c[f"passes_{n}"] += bool(row.get(f"pass_{n}"))
+                score = row.get(f"score_{n}")
+                if score is not None:
+                    c[f"scores_{n}"].append(score)
+            if row.get("choice_index") not in (None, 0):
+                continue  # the request's own numbers sit on its first row
+            c["requests"] += 1
+            c["errors"] += row.get("status") == "error"
+            attempts = row.get("attempts") or 0
+            c["attempts"] += attempts
+            c["retries"] += max(0, attempts - 1)  # never-sent requests (a dead model) have 0
+            if row.get("latency_s") is not None:
+                c["latency"].append(row["latency_s"])
+            for t in (*TOKEN_COLUMNS, *COST_COLUMNS):
+                v = row.get(t)
+                if v is not None:  # a cell whose answers carried no usage stays null, not 0
+                    c[t] = v if c[t] is None else c[t] + v
+            started = row.get("started_at")
+            if started is not None and (c["started"] is None or started < c["started"]):
+                c["started"] = started
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One summary row per cell, sorted by model, the varying parameters and prompt."""
+        firsts = list(self._params.values())
+        varying = [p for p in PARAM_COLUMN.values() if p not in self._not_cell_level
+                   and len({repr(f[p]) for f in firsts}) > 1]  # fmt: skip
+        out = []
+        for cid, c in self._cells.items():
+            lat = sorted(c["latency"])
+            row: dict[str, Any] = {"cell_id": cid, "provider": c["provider"], "model": c["model"],
+                                   **{p: self._params[cid][p] for p in varying}, "prompt_id": c["prompt_id"],
+                                   "requests": c["requests"], "errors": c["errors"], "attempts": c["attempts"],
+                                   "retries": c["retries"]}  # fmt: skip
+            row.update({t: c[t] for t in TOKEN_COLUMNS})
+            comp, reasoning = c["completion_tokens"], c["reasoning_tokens"]
+            row["visible_output_tokens"] = None if comp is None else comp - (reasoning or 0)
+            row["reasoning_share"] = None if not comp or reasoning is None else reasoning / comp
+            row.update({f"latency_p{q}_s": _quantile(lat, q / 100) for q in (50, 95, 99)})
+            row.update({t: c[t] for t in COST_COLUMNS})
+            row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
+            row["rows"] = c["rows"]
+            for n in self.scorers:
+                passes, scores = c[f"passes_{n}"], c[f"scores_{n}"]
+                lo, hi = wilson_interval(passes, c["rows"])
+                row[f"pass_rate_{n}"] = passes / c["rows"] if c["rows"] else None
+                row[f"pass_ci_low_{n}"], row[f"pass_ci_high_{n}"] = lo, hi
+                row[f"mean_score_{n}"] = sum(scores) / len(scores) if scores else None
+                # what one correct answer costs: the cell's whole cost over its passes
+                row[f"cost_per_pass_{n}"] = None if c["cost_total"] is None or not passes else c["cost_total"] / passes
+            row["error_rate"] = c["errors"] / c["requests"] if c["requests"] else None
+            out.append(row)
+        key = ["model", *varying, "prompt_id"]
+        out.sort(key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k])
+                                     for k in key))  # fmt: skip
+        return out
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (what pandas and numpy do by default)."""
+    if not values:
+        return None
+    pos = (len(values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell. Requests are counted once (their choice-0 or error row), so n>1
-    choices never double the request count, the latency or the tokens."""
+    """The summary of a results frame (for the report and the CLI), as a DataFrame."""
     import pandas as pd
 
-    if results.empty:
-        return pd.DataFrame()
-    req = results[results["choice_index"].isna() | (results["choice_index"] == 0)]
-    # a cell's own parameters: constant within each cell, different across cells (a per-row
-    # parameter such as tools from a dataset column varies inside a cell and is not one)
-    by_cell_params = results.groupby("cell_id", sort=False)
-    varying = [p for p in PARAM_COLUMN.values() if p in results and results[p].nunique(dropna=False) > 1
-               and by_cell_params[p].nunique(dropna=False).max() == 1]  # fmt: skip
-    keys = ["cell_id"]
-    agg = req.groupby(keys, sort=False).agg(
-        provider=("provider", "first"),
-        model=("model", "first"),
-        prompt_id=("prompt_id", "first"),
-        requests=("status", "size"),  # one choice-0 or error row per request
-        errors=("status", lambda s: int((s == "error").sum())),
-        attempts=("attempts", "sum"),
-        # attempts beyond the first; requests never sent (a dead model) have 0 attempts
-        retries=("attempts", lambda s: int((s - 1).clip(lower=0).sum())),
-        # min_count=1: a cell whose answers carried no usage sums to null, not to 0
-        **{t: (t, lambda s: s.sum(min_count=1)) for t in TOKEN_COLUMNS},
-        latency_p50_s=("latency_s", lambda s: s.quantile(0.50)),
-        latency_p95_s=("latency_s", lambda s: s.quantile(0.95)),
-        latency_p99_s=("latency_s", lambda s: s.quantile(0.99)),
-        started=("started_at", "min"),
-    )
-    for t in TOKEN_COLUMNS:
-        agg[t] = agg[t].astype("Int64")
-    agg["visible_output_tokens"] = agg["completion_tokens"] - agg["reasoning_tokens"].fillna(0).astype("Int64")
-    agg["reasoning_share"] = (agg["reasoning_tokens"] / agg["completion_tokens"]).astype("Float64")
-    if "cost_total" in req:
-        for c in COST_COLUMNS:
-            agg[c] = req.groupby("cell_id", sort=False)[c].sum(min_count=1)
-        agg["cost_per_request"] = agg["cost_total"] / agg["requests"]
-    agg["rows"] = results.groupby("cell_id", sort=False).size()
-    for p in varying:
-        agg[p] = req.groupby("cell_id", sort=False)[p].first()
-    # scores are per row (every choice); an error row counts as not passed
-    by_cell = results.groupby("cell_id", sort=False)
-    for name in scorer_names(results):
-        passes = by_cell[f"pass_{name}"].sum()
-        rows = by_cell.size()
-        agg[f"pass_rate_{name}"] = passes / rows
-        ci = [wilson_interval(int(k), int(n)) for k, n in zip(passes, rows)]
-        agg[f"pass_ci_low_{name}"] = pd.Series([c[0] for c in ci], index=passes.index)
-        agg[f"pass_ci_high_{name}"] = pd.Series([c[1] for c in ci], index=passes.index)
-        agg[f"mean_score_{name}"] = by_cell[f"score_{name}"].mean()
-        if "cost_total" in agg:
-            # what one correct answer costs: the cell's whole cost over its passes
-            agg[f"cost_per_pass_{name}"] = agg["cost_total"] / passes.where(passes > 0)
-    agg["error_rate"] = agg["errors"] / agg["requests"]
-    agg = agg.reset_index().sort_values(["model", *varying, "prompt_id"], kind="stable").drop(columns="started")
-    lead = ["cell_id", "provider", "model", *varying, "prompt_id"]
-    return agg[lead + [c for c in agg.columns if c not in lead]].reset_index(drop=True)
+    builder = SummaryBuilder()
+    for start in range(0, len(results), 50_000):
+        chunk = results.iloc[start:start + 50_000]
+        builder.add(chunk.astype(object).where(chunk.notna(), None).to_dict("records"))
+    return pd.DataFrame(builder.rows())
 
 
 def scorer_names(results: pd.DataFrame) -> list[str]:
@@ -88,55 +143,67 @@ UNSUMMARIZED = ("logprobs", "messages", "content", "tool_calls", "error_message"
                 "run_id", "experiment", "response_model", "retry_types")  # fmt: skip
 
 
-def read_for_summary(path: Path) -> pd.DataFrame:
-    """results.parquet without its large text and nested columns: memory stays proportional
-    to a few numbers per row, not to the answers and their logprobs."""
+def summary_from_file(path: Path) -> list[dict[str, Any]]:
+    """Summary rows of a results.parquet, read in batches and only its small columns."""
     import pyarrow.parquet as pq
 
-    names = [n for n in pq.read_schema(path).names if n not in UNSUMMARIZED and not n.startswith("data_")]
-    return pq.read_table(path, columns=names).to_pandas()
+    source = pq.ParquetFile(path)
+    names = [n for n in source.schema_arrow.names if n not in UNSUMMARIZED and not n.startswith("data_")]
+    builder = SummaryBuilder()
+    for batch in source.iter_batches(batch_size=16_384, columns=names):
+        builder.add(batch.to_pylist())
+    return builder.rows()
 
 
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    summary = summarize(read_for_summary(run_dir / RESULTS))
-    summary.to_parquet(run_dir / SUMMARY, index=False)
-    return summary
+def write_summary(run_dir: Path, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """summary.parquet from summary rows (computed from results.parquet when not given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if rows is None:
+        rows = summary_from_file(run_dir / RESULTS)
+    pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), run_dir / SUMMARY)
+    return rows
 
 
-def render_table(summary: pd.DataFrame, title: str = "") -> Any:
-    """A rich Table of the summary, only the columns a person reads first."""
+def render_table(summary: list[dict[str, Any]], title: str = "") -> Any:
+    """A rich Table of the summary rows, only the columns a person reads first."""
     from rich.table import Table
 
     table = Table(title=title or None, show_lines=False)
-    if summary.empty:
+    if not summary:
         table.add_column("no results")
         return table
+    columns = list(summary[0])
     fixed = {"cell_id", "provider", "requests", "errors", "attempts", "retries", "rows", "error_rate", *TOKEN_COLUMNS,
              "visible_output_tokens", "reasoning_share", "cost_per_request", *COST_COLUMNS}  # fmt: skip
     scored = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_")
-    head = [c for c in summary.columns if c not in fixed and not c.startswith(("latency", *scored))]
-    rates = [c for c in summary.columns if c.startswith("pass_rate_")]
-    if summary["prompt_id"].nunique() == 1:
+    head = [c for c in columns if c not in fixed and not c.startswith(("latency", *scored))]
+    rates = [c for c in columns if c.startswith("pass_rate_")]
+    if len({r["prompt_id"] for r in summary}) == 1:
         head.remove("prompt_id")
     costs = []
-    if "cost_total" in summary and summary["cost_total"].notna().any():
-        costs = ["cost_total", *[c for c in summary.columns if c.startswith("cost_per_pass_")][:1]]
+    if any(r.get("cost_total") is not None for r in summary):
+        costs = ["cost_total", *[c for c in columns if c.startswith("cost_per_pass_")][:1]]
     cols = head + ["requests", "errors", "retries", *rates, "prompt_tokens", "completion_tokens",
                    "reasoning_tokens", *costs, "latency_p50_s", "latency_p95_s"]  # fmt: skip
     for c in cols:
         label = (c.replace("pass_rate_", "pass ").replace("cost_per_pass_", "cost/pass ").replace("cost_total", "cost")
                  .replace("_tokens", " tok").replace("latency_", "").replace("_s", " s"))  # fmt: skip
         table.add_column(label, justify="left" if c in head else "right")
-    for _, r in summary.iterrows():
+    for r in summary:
         table.add_row(*(_rate(r, c) if c in rates else _money(r[c]) if c in costs else _fmt(r[c], c.endswith("_s"))
                         for c in cols))  # fmt: skip
     return table
 
 
-def _money(v: Any) -> str:
-    import pandas as pd
+def _missing(v: Any) -> bool:
+    """None, NaN or pandas' NA — without importing pandas."""
+    return v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ == "NAType"
 
-    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
+
+def _money(v: Any) -> str:
+    if _missing(v):
         return "–"
     return f"{v:.4f}" if v >= 0.01 else f"{v:.6f}"
 
@@ -144,13 +211,13 @@ def _money(v: Any) -> str:
 def _rate(r: Any, col: str) -> str:
     name = col[len("pass_rate_"):]
     lo, hi = r[f"pass_ci_low_{name}"], r[f"pass_ci_high_{name}"]
+    if _missing(r[col]):
+        return "–"
     return f"{r[col]:.0%} [{lo:.0%}–{hi:.0%}]"
 
 
 def _fmt(v: Any, seconds: bool = False) -> str:
-    import pandas as pd
-
-    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
+    if _missing(v):
         return "–"
     if isinstance(v, bool) or type(v).__name__ == "bool_":
         return "true" if v else "false"
