@@ -205,6 +205,12 @@ async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]
         finally:
             state.in_flight -= 1
 
+    state.base_url, runner = await serve_loopback(handle)
+    return state, runner
+
+
+async def serve_loopback(handle: Any) -> tuple[str, web.AppRunner]:
+    """Serve `handle` as POST /v1/chat/completions on a free 127.0.0.1 port → (base_url, runner)."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
     runner = web.AppRunner(app, shutdown_timeout=0.2)
@@ -212,8 +218,7 @@ async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.base_url = f"http://127.0.0.1:{port}/v1"
-    return state, runner
+    return f"http://127.0.0.1:{port}/v1", runner
 
 
 @pytest.fixture

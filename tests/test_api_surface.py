@@ -22,7 +22,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from conftest import Reply, base_config, completion, write_config
+from conftest import Reply, base_config, completion, serve_loopback, write_config
 
 from evalrun.client import ProviderClient
 from evalrun.config import RetryConfig, load_experiment
@@ -243,13 +243,7 @@ async def _start_cutter(pieces: list[bytes]) -> tuple[str, web.AppRunner]:
         request.transport.close()  # type: ignore[union-attr]
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1", runner  # type: ignore[union-attr]
+    return await serve_loopback(handle)
 
 
 def _send(url: str, params: dict[str, Any], timeout_s: float = 5) -> Completion:
