@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evalrun.datasets import estimate_tokens, iter_rows, render
 from evalrun.grid import Plan
-from evalrun.pool import output_budget
+from evalrun.params import output_budget
 from evalrun.pricing import load_pricing
 
 # Without an earlier run to learn from, a request is assumed to use this share of its output
@@ -19,12 +19,12 @@ ASSUMED_OUTPUT_SHARE = 0.25
 
 def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
     """Mean completion tokens per cell in the latest finished run of this experiment."""
-    import pandas as pd
-
     folder = Path(plan.exp.config.reports_dir) / plan.exp.name
     runs = sorted((d for d in folder.glob("*") if (d / "results.parquet").is_file()), key=lambda d: d.stat().st_mtime)
     if not runs:
         return {}, None
+    import pandas as pd
+
     df = pd.read_parquet(runs[-1] / "results.parquet", columns=["cell_id", "choice_index", "completion_tokens"])
     df = df[df.choice_index == 0]
     return df.groupby("cell_id").completion_tokens.mean().dropna().to_dict(), str(runs[-1])

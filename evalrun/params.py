@@ -110,3 +110,10 @@ PARAM_COLUMN: dict[str, str] = {name: name for name in PARAM_NAMES} | {"logprobs
 def clean_params(params: RequestParams) -> dict[str, Any]:
     """The parameters that are set, as plain JSON-ready values."""
     return params.model_dump(mode="json", exclude_none=True)
+
+
+def output_budget(params: dict[str, object]) -> int:
+    """Tokens a request may generate, for the TPM reservation (corrected after the answer)."""
+    cap = params.get("max_completion_tokens") or params.get("max_tokens") or 1024
+    n = params.get("n") or 1
+    return int(cap) * int(n)  # type: ignore[call-overload]

@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 from evalrun.client import ProviderClient
 from evalrun.config import RetryConfig
 from evalrun.errors import RequestError
+from evalrun.params import output_budget
 from evalrun.pricing import CostBudget
 from evalrun.ratelimit import Limiters, ModelLimiter
 from evalrun.records import Completion, Result, RequestSpec
@@ -55,13 +56,6 @@ class StopState:
     providers: dict[str, str] = field(default_factory=dict)  # provider → why it stopped
     dead_models: dict[tuple[str, str], str] = field(default_factory=dict)
     not_sent: int = 0
-
-
-def output_budget(params: dict[str, object]) -> int:
-    """Tokens a request may generate, for the TPM reservation (corrected after the answer)."""
-    cap = params.get("max_completion_tokens") or params.get("max_tokens") or 1024
-    n = params.get("n") or 1
-    return int(cap) * int(n)  # type: ignore[call-overload]
 
 
 class Pool:
@@ -157,6 +151,17 @@ class Pool:
             raise
 
     async def _worker(self, provider: str, queue: asyncio.Queue[RequestSpec | None]) -> None:
+        try:
+            await self._work(provider, queue)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug here must not leave the producer blocked on a full queue
+            logger.exception("worker for %s failed", provider)
+            self.request_stop(f"internal error in a worker ({type(exc).__name__}: {exc})")
+            while await queue.get() is not None:  # keep draining (unsent) until the end marker
+                self.stop.not_sent += 1
+
+    async def _work(self, provider: str, queue: asyncio.Queue[RequestSpec | None]) -> None:
         client = self.clients[provider]
         while True:
             spec = await queue.get()

@@ -35,7 +35,7 @@ JOURNAL = "journal.jsonl"
 RESULTS = "results.parquet"
 SUMMARY = "summary.parquet"
 MANIFEST = "manifest.json"
-PARQUET_BATCH_ROWS = 4096
+PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
 USAGE_FIELDS = (

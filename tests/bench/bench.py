@@ -187,7 +187,7 @@ class Sim:
             args += ["--latency-ms", "0", "--latency-scale", "0"]
         args += extra or []
         self.latency_s = latency_ms / 1000.0
-        self.log = open(workdir / f"sim-{time.monotonic_ns()}.log", "wb")
+        self.log = open(workdir / f"sim-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115  # closed in close()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=ENV, stdin=subprocess.DEVNULL)
         self.base_url = self._wait_ready(30.0)
         self.root = self.base_url.removesuffix("/v1")
@@ -807,10 +807,10 @@ def profile_case1(b: Bench) -> list[str]:
             leaves[key] = leaves.get(key, 0.0) + t
         total += t
     lines = [
-        f"pyinstrument 1 ms wall-clock sampling of one case-1 run (`python -m pyinstrument -r session -m evalrun run "
+        (f"pyinstrument 1 ms wall-clock sampling of one case-1 run (`python -m pyinstrument -r session -m evalrun run "
         f"CONFIG --no-progress`; N={n}, 0 ms latency). Sampled {total:.2f} s wall (profiler overhead included; "
         f"the unprofiled run takes the case-1 wall above); process CPU {m.cpu_s:.2f} s. Interpreter start before "
-        "pyinstrument attaches (~20 ms) is not in it.",
+        "pyinstrument attaches (~20 ms) is not in it."),
         "",
         "| where | s | share |",
         "|---|---:|---:|",
@@ -821,8 +821,8 @@ def profile_case1(b: Bench) -> list[str]:
     for cat, t in cats.items():
         g = cat.split(":")[0]
         groups[g] = groups.get(g, 0.0) + t
-    lines += ["", "pyinstrument sees Python frames only: time in the cyclic GC lands on whatever allocated (often "
-              "`orjson.loads`), and C work inside orjson/pyarrow/uvloop on the calling frame.",
+    lines += ["", ("pyinstrument sees Python frames only: time in the cyclic GC lands on whatever allocated (often "
+              "`orjson.loads`), and C work inside orjson/pyarrow/uvloop on the calling frame."),
               "", "By phase: " + ", ".join(f"{g} {100 * t / total:.0f} %" for g, t in sorted(groups.items(), key=lambda kv: -kv[1])) + ".",
               "", "Top 15 leaf functions (self time):", "", "| function | s | share |", "|---|---:|---:|"]
     for key, t in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]:
@@ -846,7 +846,8 @@ def machine() -> dict[str, str]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                                  check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return "?"
 
@@ -903,7 +904,7 @@ def source_digest() -> str:
 
 def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, started: float, b: Bench,
            profile: list[str] | None) -> str:
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python tests/bench/bench.py " + " ".join(sys.argv[1:])
     reps = 1 if args.quick else 3
     out = [
@@ -911,28 +912,28 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, star
         "",
         f"- date: {date}; total benchmark time {(time.time() - started) / 60:.1f} min",
         f"- command: `{cmd.strip()}` (with `{PY}`)",
-        f"- machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
-        f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}",
+        (f"- machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
+        f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}"),
         f"- evalrun under test: {info['under_test']}; hash of its evalrun/**/*.py: {info['sources']}",
         f"- checkout: {info['commit']}",
         f"- load: {info['load']}",
         f"- timing cases run {reps}× each: median shown, (min–max) after it; cases 3c/3d and 4 run once",
-        f"- environment of every subprocess: proxies unset; `PYTHONDONTWRITEBYTECODE` (set on this machine) unset and "
+        (f"- environment of every subprocess: proxies unset; `PYTHONDONTWRITEBYTECODE` (set on this machine) unset and "
         f"`PYTHONPYCACHEPREFIX={PYCACHE}`, warmed before measuring, so evalrun starts from bytecode as an installed "
-        "copy would (without it each process recompiles evalrun's sources: ~+0.05 s)",
-        "- other people use this machine too (pytest runs of the project): before every measured run the script waits "
+        "copy would (without it each process recompiles evalrun's sources: ~+0.05 s)"),
+        ("- other people use this machine too (pytest runs of the project): before every measured run the script waits "
         "(≤ 120 s) for a quiet second, and the raw table shows the CPU everything else used during each run; CPU "
-        "figures are robust to such load, wall figures are not",
-        "- measured per subprocess with `os.wait4` (wall from spawn to exit; user+sys CPU and peak RSS of that "
+        "figures are robust to such load, wall figures are not"),
+        ("- measured per subprocess with `os.wait4` (wall from spawn to exit; user+sys CPU and peak RSS of that "
         "process alone; no `/usr/bin/time` needed); the simulator (`evalrun serve-sim`, a fresh process per run, "
-        "uvloop) is not included in those figures; its CPU during the run is shown separately",
-        "- requests: `gemini-2.5-flash-lite`, `params: {max_tokens: 16, logprobs: true, top_logprobs: 5, "
+        "uvloop) is not included in those figures; its CPU during the run is shown separately"),
+        ("- requests: `gemini-2.5-flash-lite`, `params: {max_tokens: 16, logprobs: true, top_logprobs: 5, "
         "reasoning_effort: none}`, one user message `Write a short note about the {op} of {a} and {b}.` "
         "over a generated dataset of short arithmetic rows (`{id, a, b, op}`); the simulator answers 16 tokens "
         "for ~86 % of rows (8–15 otherwise), each with 5 top logprobs (~8.7 KB per response); provider "
-        "`kind: openai`, `base_urls` → the simulator, `max_concurrency: 100`, `--no-progress`, `--run-dir` in a temp dir",
-        "- floor: `tests/bench/floor_client.py` — one aiohttp `ClientSession`, `Semaphore(100)`, `gather` of N POSTs "
-        "with the same bodies, stdlib `json.loads` of each response; default asyncio loop",
+        "`kind: openai`, `base_urls` → the simulator, `max_concurrency: 100`, `--no-progress`, `--run-dir` in a temp dir"),
+        ("- floor: `tests/bench/floor_client.py` — one aiohttp `ClientSession`, `Semaphore(100)`, `gather` of N POSTs "
+        "with the same bodies, stdlib `json.loads` of each response; default asyncio loop"),
         "",
         "| case | metric | evalrun | floor | ratio | target | result |",
         "|---|---|---|---|---|---|---|",
@@ -945,12 +946,12 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, star
     if misses:
         out += [""] + [f"- MISS: {r.case} — {r.metric}: {r.value} (target {r.target})" for r in misses]
     out += ["", "## Anomalies seen during the runs", ""]
-    out += [f"- {o}" for o in b.observations] or ["- none: every evalrun run exited 0, status `completed`, one row per "
-                                                   "request, 0 errors, 0 retries, the simulator answered 200 to every request"]
+    out += [f"- {o}" for o in b.observations] or [("- none: every evalrun run exited 0, status `completed`, one row per "
+                                                   "request, 0 errors, 0 retries, the simulator answered 200 to every request")]
     if profile is not None:
         out += ["", "## Where the time goes (case 1, evalrun)", ""] + profile
-    out += ["", "## Raw runs", "", "| case | who | N | wall s | user s | sys s | CPU ms/req | peak RSS MB | sim CPU s | "
-            "phase s | 429s | max in 60 s window | max tokens in window | journal MB | others' CPU s during the run | RSS MB by phase (sampled) |",
+    out += ["", "## Raw runs", "", ("| case | who | N | wall s | user s | sys s | CPU ms/req | peak RSS MB | sim CPU s | "
+            "phase s | 429s | max in 60 s window | max tokens in window | journal MB | others' CPU s during the run | RSS MB by phase (sampled) |"),
             "|" + "---|" * 16]
     for r in b.raw:
         win = ",".join(str(v) for v in (r.get("max_in_window") or {}).values())
@@ -993,6 +994,8 @@ def main() -> int:
                               "first on PYTHONPATH (uncommitted edits in the checkout are not measured)")
     where = measure([PY, "-c", "import evalrun, os; print(os.path.dirname(evalrun.__file__))"], 60).stdout.strip()
     if not where.startswith(str(SRC)):
+        os.chdir(home)
+        shutil.rmtree(work, ignore_errors=True)
         raise SystemExit(f"bench: the subprocesses import evalrun from {where}, not from {SRC}")
     info["under_test"] += f"; subprocesses import it from `{where}`"
     digest0 = source_digest()

@@ -18,19 +18,16 @@ import sys
 import aiohttp
 
 
-async def main(url: str, bodies_path: str, concurrency: int) -> int:
-    with open(bodies_path, "rb") as f:
-        bodies = [line.rstrip(b"\n") for line in f if line.strip()]
+async def main(url: str, bodies: list[bytes], concurrency: int) -> int:
     sem = asyncio.Semaphore(concurrency)
     headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(body: bytes) -> int:
-            async with sem:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    json.loads(await resp.read())
-                    return resp.status
+            async with sem, session.post(url, data=body, headers=headers) as resp:
+                json.loads(await resp.read())
+                return resp.status
 
         statuses = await asyncio.gather(*(one(b) for b in bodies))
     ok = sum(1 for s in statuses if s == 200)
@@ -38,5 +35,10 @@ async def main(url: str, bodies_path: str, concurrency: int) -> int:
     return 0 if ok == len(statuses) else 1
 
 
+def read_bodies(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        return [line.rstrip(b"\n") for line in f if line.strip()]
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    sys.exit(asyncio.run(main(sys.argv[1], read_bodies(sys.argv[2]), int(sys.argv[3]))))
