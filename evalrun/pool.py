@@ -81,14 +81,17 @@ class Pool:
         self.stop = StopState()
         self.dispatched = 0
         self.in_flight = 0
-        self._wake = asyncio.Event()  # set on any stop: cuts retry sleeps short
+        # Set when sending to a provider stops (the run, or that provider alone): cuts its
+        # retry sleeps short. One per provider: another provider's stop must not.
+        self._wake = {p: asyncio.Event() for p in clients}
 
     # ---- stopping ------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
         if self.stop.run_reason is None:
             self.stop.run_reason = reason
-        self._wake.set()
+        for event in self._wake.values():
+            event.set()
 
     def _halted(self, provider: str) -> bool:
         return self.stop.run_reason is not None or provider in self.stop.providers
@@ -104,11 +107,11 @@ class Pool:
             why = f"provider {provider!r} rejected {key} (HTTP {exc.status_code}): {exc}"
         self.stop.providers[provider] = why
         logger.error("%s — no more requests will be sent to it", why)
-        self._wake.set()
+        self._wake[provider].set()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, provider: str, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            await asyncio.wait_for(self._wake[provider].wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
 
@@ -242,13 +245,14 @@ class Pool:
         first_wait = self._wait_after(first, 1)
         if time.monotonic() - st.t0 + first_wait > r.max_total_s:
             raise first
-        await self._sleep(first_wait)
+        provider = spec.cell.provider
+        await self._sleep(provider, first_wait)
         remaining = r.max_total_s - (time.monotonic() - st.t0)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(r.max_attempts - 1) | stop_before_delay(max(0.0, remaining)),
             wait=lambda rs: self._wait_after(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
             retry=lambda rs: self._retryable(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
-            sleep=self._sleep,
+            sleep=lambda seconds: self._sleep(provider, seconds),
             reraise=True,
         )
         async for attempt in retrying:

@@ -232,3 +232,20 @@ def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset,
     r = cli("run", write_config(tmp_path, cfg), "--no-progress")
     assert r.code == 1
     assert "No space left on device" in r.err and "--resume" in r.err
+
+
+@pytest.mark.real_waits
+def test_one_provider_stopping_does_not_cut_another_providers_backoff(tmp_path, dataset, scripted, cli) -> None:
+    bad_key = scripted(default=lambda p: Reply(401, json={"error": {"message": "bad key", "type": "authentication_error"}}))
+    flaky = scripted([Reply(delay=0.2, status=500)])  # its first answer fails after provider a has stopped
+    cfg = base_config(tmp_path, dataset, bad_key.base_url)
+    cfg["providers"] = {"a": {"base_urls": [bad_key.base_url], "max_concurrency": 1},
+                        "b": {"base_urls": [flaky.base_url], "max_concurrency": 1}}  # fmt: skip
+    cfg["provider"] = "a"
+    cfg["models"] = ["m-a", {"name": "m-b", "provider": "b"}]
+    cfg["retry"] = {"max_attempts": 3, "backoff_initial_s": 0.6, "backoff_max_s": 0.6}
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress", "--limit", "1")
+    assert r.code == 1 and "'a' rejected" in r.err
+    assert len(bad_key.requests) == 1
+    assert len(flaky.requests) == 2
+    assert flaky.times[1] - flaky.times[0] >= 0.2 + 0.3 * 0.99  # 0.2 s answer + backoff ≥ 0.6 × 0.5
