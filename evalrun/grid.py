@@ -32,14 +32,14 @@ from evalrun.datasets import (
     row_params,
 )
 from evalrun.errors import ConfigError
-from evalrun.params import RequestParams, clean_params
+from evalrun.params import REQUIRES, RequestParams, clean_params
 from evalrun.records import Cell, PromptEntry, RequestSpec
 
 MAX_CELLS = 100_000
 # The parameters RequestParams' combination rules pair up (top_logprobs needs logprobs,
 # stream_options needs stream, tool_choice needs tools). A row's value can complete or break a
 # pair, so these are checked per row, against each distinct set of them among the cells.
-PAIRED = frozenset({"logprobs", "top_logprobs", "stream", "stream_options", "tools", "tool_choice"})
+PAIRED = frozenset(REQUIRES) | frozenset(REQUIRES.values())  # parameters in a combination rule
 # While a cell is checked alone, a parameter the rows supply stands in as set (its real value is
 # checked per row): a cell with tool_choice: required and tools from a column is fine.
 _ROW_STANDINS: dict[str, object] = {

@@ -75,6 +75,9 @@ class RequestParams(BaseModel):
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(RequestParams.model_fields)
+
+# parameter → the one it needs (checked by RequestParams._combinations on each merged cell)
+REQUIRES: dict[str, str] = {"top_logprobs": "logprobs", "stream_options": "stream", "tool_choice": "tools"}
 PARAM_FIELDS = frozenset(PARAM_NAMES)
 
 # How each parameter is stored in results.parquet: scalars keep their type, objects and

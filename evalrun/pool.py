@@ -55,7 +55,6 @@ class StopState:
     budget_reason: str | None = None  # a budget: stop dispatching, let what is queued go
     providers: dict[str, str] = field(default_factory=dict)  # provider → why it stopped
     dead_models: dict[tuple[str, str], str] = field(default_factory=dict)
-    not_sent: int = 0
 
 
 class Pool:
@@ -130,8 +129,7 @@ class Pool:
                 if self.stop.run_reason is not None:
                     break
                 if provider in self.stop.providers:
-                    self.stop.not_sent += 1
-                    continue
+                    continue  # not sent, no row: --resume sends it
                 if self.max_requests is not None and self.dispatched >= self.max_requests:
                     self.stop.budget_reason = f"budget: --max-requests {self.max_requests} reached"
                     break
@@ -162,7 +160,7 @@ class Pool:
             logger.exception("worker for %s failed", provider)
             self.request_stop(f"internal error in a worker ({type(exc).__name__}: {exc})")
             while await queue.get() is not None:  # keep draining (unsent) until the end marker
-                self.stop.not_sent += 1
+                pass
 
     async def _work(self, provider: str, queue: asyncio.Queue[RequestSpec | None]) -> None:
         client = self.clients[provider]
@@ -191,7 +189,7 @@ class Pool:
                 self._record(result)
 
     def _not_sent(self, spec: RequestSpec) -> None:
-        self.stop.not_sent += 1
+        """A dispatched request that will not be sent: it gets no row (--resume sends it)."""
         if self.budget is not None:
             self.budget.release(spec.request_id)
 

@@ -23,23 +23,23 @@ from evalrun.store import DATA_PREFIX, MANIFEST, RESULTS
 from evalrun.report_charts import PALETTE
 from evalrun.summary import scorer_names, summarize
 from evalrun.report_charts import (
-    _pricing,
-    _e,
-    _money,
-    _nan,
-    _num,
-    _pct,
-    _secs,
-    _short,
-    _signed,
-    _table,
-    _td,
-    _time,
-    _tip,
-    _val,
+    esc,
+    fmt_money,
+    fmt_num,
+    fmt_pct,
+    fmt_secs,
+    fmt_signed,
+    fmt_val,
+    html_table,
+    is_missing,
     latency_boxes,
+    parse_time,
+    price_label,
     score_vs_cost,
+    shorten,
+    td,
     timeline,
+    tip,
     token_bars,
 )
 
@@ -126,7 +126,7 @@ def load_run(run_dir: Path) -> Run:
 def _labels(cells: pd.DataFrame, params: list[str]) -> list[str]:
     """model · [provider] · [prompt] · the parameters that differ between cells."""
     extra = [c for c in ("provider", "prompt_id") if cells[c].nunique() > 1]
-    return [" · ".join([r["model"], *(r[c] for c in extra), *(f"{SHORT.get(p, p)}={_val(r[p])}" for p in params)])
+    return [" · ".join([r["model"], *(r[c] for c in extra), *(f"{SHORT.get(p, p)}={fmt_val(r[p])}" for p in params)])
             for r in cells.to_dict("records")]  # fmt: skip
 
 
@@ -134,7 +134,7 @@ def _labels(cells: pd.DataFrame, params: list[str]) -> list[str]:
 
 
 def summary_table(run: Run) -> str:
-    cells, (currency, _) = run.cells, _pricing(run.manifest)
+    cells, (currency, _) = run.cells, price_label(run.manifest)
     if cells.empty:
         return '<p class="empty">No requests were recorded.</p>'
     scorers = [c[len("pass_rate_"):] for c in cells.columns if c.startswith("pass_rate_")]
@@ -148,50 +148,50 @@ def summary_table(run: Run) -> str:
     rows = []
     for r in cells.to_dict("records"):
         swatch = f'<span class="swatch" style="background:{run.colours[r["model"]]}"></span>'
-        tds = [_td(swatch + _e(r["model"]), r["model"], "model", _tip(f"{r['label']}\ncell {r['cell_id']}"))]
-        tds += [_td(_e(_val(r[p])), _val(r[p]), "") for p in run.params]
-        tds += [_td(_e(r["prompt_id"]), r["prompt_id"], "")] if prompts else []
-        tds += [_td(_num(r[c]), r[c]) for c in ("requests", "errors", "retries")]
+        tds = [td(swatch + esc(r["model"]), r["model"], "model", tip(f"{r['label']}\ncell {r['cell_id']}"))]
+        tds += [td(esc(fmt_val(r[p])), fmt_val(r[p]), "") for p in run.params]
+        tds += [td(esc(r["prompt_id"]), r["prompt_id"], "")] if prompts else []
+        tds += [td(fmt_num(r[c]), r[c]) for c in ("requests", "errors", "retries")]
         for s in scorers:
             rate, lo, hi = r[f"pass_rate_{s}"], r[f"pass_ci_low_{s}"], r[f"pass_ci_high_{s}"]
-            bar = "" if _nan(lo) else (f'<div class="cibar"><div class="span" style="left:{lo * 100:.1f}%;width:'
+            bar = "" if is_missing(lo) else (f'<div class="cibar"><div class="span" style="left:{lo * 100:.1f}%;width:'
                                        f'{(hi - lo) * 100:.1f}%"></div><div class="mark" style="left:'
                                        f'{rate * 100:.1f}%"></div></div>')  # fmt: skip
-            text = f'<div class="rate"><span class="r">{_pct(rate)}<small>[{_pct(lo, 0)}–{_pct(hi, 0)}]</small></span>'
-            tds.append(_td(text + bar + "</div>", rate, "", _tip(f"{s}: 95% Wilson interval {_pct(lo)}–{_pct(hi)}")))
-        tds += [_td(_num(r["tokens_per_request"]), r["tokens_per_request"])]
-        tds += [_td("–" if _nan(r[c]) else f"{r[c]:.3f}", r[c]) for c in ("latency_p50_s", "latency_p95_s")]
-        tds += [_td(_money(r[c], currency), r[c]) for c in costs]
+            text = f'<div class="rate"><span class="r">{fmt_pct(rate)}<small>[{fmt_pct(lo, 0)}–{fmt_pct(hi, 0)}]</small></span>'
+            tds.append(td(text + bar + "</div>", rate, "", tip(f"{s}: 95% Wilson interval {fmt_pct(lo)}–{fmt_pct(hi)}")))
+        tds += [td(fmt_num(r["tokens_per_request"]), r["tokens_per_request"])]
+        tds += [td("–" if is_missing(r[c]) else f"{r[c]:.3f}", r[c]) for c in ("latency_p50_s", "latency_p95_s")]
+        tds += [td(fmt_money(r[c], currency), r[c]) for c in costs]
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return _table("summary-table", heads, rows)
+    return html_table("summary-table", heads, rows)
 
 
 def compare_view(c: Comparison) -> str:
     n_reg = int((c.cells.verdict == "regressed").sum())
     out = [f'<div class="banner bad"><b>FAIL</b> {n_reg} cell(s) regressed</div>' if n_reg
            else '<div class="banner good"><b>PASS</b> no cell regressed</div>',
-           f'<p class="sub">Base <code>{_e(c.base_dir)}</code> → this run. Scorer <code>{_e(c.scorer)}</code>; a cell '
+           f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. Scorer <code>{esc(c.scorer)}</code>; a cell '
            f"regresses when its pass rate drops by more than {c.gate.fail_on_drop * 100:g} points and the exact "
            f"McNemar test gives p &lt; {c.gate.alpha:g}. Cells are matched by model, prompt name and parameters; "
            "items by row, repeat and choice.</p>"]  # fmt: skip
-    rows, pts = [], lambda x: _signed(x * 100, ".1f")
+    rows, pts = [], lambda x: fmt_signed(x * 100, ".1f")
     for r in sorted(c.cells.to_dict("records"), key=lambda r: VERDICT.get(r["verdict"], (3, ""))[0]):
-        v, tds = r["verdict"], [_td(_e(r["cell"]), r["cell"], "")]
+        v, tds = r["verdict"], [td(esc(r["cell"]), r["cell"], "")]
         rank, tone = VERDICT.get(v, (3, ""))
         if v.startswith("only"):
-            tds += [_td("–")] * 7
+            tds += [td("–")] * 7
         else:  # the delta is coloured only when the gate calls it significant
             ci = f'<small>[{pts(r["delta_ci_low"])}, {pts(r["delta_ci_high"])}]</small>'
-            tds += [_td(str(r["matched"]), r["matched"]), _td(_pct(r["base_pass_rate"]), r["base_pass_rate"]),
-                    _td(_pct(r["new_pass_rate"]), r["new_pass_rate"]),
-                    _td(pts(r["delta"]) + ci, r["delta"], f"num delta-{tone}"),
-                    _td(f'{r["p_value"]:.3g}', r["p_value"]),
-                    _td(f'{r["pass_to_fail"]} / {r["fail_to_pass"]}', r["pass_to_fail"]),
-                    _td(_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"])]  # fmt: skip
-        tds.append(_td(f'<span class="badge {tone}">{_e(v)}</span>', rank, ""))
-        rows.append(f'<tr class="{_e(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
+            tds += [td(str(r["matched"]), r["matched"]), td(fmt_pct(r["base_pass_rate"]), r["base_pass_rate"]),
+                    td(fmt_pct(r["new_pass_rate"]), r["new_pass_rate"]),
+                    td(pts(r["delta"]) + ci, r["delta"], f"num delta-{tone}"),
+                    td(f'{r["p_value"]:.3g}', r["p_value"]),
+                    td(f'{r["pass_to_fail"]} / {r["fail_to_pass"]}', r["pass_to_fail"]),
+                    td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"])]  # fmt: skip
+        tds.append(td(f'<span class="badge {tone}">{esc(v)}</span>', rank, ""))
+        rows.append(f'<tr class="{esc(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
     heads = ["cell", "items", "base", "new", "Δ pts [95% CI]", "p", "pass→fail / fail→pass", "Δ p50 s", "verdict"]
-    out.append(_table("compare-table", [(h, "num" if 0 < i < 8 else "") for i, h in enumerate(heads)], rows))
+    out.append(html_table("compare-table", [(h, "num" if 0 < i < 8 else "") for i, h in enumerate(heads)], rows))
     return "".join(out) + _flips(c)
 
 
@@ -204,13 +204,13 @@ def _flips(c: Comparison) -> str:
         pf = int((group.direction == "pass→fail").sum())
         shown = group.sort_values("direction", ascending=False, kind="stable").groupby("direction").head(FLIPS_SHOWN)
         shown = shown.sort_values("direction", ascending=False, kind="stable")  # pass→fail first
-        rows = "".join(f'<tr class="flip"><td class="mono">{_e(f.row_id)}</td><td class="num">{f.repeat}</td>'
+        rows = "".join(f'<tr class="flip"><td class="mono">{esc(f.row_id)}</td><td class="num">{f.repeat}</td>'
                        f'<td class="num">{f.choice_index}</td><td><span class="badge {TONE[f.direction]}">'
-                       f'{f.direction}</span></td><td><div class="answer">{_e(_short(f.base_content))}'
-                       f'</div></td><td><div class="answer">{_e(_short(f.new_content))}</div></td></tr>'
+                       f'{f.direction}</span></td><td><div class="answer">{esc(shorten(f.base_content))}'
+                       f'</div></td><td><div class="answer">{esc(shorten(f.new_content))}</div></td></tr>'
                        for f in shown.itertuples())  # fmt: skip
         more = len(group) - len(shown)
-        out.append(f'<details class="flips"{" open" if verdicts.get(cell) == "regressed" else ""}><summary>{_e(cell)} '
+        out.append(f'<details class="flips"{" open" if verdicts.get(cell) == "regressed" else ""}><summary>{esc(cell)} '
                    f'— <span class="delta-neg">{pf} pass→fail</span>, <span class="delta-pos">{len(group) - pf} '
                    'fail→pass</span></summary><table><thead><tr><th>row</th><th class="num">repeat</th><th class='
                    '"num">choice</th><th></th><th>base answer</th><th>new answer</th></tr></thead><tbody>'
@@ -226,33 +226,33 @@ def _header(run: Run) -> dict[str, str]:
     """The page template's header fields: run facts, then the key figures as cards."""
     m, cells, req = run.manifest, run.cells, run.requests
     grid, counts, status = m.get("grid") or {}, m.get("counts") or {}, str(m.get("status") or "unknown")
-    start, end = _time(m.get("started_at")), _time(m.get("finished_at"))
-    took = f" ({_secs(round((end - start).total_seconds(), 1))})" if start and end else ""
+    start, end = parse_time(m.get("started_at")), parse_time(m.get("finished_at"))
+    took = f" ({fmt_secs(round((end - start).total_seconds(), 1))})" if start and end else ""
     utc = [t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–" for t in (start, end)]
-    meta = [f"<span>run <b class=mono>{_e(m.get('run_id') or run.dir.name)}</b></span>",
-            f'<span class="badge {dict(completed="good", failed="bad").get(status, "warn")}">{_e(status)}</span>',
+    meta = [f"<span>run <b class=mono>{esc(m.get('run_id') or run.dir.name)}</b></span>",
+            f'<span class="badge {dict(completed="good", failed="bad").get(status, "warn")}">{esc(status)}</span>',
             f"<span>started <b>{utc[0]}</b></span>", f"<span>finished <b>{utc[1]}</b>{took}</span>"]  # fmt: skip
     meta += [f"<span>resumed {len(m['resumes'])}×</span>"] if m.get("resumes") else []
-    currency, source = _pricing(m)
-    meta += [f"<span>prices <b>{_e(currency)}</b> from <code>{_e(source)}</code></span>"] if run.has_cost else []
-    meta.append(f"<span>evalrun {_e(m.get('evalrun_version') or '')}</span>")
+    currency, source = price_label(m)
+    meta += [f"<span>prices <b>{esc(currency)}</b> from <code>{esc(source)}</code></span>"] if run.has_cost else []
+    meta.append(f"<span>evalrun {esc(m.get('evalrun_version') or '')}</span>")
     errors, n_models = int((req.status == "error").sum()), max(cells.model.nunique() if len(cells) else 0, 1)
-    kpis = [("cells", _num(grid.get("cells", len(cells))), f"{n_models} model(s) × {len(cells) // n_models} settings"),
-            ("requests", _num(grid.get("requests")), f"{_num(grid.get('rows'))} rows × {grid.get('repeats', 1)} repeats"),
-            ("recorded", _num(counts.get("recorded", len(req))), f"{_num(counts.get('missing', 0))} not sent"),
-            ("errors", _num(errors), f"{_pct(errors / max(len(req), 1))} of recorded"),
-            ("retries", _num(req.attempts.fillna(1).sub(1).clip(lower=0).sum()), "extra attempts")]  # fmt: skip
+    kpis = [("cells", fmt_num(grid.get("cells", len(cells))), f"{n_models} model(s) × {len(cells) // n_models} settings"),
+            ("requests", fmt_num(grid.get("requests")), f"{fmt_num(grid.get('rows'))} rows × {grid.get('repeats', 1)} repeats"),
+            ("recorded", fmt_num(counts.get("recorded", len(req))), f"{fmt_num(counts.get('missing', 0))} not sent"),
+            ("errors", fmt_num(errors), f"{fmt_pct(errors / max(len(req), 1))} of recorded"),
+            ("retries", fmt_num(req.attempts.fillna(1).sub(1).clip(lower=0).sum()), "extra attempts")]  # fmt: skip
     if run.scorer and len(cells):
         best = cells.loc[cells[f"pass_rate_{run.scorer}"].idxmax()]
-        kpis.append((f"best {run.scorer}", _pct(best[f"pass_rate_{run.scorer}"]), best.label))
+        kpis.append((f"best {run.scorer}", fmt_pct(best[f"pass_rate_{run.scorer}"]), best.label))
     if run.has_cost:
         total = req.cost_total.sum()
-        kpis.append(("total cost", _money(total, currency), f"{_money(total / max(len(req), 1), currency)} per request"))
+        kpis.append(("total cost", fmt_money(total, currency), f"{fmt_money(total / max(len(req), 1), currency)} per request"))
     desc = (m.get("config") or {}).get("description")
-    cards = (f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{_e(k)}</div>'
-             f'<div class="v">{v}</div><div class="s">{_e(s)}</div></div>' for k, v, s in kpis)
-    return {"experiment": _e(m.get("experiment") or run.dir.name), "meta": "".join(meta), "kpis": "".join(cards),
-            "description": f'<p class="desc">{_e(desc)}</p>' if desc else ""}
+    cards = (f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{esc(k)}</div>'
+             f'<div class="v">{v}</div><div class="s">{esc(s)}</div></div>' for k, v, s in kpis)
+    return {"experiment": esc(m.get("experiment") or run.dir.name), "meta": "".join(meta), "kpis": "".join(cards),
+            "description": f'<p class="desc">{esc(desc)}</p>' if desc else ""}
 
 
 def render(run: Run, comparison: Comparison | None = None) -> str:
@@ -261,11 +261,11 @@ def render(run: Run, comparison: Comparison | None = None) -> str:
     compare = "" if comparison is None else (
         f'<section class="card" id="compare"><h2>Compared with the base run</h2>{compare_view(comparison)}</section>')
     return Template((assets / "page.html").read_text("utf-8")).substitute(
-        _header(run), title=_e(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
+        _header(run), title=esc(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
         css=(assets / "report.css").read_text("utf-8"), js=(assets / "report.js").read_text("utf-8"),
-        scorer=f"<code>{_e(run.scorer)}</code> (the first scorer)" if run.scorer else "the first scorer",
+        scorer=f"<code>{esc(run.scorer)}</code> (the first scorer)" if run.scorer else "the first scorer",
         score_cost=score_vs_cost(run),
         latency=latency_boxes(run), tokens=token_bars(run), timeline=timeline(run), summary=summary_table(run),
         compare=compare, compare_link='<a href="#compare">Compared with the base run</a>' if compare else "",
-        results=_e(f"{run.dir.name}/{RESULTS}"),
+        results=esc(f"{run.dir.name}/{RESULTS}"),
     )  # fmt: skip

@@ -32,7 +32,7 @@ ERROR_COLOURS = ("#d1495b", "#f08a24", "#8f2d56", "#e0b11b", "#6d597a", "#b56576
 # --------------------------------------------------------------------------- formatting
 
 
-def _pricing(manifest: dict[str, Any]) -> tuple[str, str]:
+def price_label(manifest: dict[str, Any]) -> tuple[str, str]:
     """(currency, where the prices came from): the manifest's `prices`, else the config's."""
     info = manifest.get("prices") or (manifest.get("config") or {}).get("prices") or {}
     info = {"file": info} if isinstance(info, str) else info
@@ -42,28 +42,28 @@ def _pricing(manifest: dict[str, Any]) -> tuple[str, str]:
 
 
 
-def _e(v: Any) -> str:
+def esc(v: Any) -> str:
     return html.escape("" if v is None else str(v), quote=True)
 
 
-def _nan(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     try:
         return v is None or bool(v != v)  # NaN and pd.NA
     except TypeError:
         return True
 
 
-def _val(v: Any) -> str:
-    if _nan(v):
+def fmt_val(v: Any) -> str:
+    if is_missing(v):
         return "–"
     if isinstance(v, bool) or type(v).__name__ == "bool_":
         return "true" if v else "false"
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _num(v: Any, digits: int = 3) -> str:
+def fmt_num(v: Any, digits: int = 3) -> str:
     """Whole numbers as they are (1,234), others to three significant figures (0.00123, 12.3)."""
-    if _nan(v):
+    if is_missing(v):
         return "–"
     v = float(v)
     if v == round(v) or abs(v) >= 10 ** (digits - 1):
@@ -71,23 +71,23 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:,.{max(0, digits - 1 - math.floor(math.log10(abs(v))))}f}"
 
 
-def _pct(v: Any, d: int = 1) -> str:
-    return "–" if _nan(v) else f"{float(v) * 100:.{d}f}%"
+def fmt_pct(v: Any, d: int = 1) -> str:
+    return "–" if is_missing(v) else f"{float(v) * 100:.{d}f}%"
 
 
-def _signed(v: Any, fmt: str) -> str:
-    return "–" if _nan(v) else format(float(v), "+" + fmt)
+def fmt_signed(v: Any, fmt: str) -> str:
+    return "–" if is_missing(v) else format(float(v), "+" + fmt)
 
 
-def _money(v: Any, currency: str, tick: bool = False) -> str:
-    if _nan(v):
+def fmt_money(v: Any, currency: str, tick: bool = False) -> str:
+    if is_missing(v):
         return "–"
-    text = f"{float(v):,.2f}" if abs(float(v)) >= 10 else _num(v)
+    text = f"{float(v):,.2f}" if abs(float(v)) >= 10 else fmt_num(v)
     text = text.rstrip("0").rstrip(".") if tick and "." in text else text  # an axis says $0.0005, not $0.000500
     return f"${text}" if currency == "USD" else f"{text} {currency}"
 
 
-def _secs(v: float) -> str:
+def fmt_secs(v: float) -> str:
     """Elapsed time for an axis: 0.25 s, 42 s, 3:20, 1:02:00."""
     if v < 60:
         return f"{v:g} s" if v >= 1 or v == 0 else f"{v:.3g} s"
@@ -95,26 +95,26 @@ def _secs(v: float) -> str:
     return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-def _time(iso: Any) -> datetime | None:
+def parse_time(iso: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
     except ValueError:
         return None
 
 
-def _short(v: Any) -> str:
-    s = "" if _nan(v) else str(v)
+def shorten(v: Any) -> str:
+    s = "" if is_missing(v) else str(v)
     return s[:ANSWER_CHARS] + ("…" if len(s) > ANSWER_CHARS else "")
 
 
-def _td(text: str, sort: Any = None, cls: str = "num", extra: str = "") -> str:
+def td(text: str, sort: Any = None, cls: str = "num", extra: str = "") -> str:
     """A table cell of escaped `text`; the script sorts by `sort` (blank = no value, kept last)."""
-    key = sort if isinstance(sort, str) else "" if _nan(sort) else repr(float(sort))
-    return f'<td class="{cls}" data-sort="{_e(key)}"{extra}>{text}</td>'
+    key = sort if isinstance(sort, str) else "" if is_missing(sort) else repr(float(sort))
+    return f'<td class="{cls}" data-sort="{esc(key)}"{extra}>{text}</td>'
 
 
-def _table(table_id: str, heads: list[tuple[str, str]], rows: list[str]) -> str:
-    ths = "".join(f'<th class="{cls}">{_e(h)}</th>' for h, cls in heads)
+def html_table(table_id: str, heads: list[tuple[str, str]], rows: list[str]) -> str:
+    ths = "".join(f'<th class="{cls}">{esc(h)}</th>' for h, cls in heads)
     return (f'<div class="table-wrap"><table class="sortable" id="{table_id}"><thead><tr>{ths}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')  # fmt: skip
 
@@ -157,7 +157,7 @@ def _scale(values: Any, a: float, b: float, *, zero: bool = True, log_ratio: flo
            whole: bool = False) -> Scale:  # fmt: skip
     """A scale over `values` with round ends, from 0 (`zero`) or padded around the data; log10
     when max/min exceeds `log_ratio` (latencies and prices span decades)."""
-    vals = [float(v) for v in values if not _nan(v)] or [0.0, 1.0]
+    vals = [float(v) for v in values if not is_missing(v)] or [0.0, 1.0]
     lo, hi = min(vals), max(vals)
     if log_ratio and lo > 0 and hi / lo > log_ratio:
         return Scale(lo / 1.5, hi * 1.5, a, b, log=True)
@@ -168,25 +168,25 @@ def _scale(values: Any, a: float, b: float, *, zero: bool = True, log_ratio: flo
 
 
 def _svg(h: float, body: list[str], label: str) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {h:.0f}" role="img" aria-label="{_e(label)}" '
+    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {h:.0f}" role="img" aria-label="{esc(label)}" '
             f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}</svg>')  # fmt: skip
 
 
 def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "start", extra: str = "") -> str:
-    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="{cls}"{extra}>{_e(s)}</text>'
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="{cls}"{extra}>{esc(s)}</text>'
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, cls: str, extra: str = "") -> str:
     return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" class="{cls}"{extra}/>'
 
 
-def _rect(cls: str, x: float, y: float, w: float, h: float, fill: str, tip: str = "", extra: str = "") -> str:
+def _rect(cls: str, x: float, y: float, w: float, h: float, fill: str, hint: str = "", extra: str = "") -> str:
     return (f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"'
-            f'{_tip(tip) if tip else ""}{extra}/>')  # fmt: skip
+            f'{tip(hint) if hint else ""}{extra}/>')  # fmt: skip
 
 
-def _tip(text: str) -> str:
-    return f' data-tip="{_e(text)}"'
+def tip(text: str) -> str:
+    return f' data-tip="{esc(text)}"'
 
 
 def _x_axis(sx: Scale, top: float, bottom: float, fmt: Any, title: str = "") -> list[str]:
@@ -214,7 +214,7 @@ def _cut(s: str, width: float, size: float = 12.5) -> str:
 
 def _legend(items: list[tuple[str, str, str]]) -> str:
     """(label, colour, shape class) → an HTML legend: it wraps, unlike one drawn in SVG."""
-    spans = (f'<span><i class="{cls}" style="background:{c}"></i>{_e(label)}</span>' for label, c, cls in items)
+    spans = (f'<span><i class="{cls}" style="background:{c}"></i>{esc(label)}</span>' for label, c, cls in items)
     return f'<div class="legend">{"".join(spans)}</div>'
 
 
@@ -233,25 +233,25 @@ def score_vs_cost(run: Run) -> str:
     if s is None:
         return ('<p class="empty">This run has no scorers, so there is no pass rate to plot. Add <code>scorers:'
                 "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>")  # fmt: skip
-    currency, note = _pricing(run.manifest)[0], ""
+    currency, note = price_label(run.manifest)[0], ""
     if run.has_cost:
         xcol, xname = "cost_per_request", f"cost per request ({currency})"
-        xfmt, tfmt = (lambda v: _money(v, currency)), (lambda v: _money(v, currency, tick=True))
+        xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
     else:
-        xcol, xname, xfmt, tfmt = "tokens_per_request", "total tokens per request", _num, _num
+        xcol, xname, xfmt, tfmt = "tokens_per_request", "total tokens per request", fmt_num, fmt_num
         note = ('<p class="note">This run has no cost columns (no prices were known when it ran), so the x axis '
                 "is total tokens per request instead of cost.</p>")  # fmt: skip
     pts = cells[cells[xcol].notna() & cells[f"pass_rate_{s}"].notna()].reset_index(drop=True)
     if pts.empty:
-        return note + f'<p class="empty">No cell has both a pass rate and a {_e(xname)}.</p>'
+        return note + f'<p class="empty">No cell has both a pass rate and a {esc(xname)}.</p>'
     if len(missing := cells[~cells.cell_id.isin(pts.cell_id)]):
-        note += f'<p class="note">Not shown, no {_e(xname)}: {_e(", ".join(missing.label))}.</p>'
+        note += f'<p class="note">Not shown, no {esc(xname)}: {esc(", ".join(missing.label))}.</p>'
     L, R, T, B, H = 74, 28, 14, 54, 430
     sx = _scale(pts[xcol], L, WIDTH - R, zero=False, log_ratio=30)
     lo_ci, hi_ci = pts[f"pass_ci_low_{s}"], pts[f"pass_ci_high_{s}"]
     sy = _scale([max(0.0, lo_ci.min() - 0.02), min(1.0, hi_ci.max() + 0.02)], H - B, T, zero=False, n=6)
     sy = Scale(max(0.0, sy.lo), min(1.0, sy.hi), H - B, T)
-    body = _y_axis(sy, L, WIDTH - R, lambda v: _pct(v, 0), f"pass rate · {s}", 6)
+    body = _y_axis(sy, L, WIDTH - R, lambda v: fmt_pct(v, 0), f"pass rate · {s}", 6)
     body += _x_axis(sx, T, H - B, tfmt, xname + (" · log scale" if sx.log else ""))
     xy = [(float(x), float(y)) for x, y in zip(pts[xcol], pts[f"pass_rate_{s}"])]
     front = pareto_front(xy)
@@ -269,11 +269,11 @@ def score_vs_cost(run: Run) -> str:
         spot.setdefault((round(sx(x)), round(sy(y))), []).append(label)
     for i in sorted(range(len(xy)), key=lambda i: (i not in front, -xy[i][1])):  # front labels pick first
         r, (x, y), on = pts.iloc[i], xy[i], i in front
-        tip = (f"{r.label}\npass rate {_pct(y)} [{_pct(lo_ci[i])}–{_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
+        hint = (f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
                f"\n{r.requests} requests" + ("\non the Pareto front" if on else "")
                + "".join(f"\nsame spot: {o}" for o in spot[round(sx(x)), round(sy(y))] if o != r.label))  # fmt: skip
         body.append(f'<circle class="pt{" front" if on else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" '
-                    f'r="{7 if on else 5.5}" fill="{run.colours[r.model]}" data-cell="{_e(r.cell_id)}"{_tip(tip)}/>')
+                    f'r="{7 if on else 5.5}" fill="{run.colours[r.model]}" data-cell="{esc(r.cell_id)}"{tip(hint)}/>')
         if on or len(xy) <= LABELS_UP_TO:
             body += _place_label(r.label, sx(x), sy(y), taken, (L, T, WIDTH - R, H - B), force=on)
     legend = _legend([(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
@@ -320,7 +320,7 @@ def latency_boxes(run: Run) -> str:
     L, R, T, rows = lw + 10, 28, 10, {"latency": 40.0, "ttft": 30.0}
     H = T + sum(rows[k] for _, k, _ in groups) + 8 * len({m for m, _, _ in groups}) + 46
     sx = _scale([x for _, _, g in groups for x in (g["lo"], g["hi"], *g["out"])], L, WIDTH - R, log_ratio=60)
-    body = _x_axis(sx, T, H - 46, _secs, "seconds" + (" · log scale" if sx.log else ""))
+    body = _x_axis(sx, T, H - 46, fmt_secs, "seconds" + (" · log scale" if sx.log else ""))
     y, last = T, None
     for model, kind, g in groups:
         y += 8 if model != last and last is not None else 0
@@ -328,14 +328,14 @@ def latency_boxes(run: Run) -> str:
         name = "latency" if kind == "latency" else "time to first token"
         body.append(_text(lw, mid + 4, _cut(model, lw - 8), "rowlbl", "end") if model != last
                     else _text(lw, mid + 4, name, "val", "end"))  # fmt: skip
-        tip = (f"{model} · {name}\n{g['n']} requests\nmedian {g['med']:.3f} s · middle half {g['q1']:.3f}–"
+        hint = (f"{model} · {name}\n{g['n']} requests\nmedian {g['med']:.3f} s · middle half {g['q1']:.3f}–"
                f"{g['q3']:.3f} s\np95 {g['p95']:.3f} s · max {g['max']:.3f} s")  # fmt: skip
         stroke, (x1, x3) = f' stroke="{c}"', (sx(g["q1"]), sx(g["q3"]))
         fill = f' fill-opacity="{0.35 if kind == "latency" else 1}" rx="3"{stroke} stroke-width="1.5"'
         body += [_line(sx(g["lo"]), mid, x1, mid, "whisker", stroke), _line(x3, mid, sx(g["hi"]), mid, "whisker", stroke),
                  *(_line(sx(g[e]), mid - bh / 4, sx(g[e]), mid + bh / 4, "whisker", stroke) for e in ("lo", "hi")),
                  _rect(f"box box-{kind}", x1, mid - bh / 2, max(1.5, x3 - x1), bh, c if kind == "latency" else "#fff",
-                       tip, fill),
+                       hint, fill),
                  _line(sx(g["med"]), mid - bh / 2, sx(g["med"]), mid + bh / 2, "median"),
                  *(f'<circle class="outlier" cx="{sx(v):.1f}" cy="{mid:.1f}" r="2.6" fill="{c}"/>' for v in g["out"])]
         y, last = y + rows[kind], model  # fmt: skip
@@ -361,19 +361,19 @@ def token_bars(run: Run) -> str:
     L, R, T, bar, gap = lw + 10, 70, 6, 20, 12
     H = T + len(cells) * (bar + gap) + 40
     sx = _scale([float(parts.loc[c].sum()) for c in cells.cell_id], L, WIDTH - R)
-    body = _x_axis(sx, T, H - 40, _num, "mean tokens per request")
+    body = _x_axis(sx, T, H - 40, fmt_num, "mean tokens per request")
     for i, r in enumerate(cells.to_dict("records")):
         y, p, x = T + i * (bar + gap) + gap / 2, parts.loc[r["cell_id"]], sx(0)
-        body += [_text(lw, y + bar / 2 + 4, _cut(r["label"], lw - 8), "rowlbl", "end", _tip(r["label"])),
-                 f'<g class="tok-stack" data-cell="{_e(r["cell_id"])}">']  # fmt: skip
+        body += [_text(lw, y + bar / 2 + 4, _cut(r["label"], lw - 8), "rowlbl", "end", tip(r["label"])),
+                 f'<g class="tok-stack" data-cell="{esc(r["cell_id"])}">']  # fmt: skip
         for key, name, colour in TOKEN_PARTS:
             if (w := sx(float(p[key])) - sx(0)) > 0:
-                tip = f"{r['label']}\n{name}: {_num(p[key])} per request"
-                body.append(_rect(f"seg seg-{key}", x, y, w, bar, colour, tip))
-                if w > _text_w(_num(p[key]), 10.5) + 8:
-                    body.append(_text(x + w / 2, y + bar / 2 + 3.5, _num(p[key]), "inbar", "middle"))
+                hint = f"{r['label']}\n{name}: {fmt_num(p[key])} per request"
+                body.append(_rect(f"seg seg-{key}", x, y, w, bar, colour, hint))
+                if w > _text_w(fmt_num(p[key]), 10.5) + 8:
+                    body.append(_text(x + w / 2, y + bar / 2 + 3.5, fmt_num(p[key]), "inbar", "middle"))
                 x += w
-        body += ["</g>", _text(x + 6, y + bar / 2 + 4, _num(p.sum()), "val")]
+        body += ["</g>", _text(x + 6, y + bar / 2 + 4, fmt_num(p.sum()), "val")]
     note = ('<p class="sub">Mean per request with usage. Cached tokens are part of the prompt; reasoning tokens '
             "are part of the completion, shown apart from the visible output.</p>")  # fmt: skip
     legend = _legend([(name, colour, "") for _, name, colour in TOKEN_PARTS])
@@ -397,7 +397,7 @@ def timeline(run: Run) -> str:
     by_type = pd.crosstab(b.loc[rtypes.index].to_numpy(), rtypes.to_numpy()) if len(rtypes) else pd.DataFrame()
     kinds = ["ok"] + sorted(k for k in counts.columns if k != "ok")
     errs = req[req.status == "error"]
-    example = {k: "\ne.g. " + _short(next((m for m in g.error_message if isinstance(m, str)), ""))[:200]
+    example = {k: "\ne.g. " + shorten(next((m for m in g.error_message if isinstance(m, str)), ""))[:200]
                for k, g in errs.groupby(errs.error_type.fillna("error"))} | {"ok": ""}  # fmt: skip
     colour = {"ok": OK_COLOUR} | {k: ERROR_COLOURS[i % len(ERROR_COLOURS)] for i, k in enumerate(kinds[1:])}
     L, R, T, top, gap, low = 64, 28, 10, 210, 34, 76
@@ -405,31 +405,31 @@ def timeline(run: Run) -> str:
     sx = Scale(0, nbins * width, L, WIDTH - R)
     sy = _scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
     sw = _scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
-    body = _y_axis(sy, L, WIDTH - R, _num, "requests", 4) + _y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
+    body = _y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4) + _y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
     body += [_text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
-             *_x_axis(sx, base + gap, base + gap + low, _secs, f"time since the first request · bins of {_secs(width)}"),
+             *_x_axis(sx, base + gap, base + gap + low, fmt_secs, f"time since the first request · bins of {fmt_secs(width)}"),
              _line(L, base, WIDTH - R, base, "axis")]  # fmt: skip
     pad, dots = 1 if nbins < 120 else 0, []
     bw = max(1.0, sx(width) - sx(0) - 2 * pad)
     for i in range(nbins):
-        x, y, span = sx(i * width) + pad, base, f"{_secs(i * width)}–{_secs((i + 1) * width)}"
+        x, y, span = sx(i * width) + pad, base, f"{fmt_secs(i * width)}–{fmt_secs((i + 1) * width)}"
         for k in kinds:
             if n := int(counts.at[i, k]):
                 y -= sy(0) - sy(n)
-                tip = f"{span}: {n} {k}{example[k]}"
-                body.append(_rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], tip))
+                hint = f"{span}: {n} {k}{example[k]}"
+                body.append(_rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], hint))
         if (wait := float(waits.iat[i])) > 0:
-            tip = f"{span}: {wait:.3g} s waiting for the rate limiter"
-            body.append(_rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, tip))
+            hint = f"{span}: {wait:.3g} s waiting for the rate limiter"
+            body.append(_rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
         if retries.iat[i] > 0:
             types = ", ".join(f"{t} ×{n}" for t, n in by_type.loc[i].items() if n) if i in by_type.index else ""
             dots.append(f'<circle class="retry-pt" cx="{sx((i + .5) * width):.1f}" cy="{sy(float(retries.iat[i])):.1f}" '
-                        f'r="3.2"{_tip(f"{span}: {int(retries.iat[i])} retries ({types})")}/>')  # fmt: skip
+                        f'r="3.2"{tip(f"{span}: {int(retries.iat[i])} retries ({types})")}/>')  # fmt: skip
     if retries.sum() > 0:
         path = "L".join(f"{sx((i + .5) * width):.1f},{sy(float(retries.iat[i])):.1f}" for i in range(nbins))
         body += [f'<path class="retry-line" d="M{path}"/>', *dots]  # dots last: on top, for their tooltips
     items = [(f"{k} ({int(counts[k].sum())})", colour[k], "") for k in kinds]
     types = ": " + ", ".join(f"{t} {n}" for t, n in rtypes.value_counts().items()) if len(rtypes) else ""
     items += [(f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"),
-              (f"rate-limit wait ({_num(waits.sum())} s)", WAIT_COLOUR, "")]  # fmt: skip
+              (f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, "")]  # fmt: skip
     return _legend(items) + _svg(H, body, "requests, errors, retries and rate-limit waits over time")

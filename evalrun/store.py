@@ -80,11 +80,7 @@ def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, 
 
 
 def _json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+    return None if value is None else cell_text(value)
 
 
 def result_rows(result: Result, run_id: str, experiment: str, data_columns: tuple[str, ...]) -> list[dict[str, Any]]:
