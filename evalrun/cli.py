@@ -62,16 +62,28 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
     s.add_argument("config", type=Path, nargs="?", help="experiment YAML (optional with --resume)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value, e.g. --set params.temperature=0.2 (repeatable)")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value, e.g. --set params.temperature=0.2 (repeatable)",
+    )
     s.add_argument("--limit", type=_positive_int, help="use only the first N dataset rows")
     s.add_argument("--run-dir", type=Path, help="write the report exactly here")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run: send only what has no row")
-    s.add_argument("--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error")
+    s.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error"
+    )
     s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
     s.add_argument("--max-requests", type=_positive_int, help="stop cleanly after sending this many requests")
-    s.add_argument("--max-cost", type=_positive_float, metavar="AMOUNT",
-                   help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)")
+    s.add_argument(
+        "--max-cost",
+        type=_positive_float,
+        metavar="AMOUNT",
+        help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
 
     s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
@@ -79,7 +91,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, help="take the scorers from this file (default: the run's own config)")
 
     s = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 if a cell regressed (a CI gate)")
-    s.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest")
+    s.add_argument(
+        "runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest"
+    )
     s.add_argument("--baseline", choices=["latest"], help="latest: the previous run of the same experiment")
     s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
     s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
@@ -137,23 +151,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from evalrun.config import load_experiment
-    from evalrun.grid import build_plan
-    from evalrun.scoring import load_scorers
+    from evalrun.analysis.scoring import load_scorers
+    from evalrun.config.load import load_experiment
+    from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
     load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
-    print(f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
-          f"{plan.repeats} repeats = {plan.total_requests:,} requests")  # fmt: skip
+    print(
+        f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
+        f"{plan.repeats} repeats = {plan.total_requests:,} requests"
+    )
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     import orjson
 
-    from evalrun.config import load_experiment
-    from evalrun.estimate import format_plan, plan_report
-    from evalrun.grid import build_plan
+    from evalrun.config.load import load_experiment
+    from evalrun.plan import format_plan, plan_report
+    from evalrun.run.grid import build_plan
 
     report = plan_report(build_plan(load_experiment(args.config, args.overrides), args.limit))
     if args.json:
@@ -164,17 +180,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from evalrun.runner import RunOptions, run
+    from evalrun.run.runner import RunOptions, run
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise_usage("--retry-errors and --force go with --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
         raise_usage("--resume already names the run directory; drop --run-dir")
     opts = RunOptions(
-        overrides=args.overrides, limit=args.limit, run_dir=args.run_dir, resume=args.resume,
-        retry_errors=args.retry_errors, force=args.force, max_requests=args.max_requests, max_cost=args.max_cost,
+        overrides=args.overrides,
+        limit=args.limit,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        retry_errors=args.retry_errors,
+        force=args.force,
+        max_requests=args.max_requests,
+        max_cost=args.max_cost,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
     for msg in outcome.messages:
@@ -185,9 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
 
+    from evalrun.analysis.summary import summary_from_file
     from evalrun.errors import ConfigError
-    from evalrun.store import RESULTS
-    from evalrun.summary import summary_from_file
+    from evalrun.run.store import RESULTS
 
     path = args.run_dir / RESULTS
     if not path.is_file():
@@ -208,7 +230,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         else:  # a GitHub-flavoured Markdown table, for pull-request comments
             head = "| " + " | ".join(frame.columns) + " |"
             rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-            body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+            body = [
+                "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
+                for row in frame.itertuples(index=False)
+            ]
             print("\n".join([head, rule, *body]))
     return 0
 
@@ -216,11 +241,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import orjson
 
-    from evalrun.config import load_experiment
+    from evalrun.analysis.scoring import load_scorers
+    from evalrun.analysis.summary import write_summary
+    from evalrun.config.load import load_experiment
     from evalrun.errors import ConfigError
-    from evalrun.scoring import load_scorers
-    from evalrun.store import DATA_PREFIX, MANIFEST, RESULTS, rescore
-    from evalrun.summary import write_summary
+    from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, rescore
 
     run_dir = args.run_dir
     if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
@@ -230,20 +255,22 @@ def cmd_score(args: argparse.Namespace) -> int:
     exp = load_experiment(config, manifest.get("overrides") or [])
     import pyarrow.parquet as pq
 
-    columns = tuple(n[len(DATA_PREFIX):] for n in pq.read_schema(run_dir / RESULTS).names if n.startswith(DATA_PREFIX))
+    columns = tuple(n[len(DATA_PREFIX) :] for n in pq.read_schema(run_dir / RESULTS).names if n.startswith(DATA_PREFIX))
     scorers = load_scorers(exp.config.scorers, exp.path, columns, exp.lines)
     rows = rescore(run_dir, scorers)
     manifest["scorers"] = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
-    from evalrun.store import write_json
+    from evalrun.run.store import write_json
 
     write_json(run_dir / MANIFEST, manifest)
-    _print_summary(write_summary(run_dir), f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})")
+    _print_summary(
+        write_summary(run_dir), f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})"
+    )
     print(run_dir)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evalrun.compare import Gate, compare_runs, latest_baseline, to_markdown, write_outputs
+    from evalrun.analysis.compare import Gate, compare_runs, latest_baseline, to_markdown, write_outputs
     from evalrun.errors import ConfigError
 
     if args.baseline:
@@ -268,15 +295,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = args.out or new
     write_outputs(result, out, args.junit)
     print(to_markdown(result, flips=False), end="")
-    print(f"evalrun: wrote {out / 'compare.md'}, compare.parquet, compare_flips.parquet"
-          + (f", {args.junit}" if args.junit else ""), file=sys.stderr)  # fmt: skip
+    print(
+        f"evalrun: wrote {out / 'compare.md'}, compare.parquet, compare_flips.parquet"
+        + (f", {args.junit}" if args.junit else ""),
+        file=sys.stderr,
+    )
     return 1 if len(result.regressed) else 0
 
 
 def _gate_from_manifest(run_dir: Path) -> dict:
     import orjson
 
-    from evalrun.store import MANIFEST
+    from evalrun.run.store import MANIFEST
 
     path = run_dir / MANIFEST
     if not path.is_file():
@@ -288,10 +318,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     import orjson
     import pandas as pd
 
+    from evalrun.analysis.summary import cost_breakdown
+    from evalrun.config.prices import load_pricing
     from evalrun.errors import ConfigError
-    from evalrun.pricing import load_pricing
-    from evalrun.store import MANIFEST, RESULTS
-    from evalrun.summary import cost_breakdown
+    from evalrun.run.store import MANIFEST, RESULTS
 
     path = args.run_dir / RESULTS
     if not path.is_file():
@@ -308,8 +338,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{args.run_dir.name}: cost in {currency or '(no prices)'}"
-                  + (f" at {args.prices}" if args.prices else ""))  # fmt: skip
+        t = Table(
+            title=f"{args.run_dir.name}: cost in {currency or '(no prices)'}"
+            + (f" at {args.prices}" if args.prices else "")
+        )
         for c in table.columns:
             t.add_column(c, justify="left" if table[c].dtype == object else "right")
         for r in table.to_dict("records"):
@@ -333,7 +365,7 @@ def _cost_cell(column: str, value: object) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evalrun.report import write_report
+    from evalrun.report.html import write_report
 
     print(write_report(args.run_dir, args.compare, args.out))
     return 0
@@ -351,7 +383,7 @@ def _print_summary(summary: object, title: str) -> None:
         return
     from rich.console import Console
 
-    from evalrun.summary import render_table
+    from evalrun.analysis.summary import render_table
 
     # off a terminal rich assumes 80 columns; a report table wants its full width
     width = None if sys.stdout.isatty() else 200

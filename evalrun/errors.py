@@ -11,7 +11,7 @@
             ├── ErrorIn200          body is an `{"error": …}` envelope
             └── StreamTruncated     an SSE stream that ended before `[DONE]`
 
-What to do about each is decided in one place: `evalrun.retry.classify`.
+What to do about each is decided in one place: `evalrun.run.retry.classify`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from evalrun.records import Completion
+    from evalrun.run.records import Completion
 
 
 class EvalrunError(Exception):
@@ -104,9 +104,7 @@ def is_quota_error(status: int, code: str | None, kind: str | None, body: str) -
     if status != 429:
         return False
     markers = (code or "", kind or "")
-    return any("insufficient_quota" in m or "quota" in m for m in markers) or (
-        "insufficient_quota" in body
-    )
+    return any("insufficient_quota" in m or "quota" in m for m in markers) or ("insufficient_quota" in body)
 
 
 def status_error_type(status: int, code: str | None, kind: str | None, body: str) -> str:

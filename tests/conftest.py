@@ -21,7 +21,6 @@ from aiohttp import web
 
 from evalrun.cli import main
 
-
 # ---------------------------------------------------------------------------- retry waits
 
 
@@ -33,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _no_retry_waits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry waits are zero unless a test measures them (marker real_waits)."""
     if request.node.get_closest_marker("real_waits") is None:
-        monkeypatch.setattr("evalrun.pool.retry_wait", lambda *a, **k: 0.0)
+        monkeypatch.setattr("evalrun.run.pool.retry_wait", lambda *a, **k: 0.0)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -121,22 +120,39 @@ def loop_thread() -> Iterator[LoopThread]:
     lt.close()
 
 
-def completion(content: str = "42", *, usage: Any = "default", model: str = "m", n: int = 1, **choice: Any) -> dict[str, Any]:
+def completion(
+    content: str = "42", *, usage: Any = "default", model: str = "m", n: int = 1, **choice: Any
+) -> dict[str, Any]:
     """A chat.completion body in the provider's documented shape."""
     if usage == "default":
         usage = {
-            "prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18,
+            "prompt_tokens": 13,
+            "completion_tokens": 5,
+            "total_tokens": 18,
             "prompt_tokens_details": {"cached_tokens": 0, "text_tokens": 13, "audio_tokens": 0, "image_tokens": 0},
             "completion_tokens_details": {"text_tokens": 5, "audio_tokens": 0, "reasoning_tokens": 0},
-            "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
-        }  # fmt: skip
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "input_tokens_details": None,
+        }
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": content}, "logprobs": None,
-         "finish_reason": "stop", **choice}
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": "stop",
+            **choice,
+        }
         for i in range(n)
-    ]  # fmt: skip
-    return {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": model,
-            "choices": choices, "usage": usage}  # fmt: skip
+    ]
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 @dataclass
@@ -166,7 +182,9 @@ class Scripted:
     max_in_flight: int = 0
 
 
-async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]], Reply]) -> tuple[Scripted, web.AppRunner]:
+async def _start_scripted(
+    script: list[Reply], default: Callable[[dict[str, Any]], Reply]
+) -> tuple[Scripted, web.AppRunner]:
     state = Scripted("", list(script), default)
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -200,8 +218,14 @@ async def _start_scripted(script: list[Reply], default: Callable[[dict[str, Any]
                 except ConnectionResetError:  # the client gave up on the stream (a bad chunk)
                     pass
                 return resp
-            raw = reply.body if reply.body is not None else orjson.dumps(reply.json if reply.json is not None else completion())
-            return web.Response(status=reply.status, body=raw, headers={"Content-Type": "application/json", **reply.headers})
+            raw = (
+                reply.body
+                if reply.body is not None
+                else orjson.dumps(reply.json if reply.json is not None else completion())
+            )
+            return web.Response(
+                status=reply.status, body=raw, headers={"Content-Type": "application/json", **reply.headers}
+            )
         finally:
             state.in_flight -= 1
 

@@ -24,36 +24,54 @@ import pytest
 from aiohttp import web
 from conftest import Reply, base_config, completion, serve_loopback, write_config
 
-from evalrun.client import ProviderClient
-from evalrun.config import RetryConfig, load_experiment
+from evalrun.config.load import RetryConfig, load_experiment
 from evalrun.errors import AttemptTimeout, StreamTruncated
-from evalrun.grid import build_plan
-from evalrun.pool import Pool
-from evalrun.ratelimit import Limiters
-from evalrun.records import Cell, Choice, Completion, RequestSpec, Result, Usage
+from evalrun.run.client import ProviderClient
+from evalrun.run.grid import build_plan
+from evalrun.run.limiter import Limiters
+from evalrun.run.pool import Pool
+from evalrun.run.records import Cell, Choice, Completion, RequestSpec, Result, Usage
+from evalrun.run.store import result_rows
 from evalrun.sim import SimOptions, start_simulator
-from evalrun.store import result_rows
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 
 USAGE = {  # the documented shape: OpenAI names, the zero input_/output_tokens beside them, null details
-    "prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18,
+    "prompt_tokens": 13,
+    "completion_tokens": 5,
+    "total_tokens": 18,
     "prompt_tokens_details": {"cached_tokens": 4, "text_tokens": 13, "audio_tokens": 0, "image_tokens": 0},
     "completion_tokens_details": {"text_tokens": 2, "audio_tokens": 0, "reasoning_tokens": 3},
-    "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
-}  # fmt: skip
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
-CALC = {"type": "function", "function": {
-    "name": "calculate", "description": "Evaluate an arithmetic expression",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                   "required": ["expression"]}}}  # fmt: skip
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "input_tokens_details": None,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALC = {
+    "type": "function",
+    "function": {
+        "name": "calculate",
+        "description": "Evaluate an arithmetic expression",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    },
+}
 SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["answer", "confidence", "steps"],
-    "properties": {"answer": {"type": "integer"}, "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                   "steps": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
-}  # fmt: skip
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["answer", "confidence", "steps"],
+    "properties": {
+        "answer": {"type": "integer"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "steps": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    },
+}
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
 
 
@@ -93,18 +111,35 @@ KEEP_ALIVE = b": keep-alive\n\n"
 def chunk(delta: dict[str, Any], index: int = 0, finish: str | None = None, logprobs: Any = None) -> bytes:
     """One chat.completion.chunk event as the provider sends it."""
     choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-    return event({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1,
-                  "model": "gemini-2.5-flash-lite", "choices": [choice]})  # fmt: skip
+    return event(
+        {
+            "id": "chatcmpl-s",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gemini-2.5-flash-lite",
+            "choices": [choice],
+        }
+    )
 
 
 def usage_chunk(usage: Any = USAGE) -> bytes:
-    return event({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1,
-                  "model": "gemini-2.5-flash-lite", "choices": [], "usage": usage})  # fmt: skip
+    return event(
+        {
+            "id": "chatcmpl-s",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gemini-2.5-flash-lite",
+            "choices": [],
+            "usage": usage,
+        }
+    )
 
 
 def lp(token: str, logprob: float) -> dict[str, Any]:
-    top = [{"token": token, "logprob": logprob, "bytes": list(token.encode())},
-           {"token": "x", "logprob": -3.0, "bytes": [120]}]  # fmt: skip
+    top = [
+        {"token": token, "logprob": logprob, "bytes": list(token.encode())},
+        {"token": "x", "logprob": -3.0, "bytes": [120]},
+    ]
     return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
 
 
@@ -115,24 +150,36 @@ def stream_reply(*pieces: bytes | float) -> Reply:
 def documented_stream(eol: bytes = b"\n", first_token_after: float = 0.0) -> list[bytes | float]:
     """Role chunk, keep-alive, content deltas with logprobs, both kinds of empty delta, finish, usage."""
     pieces: list[bytes | float] = [
-        chunk({"role": "assistant", "content": ""}), KEEP_ALIVE, first_token_after,
-        chunk({"content": "Hel"}, logprobs={"content": [lp("Hel", -0.1)]}), 0.05,
-        chunk({}), chunk({"content": ""}, logprobs={"content": []}),
-        chunk({"content": "lo"}, logprobs={"content": [lp("lo", -0.2)]}), KEEP_ALIVE, 0.1,
+        chunk({"role": "assistant", "content": ""}),
+        KEEP_ALIVE,
+        first_token_after,
+        chunk({"content": "Hel"}, logprobs={"content": [lp("Hel", -0.1)]}),
+        0.05,
+        chunk({}),
+        chunk({"content": ""}, logprobs={"content": []}),
+        chunk({"content": "lo"}, logprobs={"content": [lp("lo", -0.2)]}),
+        KEEP_ALIVE,
+        0.1,
         chunk({"content": "!"}, logprobs={"content": [lp("!", -0.3)]}),
-        chunk({}, finish="stop"), usage_chunk(), DONE,
-    ]  # fmt: skip
+        chunk({}, finish="stop"),
+        usage_chunk(),
+        DONE,
+    ]
     return [p.replace(b"\n", eol) if isinstance(p, bytes) else p for p in pieces]
 
 
 # ---------------------------------------------------------------------------- streaming
 
 
-@pytest.mark.parametrize("extra", [
-    {"logprobs": True, "top_logprobs": 3, "n": 2},
-    {"tools": [WEATHER, CALC], "tool_choice": "required"},
-    {"response_format": JSON_SCHEMA, "logprobs": True},
-], ids=["text-logprobs-n2", "tools", "json-schema"])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"logprobs": True, "top_logprobs": 3, "n": 2},
+        {"tools": [WEATHER, CALC], "tool_choice": "required"},
+        {"response_format": JSON_SCHEMA, "logprobs": True},
+    ],
+    ids=["text-logprobs-n2", "tools", "json-schema"],
+)
 def test_streamed_and_plain_runs_of_the_simulator_agree(tmp_path, dataset, cli, extra) -> None:
     cfg = sim_config(tmp_path, dataset, grid={"stream": [False, True]})
     cfg["params"].update(extra)
@@ -140,8 +187,19 @@ def test_streamed_and_plain_runs_of_the_simulator_agree(tmp_path, dataset, cli, 
     plain = {(r["row_id"], r["choice_index"]): r for r in rows if not r["stream"]}
     streamed = {(r["row_id"], r["choice_index"]): r for r in rows if r["stream"]}
     assert plain.keys() == streamed.keys() and len(plain) == 5 * extra.get("n", 1)
-    same = ["content", "logprobs", "tool_calls", "finish_reason", "n_choices", "response_model",
-            "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"]  # fmt: skip
+    same = [
+        "content",
+        "logprobs",
+        "tool_calls",
+        "finish_reason",
+        "n_choices",
+        "response_model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+    ]
     for key, p in plain.items():
         s = streamed[key]
         assert {c: s[c] for c in same} == {c: p[c] for c in same}, key
@@ -154,8 +212,12 @@ def test_streamed_and_plain_runs_of_the_simulator_agree(tmp_path, dataset, cli, 
 
 
 def test_simulator_stream_timings(tmp_path, dataset, cli) -> None:
-    cfg = sim_config(tmp_path, dataset, params={"max_tokens": 256, "stream": True, "reasoning_effort": "none"},
-                     prompts={"p": [{"role": "user", "content": "Tell me about clouds, {question}."}]})  # prose
+    cfg = sim_config(
+        tmp_path,
+        dataset,
+        params={"max_tokens": 256, "stream": True, "reasoning_effort": "none"},
+        prompts={"p": [{"role": "user", "content": "Tell me about clouds, {question}."}]},
+    )  # prose
     cfg["providers"]["sim"]["simulator"] = {"latency_ms": 150, "per_token_ms": 5}
     rows = run(cli, tmp_path, cfg, "--limit", "2")
     for r in rows:  # the first token comes after the base latency; later ones 5 ms a token apart
@@ -218,8 +280,10 @@ def pool_keeps_partial() -> bool:
 
 
 def test_a_truncated_stream_is_retried_then_recorded_with_its_partial_content(tmp_path, dataset, scripted, cli) -> None:
-    srv = scripted([stream_reply(*TRUNCATED), Reply(stream=[*TRUNCATED, chunk({}, finish="stop"), DONE])],
-                   default=lambda p: stream_reply(*TRUNCATED))  # fmt: skip
+    srv = scripted(
+        [stream_reply(*TRUNCATED), Reply(stream=[*TRUNCATED, chunk({}, finish="stop"), DONE])],
+        default=lambda p: stream_reply(*TRUNCATED),
+    )
     cfg = base_config(tmp_path, dataset, srv.base_url, params={"stream": True})
     cfg["providers"]["sim"]["max_concurrency"] = 1
     rows = run(cli, tmp_path, cfg, "--limit", "2")
@@ -278,10 +342,24 @@ def test_the_client_keeps_what_arrived_of_a_cut_stream(scripted, loop_thread, ho
 def test_an_error_row_keeps_the_partial_answer() -> None:
     cell = Cell("c", "p", "m", "p", {"stream": True})
     spec = RequestSpec("r", cell, "row", 0, [{"role": "user", "content": "hi"}], {"id": "row"}, 1)
-    partial = Completion("chatcmpl-p", "m", [Choice(0, "The answer", None, logprobs=[lp("The", -0.1)], ttft_s=0.2)],
-                         Usage(), stream_chunks=2)  # fmt: skip
-    result = Result(spec, 0.0, 1.5, 3, "http://x", http_status=200, error_type="stream_truncated",
-                    error_message="cut", partial=partial)  # fmt: skip
+    partial = Completion(
+        "chatcmpl-p",
+        "m",
+        [Choice(0, "The answer", None, logprobs=[lp("The", -0.1)], ttft_s=0.2)],
+        Usage(),
+        stream_chunks=2,
+    )
+    result = Result(
+        spec,
+        0.0,
+        1.5,
+        3,
+        "http://x",
+        http_status=200,
+        error_type="stream_truncated",
+        error_message="cut",
+        partial=partial,
+    )
     [row] = result_rows(result, "run", "exp", ("id",))
     assert row["status"] == "error" and row.get("choice_index") is None
     kept = (row["content"], row["ttft_s"], row["stream_chunks"], row["response_id"])
@@ -289,18 +367,22 @@ def test_an_error_row_keeps_the_partial_answer() -> None:
     assert row["logprobs"] == [lp("The", -0.1)] and row["prompt_tokens"] is None
 
 
-@pytest.mark.parametrize("bad", [
-    b'data: {"id": "x", "choices": [{"delta": {"content": "Hi"\n\n',
-    b"data: [1, 2]\n\n",
-    event({"id": "x", "choices": {"0": {"delta": {}}}}),
-    event({"id": "x", "choices": [{"index": 0, "delta": "Hi"}]}),
-    event({"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [7]}}]}),
-], ids=["cut-json", "not-an-object", "choices-not-a-list", "delta-not-an-object",
-        "tool-call-not-an-object"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'data: {"id": "x", "choices": [{"delta": {"content": "Hi"\n\n',
+        b"data: [1, 2]\n\n",
+        event({"id": "x", "choices": {"0": {"delta": {}}}}),
+        event({"id": "x", "choices": [{"index": 0, "delta": "Hi"}]}),
+        event({"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [7]}}]}),
+    ],
+    ids=["cut-json", "not-an-object", "choices-not-a-list", "delta-not-an-object", "tool-call-not-an-object"],
+)
 def test_a_malformed_chunk_is_malformed_response_and_retried(tmp_path, dataset, scripted, cli, bad) -> None:
     srv = scripted(default=lambda p: stream_reply(chunk({"content": "Hi"}), bad, chunk({}, finish="stop"), DONE))
-    [row] = run(cli, tmp_path, base_config(tmp_path, dataset, srv.base_url, params={"stream": True}), "--limit", "1",
-                ok=False)
+    [row] = run(
+        cli, tmp_path, base_config(tmp_path, dataset, srv.base_url, params={"stream": True}), "--limit", "1", ok=False
+    )
     assert row["error_type"] == "malformed_response" and row["attempts"] == 3 and len(srv.requests) == 3
 
 
@@ -344,9 +426,17 @@ def test_n_choices_give_a_row_each_and_usage_once(tmp_path, dataset, loop_thread
 
 
 def test_documented_n2_body_and_interleaved_stream(tmp_path, dataset, scripted, cli) -> None:
-    interleaved = [chunk({"role": "assistant"}, 0), chunk({"role": "assistant"}, 1), chunk({"content": "4"}, 0),
-                   chunk({"content": "5"}, 1), chunk({"content": "2"}, 0), chunk({}, 1, "stop"),
-                   chunk({}, 0, "stop"), usage_chunk(), DONE]  # fmt: skip
+    interleaved = [
+        chunk({"role": "assistant"}, 0),
+        chunk({"role": "assistant"}, 1),
+        chunk({"content": "4"}, 0),
+        chunk({"content": "5"}, 1),
+        chunk({"content": "2"}, 0),
+        chunk({}, 1, "stop"),
+        chunk({}, 0, "stop"),
+        usage_chunk(),
+        DONE,
+    ]
     plain = completion("42", n=2, usage=USAGE)
     srv = scripted(default=lambda p: Reply(stream=interleaved) if p.get("stream") else Reply(json=plain))
     cfg = base_config(tmp_path, dataset, srv.base_url, params={"n": 2}, grid={"stream": [False, True]})
@@ -362,8 +452,12 @@ def test_documented_n2_body_and_interleaved_stream(tmp_path, dataset, scripted, 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_simulator_tool_calls_are_recorded(tmp_path, dataset, cli, stream) -> None:
-    cfg = sim_config(tmp_path, dataset, params={"max_tokens": 512, "stream": stream, "tools": [WEATHER, CALC]},
-                     grid={"tool_choice": ["required", "none"]})  # fmt: skip
+    cfg = sim_config(
+        tmp_path,
+        dataset,
+        params={"max_tokens": 512, "stream": stream, "tools": [WEATHER, CALC]},
+        grid={"tool_choice": ["required", "none"]},
+    )
     rows = run(cli, tmp_path, cfg)
     for r in rows:
         if r["tool_choice"] == "none":
@@ -381,22 +475,53 @@ def test_documented_tool_call_shapes(tmp_path, dataset, scripted, cli) -> None:
         {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'}},
         {"id": "call_b", "type": "function", "function": {"name": "calculate", "arguments": '{"expression": "2+2"}'}},
     ]
-    plain = completion(None, usage=USAGE, message={"role": "assistant", "content": None, "tool_calls": calls},
-                       finish_reason="tool_calls")  # fmt: skip
+    plain = completion(
+        None,
+        usage=USAGE,
+        message={"role": "assistant", "content": None, "tool_calls": calls},
+        finish_reason="tool_calls",
+    )
     pieces = [  # two parallel calls, their arguments in interleaved pieces; id and name only in the first
         chunk({"role": "assistant", "content": None}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        ),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                               "function": {"name": "calculate", "arguments": '{"expr'}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_b",
+                        "type": "function",
+                        "function": {"name": "calculate", "arguments": '{"expr'},
+                    }
+                ]
+            }
+        ),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Lyon"}'}}]}),
         chunk({"tool_calls": [{"index": 1, "function": {"arguments": 'ession": "2+2"}'}}]}),
-        chunk({}, finish="tool_calls"), usage_chunk(), DONE,
-    ]  # fmt: skip
+        chunk({}, finish="tool_calls"),
+        usage_chunk(),
+        DONE,
+    ]
     srv = scripted(default=lambda p: Reply(stream=pieces) if p.get("stream") else Reply(json=plain))
-    cfg = base_config(tmp_path, dataset, srv.base_url, params={"tools": [WEATHER, CALC], "tool_choice": "auto"},
-                      grid={"stream": [False, True]})  # fmt: skip
+    cfg = base_config(
+        tmp_path,
+        dataset,
+        srv.base_url,
+        params={"tools": [WEATHER, CALC], "tool_choice": "auto"},
+        grid={"stream": [False, True]},
+    )
     rows = run(cli, tmp_path, cfg, "--limit", "1")
     assert [json.loads(r["tool_calls"]) for r in rows] == [calls, calls]
     assert [r["finish_reason"] for r in rows] == ["tool_calls"] * 2 and [r["content"] for r in rows] == [None, None]
@@ -409,8 +534,9 @@ def test_tools_and_tool_choice_per_row(tmp_path, cli, scripted) -> None:
     as the bodies a server receives; the report's parameter columns hold each row's values."""
     data = [orjson.loads(line) for line in (DATASETS / "tools.jsonl").read_bytes().splitlines()]
     ask = {"ask": [{"role": "user", "content": "{question}"}]}
-    cfg = per_row(sim_config(tmp_path, DATASETS / "tools.jsonl", prompts=ask),
-                  {"tools": "tools", "tool_choice": "tool_choice"})
+    cfg = per_row(
+        sim_config(tmp_path, DATASETS / "tools.jsonl", prompts=ask), {"tools": "tools", "tool_choice": "tool_choice"}
+    )
     rows = run(cli, tmp_path, cfg)
     by_id = {r["row_id"]: r for r in rows}
     for d in data:
@@ -437,24 +563,64 @@ def test_row_parameters_are_part_of_the_request_id(tmp_path) -> None:
     assert len({i for run_ids in ids for i in run_ids}) == 3 * len(ids[0])
 
 
-@pytest.mark.parametrize("rows, params, mapping, says", [
-    ([{"q": "a", "t": 0.5}, {"q": "b", "t": 5}], {}, {"temperature": "t"},
-     ("data.jsonl:2:", "column 't' (dataset.params_from_columns.temperature)", "less than or equal to 2", "got 5")),
-    ([{"q": "a", "tools": [WEATHER]}, {"q": "b", "tools": None}], {"tool_choice": "required"}, {"tools": "tools"},
-     ("data.jsonl:2:", "tool_choice needs tools", "this row sets no parameter")),
-    ([{"q": "a", "lp": False}], {"logprobs": True, "top_logprobs": 2}, {"logprobs": "lp"},
-     ("data.jsonl:1:", "top_logprobs needs logprobs", "logprobs from column 'lp'")),
-    ([{"q": "a", "tools": [{"type": "function"}, 3]}], {}, {"tools": "tools"},
-     ("data.jsonl:1:", "tools[1]: Input should be a valid dictionary",)),
-    ([{"q": "a"}], {}, {"tools": "tool_list"}, ("exp.yaml:", "no row has a column 'tool_list'")),
-    ([{"q": "a"}], {}, {"tols": "tools"}, ("exp.yaml:", "'tols' is not a request parameter", "did you mean 'tools'")),
-], ids=["out-of-range", "tool_choice-without-row-tools", "logprobs-off-by-row", "bad-tool", "no-such-column",
-        "unknown-parameter"])  # fmt: skip
+@pytest.mark.parametrize(
+    "rows, params, mapping, says",
+    [
+        (
+            [{"q": "a", "t": 0.5}, {"q": "b", "t": 5}],
+            {},
+            {"temperature": "t"},
+            (
+                "data.jsonl:2:",
+                "column 't' (dataset.params_from_columns.temperature)",
+                "less than or equal to 2",
+                "got 5",
+            ),
+        ),
+        (
+            [{"q": "a", "tools": [WEATHER]}, {"q": "b", "tools": None}],
+            {"tool_choice": "required"},
+            {"tools": "tools"},
+            ("data.jsonl:2:", "tool_choice needs tools", "this row sets no parameter"),
+        ),
+        (
+            [{"q": "a", "lp": False}],
+            {"logprobs": True, "top_logprobs": 2},
+            {"logprobs": "lp"},
+            ("data.jsonl:1:", "top_logprobs needs logprobs", "logprobs from column 'lp'"),
+        ),
+        (
+            [{"q": "a", "tools": [{"type": "function"}, 3]}],
+            {},
+            {"tools": "tools"},
+            (
+                "data.jsonl:1:",
+                "tools[1]: Input should be a valid dictionary",
+            ),
+        ),
+        ([{"q": "a"}], {}, {"tools": "tool_list"}, ("exp.yaml:", "no row has a column 'tool_list'")),
+        (
+            [{"q": "a"}],
+            {},
+            {"tols": "tools"},
+            ("exp.yaml:", "'tols' is not a request parameter", "did you mean 'tools'"),
+        ),
+    ],
+    ids=[
+        "out-of-range",
+        "tool_choice-without-row-tools",
+        "logprobs-off-by-row",
+        "bad-tool",
+        "no-such-column",
+        "unknown-parameter",
+    ],
+)
 def test_per_row_parameters_are_checked_before_sending(tmp_path, cli, rows, params, mapping, says) -> None:
     path = tmp_path / "data.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    cfg = per_row(base_config(tmp_path, path, params=params, prompts={"p": [{"role": "user", "content": "{q}"}]}),
-                  mapping)
+    cfg = per_row(
+        base_config(tmp_path, path, params=params, prompts={"p": [{"role": "user", "content": "{q}"}]}), mapping
+    )
     r = cli("validate", write_config(tmp_path, cfg))
     assert r.code == 2, r.out
     for text in says:
@@ -465,8 +631,10 @@ def test_per_row_parameters_from_csv_text(tmp_path, cli) -> None:
     path = tmp_path / "data.csv"
     tools = json.dumps([WEATHER]).replace('"', '""')
     path.write_text(f'id,q,t,tools\na,What is the weather in Oslo?,0.5,"{tools}"\nb,What is 2 + 2?,1,\n')
-    cfg = per_row(sim_config(tmp_path, path, prompts={"p": [{"role": "user", "content": "{q}"}]}),
-                  {"temperature": "t", "tools": "tools"})
+    cfg = per_row(
+        sim_config(tmp_path, path, prompts={"p": [{"role": "user", "content": "{q}"}]}),
+        {"temperature": "t", "tools": "tools"},
+    )
     a, b = run(cli, tmp_path, cfg)
     assert (a["temperature"], json.loads(a["tools"]), a["finish_reason"]) == (0.5, [WEATHER], "tool_calls")
     assert (b["temperature"], b["tools"], b["finish_reason"]) == (1.0, None, "stop")
@@ -477,8 +645,12 @@ def test_per_row_parameters_from_csv_text(tmp_path, cli) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_simulator_json_mode_and_schema(tmp_path, dataset, cli, stream) -> None:
-    cfg = sim_config(tmp_path, dataset, params={"max_tokens": 512, "stream": stream},
-                     grid={"response_format": [{"type": "json_object"}, JSON_SCHEMA]})  # fmt: skip
+    cfg = sim_config(
+        tmp_path,
+        dataset,
+        params={"max_tokens": 512, "stream": stream},
+        grid={"response_format": [{"type": "json_object"}, JSON_SCHEMA]},
+    )
     rows = run(cli, tmp_path, cfg)
     assert len(rows) == 10
     for r in rows:
@@ -489,17 +661,28 @@ def test_simulator_json_mode_and_schema(tmp_path, dataset, cli, stream) -> None:
 
 
 def test_json_schema_per_row(tmp_path, cli) -> None:
-    schemas = [{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-               {"type": "object", "properties": {"total": {"type": "number"}, "items": {"type": "array"}},
-                "required": ["total", "items"]}]  # fmt: skip
+    schemas = [
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        {
+            "type": "object",
+            "properties": {"total": {"type": "number"}, "items": {"type": "array"}},
+            "required": ["total", "items"],
+        },
+    ]
     path = tmp_path / "data.jsonl"
     questions = ["Where is the Louvre?", "Sum 3 and 4 apples."]
-    path.write_bytes(b"".join(
-        orjson.dumps({"id": f"r{i}", "q": q, "format": {"type": "json_schema",
-                                                        "json_schema": {"name": "s", "schema": s}}}) + b"\n"
-        for i, (q, s) in enumerate(zip(questions, schemas))))  # fmt: skip
-    cfg = per_row(sim_config(tmp_path, path, prompts={"p": [{"role": "user", "content": "{q}"}]}),
-                  {"response_format": "format"})
+    path.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {"id": f"r{i}", "q": q, "format": {"type": "json_schema", "json_schema": {"name": "s", "schema": s}}}
+            )
+            + b"\n"
+            for i, (q, s) in enumerate(zip(questions, schemas))
+        )
+    )
+    cfg = per_row(
+        sim_config(tmp_path, path, prompts={"p": [{"role": "user", "content": "{q}"}]}), {"response_format": "format"}
+    )
     rows = run(cli, tmp_path, cfg)
     for r, schema in zip(rows, schemas):
         jsonschema.validate(json.loads(r["content"]), schema)
@@ -540,16 +723,22 @@ def test_conversations_from_the_dataset(tmp_path, cli, scripted) -> None:
     assert [r["prompt_image_tokens"] for r in rows] == [0, 0, 0, 258]
 
 
-@pytest.mark.parametrize("messages, says", [
-    ([{"role": "bot", "content": "hi"}], "[0].role: must be one of system, developer, user, assistant, tool"
-     " (got 'bot')"),
-    ("hello", "is text but not JSON"),
-    ({"role": "user"}, "must be a list of messages, got dict"),
-    ([{"role": "user", "content": "hi", "contnet": "x"}], "[0].contnet: unknown message key"),
-    ([{"role": "user", "content": [{"text": "hi"}]}], "[0].content[0]: a content part is an object with a type"),
-    ([{"role": "assistant", "content": None}], "[0].content: required"),
-    ([], "holds no messages, and the prompt has no others"),
-], ids=["role", "not-json", "not-a-list", "unknown-key", "part-without-type", "null-content", "empty"])  # fmt: skip
+@pytest.mark.parametrize(
+    "messages, says",
+    [
+        (
+            [{"role": "bot", "content": "hi"}],
+            "[0].role: must be one of system, developer, user, assistant, tool (got 'bot')",
+        ),
+        ("hello", "is text but not JSON"),
+        ({"role": "user"}, "must be a list of messages, got dict"),
+        ([{"role": "user", "content": "hi", "contnet": "x"}], "[0].contnet: unknown message key"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], "[0].content[0]: a content part is an object with a type"),
+        ([{"role": "assistant", "content": None}], "[0].content: required"),
+        ([], "holds no messages, and the prompt has no others"),
+    ],
+    ids=["role", "not-json", "not-a-list", "unknown-key", "part-without-type", "null-content", "empty"],
+)
 def test_bad_conversations_are_caught_with_their_line(tmp_path, cli, messages, says) -> None:
     path = tmp_path / "data.jsonl"
     good = [{"role": "user", "content": "hi"}]
@@ -568,15 +757,19 @@ def test_a_conversation_column_the_rows_lack(tmp_path, dataset, cli) -> None:
 
 
 AUDIO = base64.b64encode(bytes(32_000)).decode()  # 2 s of (assumed) 16 kB/s audio
-PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
-         "AAAABJRU5ErkJggg==")
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
 
 
 def _parts(image: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": "What is {question}? The picture shows it."},
-            {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
-            {"type": "image_url", "image_url": {"url": image}},
-            {"type": "input_audio", "input_audio": {"data": AUDIO, "format": "wav"}}]  # fmt: skip
+    return [
+        {"type": "text", "text": "What is {question}? The picture shows it."},
+        {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": image}},
+        {"type": "input_audio", "input_audio": {"data": AUDIO, "format": "wav"}},
+    ]
 
 
 def test_content_parts_pass_through(tmp_path, dataset, scripted, cli) -> None:
@@ -587,8 +780,11 @@ def test_content_parts_pass_through(tmp_path, dataset, scripted, cli) -> None:
     run(cli, tmp_path, cfg, "--limit", "1")
     [sent] = srv.requests[0]["messages"]
     assert sent["content"][0]["text"] == "What is 1 + 2? The picture shows it."
-    assert sent["content"][1:] == [_parts("")[1], {"type": "image_url", "image_url": {
-        "url": 'https://cdn.example/{0}/{id}/qq1.png?f={"w":1}'}}, _parts("")[3]]  # fmt: skip
+    assert sent["content"][1:] == [
+        _parts("")[1],
+        {"type": "image_url", "image_url": {"url": 'https://cdn.example/{0}/{id}/qq1.png?f={"w":1}'}},
+        _parts("")[3],
+    ]
     cfg = sim_config(tmp_path, dataset, prompts={"mm": [{"role": "user", "content": _parts(PIXEL)}]})
     rows = run(cli, tmp_path, cfg)
     assert {r["prompt_image_tokens"] for r in rows} == {2 * 258} and min(r["prompt_audio_tokens"] for r in rows) >= 50
@@ -599,8 +795,10 @@ def test_content_parts_pass_through(tmp_path, dataset, scripted, cli) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_extra_body_reaches_the_top_level_of_the_request(tmp_path, dataset, scripted, cli, stream) -> None:
-    extra = {"safety_settings": [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}],
-             "thinking_config": {"include_thoughts": False}}  # fmt: skip
+    extra = {
+        "safety_settings": [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}],
+        "thinking_config": {"include_thoughts": False},
+    }
     reply = stream_reply(chunk({"content": "3"}, finish="stop"), usage_chunk(), DONE) if stream else Reply()
     srv = scripted(default=lambda p: reply)
     params = {"extra_body": extra, "stream": stream, "temperature": 0.0}

@@ -16,9 +16,19 @@ ROWS = 120
 
 def _rows(tmp_path: Path) -> Path:
     p = tmp_path / "arith.jsonl"
-    p.write_bytes(b"".join(orjson.dumps({"id": f"a{i}", "question": f"{i * 7 % 97 + 3} + {i * 13 % 89 + 2}",
-                                          "answer": (i * 7 % 97 + 3) + (i * 13 % 89 + 2)}) + b"\n"
-                           for i in range(ROWS)))  # fmt: skip
+    p.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "id": f"a{i}",
+                    "question": f"{i * 7 % 97 + 3} + {i * 13 % 89 + 2}",
+                    "answer": (i * 7 % 97 + 3) + (i * 13 % 89 + 2),
+                }
+            )
+            + b"\n"
+            for i in range(ROWS)
+        )
+    )
     return p
 
 
@@ -122,9 +132,10 @@ def test_score_recomputes_without_requests(tmp_path, dataset, scripted, cli) -> 
     run = _run(cli, tmp_path, cfg, "plain")
     sent = len(srv.requests)
     assert not any(c.startswith("score_") for c in read_results(run).columns)
-    cfg["scorers"] = [{"name": "says6", "type": "exact_match", "expected": "the answer is 6",
-                       "normalize": ["case", "punctuation"]},
-                      {"type": "numeric", "expected": "{answer}"}]  # fmt: skip
+    cfg["scorers"] = [
+        {"name": "says6", "type": "exact_match", "expected": "the answer is 6", "normalize": ["case", "punctuation"]},
+        {"type": "numeric", "expected": "{answer}"},
+    ]
     other = write_config(tmp_path, cfg, "with_scorers.yaml")
     r = cli("score", run, "--config", other)
     assert r.code == 0, r.err
@@ -136,7 +147,9 @@ def test_score_recomputes_without_requests(tmp_path, dataset, scripted, cli) -> 
     assert summary.pass_rate_says6.iloc[0] == 1.0 and summary.pass_rate_numeric.iloc[0] == 0.2
 
 
-@pytest.mark.parametrize("fmt, marker", [("markdown", "|"), ("csv", "pass_rate_correct"), ("json", '"pass_rate_correct"')])
+@pytest.mark.parametrize(
+    "fmt, marker", [("markdown", "|"), ("csv", "pass_rate_correct"), ("json", '"pass_rate_correct"')]
+)
 def test_summary_formats(tmp_path, cli, fmt, marker) -> None:
     run = _run(cli, tmp_path, _config(tmp_path), "base")
     r = cli("summary", run, "--format", fmt)

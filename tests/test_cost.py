@@ -11,15 +11,21 @@ import pytest
 import yaml
 from conftest import Reply, base_config, completion, read_results, write_config
 
-from evalrun.pricing import ModelPrice, Pricing, PriceTable, load_pricing
+from evalrun.config.prices import ModelPrice, PriceTable, Pricing, load_pricing
 
-TABLE = PriceTable(models={
-    "flat": ModelPrice(input=1.0, output=4.0, cached_input=0.1),
-    "think": ModelPrice(input=1.0, output=4.0, reasoning=8.0),
-    "tiered": ModelPrice(tiers=[{"max_prompt_tokens": 1000, "input": 1.0, "output": 2.0, "cached_input": 0.5},
-                                {"input": 3.0, "output": 6.0}]),
-    "audio": ModelPrice(input=1.0, output=2.0, audio_input=10.0),
-})  # fmt: skip
+TABLE = PriceTable(
+    models={
+        "flat": ModelPrice(input=1.0, output=4.0, cached_input=0.1),
+        "think": ModelPrice(input=1.0, output=4.0, reasoning=8.0),
+        "tiered": ModelPrice(
+            tiers=[
+                {"max_prompt_tokens": 1000, "input": 1.0, "output": 2.0, "cached_input": 0.5},
+                {"input": 3.0, "output": 6.0},
+            ]
+        ),
+        "audio": ModelPrice(input=1.0, output=2.0, audio_input=10.0),
+    }
+)
 PRICING = Pricing(TABLE, "test")
 M = 1_000_000
 
@@ -28,34 +34,95 @@ M = 1_000_000
     "model, usage, expected",
     [
         # 1,000 prompt of which 400 cached; 500 completion of which 200 reasoning (billed as output)
-        ("flat", {"prompt_tokens": 1000, "cached_tokens": 400, "completion_tokens": 500, "reasoning_tokens": 200},
-         {"cost_input": 600 * 1.0 / M, "cost_cached": 400 * 0.1 / M, "cost_output": 300 * 4.0 / M,
-          "cost_reasoning": 200 * 4.0 / M, "cost_total": (600 + 40 + 1200 + 800) / M}),
+        (
+            "flat",
+            {"prompt_tokens": 1000, "cached_tokens": 400, "completion_tokens": 500, "reasoning_tokens": 200},
+            {
+                "cost_input": 600 * 1.0 / M,
+                "cost_cached": 400 * 0.1 / M,
+                "cost_output": 300 * 4.0 / M,
+                "cost_reasoning": 200 * 4.0 / M,
+                "cost_total": (600 + 40 + 1200 + 800) / M,
+            },
+        ),
         # a reasoning price of its own; reasoning never billed twice
-        ("think", {"prompt_tokens": 100, "completion_tokens": 1891, "reasoning_tokens": 1480},
-         {"cost_input": 100 / M, "cost_cached": 0.0, "cost_output": 411 * 4.0 / M,
-          "cost_reasoning": 1480 * 8.0 / M, "cost_total": (100 + 1644 + 11840) / M}),
+        (
+            "think",
+            {"prompt_tokens": 100, "completion_tokens": 1891, "reasoning_tokens": 1480},
+            {
+                "cost_input": 100 / M,
+                "cost_cached": 0.0,
+                "cost_output": 411 * 4.0 / M,
+                "cost_reasoning": 1480 * 8.0 / M,
+                "cost_total": (100 + 1644 + 11840) / M,
+            },
+        ),
         # no cached price given: cached tokens at the input price, still not twice
-        ("think", {"prompt_tokens": 100, "cached_tokens": 100, "completion_tokens": 0},
-         {"cost_input": 0.0, "cost_cached": 100 / M, "cost_output": 0.0, "cost_reasoning": 0.0, "cost_total": 100 / M}),
+        (
+            "think",
+            {"prompt_tokens": 100, "cached_tokens": 100, "completion_tokens": 0},
+            {
+                "cost_input": 0.0,
+                "cost_cached": 100 / M,
+                "cost_output": 0.0,
+                "cost_reasoning": 0.0,
+                "cost_total": 100 / M,
+            },
+        ),
         # tiers: the request's own prompt length picks the tier (1,000 is still the first)
-        ("tiered", {"prompt_tokens": 1000, "cached_tokens": 200, "completion_tokens": 10},
-         {"cost_input": 800 / M, "cost_cached": 200 * 0.5 / M, "cost_output": 20 / M, "cost_reasoning": 0.0,
-          "cost_total": (800 + 100 + 20) / M}),
-        ("tiered", {"prompt_tokens": 1001, "completion_tokens": 10},
-         {"cost_input": 3003 / M, "cost_cached": 0.0, "cost_output": 60 / M, "cost_reasoning": 0.0,
-          "cost_total": 3063 / M}),
+        (
+            "tiered",
+            {"prompt_tokens": 1000, "cached_tokens": 200, "completion_tokens": 10},
+            {
+                "cost_input": 800 / M,
+                "cost_cached": 200 * 0.5 / M,
+                "cost_output": 20 / M,
+                "cost_reasoning": 0.0,
+                "cost_total": (800 + 100 + 20) / M,
+            },
+        ),
+        (
+            "tiered",
+            {"prompt_tokens": 1001, "completion_tokens": 10},
+            {
+                "cost_input": 3003 / M,
+                "cost_cached": 0.0,
+                "cost_output": 60 / M,
+                "cost_reasoning": 0.0,
+                "cost_total": 3063 / M,
+            },
+        ),
         # audio prompt tokens at the audio price
-        ("audio", {"prompt_tokens": 300, "prompt_audio_tokens": 100, "completion_tokens": 1},
-         {"cost_input": (200 + 1000) / M, "cost_cached": 0.0, "cost_output": 2 / M, "cost_reasoning": 0.0,
-          "cost_total": 1202 / M}),
+        (
+            "audio",
+            {"prompt_tokens": 300, "prompt_audio_tokens": 100, "completion_tokens": 1},
+            {
+                "cost_input": (200 + 1000) / M,
+                "cost_cached": 0.0,
+                "cost_output": 2 / M,
+                "cost_reasoning": 0.0,
+                "cost_total": 1202 / M,
+            },
+        ),
         # missing usage: null, never a guess; half-missing: the known part, total null
         ("flat", {}, dict.fromkeys(["cost_input", "cost_cached", "cost_output", "cost_reasoning", "cost_total"])),
-        ("flat", {"prompt_tokens": 1000, "completion_tokens": None},
-         {"cost_input": 1000 / M, "cost_cached": 0.0, "cost_output": None, "cost_reasoning": None, "cost_total": None}),
+        (
+            "flat",
+            {"prompt_tokens": 1000, "completion_tokens": None},
+            {
+                "cost_input": 1000 / M,
+                "cost_cached": 0.0,
+                "cost_output": None,
+                "cost_reasoning": None,
+                "cost_total": None,
+            },
+        ),
         # an unknown model has no price
-        ("nope", {"prompt_tokens": 10, "completion_tokens": 10},
-         dict.fromkeys(["cost_input", "cost_cached", "cost_output", "cost_reasoning", "cost_total"])),
+        (
+            "nope",
+            {"prompt_tokens": 10, "completion_tokens": 10},
+            dict.fromkeys(["cost_input", "cost_cached", "cost_output", "cost_reasoning", "cost_total"]),
+        ),
     ],
 )
 def test_cost_table(model, usage, expected) -> None:
@@ -77,9 +144,13 @@ def test_shipped_price_table_matches_the_published_figures() -> None:
 
 
 def _usage(prompt: int, completion: int, reasoning: int = 0, cached: int = 0) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-            "completion_tokens_details": {"reasoning_tokens": reasoning}}  # fmt: skip
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
 
 
 def _priced_config(tmp_path: Path, dataset: Path, url: str, **extra) -> Path:

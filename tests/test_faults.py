@@ -21,7 +21,9 @@ def _config(tmp_path: Path, dataset: Path, url: str, **provider: object) -> Path
 
 
 def test_429_then_success_is_retried_once(tmp_path, dataset, scripted, cli) -> None:
-    srv = scripted([Reply(429, headers={"Retry-After": "0"}, json={"error": {"message": "slow down", "type": "rate_limit_error"}})])
+    srv = scripted(
+        [Reply(429, headers={"Retry-After": "0"}, json={"error": {"message": "slow down", "type": "rate_limit_error"}})]
+    )
     r = cli("run", _config(tmp_path, dataset, srv.base_url, max_concurrency=1), "--no-progress")
     assert r.code == 0, r.err
     df = read_results(r.run_dir)
@@ -51,10 +53,12 @@ def test_retry_after_http_date_is_honoured(tmp_path, dataset, scripted, cli) -> 
 
 
 def test_400_and_413_fail_without_retry_and_keep_the_server_message(tmp_path, dataset, scripted, cli) -> None:
-    srv = scripted([
-        Reply(400, json={"error": {"message": "temperature is weird", "type": "invalid_request_error"}}),
-        Reply(413, json={"error": {"message": "too large", "type": "invalid_request_error"}}),
-    ])  # fmt: skip
+    srv = scripted(
+        [
+            Reply(400, json={"error": {"message": "temperature is weird", "type": "invalid_request_error"}}),
+            Reply(413, json={"error": {"message": "too large", "type": "invalid_request_error"}}),
+        ]
+    )
     r = cli("run", _config(tmp_path, dataset, srv.base_url, max_concurrency=1), "--no-progress")
     assert r.code == 0, r.err
     df = read_results(r.run_dir)
@@ -70,8 +74,18 @@ def test_400_and_413_fail_without_retry_and_keep_the_server_message(tmp_path, da
 def test_5xx_switches_to_the_next_base_url(tmp_path, dataset, scripted, cli) -> None:
     bad = scripted(default=lambda p: Reply(503, json={"error": {"message": "down", "type": "service_unavailable"}}))
     good = scripted()
-    r = cli("run", _config(tmp_path, dataset, bad.base_url, base_urls=[bad.base_url, good.base_url],
-                           max_concurrency=1, fallback_after=2), "--no-progress")  # fmt: skip
+    r = cli(
+        "run",
+        _config(
+            tmp_path,
+            dataset,
+            bad.base_url,
+            base_urls=[bad.base_url, good.base_url],
+            max_concurrency=1,
+            fallback_after=2,
+        ),
+        "--no-progress",
+    )
     assert r.code == 0, r.err
     df = read_results(r.run_dir)
     assert set(df.status) == {"ok"} and len(df) == 5
@@ -85,8 +99,11 @@ def test_connection_refused_falls_back(tmp_path, dataset, scripted, cli) -> None
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # bound, not listening: refused
         good = scripted()
-        r = cli("run", _config(tmp_path, dataset, dead, base_urls=[dead, good.base_url], max_concurrency=1,
-                               fallback_after=1), "--no-progress")  # fmt: skip
+        r = cli(
+            "run",
+            _config(tmp_path, dataset, dead, base_urls=[dead, good.base_url], max_concurrency=1, fallback_after=1),
+            "--no-progress",
+        )
     assert r.code == 0, r.err
     df = read_results(r.run_dir)
     assert set(df.status) == {"ok"}
@@ -118,10 +135,20 @@ def test_malformed_and_error_in_200_are_typed_and_retried_at_most_three_times(tm
 
 @pytest.mark.parametrize(
     "usage",
-    [None, {}, {"prompt_tokens": None, "completion_tokens": 3}, {"input_tokens": 7, "output_tokens": 2},
-     {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "prompt_tokens_details": None,
-      "completion_tokens_details": None}],
-)  # fmt: skip
+    [
+        None,
+        {},
+        {"prompt_tokens": None, "completion_tokens": 3},
+        {"input_tokens": 7, "output_tokens": 2},
+        {
+            "prompt_tokens": 5,
+            "completion_tokens": 2,
+            "total_tokens": 7,
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        },
+    ],
+)
 def test_missing_or_null_usage_is_a_success_with_nulls(tmp_path, dataset, scripted, cli, usage) -> None:
     body = completion(usage=usage)
     if usage is None:
@@ -140,7 +167,9 @@ def test_missing_or_null_usage_is_a_success_with_nulls(tmp_path, dataset, script
 
 def test_401_stops_the_run_and_names_the_env_var(tmp_path, dataset, scripted, cli, monkeypatch) -> None:
     monkeypatch.setenv("TEST_EVAL_KEY", "sk-test-not-real-1234")
-    srv = scripted(default=lambda p: Reply(401, json={"error": {"message": "invalid api key", "type": "authentication_error"}}))
+    srv = scripted(
+        default=lambda p: Reply(401, json={"error": {"message": "invalid api key", "type": "authentication_error"}})
+    )
     cfg = _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY", max_concurrency=1)
     r = cli("run", cfg, "--no-progress")
     assert r.code == 1
@@ -216,7 +245,7 @@ def test_the_key_never_reaches_a_file_the_run_writes(tmp_path, dataset, scripted
 
 
 def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset, cli, monkeypatch) -> None:
-    import evalrun.runner as runner
+    import evalrun.run.runner as runner
 
     real, calls = runner.result_rows, {"n": 0}
 
@@ -236,11 +265,15 @@ def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset,
 
 @pytest.mark.real_waits
 def test_one_provider_stopping_does_not_cut_another_providers_backoff(tmp_path, dataset, scripted, cli) -> None:
-    bad_key = scripted(default=lambda p: Reply(401, json={"error": {"message": "bad key", "type": "authentication_error"}}))
+    bad_key = scripted(
+        default=lambda p: Reply(401, json={"error": {"message": "bad key", "type": "authentication_error"}})
+    )
     flaky = scripted([Reply(delay=0.2, status=500)])  # its first answer fails after provider a has stopped
     cfg = base_config(tmp_path, dataset, bad_key.base_url)
-    cfg["providers"] = {"a": {"base_urls": [bad_key.base_url], "max_concurrency": 1},
-                        "b": {"base_urls": [flaky.base_url], "max_concurrency": 1}}  # fmt: skip
+    cfg["providers"] = {
+        "a": {"base_urls": [bad_key.base_url], "max_concurrency": 1},
+        "b": {"base_urls": [flaky.base_url], "max_concurrency": 1},
+    }
     cfg["provider"] = "a"
     cfg["models"] = ["m-a", {"name": "m-b", "provider": "b"}]
     cfg["retry"] = {"max_attempts": 3, "backoff_initial_s": 0.6, "backoff_max_s": 0.6}

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from conftest import base_config, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evalrun.config import load_experiment
-from evalrun.grid import build_plan, expand_cells
-from conftest import base_config, write_config
+from evalrun.config.load import load_experiment
+from evalrun.run.grid import build_plan, expand_cells
 
 TEMPS = [0.0, 0.5, 1.0, 1.5, 2.0]
 EFFORTS = ["none", "low", "medium", "high"]
@@ -29,16 +29,18 @@ def _dataset(tmp: Path, n: int) -> Path:
     return p
 
 
-grid_case = st.fixed_dictionaries({
-    "models": st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
-    "temps": st.lists(st.sampled_from(TEMPS), min_size=1, max_size=4, unique=True),
-    "efforts": st.lists(st.sampled_from(EFFORTS), min_size=1, max_size=3, unique=True),
-    "prompts": st.integers(1, 3),
-    "excl_temp": st.lists(st.sampled_from(TEMPS), max_size=2, unique=True),
-    "incl": st.lists(st.tuples(st.sampled_from(MODELS), st.sampled_from([0.25, 0.75])), max_size=2, unique=True),
-    "rows": st.integers(1, 4),
-    "repeats": st.integers(1, 3),
-})  # fmt: skip
+grid_case = st.fixed_dictionaries(
+    {
+        "models": st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
+        "temps": st.lists(st.sampled_from(TEMPS), min_size=1, max_size=4, unique=True),
+        "efforts": st.lists(st.sampled_from(EFFORTS), min_size=1, max_size=3, unique=True),
+        "prompts": st.integers(1, 3),
+        "excl_temp": st.lists(st.sampled_from(TEMPS), max_size=2, unique=True),
+        "incl": st.lists(st.tuples(st.sampled_from(MODELS), st.sampled_from([0.25, 0.75])), max_size=2, unique=True),
+        "rows": st.integers(1, 4),
+        "repeats": st.integers(1, 3),
+    }
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -54,8 +56,7 @@ def test_grid_size_and_unique_stable_ids(tmp_path: Path, case: dict[str, Any]) -
     cfg["repeats"] = case["repeats"]
     kept_temps = [t for t in case["temps"] if t not in case["excl_temp"]]
     expected_cells = (
-        len(case["models"]) * len(kept_temps) * len(case["efforts"]) * case["prompts"]
-        + len(incl) * case["prompts"]
+        len(case["models"]) * len(kept_temps) * len(case["efforts"]) * case["prompts"] + len(incl) * case["prompts"]
     )
     if expected_cells == 0:
         return  # an empty grid is a config error, covered by the bad-input corpus
@@ -97,7 +98,10 @@ def test_precedence_params_then_model_then_grid(tmp_path: Path, dataset: Path) -
 def test_exclude_by_model_and_prompt_and_include_duplicate_is_ignored(tmp_path: Path, dataset: Path) -> None:
     cfg = base_config(tmp_path, dataset)
     cfg["models"] = ["m-a", "m-b"]
-    cfg["prompts"] = {"x": [{"role": "user", "content": "{question}"}], "y": [{"role": "user", "content": "Q: {question}"}]}
+    cfg["prompts"] = {
+        "x": [{"role": "user", "content": "{question}"}],
+        "y": [{"role": "user", "content": "Q: {question}"}],
+    }
     cfg["grid"] = {
         "temperature": [0.0, 1.0],
         "exclude": [{"model": "m-b", "prompt": "y"}],
@@ -124,10 +128,12 @@ def test_specs_are_lazy(tmp_path: Path) -> None:
 
 def test_placeholders_and_literal_braces(tmp_path: Path, dataset: Path) -> None:
     cfg = base_config(tmp_path, dataset)
-    cfg["prompts"] = {"p": [
-        {"role": "system", "content": 'Answer as JSON like {"answer": 1} or {{"answer": 1}}.'},
-        {"role": "user", "content": [{"type": "text", "text": "What is {question}? id={id}"}]},
-    ]}  # fmt: skip
+    cfg["prompts"] = {
+        "p": [
+            {"role": "system", "content": 'Answer as JSON like {"answer": 1} or {{"answer": 1}}.'},
+            {"role": "user", "content": [{"type": "text", "text": "What is {question}? id={id}"}]},
+        ]
+    }
     spec = next(iter(build_plan(_experiment(tmp_path, cfg)).specs()))
     assert spec.messages[0]["content"] == 'Answer as JSON like {"answer": 1} or {"answer": 1}.'
     assert spec.messages[1]["content"] == [{"type": "text", "text": "What is 1 + 2? id=q1"}]

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from conftest import Reply, base_config, read_results, write_config
 
-from evalrun.ratelimit import DECREASE_ON_429, ModelLimiter
+from evalrun.run.limiter import DECREASE_ON_429, ModelLimiter
 
 
 def _rows(tmp_path: Path, n: int) -> Path:

@@ -22,25 +22,39 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, write_config
 
+from evalrun.analysis.compare import Gate, compare_runs
 from evalrun.cli import main
-from evalrun.compare import Gate, compare_runs
-from evalrun.report import write_report
-from evalrun.report_charts import pareto_front
+from evalrun.report.charts import pareto_front
+from evalrun.report.html import write_report
 
 CHROMIUM = os.environ.get("EVALRUN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 MODELS = ["gemini-2.5-flash-lite", "gemini-3-pro-preview"]
 CELLS = 8  # 2 models × 2 temperatures × stream on/off
 HOSTILE = '<img src=x onerror="window.__pwned=1">'
-PRICES = {"gemini-2.5-flash-lite": {"input": 0.1, "output": 0.4},
-          "gemini-3-pro-preview": {"input": 2.0, "output": 12.0, "cached_input": 0.2}}  # fmt: skip
+PRICES = {
+    "gemini-2.5-flash-lite": {"input": 0.1, "output": 0.4},
+    "gemini-3-pro-preview": {"input": 2.0, "output": 12.0, "cached_input": 0.2},
+}
 
 
 def _config(tmp: Path, seed: int, priced: bool, scorers: bool = True) -> dict[str, Any]:
     data = tmp / "rows.jsonl"
-    data.write_bytes(b"".join(orjson.dumps({"id": f"q{i}{HOSTILE}", "question": f"{i * 7 + 3} + {i * 5 + 2}",
-                                             "answer": i * 12 + 5}) + b"\n" for i in range(12)))  # fmt: skip
+    data.write_bytes(
+        b"".join(
+            orjson.dumps({"id": f"q{i}{HOSTILE}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5})
+            + b"\n"
+            for i in range(12)
+        )
+    )
     cfg = base_config(tmp, data)
     cfg["description"] = f"<script>window.__pwned=2</script> {HOSTILE}"
     cfg["providers"]["sim"]["simulator"].update(seed=seed, rate_500=0.08, status_5xx=500)
@@ -49,8 +63,10 @@ def _config(tmp: Path, seed: int, priced: bool, scorers: bool = True) -> dict[st
     cfg["grid"] = {"temperature": [0.0, 1.0], "stream": [False, True]}
     cfg["retry"]["max_attempts"] = 2  # some 500s are retried, some end as errors
     if scorers:
-        cfg["scorers"] = [{"name": "correct", "type": "numeric", "expected": "{answer}"},
-                          {"name": "digits", "type": "regex", "pattern": r"^\d+$"}]  # fmt: skip
+        cfg["scorers"] = [
+            {"name": "correct", "type": "numeric", "expected": "{answer}"},
+            {"name": "digits", "type": "regex", "pattern": r"^\d+$"},
+        ]
     if priced:
         cfg["prices"] = {"models": PRICES}
     return cfg

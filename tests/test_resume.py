@@ -19,9 +19,9 @@ import orjson
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.config import load_experiment
-from evalrun.grid import build_plan
-from evalrun.store import journal_state
+from evalrun.config.load import load_experiment
+from evalrun.run.grid import build_plan
+from evalrun.run.store import journal_state
 
 N_ROWS = 60
 
@@ -33,7 +33,7 @@ def _port() -> int:
 
 
 def _get(url: str, data: bytes | None = None) -> dict:
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
         return orjson.loads(r.read())
 
 
@@ -42,8 +42,10 @@ class Sim:
         self.port = _port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "evalrun", "serve-sim", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert "listening" in self.proc.stdout.readline()  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
@@ -76,8 +78,13 @@ def _config(tmp_path: Path, url: str, rows: int = N_ROWS) -> Path:
 
 
 def _evalrun(*args: object, **kw: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evalrun", *map(str, args), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "evalrun", *map(str, args), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 def _grid_ids(config: Path) -> set[str]:
@@ -107,7 +114,7 @@ def test_kill_9_at_random_moments_then_resume_gives_exactly_one_row_per_request(
         else:  # killed while starting up, before the run existed: start it again
             kills -= 1
             proc = _evalrun("run", config, "--run-dir", run_dir)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert kills >= 1, "the run finished before it could be killed; make it slower"
     df = read_results(run_dir)
@@ -124,13 +131,32 @@ def test_kill_9_at_random_moments_then_resume_gives_exactly_one_row_per_request(
 def test_resume_sends_only_the_missing_requests(tmp_path, slow_sim) -> None:
     config = _config(tmp_path, slow_sim.url, rows=20)
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", str(config), "--run-dir", str(run_dir),
-                        "--max-requests", "30", "--no-progress"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evalrun",
+            "run",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--max-requests",
+            "30",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "--max-requests 30" in r.stderr and "--resume" in r.stderr
     assert slow_sim.stats()["requests"] == 30
     assert len(read_results(run_dir)) == 30
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert slow_sim.stats()["requests"] == 80  # the other 50, once each
     df = read_results(run_dir)
@@ -141,17 +167,29 @@ def test_retry_errors_resends_only_the_error_rows(tmp_path, slow_sim) -> None:
     config = _config(tmp_path, slow_sim.url, rows=10)
     run_dir = tmp_path / "run"
     slow_sim.options(fail_first=6, fail_first_status=400)  # 400: recorded, not retried
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", str(config), "--run-dir", str(run_dir),
-                        "--no-progress"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", str(config), "--run-dir", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     df = read_results(run_dir)
     assert (df.status == "error").sum() == 6
     failed = set(df[df.status == "error"].request_id)
-    plain = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    plain = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert plain.returncode == 0 and slow_sim.stats()["requests"] == 40  # nothing to send
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--retry-errors",
-                        "--no-progress"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--retry-errors", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert slow_sim.stats()["requests"] == 46
     df = read_results(run_dir)
@@ -162,16 +200,39 @@ def test_retry_errors_resends_only_the_error_rows(tmp_path, slow_sim) -> None:
 def test_resume_refuses_a_changed_grid_unless_forced(tmp_path, slow_sim) -> None:
     config = _config(tmp_path, slow_sim.url, rows=5)
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", str(config), "--run-dir", str(run_dir),
-                        "--max-requests", "3", "--no-progress"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evalrun",
+            "run",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--max-requests",
+            "3",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     text = config.read_text().replace("max_tokens: 256", "max_tokens: 128")
     config.write_text(text)
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "grid changed" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--force",
-                        "--no-progress"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--force", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -181,7 +242,7 @@ def test_ctrl_c_once_finishes_in_flight_and_says_how_to_resume(tmp_path, slow_si
     proc = _evalrun("run", config, "--run-dir", run_dir)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "stopping" in err and f"--resume {run_dir}" in err
     sent = slow_sim.stats()["requests"]
@@ -189,8 +250,12 @@ def test_ctrl_c_once_finishes_in_flight_and_says_how_to_resume(tmp_path, slow_si
     assert 0 < len(df) < 4 * N_ROWS
     assert len(df) == sent  # in-flight requests were waited for: nothing paid is lost
     assert orjson.loads((run_dir / "manifest.json").read_bytes())["status"] == "interrupted"
-    r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert read_results(run_dir).request_id.nunique() == 4 * N_ROWS
 
@@ -213,8 +278,12 @@ def test_second_ctrl_c_exits_at_once_without_corruption(tmp_path) -> None:
         # nothing was answered, nothing is recorded, and the run resumes cleanly
         assert journal_state(run_dir / "journal.jsonl") == {}
         sim.options(latency_ms=0)
-        r = subprocess.run([sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "evalrun", "run", "--resume", str(run_dir), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert read_results(run_dir).request_id.nunique() == 4 * N_ROWS
     finally:

@@ -14,10 +14,12 @@ from evalrun.errors import (
     StreamTruncated,
     TransportError,
 )
-from evalrun.retry import Action, backoff, classify, parse_retry_after, retry_wait
+from evalrun.run.retry import Action, backoff, classify, parse_retry_after, retry_wait
 
 
-def status(code: int, body: str = "", code_field: str | None = None, kind: str | None = None, ra: float | None = None) -> APIStatusError:
+def status(
+    code: int, body: str = "", code_field: str | None = None, kind: str | None = None, ra: float | None = None
+) -> APIStatusError:
     return APIStatusError(code, "msg", code=code_field, kind=kind, body=body, retry_after=ra)
 
 
@@ -32,7 +34,11 @@ def status(code: int, body: str = "", code_field: str | None = None, kind: str |
         (status(402), Action.STOP_PROVIDER, "insufficient_quota"),
         (status(429, code_field="insufficient_quota"), Action.STOP_PROVIDER, "insufficient_quota"),
         (status(429, kind="insufficient_quota"), Action.STOP_PROVIDER, "insufficient_quota"),
-        (status(429, body='{"error":{"message":"x","type":"insufficient_quota"}}'), Action.STOP_PROVIDER, "insufficient_quota"),
+        (
+            status(429, body='{"error":{"message":"x","type":"insufficient_quota"}}'),
+            Action.STOP_PROVIDER,
+            "insufficient_quota",
+        ),
         (status(429), Action.RETRY, "rate_limit"),
         (status(404), Action.FAIL_MODEL, "not_found"),
         (status(408), Action.RETRY, "request_timeout"),

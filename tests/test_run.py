@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.store import results_schema
+from evalrun.run.store import results_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -25,10 +25,23 @@ FAST = "providers.simulator.simulator.latency_scale=0"
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     tmp = tmp_path_factory.mktemp("qs")
     out = subprocess.run(
-        [sys.executable, "-m", "evalrun", "run", str(QUICKSTART), "--set", FAST, "--set", f"reports_dir={tmp}",
-         "--no-progress"],
-        capture_output=True, text=True, timeout=120, cwd=tmp,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "evalrun",
+            "run",
+            str(QUICKSTART),
+            "--set",
+            FAST,
+            "--set",
+            f"reports_dir={tmp}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp,
+    )
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip().splitlines()[-1]), out.stdout, out.stderr
 
@@ -47,12 +60,43 @@ def test_results_schema_is_the_declared_one(quickstart_run) -> None:
     schema = pq.read_schema(run_dir / "results.parquet")
     expected = results_schema(("id", "question", "answer"), ["correct"])
     assert schema.remove_metadata().equals(expected), schema
-    required = {"run_id", "request_id", "cell_id", "experiment", "provider", "base_url", "model",
-                "response_model", "temperature", "top_p", "top_k", "max_tokens", "reasoning_effort",
-                "prompt_id", "row_id", "repeat", "messages", "choice_index", "content", "finish_reason",
-                "tool_calls", "logprobs", "prompt_tokens", "completion_tokens", "total_tokens",
-                "cached_tokens", "reasoning_tokens", "latency_s", "started_at", "attempts", "status",
-                "http_status", "error_type", "error_message", "response_id"}  # fmt: skip
+    required = {
+        "run_id",
+        "request_id",
+        "cell_id",
+        "experiment",
+        "provider",
+        "base_url",
+        "model",
+        "response_model",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "reasoning_effort",
+        "prompt_id",
+        "row_id",
+        "repeat",
+        "messages",
+        "choice_index",
+        "content",
+        "finish_reason",
+        "tool_calls",
+        "logprobs",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "latency_s",
+        "started_at",
+        "attempts",
+        "status",
+        "http_status",
+        "error_type",
+        "error_message",
+        "response_id",
+    }
     assert required <= set(schema.names)
 
 
@@ -147,8 +191,11 @@ def test_any_openai_compatible_server_via_base_urls(tmp_path, dataset, cli) -> N
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "evalrun", "serve-sim", "--port", str(port), "--latency-scale", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert f"http://127.0.0.1:{port}/v1" in line, line

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from evalrun.analysis.scoring import ScorerConfig, Scorers, parse_number
+from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 from evalrun.errors import ConfigError
-from evalrun.scoring import ScorerConfig, Scorers, parse_number
-from evalrun.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 
 ADAPTER = TypeAdapter(ScorerConfig)
 
@@ -23,11 +23,20 @@ def lp(*alts: tuple[str, float]) -> list[dict[str, Any]]:
     return [{**tops[0], "top_logprobs": tops}]
 
 
-def score(spec: dict[str, Any], content: str | None, data: dict[str, str] | None = None,
-          status: str = "ok", logprobs: Any = None) -> tuple[float | None, bool]:  # fmt: skip
+def score(
+    spec: dict[str, Any],
+    content: str | None,
+    data: dict[str, str] | None = None,
+    status: str = "ok",
+    logprobs: Any = None,
+) -> tuple[float | None, bool]:
     scorers = Scorers([ADAPTER.validate_python(spec)], Path("."))
-    row = {"status": status, "content": content, "logprobs": logprobs,
-           **{f"data_{k}": v for k, v in (data or {}).items()}}  # fmt: skip
+    row = {
+        "status": status,
+        "content": content,
+        "logprobs": logprobs,
+        **{f"data_{k}": v for k, v in (data or {}).items()},
+    }
     scorers.apply([row], "data_")
     name = scorers.names[0]
     return row[f"score_{name}"], row[f"pass_{name}"]
@@ -59,14 +68,33 @@ CASES = [
     ({"type": "numeric", "rel_tolerance": 0.05}, "104", {"answer": "100"}, (1.0, True)),
     ({"type": "numeric"}, "-12", {"answer": "-12"}, (1.0, True)),
     ({"type": "numeric"}, "no number", {"answer": "5"}, (0.0, False)),
-    ({"type": "numeric", "extract": r'"answer":\s*(-?[0-9.]+)'}, '{"id": 9, "answer": 36}', {"answer": "36"}, (1.0, True)),
+    (
+        {"type": "numeric", "extract": r'"answer":\s*(-?[0-9.]+)'},
+        '{"id": 9, "answer": 36}',
+        {"answer": "36"},
+        (1.0, True),
+    ),
     # JSON
     ({"type": "json_valid"}, '{"a": 1}', None, (1.0, True)),
     ({"type": "json_valid"}, '{"a": 1', None, (0.0, False)),
-    ({"type": "json_schema", "schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}},
-     '{"a": 1}', None, (1.0, True)),
-    ({"type": "json_schema", "schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}},
-     '{"a": "one"}', None, (0.0, False)),
+    (
+        {
+            "type": "json_schema",
+            "schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}},
+        },
+        '{"a": 1}',
+        None,
+        (1.0, True),
+    ),
+    (
+        {
+            "type": "json_schema",
+            "schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}},
+        },
+        '{"a": "one"}',
+        None,
+        (0.0, False),
+    ),
     ({"type": "json_schema", "schema_column": "schema"}, "[1, 2]", {"schema": '{"type": "array"}'}, (1.0, True)),
     # errors never pass
     (EXACT, None, {"answer": "42"}, (0.0, False)),
@@ -92,7 +120,9 @@ def test_error_rows_score_null_and_fail() -> None:
     ],
 )
 def test_choice_by_logprobs(alts, expected, want_score, want_pass) -> None:
-    s, p = score({"type": "choice_logprobs", "expected": "{answer}"}, alts[0][0], {"answer": expected}, logprobs=lp(*alts))
+    s, p = score(
+        {"type": "choice_logprobs", "expected": "{answer}"}, alts[0][0], {"answer": expected}, logprobs=lp(*alts)
+    )
     assert s == pytest.approx(want_score) and p is want_pass
 
 
@@ -105,10 +135,16 @@ def test_custom_scorer_from_user_module(tmp_path: Path) -> None:
     )
     spec = ADAPTER.validate_python({"type": "custom", "function": "my_checks:polite", "path": "."})
     scorers = Scorers([spec], tmp_path)
-    rows = [{"status": "ok", "content": "please", "data_answer": "x"}, {"status": "ok", "content": "no", "data_answer": "y"}]
+    rows = [
+        {"status": "ok", "content": "please", "data_answer": "x"},
+        {"status": "ok", "content": "no", "data_answer": "y"},
+    ]
     scorers.apply(rows, "data_")
     assert [(r["score_custom"], r["pass_custom"]) for r in rows] == [(0.25, True), (0.0, False)]
-    ratio = Scorers([ADAPTER.validate_python({"name": "r", "type": "custom", "function": "my_checks:ratio", "threshold": 0.5})], tmp_path)
+    ratio = Scorers(
+        [ADAPTER.validate_python({"name": "r", "type": "custom", "function": "my_checks:ratio", "threshold": 0.5})],
+        tmp_path,
+    )
     rows = [{"status": "ok", "content": "x" * 7}, {"status": "ok", "content": "x" * 3}]
     ratio.apply(rows, "data_")
     assert [(r["score_r"], r["pass_r"]) for r in rows] == [(0.7, True), (0.3, False)]
@@ -124,8 +160,10 @@ def test_a_failing_custom_scorer_costs_its_score_not_the_report(tmp_path: Path) 
     assert (rows[0]["score_custom"], rows[0]["pass_custom"]) == (None, False)
 
 
-@pytest.mark.parametrize("text, value", [("42", 42.0), ("x = -3.5!", -3.5), ("1,234,567", 1234567.0),
-                                         ("2e3", 2000.0), ("none", None), (None, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, value",
+    [("42", 42.0), ("x = -3.5!", -3.5), ("1,234,567", 1234567.0), ("2e3", 2000.0), ("none", None), (None, None)],
+)
 def test_parse_number(text, value) -> None:
     assert parse_number(text) == value
 
@@ -141,7 +179,14 @@ def test_wilson_interval_matches_hand_computation() -> None:
 
 @pytest.mark.parametrize(
     "b, c, p",
-    [(0, 0, 1.0), (0, 6, 2 / 64), (1, 9, 2 * (1 + 10) / 1024), (3, 3, 1.0), (5, 0, 2 / 32), (10, 2, 2 * (1 + 12 + 66) / 4096)],
+    [
+        (0, 0, 1.0),
+        (0, 6, 2 / 64),
+        (1, 9, 2 * (1 + 10) / 1024),
+        (3, 3, 1.0),
+        (5, 0, 2 / 32),
+        (10, 2, 2 * (1 + 12 + 66) / 4096),
+    ],
 )
 def test_mcnemar_exact(b, c, p) -> None:
     assert mcnemar_exact(b, c) == pytest.approx(p)

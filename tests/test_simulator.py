@@ -128,19 +128,22 @@ async def accuracy(client, sim, model: str, questions, **params) -> float:
 # ---- pure parsing -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("What is 17 + 25?", "42"),
-    ("Compute 12 * 7 - 3.", "81"),
-    ("(4 + 5) * 3 = ?", "27"),
-    ("What is 144 / 12?", "12"),
-    ("10 / 3", "3.33"),
-    ("2 / 3", "0.67"),
-    ("7 / 2", "3.5"),
-    ("-(3 - 5) * 2", "4"),
-    ("Q: 2 + 3 * 4", "14"),
-    ("A) 12 + 3", "15"),
-    ("6 × 7", "42"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("What is 17 + 25?", "42"),
+        ("Compute 12 * 7 - 3.", "81"),
+        ("(4 + 5) * 3 = ?", "27"),
+        ("What is 144 / 12?", "12"),
+        ("10 / 3", "3.33"),
+        ("2 / 3", "0.67"),
+        ("7 / 2", "3.5"),
+        ("-(3 - 5) * 2", "4"),
+        ("Q: 2 + 3 * 4", "14"),
+        ("A) 12 + 3", "15"),
+        ("6 × 7", "42"),
+    ],
+)
 def test_arithmetic_parsing(text, expected):
     found = find_arithmetic(text)
     assert found is not None and format_number(found.value) == expected
@@ -172,11 +175,31 @@ def test_options_from_mapping_and_args():
         SimOptions.from_mapping({"seed": "x"})
     parser = argparse.ArgumentParser()
     add_sim_arguments(parser)
-    ns = parser.parse_args(["--port", "0", "--rate-429", "0.5", "--unknown-model", "a", "--unknown-model", "b",
-                            "--strict-models", "--retry-after", "none", "--rpm-limit", "10"])
+    ns = parser.parse_args(
+        [
+            "--port",
+            "0",
+            "--rate-429",
+            "0.5",
+            "--unknown-model",
+            "a",
+            "--unknown-model",
+            "b",
+            "--strict-models",
+            "--retry-after",
+            "none",
+            "--rpm-limit",
+            "10",
+        ]
+    )
     opts = options_from_args(ns)
     assert (opts.rate_429, opts.unknown_models, opts.strict_models, opts.retry_after, opts.rpm_limit) == (
-        0.5, ("a", "b"), True, None, 10)
+        0.5,
+        ("a", "b"),
+        True,
+        None,
+        10,
+    )
     assert ns.port == 0
     assert options_from_args(parser.parse_args([])) == SimOptions()
 
@@ -250,8 +273,9 @@ async def test_multiple_choice_letters_and_logprobs(sim, client):
         assert letter in "ABCD" and len(letter) == 1
         top = choice["logprobs"]["content"][0]["top_logprobs"]
         assert sorted(t["token"] for t in top) == ["A", "B", "C", "D"]
-        assert math.isclose(choice["logprobs"]["content"][0]["logprob"],
-                            next(t["logprob"] for t in top if t["token"] == letter))
+        assert math.isclose(
+            choice["logprobs"]["content"][0]["logprob"], next(t["logprob"] for t in top if t["token"] == letter)
+        )
         right += letter == truth
     assert right >= 34, right
     # no arithmetic: the "true" letter is hashed knowledge, shared by the models
@@ -269,16 +293,27 @@ async def test_usage_invariants_effort_and_caching(sim, client):
     system = "You are a careful assistant. " * 12
     reasoning = {}
     for effort in ("none", "low", "medium", "high"):
-        body = {"model": FLASH, "reasoning_effort": effort,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hello there"}]}
+        body = {
+            "model": FLASH,
+            "reasoning_effort": effort,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hello there"}],
+        }
         u = (await ok(client, sim, body))["usage"]
         assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
         details = u["completion_tokens_details"]
         assert details["reasoning_tokens"] + details["text_tokens"] == u["completion_tokens"]
         cached = u["prompt_tokens_details"]["cached_tokens"]
         assert 32 <= cached <= u["prompt_tokens"] and cached % 16 == 0
-        assert set(u) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details",
-                          "completion_tokens_details", "input_tokens", "output_tokens", "input_tokens_details"}
+        assert set(u) == {
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+            "input_tokens",
+            "output_tokens",
+            "input_tokens_details",
+        }
         reasoning[effort] = details["reasoning_tokens"]
     assert reasoning["none"] == 0 and 64 <= reasoning["low"] <= 128
     assert 256 <= reasoning["medium"] <= 512 and 1024 <= reasoning["high"] <= 2048
@@ -289,8 +324,11 @@ async def test_usage_invariants_effort_and_caching(sim, client):
     u = (await ok(client, sim, user("Hello", PRO31, reasoning_effort="none")))["usage"]
     assert 64 <= u["completion_tokens_details"]["reasoning_tokens"] <= 128
     # images and audio are counted apart from text
-    parts = [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": "data:,"}},
-             {"type": "input_audio", "input_audio": {"data": "A" * 64_000, "format": "wav"}}]
+    parts = [
+        {"type": "text", "text": "Describe"},
+        {"type": "image_url", "image_url": {"url": "data:,"}},
+        {"type": "input_audio", "input_audio": {"data": "A" * 64_000, "format": "wav"}},
+    ]
     u = (await ok(client, sim, {"model": FLASH, "messages": [{"role": "user", "content": parts}]}))["usage"]
     d = u["prompt_tokens_details"]
     assert d["image_tokens"] == 258 and d["audio_tokens"] == 75  # 48 kB at 16 kB/s = 3 s
@@ -313,7 +351,11 @@ async def test_max_tokens_is_a_prefix_and_sets_length(sim, client):
     assert two["choices"][0]["finish_reason"] == "length"
     starved = await ok(client, sim, user("Tell me about clouds", PRO3, max_tokens=10))
     assert starved["choices"][0]["message"]["content"] == "" and starved["choices"][0]["finish_reason"] == "length"
-    assert starved["usage"]["completion_tokens_details"] == {"text_tokens": 0, "audio_tokens": 0, "reasoning_tokens": 10}
+    assert starved["usage"]["completion_tokens_details"] == {
+        "text_tokens": 0,
+        "audio_tokens": 0,
+        "reasoning_tokens": 10,
+    }
 
 
 @pytest.mark.asyncio
@@ -380,7 +422,9 @@ async def test_n_choices_and_usage_sum(sim, client):
 
 @pytest.mark.asyncio
 async def test_json_object_and_json_schema(sim, client):
-    r = await ok(client, sim, user("What is 6 * 7?", PRO31, temperature=0, n=4, response_format={"type": "json_object"}))
+    r = await ok(
+        client, sim, user("What is 6 * 7?", PRO31, temperature=0, n=4, response_format={"type": "json_object"})
+    )
     for c in r["choices"]:
         obj = json.loads(c["message"]["content"])
         assert set(obj) == {"answer"} and isinstance(obj["answer"], int)
@@ -388,36 +432,79 @@ async def test_json_object_and_json_schema(sim, client):
     r = await ok(client, sim, user("Describe a forest", FLASH, response_format={"type": "json_object"}))
     assert isinstance(json.loads(r["choices"][0]["message"]["content"]), dict)
     schemas = [
-        {"type": "object", "properties": {"result": {"type": "number"}, "reasoning": {"type": "string"}},
-         "required": ["result", "reasoning"], "additionalProperties": False},
-        {"type": "object", "properties": {
-            "name": {"type": "string", "minLength": 3, "maxLength": 20},
-            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4},
-            "level": {"type": "integer", "minimum": 1, "maximum": 5},
-            "ok": {"type": "boolean"}, "kind": {"enum": ["a", "b", "c"]},
-            "inner": {"$ref": "#/$defs/inner"}},
-         "required": ["name", "tags", "level", "ok", "kind", "inner"],
-         "$defs": {"inner": {"type": "object", "properties": {"x": {"type": ["number", "null"]}}, "required": ["x"]}}},
+        {
+            "type": "object",
+            "properties": {"result": {"type": "number"}, "reasoning": {"type": "string"}},
+            "required": ["result", "reasoning"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 3, "maxLength": 20},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4},
+                "level": {"type": "integer", "minimum": 1, "maximum": 5},
+                "ok": {"type": "boolean"},
+                "kind": {"enum": ["a", "b", "c"]},
+                "inner": {"$ref": "#/$defs/inner"},
+            },
+            "required": ["name", "tags", "level", "ok", "kind", "inner"],
+            "$defs": {
+                "inner": {"type": "object", "properties": {"x": {"type": ["number", "null"]}}, "required": ["x"]}
+            },
+        },
     ]
     for schema in schemas:
         for text in ("What is (4 + 5) * 3?", "Describe Paris in spring"):
-            body = user(text, PRO3, n=3, response_format={
-                "type": "json_schema", "json_schema": {"name": "out", "strict": True, "schema": schema}})
+            body = user(
+                text,
+                PRO3,
+                n=3,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "out", "strict": True, "schema": schema},
+                },
+            )
             for c in (await ok(client, sim, body))["choices"]:
                 validate(json.loads(c["message"]["content"]), schema)
-    r = await ok(client, sim, user("What is (4 + 5) * 3?", PRO31, temperature=0, n=6, response_format={
-        "type": "json_schema", "json_schema": {"name": "out", "schema": schemas[0]}}))
+    r = await ok(
+        client,
+        sim,
+        user(
+            "What is (4 + 5) * 3?",
+            PRO31,
+            temperature=0,
+            n=6,
+            response_format={"type": "json_schema", "json_schema": {"name": "out", "schema": schemas[0]}},
+        ),
+    )
     assert 27 in [json.loads(c["message"]["content"])["result"] for c in r["choices"]]
 
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
-                   "required": ["city", "unit"]}}}
-ADD = {"type": "function", "function": {
-    "name": "add_numbers", "description": "Add two integers",
-    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                   "required": ["a", "b"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add_numbers",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 
 
 @pytest.mark.asyncio
@@ -442,8 +529,9 @@ async def test_tool_calls(sim, client):
     call = r["choices"][0]["message"]["tool_calls"][0]
     assert call["function"]["name"] == "add_numbers"
     validate(json.loads(call["function"]["arguments"]), ADD["function"]["parameters"])
-    status, _, data = await post(client, sim, user("x", PRO3, tools=[WEATHER],
-                                                   tool_choice={"type": "function", "function": {"name": "nope"}}))
+    status, _, data = await post(
+        client, sim, user("x", PRO3, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
+    )
     assert status == 400 and json.loads(data)["error"]["param"] == "tool_choice"
 
 
@@ -456,8 +544,9 @@ async def _assemble(client, sim, body) -> tuple[dict, list[str]]:
     out: dict[int, dict] = {}
     for ch in chunks[:-1]:
         for c in ch["choices"]:
-            acc = out.setdefault(c["index"], {"role": None, "content": None, "logprobs": None,
-                                              "finish_reason": None, "tool_calls": None})
+            acc = out.setdefault(
+                c["index"], {"role": None, "content": None, "logprobs": None, "finish_reason": None, "tool_calls": None}
+            )
             delta = c["delta"]
             acc["role"] = acc["role"] or delta.get("role")
             if "content" in delta:
@@ -465,8 +554,13 @@ async def _assemble(client, sim, body) -> tuple[dict, list[str]]:
             for tc in delta.get("tool_calls") or ():
                 calls = acc["tool_calls"] = acc["tool_calls"] or []
                 if tc.get("id"):
-                    calls.append({"id": tc["id"], "type": tc["type"],
-                                  "function": {"name": tc["function"]["name"], "arguments": ""}})
+                    calls.append(
+                        {
+                            "id": tc["id"],
+                            "type": tc["type"],
+                            "function": {"name": tc["function"]["name"], "arguments": ""},
+                        }
+                    )
                 calls[tc["index"]]["function"]["arguments"] += tc["function"].get("arguments", "")
             if c.get("logprobs") is not None:
                 acc["logprobs"] = (acc["logprobs"] or []) + c["logprobs"]["content"]
@@ -511,25 +605,28 @@ async def test_streaming_equals_non_streaming(sim, client):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("patch, param", [
-    ({"messages": []}, "messages"),
-    ({"messages": None}, "messages"),
-    ({"model": None}, "model"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": 0}, "top_k"),
-    ({"frequency_penalty": 3}, "frequency_penalty"),
-    ({"presence_penalty": -2.5}, "presence_penalty"),
-    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ({"top_logprobs": 2}, "top_logprobs"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_completion_tokens": 65537}, "max_completion_tokens"),
-    ({"n": 0}, "n"),
-    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
-    ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"response_format": {"type": "yaml"}}, "response_format"),
-])
+@pytest.mark.parametrize(
+    "patch, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": None}, "messages"),
+        ({"model": None}, "model"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 65537}, "max_completion_tokens"),
+        ({"n": 0}, "n"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+    ],
+)
 async def test_validation_400(sim, client, patch, param):
     body = {**user("hi"), **patch}
     body = {k: v for k, v in body.items() if v is not None}
@@ -596,8 +693,9 @@ async def test_5xx_faults(sim, client):
 async def test_hang_until_client_gives_up_or_hang_s(sim, client):
     sim.options.rate_hang = 1.0
     with pytest.raises(asyncio.TimeoutError):
-        async with client.post(sim.base_url + "/chat/completions", json=user("hi"),
-                               timeout=aiohttp.ClientTimeout(total=0.3)) as r:
+        async with client.post(
+            sim.base_url + "/chat/completions", json=user("hi"), timeout=aiohttp.ClientTimeout(total=0.3)
+        ) as r:
             await r.read()
     for _ in range(50):  # the handler is cancelled when the client disconnects
         if sim.stats.in_flight == 0:
@@ -620,8 +718,9 @@ async def test_malformed_error_200_and_null_usage(sim, client):
     sim.options.rate_malformed = 0
     sim.options.rate_error_200 = 1.0
     status, _, data = await post(client, sim, user("hi"))
-    assert status == 200 and json.loads(data) == {"error": {
-        "message": "upstream model overloaded", "type": "upstream_error", "code": "upstream_error"}}
+    assert status == 200 and json.loads(data) == {
+        "error": {"message": "upstream model overloaded", "type": "upstream_error", "code": "upstream_error"}
+    }
     sim.options.rate_error_200 = 0
     sim.options.rate_null_usage = 1.0
     first = await ok(client, sim, user("hi"))
@@ -636,7 +735,7 @@ async def test_quota_and_fail_first(sim, client):
     sim.options.quota_after = 2
     await ok(client, sim, user("a"))
     await ok(client, sim, user("b"))
-    status, headers, data = await post(client, sim, user("c"))
+    status, _headers, data = await post(client, sim, user("c"))
     err = json.loads(data)["error"]
     assert status == 429 and err["code"] == err["type"] == "insufficient_quota" and "quota" in err["message"]
     sim.options.quota_status = 402
@@ -751,8 +850,17 @@ async def test_serve_forever_subprocess_matches_in_process(sim, client):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345"}
     for sig in (signal.SIGTERM, signal.SIGINT):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "evalrun.sim", "--port", "0", "--latency-scale", "0",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+            sys.executable,
+            "-m",
+            "evalrun.sim",
+            "--port",
+            "0",
+            "--latency-scale",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
         try:
             line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
             m = re.fullmatch(r"evalrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
@@ -786,8 +894,9 @@ async def test_faults_in_streams(sim, client):
     sim.options.rate_malformed = 0
     sim.options.rate_error_200 = 1.0
     chunks, _ = await sse(client, sim, body)
-    assert chunks == [{"error": {"message": "upstream model overloaded", "type": "upstream_error",
-                                 "code": "upstream_error"}}]
+    assert chunks == [
+        {"error": {"message": "upstream model overloaded", "type": "upstream_error", "code": "upstream_error"}}
+    ]
     sim.options.rate_error_200 = 0
     sim.options.rate_null_usage = 1.0
     chunks, _ = await sse(client, sim, {**body, "stream_options": {"include_usage": True}})
@@ -796,8 +905,11 @@ async def test_faults_in_streams(sim, client):
 
 @pytest.mark.asyncio
 async def test_hostile_schema_is_a_400_not_a_hang(sim, client):
-    deep = {"type": "array", "minItems": 50, "items": {"type": "array", "minItems": 50,
-                                                      "items": {"type": "array", "minItems": 50, "items": {}}}}
+    deep = {
+        "type": "array",
+        "minItems": 50,
+        "items": {"type": "array", "minItems": 50, "items": {"type": "array", "minItems": 50, "items": {}}},
+    }
     body = user("x", FLASH, response_format={"type": "json_schema", "json_schema": {"name": "d", "schema": deep}})
     status, _, data = await post(client, sim, body)
     assert status == 400 and "schema" in json.loads(data)["error"]["message"]

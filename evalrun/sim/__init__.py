@@ -1,8 +1,8 @@
 """evalrun's embedded OpenAI-compatible simulator: deterministic answers, real HTTP, fault knobs.
 
-    handle = await start_simulator(SimOptions(latency_scale=0))
-    ...  # talk to handle.base_url ("http://127.0.0.1:PORT/v1")
-    await handle.close()
+handle = await start_simulator(SimOptions(latency_scale=0))
+...  # talk to handle.base_url ("http://127.0.0.1:PORT/v1")
+await handle.close()
 """
 
 from evalrun.sim.faults import SimStats
@@ -11,6 +11,12 @@ from evalrun.sim.server import SimulatorHandle, serve_forever, start_simulator
 from evalrun.sim.wire import KNOWN_MODELS
 
 __all__ = [
-    "KNOWN_MODELS", "SimOptions", "SimStats", "SimulatorHandle", "add_sim_arguments",
-    "options_from_args", "serve_forever", "start_simulator",
+    "KNOWN_MODELS",
+    "SimOptions",
+    "SimStats",
+    "SimulatorHandle",
+    "add_sim_arguments",
+    "options_from_args",
+    "serve_forever",
+    "start_simulator",
 ]

@@ -16,8 +16,19 @@ from hashlib import blake2b
 import orjson
 
 from evalrun.sim.tasks import (
-    ANSWER_SLOT, Arithmetic, MultipleChoice, SchemaContext, find_arithmetic, find_multiple_choice, format_number,
-    instance_for_schema, option_number, pick_tool, prompt_words, proper_nouns, wants_bare_number,
+    ANSWER_SLOT,
+    Arithmetic,
+    MultipleChoice,
+    SchemaContext,
+    find_arithmetic,
+    find_multiple_choice,
+    format_number,
+    instance_for_schema,
+    option_number,
+    pick_tool,
+    prompt_words,
+    proper_nouns,
+    wants_bare_number,
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
 from evalrun.sim.wire import KNOWN_MODELS, ToolCall
@@ -56,24 +67,143 @@ P_MIN, P_MAX = 0.02, 0.995
 CREATED_BASE = 1_760_000_000
 # Transport, reporting and truncation parameters change how much of the sample is returned
 # and how, never what is sampled: a max_tokens cut is a prefix of the uncut answer.
-_NOT_IN_KEY = frozenset({"stream", "stream_options", "logprobs", "top_logprobs", "stop",
-                         "max_tokens", "max_completion_tokens"})
+_NOT_IN_KEY = frozenset(
+    {"stream", "stream_options", "logprobs", "top_logprobs", "stop", "max_tokens", "max_completion_tokens"}
+)
 _TOOL_CALL_OVERHEAD = 3
 _WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
 _NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
 
-VOCAB = tuple(dict.fromkeys(  # distinct, so logprob alternatives never repeat a token
-    "the model answer result system value data process method approach question analysis "
-    "example context problem solution step first second final number text output input "
-    "consider note that this which result simple clear direct careful structure pattern "
-    "general specific important relevant common typical likely possible overall several "
-    "these those each other further given based using because while although therefore "
-    "however thus also often usually mainly quickly simply clearly exactly roughly nearly "
-    "time place part case point fact way form level order detail reason idea term factor "
-    "evidence summary review response request section line list table record source field "
-    "is are was be can will may should would could has have shows gives makes takes uses "
-    "provides suggests indicates follows remains becomes depends includes requires means".split()
-))
+VOCAB = tuple(
+    dict.fromkeys(  # distinct, so logprob alternatives never repeat a token
+        [
+            "the",
+            "model",
+            "answer",
+            "result",
+            "system",
+            "value",
+            "data",
+            "process",
+            "method",
+            "approach",
+            "question",
+            "analysis",
+            "example",
+            "context",
+            "problem",
+            "solution",
+            "step",
+            "first",
+            "second",
+            "final",
+            "number",
+            "text",
+            "output",
+            "input",
+            "consider",
+            "note",
+            "that",
+            "this",
+            "which",
+            "result",
+            "simple",
+            "clear",
+            "direct",
+            "careful",
+            "structure",
+            "pattern",
+            "general",
+            "specific",
+            "important",
+            "relevant",
+            "common",
+            "typical",
+            "likely",
+            "possible",
+            "overall",
+            "several",
+            "these",
+            "those",
+            "each",
+            "other",
+            "further",
+            "given",
+            "based",
+            "using",
+            "because",
+            "while",
+            "although",
+            "therefore",
+            "however",
+            "thus",
+            "also",
+            "often",
+            "usually",
+            "mainly",
+            "quickly",
+            "simply",
+            "clearly",
+            "exactly",
+            "roughly",
+            "nearly",
+            "time",
+            "place",
+            "part",
+            "case",
+            "point",
+            "fact",
+            "way",
+            "form",
+            "level",
+            "order",
+            "detail",
+            "reason",
+            "idea",
+            "term",
+            "factor",
+            "evidence",
+            "summary",
+            "review",
+            "response",
+            "request",
+            "section",
+            "line",
+            "list",
+            "table",
+            "record",
+            "source",
+            "field",
+            "is",
+            "are",
+            "was",
+            "be",
+            "can",
+            "will",
+            "may",
+            "should",
+            "would",
+            "could",
+            "has",
+            "have",
+            "shows",
+            "gives",
+            "makes",
+            "takes",
+            "uses",
+            "provides",
+            "suggests",
+            "indicates",
+            "follows",
+            "remains",
+            "becomes",
+            "depends",
+            "includes",
+            "requires",
+            "means",
+        ]
+    )
+)
 # logprob alternatives are drawn from these; bytes precomputed for the hot path
 VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
 VOCAB_BYTES = tuple(list(t.encode()) for t in VOCAB_TOKENS)
@@ -96,14 +226,14 @@ class ChoiceAnswer:
     """One generated choice, before serialisation."""
 
     index: int
-    tokens: list[str]          # visible content tokens; they concatenate to `content`
-    dists: dict[int, Dist]     # explicit distributions at answer-token positions
+    tokens: list[str]  # visible content tokens; they concatenate to `content`
+    dists: dict[int, Dist]  # explicit distributions at answer-token positions
     content: str | None
     tool_call: ToolCall | None
     reasoning: int
-    visible: int               # completion tokens that are not reasoning
+    visible: int  # completion tokens that are not reasoning
     finish_reason: str
-    lp_seed: int               # seeds logprob reporting separately from sampling
+    lp_seed: int  # seeds logprob reporting separately from sampling
 
 
 @dataclass(slots=True)
@@ -138,12 +268,15 @@ def _effort(body: dict, profile: ModelProfile) -> str:
 def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
     temperature = body.get("temperature")
     top_p = body.get("top_p")
-    p = (profile.skill
-         - TEMPERATURE_PENALTY * (1.0 if temperature is None else temperature)
-         + EFFORT_BONUS[effort]
-         + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p)))
-    if any(_GUESS.search(message_text(m.get("content")))
-           for m in body["messages"] if m.get("role") in ("system", "user")):
+    p = (
+        profile.skill
+        - TEMPERATURE_PENALTY * (1.0 if temperature is None else temperature)
+        + EFFORT_BONUS[effort]
+        + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p))
+    )
+    if any(
+        _GUESS.search(message_text(m.get("content"))) for m in body["messages"] if m.get("role") in ("system", "user")
+    ):
         p -= GUESS_PENALTY
     return min(P_MAX, max(P_MIN, p))
 
@@ -171,12 +304,12 @@ def _number_dist(sampled, truth, correct: bool, p: float, rng: random.Random, pr
         # the truth is the strongest rival of a mistake, so logprob scorers can see it
         rivals = [truth] + [sampled + k for k in _NEIGHBOURS[:5] if sampled + k != truth]
         weights = [0.55 + 0.3 * rng.random(), 0.2, 0.1, 0.06, 0.04, 0.03][: len(rivals)]
-    return _with_p(prefix + format_number(sampled),
-                   ps, [prefix + format_number(r) for r in rivals], weights)
+    return _with_p(prefix + format_number(sampled), ps, [prefix + format_number(r) for r in rivals], weights)
 
 
-def _letter_dist(sampled: str, truth: str, letters: tuple[str, ...], correct: bool,
-                 p: float, rng: random.Random) -> Dist:
+def _letter_dist(
+    sampled: str, truth: str, letters: tuple[str, ...], correct: bool, p: float, rng: random.Random
+) -> Dist:
     others = [x for x in letters if x != sampled and x != truth]
     weights = [0.1 + rng.random() for _ in others]
     if correct:
@@ -272,10 +405,15 @@ def _analyse(body: dict, seed_prefix: bytes) -> _Task:
             # no way to know: the "knowledge" is a hash of the question, the same for every model
             h = blake2b(seed_prefix + last_user.encode(), digest_size=8).digest()
             truth = mc.letters[int.from_bytes(h, "big") % len(mc.letters)]
-    bare = any(wants_bare_number(message_text(m.get("content"))) for m in messages
-               if m.get("role") in ("system", "developer", "user"))
+    bare = any(
+        wants_bare_number(message_text(m.get("content")))
+        for m in messages
+        if m.get("role") in ("system", "developer", "user")
+    )
     qdigest = blake2b(seed_prefix + orjson.dumps(messages, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-    return _Task(last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, _u(qdigest), qdigest)
+    return _Task(
+        last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, _u(qdigest), qdigest
+    )
 
 
 def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
@@ -288,13 +426,15 @@ def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
     if coin < 0.5:
         return task.u_question
     if coin < 0.75:
-        return _u(blake2b(task.qdigest + repeat.to_bytes(8, "big", signed=True) + index.to_bytes(4, "big"),
-                          digest_size=8).digest())
+        return _u(
+            blake2b(
+                task.qdigest + repeat.to_bytes(8, "big", signed=True) + index.to_bytes(4, "big"), digest_size=8
+            ).digest()
+        )
     return own
 
 
-def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
-                 effort: str, p: float) -> ChoiceAnswer:
+def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float) -> ChoiceAnswer:
     rng = random.Random(seed)
     correct = _choose(task, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
@@ -326,8 +466,11 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
         if ctx.placed:
             slot = orjson.dumps(ANSWER_SLOT).decode()
             arguments = arguments.replace(slot, answer if ctx.placed == "raw" else f'"{answer}"')
-        tool_call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
-                     "function": {"name": fn.get("name", ""), "arguments": arguments}}
+        tool_call = {
+            "id": f"call_{rng.getrandbits(96):024x}",
+            "type": "function",
+            "function": {"name": fn.get("name", ""), "arguments": arguments},
+        }
     else:
         fmt = body.get("response_format")
         kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -363,8 +506,11 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
         reasoning, tokens, tool_call, finish = budget, [], None, "length"
         visible = 0
     elif tool_call is not None:
-        visible = (len(tokenize(tool_call["function"]["name"])) + len(tokenize(tool_call["function"]["arguments"]))
-                   + _TOOL_CALL_OVERHEAD)
+        visible = (
+            len(tokenize(tool_call["function"]["name"]))
+            + len(tokenize(tool_call["function"]["arguments"]))
+            + _TOOL_CALL_OVERHEAD
+        )
         finish = "tool_calls"
         if budget is not None and reasoning + visible > budget:
             # the call was cut mid-arguments: nothing usable comes back
@@ -377,8 +523,7 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int,
             tokens, finish = tokens[: budget - reasoning], "length"
         visible = len(tokens)
     content = None if tool_call is not None else "".join(tokens)
-    return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish,
-                        seed ^ 0x5EED_1090B5)
+    return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish, seed ^ 0x5EED_1090B5)
 
 
 def request_digest(body: dict, seed: int, repeat: int) -> bytes:
@@ -397,7 +542,6 @@ def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
     p = _p_correct(body, profile, effort)
     task = _analyse(body, f"{seed}|".encode())
     n = body.get("n") or 1
-    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p)
-               for i in range(n)]
+    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p) for i in range(n)]
     prompt = count_prompt(body["messages"], body.get("tools"))
     return Answer(f"chatcmpl-{digest.hex()}", CREATED_BASE + base % 86_400, model, choices, prompt)

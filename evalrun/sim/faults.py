@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from evalrun.sim.options import SimOptions
 
-__all__ = ["Fault", "FaultState", "RateWindows", "SimStats", "WINDOW_S"]
+__all__ = ["WINDOW_S", "Fault", "FaultState", "RateWindows", "SimStats"]
 
 WINDOW_S = 60.0
 ARRIVALS_KEPT = 100_000
@@ -86,8 +86,8 @@ class FaultState:
 
     seed: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
-    arrivals: int = 0    # counted after auth, for fail_first
-    successes: int = 0   # successful answers, for quota_after
+    arrivals: int = 0  # counted after auth, for fail_first
+    successes: int = 0  # successful answers, for quota_after
     null_usage_flips: int = 0
 
     def reset(self, seed: int) -> None:

@@ -169,29 +169,51 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("simulator")
     g.add_argument("--port", type=int, default=8089, help="TCP port on 127.0.0.1 (default 8089; 0 picks a free one)")
     g.add_argument("--latency-ms", type=float, help="fixed base latency per request in ms (default: per model)")
-    g.add_argument("--per-token-ms", type=float, help="extra latency per generated token, thinking included (default: per model)")
+    g.add_argument(
+        "--per-token-ms", type=float, help="extra latency per generated token, thinking included (default: per model)"
+    )
     g.add_argument("--latency-scale", type=float, help="multiply all latency; 0 never sleeps (default 1)")
     g.add_argument("--seed", type=int, help="changes every deterministic answer and fault draw (default 0)")
     g.add_argument("--require-api-key", metavar="KEY", help="answer 401 unless 'Authorization: Bearer KEY' is sent")
-    g.add_argument("--rpm-limit", type=int, help="requests per sliding 60 s window per model; more get 429 + Retry-After")
-    g.add_argument("--tpm-limit", type=int, help="prompt+completion tokens per sliding 60 s window per model; more get 429")
+    g.add_argument(
+        "--rpm-limit", type=int, help="requests per sliding 60 s window per model; more get 429 + Retry-After"
+    )
+    g.add_argument(
+        "--tpm-limit", type=int, help="prompt+completion tokens per sliding 60 s window per model; more get 429"
+    )
     g.add_argument("--rate-429", type=float, help="probability of a random 429 rate_limit_error")
-    g.add_argument("--retry-after", help="Retry-After value sent with random 429s: seconds or an HTTP date; 'none' omits it (default 1)")
+    g.add_argument(
+        "--retry-after",
+        help="Retry-After value sent with random 429s: seconds or an HTTP date; 'none' omits it (default 1)",
+    )
     g.add_argument("--rate-500", type=float, help="probability of a random 5xx (500/502/503/504 unless --status-5xx)")
     g.add_argument("--status-5xx", type=int, choices=(500, 502, 503, 504), help="status used by --rate-500")
     g.add_argument("--rate-hang", type=float, help="probability of accepting a request and never answering")
-    g.add_argument("--hang-s", type=float, help="how long a hung request waits before giving up with 504 (default 3600)")
+    g.add_argument(
+        "--hang-s", type=float, help="how long a hung request waits before giving up with 504 (default 3600)"
+    )
     g.add_argument("--rate-malformed", type=float, help="probability of a 200 whose JSON body is truncated")
     g.add_argument("--rate-error-200", type=float, help="probability of a 200 whose body is an error envelope")
     g.add_argument("--rate-null-usage", type=float, help="probability of a success whose usage is null or incomplete")
-    g.add_argument("--quota-after", type=int, help="after this many successful answers every request gets insufficient_quota")
+    g.add_argument(
+        "--quota-after", type=int, help="after this many successful answers every request gets insufficient_quota"
+    )
     g.add_argument("--quota-status", type=int, choices=(402, 429), help="status of the quota error (default 429)")
     g.add_argument("--fail-first", type=int, help="the first N requests fail with --fail-first-status")
     g.add_argument("--fail-first-status", type=int, help="status for --fail-first (default 500)")
-    g.add_argument("--unknown-model", action="append", dest="unknown_models", metavar="MODEL",
-                   help="answer 404 not_found_error for this model (repeatable)")
-    g.add_argument("--strict-models", action="store_true", default=None,
-                   help="answer 404 for any model other than the three Gemini models")
+    g.add_argument(
+        "--unknown-model",
+        action="append",
+        dest="unknown_models",
+        metavar="MODEL",
+        help="answer 404 not_found_error for this model (repeatable)",
+    )
+    g.add_argument(
+        "--strict-models",
+        action="store_true",
+        default=None,
+        help="answer 404 for any model other than the three Gemini models",
+    )
 
 
 def options_from_args(ns: argparse.Namespace) -> SimOptions:

@@ -27,13 +27,20 @@ def usage_of(answer: Answer) -> Usage:
         "prompt_tokens": prompt.total,
         "completion_tokens": completion,
         "total_tokens": prompt.total + completion,
-        "prompt_tokens_details": {"cached_tokens": prompt.cached,
-                                  "text_tokens": prompt.total - prompt.image - prompt.audio,
-                                  "audio_tokens": prompt.audio, "image_tokens": prompt.image},
-        "completion_tokens_details": {"text_tokens": sum(c.visible for c in answer.choices),
-                                      "audio_tokens": 0,
-                                      "reasoning_tokens": sum(c.reasoning for c in answer.choices)},
-        "input_tokens": 0, "output_tokens": 0, "input_tokens_details": None,
+        "prompt_tokens_details": {
+            "cached_tokens": prompt.cached,
+            "text_tokens": prompt.total - prompt.image - prompt.audio,
+            "audio_tokens": prompt.audio,
+            "image_tokens": prompt.image,
+        },
+        "completion_tokens_details": {
+            "text_tokens": sum(c.visible for c in answer.choices),
+            "audio_tokens": 0,
+            "reasoning_tokens": sum(c.reasoning for c in answer.choices),
+        },
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "input_tokens_details": None,
     }
 
 
@@ -72,8 +79,14 @@ def logprob_content(choice: ChoiceAnswer, top_k: int) -> list[TokenLogprob]:
                 cands.append((k, rest))
         if dist is not None:
             cands.sort(key=lambda c: -c[1])
-        out.append({"token": tok, "logprob": _log(ps), "bytes": list(tok.encode()),
-                    "top_logprobs": [_top(t, q) for t, q in cands[:top_k]]})
+        out.append(
+            {
+                "token": tok,
+                "logprob": _log(ps),
+                "bytes": list(tok.encode()),
+                "top_logprobs": [_top(t, q) for t, q in cands[:top_k]],
+            }
+        )
     return out
 
 
@@ -84,8 +97,7 @@ def _message(choice: ChoiceAnswer) -> dict:
     return msg
 
 
-def completion_body(answer: Answer, *, logprobs: bool, top_k: int,
-                    usage: Usage | None | bool = True) -> dict:
+def completion_body(answer: Answer, *, logprobs: bool, top_k: int, usage: Usage | bool | None = True) -> dict:
     """The non-streaming response object; `usage` True means the real usage."""
     body = {
         "id": answer.id,
@@ -93,9 +105,12 @@ def completion_body(answer: Answer, *, logprobs: bool, top_k: int,
         "created": answer.created,
         "model": answer.model,
         "choices": [
-            {"index": c.index, "message": _message(c),
-             "logprobs": {"content": logprob_content(c, top_k)} if logprobs else None,
-             "finish_reason": c.finish_reason}
+            {
+                "index": c.index,
+                "message": _message(c),
+                "logprobs": {"content": logprob_content(c, top_k)} if logprobs else None,
+                "finish_reason": c.finish_reason,
+            }
             for c in answer.choices
         ],
         "usage": usage_of(answer) if usage is True else usage,
@@ -121,11 +136,19 @@ def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) 
     head = {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created, "model": answer.model}
 
     def chunk(delta: dict, lp: list | None = None, finish: str | None = None) -> bytes:
-        return _event({**head, "choices": [{
-            "index": c.index, "delta": delta,
-            "logprobs": {"content": lp} if lp is not None else None,
-            "finish_reason": finish,
-        }]})
+        return _event(
+            {
+                **head,
+                "choices": [
+                    {
+                        "index": c.index,
+                        "delta": delta,
+                        "logprobs": {"content": lp} if lp is not None else None,
+                        "finish_reason": finish,
+                    }
+                ],
+            }
+        )
 
     # the first byte arrives after the thinking is done
     yield c.reasoning, chunk({"role": "assistant"})
@@ -134,13 +157,26 @@ def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) 
     empty_at = rng.randrange(max(1, len(c.tokens)))  # where a gateway's empty delta appears
     if c.tool_call is not None:
         call, fn = c.tool_call, c.tool_call["function"]
-        yield 1, chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                        "function": {"name": fn["name"], "arguments": ""}}]})
+        yield (
+            1,
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": fn["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+        )
         pieces = tokenize(fn["arguments"])
         i = 0
         while i < len(pieces):
             step = 2 + rng.randrange(5)
-            yield step, chunk({"tool_calls": [{"index": 0, "function": {"arguments": "".join(pieces[i:i + step])}}]})
+            yield step, chunk({"tool_calls": [{"index": 0, "function": {"arguments": "".join(pieces[i : i + step])}}]})
             i += step
     elif c.tokens:
         entries = logprob_content(c, top_k) if logprobs else None
@@ -149,8 +185,12 @@ def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) 
             step = 1 + rng.randrange(3)
             if i <= empty_at < i + step and rng.random() < 0.5:
                 yield 0, chunk({"content": ""} if rng.random() < 0.5 else {}, [] if logprobs else None)
-            yield step, chunk({"content": "".join(c.tokens[i:i + step])},
-                              entries[i:i + step] if entries is not None else None)
+            yield (
+                step,
+                chunk(
+                    {"content": "".join(c.tokens[i : i + step])}, entries[i : i + step] if entries is not None else None
+                ),
+            )
             i += step
     elif c.visible:
         # a budget-truncated tool call: tokens were spent but nothing usable was sent
@@ -158,14 +198,20 @@ def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) 
     yield 0, chunk({}, None, c.finish_reason)
 
 
-def sse_events(answer: Answer, *, logprobs: bool, top_k: int, include_usage: bool,
-               usage: Usage | None | bool = True) -> Iterator[tuple[int, bytes]]:
+def sse_events(
+    answer: Answer, *, logprobs: bool, top_k: int, include_usage: bool, usage: Usage | bool | None = True
+) -> Iterator[tuple[int, bytes]]:
     """(tokens generated before this event, event bytes) pairs, ending with [DONE]."""
     for c in answer.choices:
         yield from _choice_events(answer, c, logprobs, top_k)
     if include_usage:
-        final: dict = {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created,
-                       "model": answer.model, "choices": []}
+        final: dict = {
+            "id": answer.id,
+            "object": "chat.completion.chunk",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [],
+        }
         if usage is not False:
             final["usage"] = usage_of(answer) if usage is True else usage
         yield 0, _event(final)

@@ -32,11 +32,15 @@ REPEAT_HEADER = "X-Evalrun-Repeat"
 MAX_REPEAT = 2**31 - 1
 _JSON = "application/json"
 _NOT_JSON = object()
-_MODELS_BODY = orjson.dumps({"object": "list", "data": [
-    {"id": m, "object": "model", "created": CREATED_BASE, "owned_by": "google"} for m in KNOWN_MODELS
-]})
-_ERROR_200 = orjson.dumps({"error": {"message": "upstream model overloaded", "type": "upstream_error",
-                                     "code": "upstream_error"}})
+_MODELS_BODY = orjson.dumps(
+    {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": CREATED_BASE, "owned_by": "google"} for m in KNOWN_MODELS],
+    }
+)
+_ERROR_200 = orjson.dumps(
+    {"error": {"message": "upstream model overloaded", "type": "upstream_error", "code": "upstream_error"}}
+)
 _QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 
 
@@ -68,12 +72,23 @@ class _Simulator:
         self.stats.count_status(status)
         return web.Response(status=status, body=orjson.dumps(obj), content_type=_JSON)
 
-    def _error(self, status: int, message: str | None = None, *, type_: str | None = None,
-               param: str | None = None, retry_after: str | None = None) -> web.Response:
+    def _error(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        type_: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+    ) -> web.Response:
         self.stats.count_status(status)
         headers = {"Retry-After": retry_after} if retry_after is not None else None
-        return web.Response(status=status, body=error_body(status, message, type_=type_, param=param),
-                            content_type=_JSON, headers=headers)
+        return web.Response(
+            status=status,
+            body=error_body(status, message, type_=type_, param=param),
+            content_type=_JSON,
+            headers=headers,
+        )
 
     def _fault_error(self, status: int, why: str) -> web.Response:
         """An injected failure with the headers a gateway would send for that status."""
@@ -139,8 +154,9 @@ class _Simulator:
         if isinstance(model, str):
             self.stats.by_model[model] = self.stats.by_model.get(model, 0) + 1
             if model in o.unknown_models or (o.strict_models and model not in KNOWN_MODELS):
-                return self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                                   param="model")
+                return self._error(
+                    404, f"The model `{model}` does not exist or you do not have access to it.", param="model"
+                )
         if body is _NOT_JSON:
             return self._error(400, "We could not parse the JSON body of your request.")
         problem = validate_request(body)
@@ -151,8 +167,11 @@ class _Simulator:
             if not 0 <= repeat <= MAX_REPEAT:
                 raise ValueError
         except ValueError:
-            return self._error(400, f"Invalid value for header '{REPEAT_HEADER}': expected an integer "
-                                    f"from 0 to {MAX_REPEAT}.", param=REPEAT_HEADER)
+            return self._error(
+                400,
+                f"Invalid value for header '{REPEAT_HEADER}': expected an integer from 0 to {MAX_REPEAT}.",
+                param=REPEAT_HEADER,
+            )
 
         try:
             answer = answer_request(body, o.seed, repeat)
@@ -161,8 +180,11 @@ class _Simulator:
         tokens = answer.total_tokens
         wait = self.windows.retry_after(model, now, tokens, o)
         if wait is not None:
-            return self._error(429, f"Rate limit reached for {model}: {o.rpm_limit} requests or "
-                                    f"{o.tpm_limit} tokens per minute.", retry_after=str(wait))
+            return self._error(
+                429,
+                f"Rate limit reached for {model}: {o.rpm_limit} requests or {o.tpm_limit} tokens per minute.",
+                retry_after=str(wait),
+            )
         in_window, tokens_in_window = self.windows.admit(model, now, tokens)
         if in_window > self.stats.max_in_window.get(model, 0):
             self.stats.max_in_window[model] = in_window
@@ -179,7 +201,7 @@ class _Simulator:
         if fault is Fault.HANG:
             return await self._hang(o.hang_s)
 
-        usage: Usage | None | bool = True
+        usage: Usage | bool | None = True
         if fault is Fault.NULL_USAGE:
             fs.null_usage_flips += 1
             usage = None if fs.null_usage_flips % 2 else _partial_usage(answer)
@@ -188,8 +210,17 @@ class _Simulator:
         base_s, per_s = self._delays(model)
         if body.get("stream") is True:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            response = await self._stream(request, answer, fault, base_s, per_s, logprobs=logprobs,
-                                          top_k=top_k, include_usage=include_usage, usage=usage)
+            response = await self._stream(
+                request,
+                answer,
+                fault,
+                base_s,
+                per_s,
+                logprobs=logprobs,
+                top_k=top_k,
+                include_usage=include_usage,
+                usage=usage,
+            )
         else:
             delay = base_s + per_s * answer.completion_tokens
             if delay > 0:
@@ -218,11 +249,20 @@ class _Simulator:
             return self._error(504, "Upstream model provider timed out (simulated hang).")
         return self._error(503, "Simulator shutting down.", retry_after="1")
 
-    async def _stream(self, request: web.Request, answer: Answer, fault: Fault | None, base_s: float,
-                      per_s: float, *, logprobs: bool, top_k: int, include_usage: bool,
-                      usage: Usage | None | bool) -> web.StreamResponse:
-        events = list(sse_events(answer, logprobs=logprobs, top_k=top_k, include_usage=include_usage,
-                                 usage=usage))
+    async def _stream(
+        self,
+        request: web.Request,
+        answer: Answer,
+        fault: Fault | None,
+        base_s: float,
+        per_s: float,
+        *,
+        logprobs: bool,
+        top_k: int,
+        include_usage: bool,
+        usage: Usage | bool | None,
+    ) -> web.StreamResponse:
+        events = list(sse_events(answer, logprobs=logprobs, top_k=top_k, include_usage=include_usage, usage=usage))
         if fault is Fault.ERROR_200:
             events = [(events[0][0], b"data: " + _ERROR_200 + b"\n\n"), events[-1]]
         elif fault is Fault.MALFORMED:
@@ -331,13 +371,11 @@ def _make_app(sim: _Simulator) -> web.Application:
     return app
 
 
-async def start_simulator(options: SimOptions | None = None, host: str = "127.0.0.1",
-                          port: int = 0) -> SimulatorHandle:
+async def start_simulator(options: SimOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> SimulatorHandle:
     """Serve in the running event loop; port 0 picks a free port (see handle.port)."""
     sim = _Simulator(options if options is not None else SimOptions())
     # handler_cancellation: a client that gives up on a hung request frees its handler
-    runner = web.AppRunner(_make_app(sim), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=SHUTDOWN_S)
+    runner = web.AppRunner(_make_app(sim), access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

@@ -14,8 +14,17 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 __all__ = [
-    "Arithmetic", "MultipleChoice", "SchemaContext", "SchemaTooComplex", "find_arithmetic", "find_multiple_choice",
-    "format_number", "instance_for_schema", "pick_tool", "prompt_words", "wants_bare_number",
+    "Arithmetic",
+    "MultipleChoice",
+    "SchemaContext",
+    "SchemaTooComplex",
+    "find_arithmetic",
+    "find_multiple_choice",
+    "format_number",
+    "instance_for_schema",
+    "pick_tool",
+    "prompt_words",
+    "wants_bare_number",
 ]
 
 # ---- arithmetic ---------------------------------------------------------------------------
@@ -24,9 +33,7 @@ _RUN_RE = re.compile(r"[\d\s()+\-*/×÷]+")
 _HAS_OP_RE = re.compile(r"\d\s*[-+*/×÷]\s*[\d(-]")
 _ARITH_TOKEN_RE = re.compile(r"\s*(?:(\d+)|(.))")
 _MAX_DIGITS = 40  # keeps products of huge literals cheap
-_BARE_RE = re.compile(
-    r"\b(?:only|just)\s+(?:the\s+)?(?:final\s+)?(?:number|numeric answer)\b|\bnumber only\b", re.I
-)
+_BARE_RE = re.compile(r"\b(?:only|just)\s+(?:the\s+)?(?:final\s+)?(?:number|numeric answer)\b|\bnumber only\b", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +47,7 @@ class Arithmetic:
 class _Parser:
     """Recursive descent over + - * / ( ) and unary minus; no eval."""
 
-    __slots__ = ("tokens", "pos")
+    __slots__ = ("pos", "tokens")
 
     def __init__(self, text: str) -> None:
         self.tokens: list[str | int] = []
@@ -143,9 +150,7 @@ def format_number(value: int | Fraction) -> str:
         return str(value)
     if value.denominator == 1:
         return str(value.numerator)
-    dec = (Decimal(value.numerator) / Decimal(value.denominator)).quantize(
-        Decimal("0.01"), rounding=ROUND_HALF_UP
-    )
+    dec = (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     text = format(dec, "f").rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
@@ -194,12 +199,89 @@ def option_number(text: str) -> int | Fraction | None:
 
 _WORD_RE = re.compile(r"[^\W\d_]{4,}")
 _STOP = frozenset(
-    "about above after again also another answer because been before being below between both "
-    "could does doing down during each from further have having here into itself just more most "
-    "only other over same should some such than that their them then there these they this those "
-    "through under until very were what when where which while with would your please following "
-    "given using value number return returns string input output based provided function "
-    "specified question respond reply write give tell".split()
+    [
+        "about",
+        "above",
+        "after",
+        "again",
+        "also",
+        "another",
+        "answer",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "could",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "from",
+        "further",
+        "have",
+        "having",
+        "here",
+        "into",
+        "itself",
+        "just",
+        "more",
+        "most",
+        "only",
+        "other",
+        "over",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "until",
+        "very",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "with",
+        "would",
+        "your",
+        "please",
+        "following",
+        "given",
+        "using",
+        "value",
+        "number",
+        "return",
+        "returns",
+        "string",
+        "input",
+        "output",
+        "based",
+        "provided",
+        "function",
+        "specified",
+        "question",
+        "respond",
+        "reply",
+        "write",
+        "give",
+        "tell",
+    ]
 )
 
 
@@ -251,7 +333,7 @@ class SchemaContext:
     answer_is_number: bool
     root: dict
     placed: str | None = None  # "raw" (a JSON number) or "quoted" (inside a JSON string)
-    budget: int = 5000         # values left to generate: hostile schemas must stay cheap
+    budget: int = 5000  # values left to generate: hostile schemas must stay cheap
 
 
 def _word(ctx: SchemaContext) -> str:

@@ -80,9 +80,15 @@ def _tools(body: dict) -> Problem | None:
         for i, t in enumerate(tools):
             fn = t.get("function") if isinstance(t, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-                return f"Invalid value for 'tools[{i}]': expected {{'type': 'function', 'function': {{'name': ...}}}}.", f"tools[{i}]"
+                return (
+                    f"Invalid value for 'tools[{i}]': expected {{'type': 'function', 'function': {{'name': ...}}}}.",
+                    f"tools[{i}]",
+                )
             if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-                return f"Invalid type for 'tools[{i}].function.parameters': expected an object.", f"tools[{i}].function.parameters"
+                return (
+                    f"Invalid type for 'tools[{i}].function.parameters': expected an object.",
+                    f"tools[{i}].function.parameters",
+                )
             names.add(fn["name"])
     if choice is None:
         return None
@@ -93,7 +99,10 @@ def _tools(body: dict) -> Problem | None:
         if name not in names:
             return f"Invalid value for 'tool_choice': function {name!r} is not among 'tools'.", "tool_choice"
     elif choice not in ("none", "auto", "required"):
-        return f"Invalid value for 'tool_choice': {choice!r}; expected none, auto, required or a function.", "tool_choice"
+        return (
+            f"Invalid value for 'tool_choice': {choice!r}; expected none, auto, required or a function.",
+            "tool_choice",
+        )
     return None
 
 
@@ -106,7 +115,10 @@ def _response_format(body: dict) -> Problem | None:
     if rf["type"] == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
-            return "Invalid value for 'response_format.json_schema': expected an object with a 'schema'.", "response_format.json_schema"
+            return (
+                "Invalid value for 'response_format.json_schema': expected an object with a 'schema'.",
+                "response_format.json_schema",
+            )
     return None
 
 
@@ -137,10 +149,15 @@ def validate_request(body: object) -> Problem | None:
             return "Invalid type for 'stream_options': expected an object.", "stream_options"
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in _EFFORTS:
-        return f"Invalid value for 'reasoning_effort': {effort!r}; expected none, low, medium or high.", "reasoning_effort"
+        return (
+            f"Invalid value for 'reasoning_effort': {effort!r}; expected none, low, medium or high.",
+            "reasoning_effort",
+        )
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (
-        isinstance(stop, list) and len(stop) <= 16 and all(isinstance(s, str) for s in stop)
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and len(stop) <= 16 and all(isinstance(s, str) for s in stop))
     ):
         return "Invalid value for 'stop': expected a string or an array of up to 16 strings.", "stop"
     return _response_format(body) or _tools(body)

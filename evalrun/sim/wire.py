@@ -97,14 +97,15 @@ DEFAULT_MESSAGES: dict[int, str] = {
 }
 
 
-def error_body(status: int, message: str | None = None, *, type_: str | None = None,
-               param: str | None = None) -> bytes:
+def error_body(status: int, message: str | None = None, *, type_: str | None = None, param: str | None = None) -> bytes:
     """The serialized envelope; `code` repeats `type` so clients may match either."""
     kind = type_ or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body: ErrorBody = {"error": {
-        "code": kind,
-        "message": message or DEFAULT_MESSAGES.get(status, f"Error {status} (simulated)."),
-        "type": kind,
-        "param": param,
-    }}
+    body: ErrorBody = {
+        "error": {
+            "code": kind,
+            "message": message or DEFAULT_MESSAGES.get(status, f"Error {status} (simulated)."),
+            "type": kind,
+            "param": param,
+        }
+    }
     return orjson.dumps(body)

@@ -66,9 +66,11 @@ ENV["PYTHONUNBUFFERED"] = "1"
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 PYCACHE = Path(tempfile.gettempdir()) / "evalrun-bench-pycache"
 ENV["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
-WARM = ("import evalrun.cli, evalrun.runner, evalrun.store, evalrun.pool, evalrun.client, evalrun.summary, "
-        "evalrun.config, evalrun.grid, evalrun.sim, evalrun.sim.server, pandas, pyarrow.parquet, aiohttp, "
-        "rich.table, uvloop, tenacity, yaml")
+WARM = (
+    "import evalrun.cli, evalrun.run.runner, evalrun.run.store, evalrun.run.pool, evalrun.run.client, evalrun.analysis.summary, "
+    "evalrun.config.load, evalrun.run.grid, evalrun.sim, evalrun.sim.server, pandas, pyarrow.parquet, aiohttp, "
+    "rich.table, uvloop, tenacity, yaml"
+)
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -113,8 +115,13 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def measure(cmd: list[str], timeout_s: float, cwd: Path | None = None, env: dict[str, str] | None = None,
-            watch: Path | None = None) -> Measured:
+def measure(
+    cmd: list[str],
+    timeout_s: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    watch: Path | None = None,
+) -> Measured:
     """Spawn, wait with os.wait4 (rusage of exactly this child), kill on timeout. With `watch`
     (an evalrun run dir), also sample the child's RSS every 0.2 s, by phase of the run."""
     by_phase: dict[str, float] = {}
@@ -144,9 +151,18 @@ def measure(cmd: list[str], timeout_s: float, cwd: Path | None = None, env: dict
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
         out.seek(0)
         err.seek(0)
-        return Measured(cmd, box["t"] - t0, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024.0, proc.returncode,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"), timed_out,
-                        by_phase)
+        return Measured(
+            cmd,
+            box["t"] - t0,
+            ru.ru_utime,
+            ru.ru_stime,
+            ru.ru_maxrss / 1024.0,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            timed_out,
+            by_phase,
+        )
 
 
 # ---- other people's load ----------------------------------------------------------------------
@@ -261,14 +277,20 @@ def write_bodies(dataset: Path, path: Path) -> Path:
     with dataset.open() as src, path.open("w") as out:
         for line in src:
             row = json.loads(line)
-            body = {"model": MODEL, **PARAMS,
-                    "messages": [{"role": "user", "content": PROMPT.format(**row)}]}
+            body = {"model": MODEL, **PARAMS, "messages": [{"role": "user", "content": PROMPT.format(**row)}]}
             out.write(json.dumps(body, separators=(",", ":")) + "\n")
     return path
 
 
-def write_config(path: Path, base_url: str, dataset: Path, repeats: int = 1, limits: dict | None = None,
-                 experiment: str = "bench", grid: dict | None = None) -> Path:
+def write_config(
+    path: Path,
+    base_url: str,
+    dataset: Path,
+    repeats: int = 1,
+    limits: dict | None = None,
+    experiment: str = "bench",
+    grid: dict | None = None,
+) -> Path:
     provider: dict[str, Any] = {"kind": "openai", "base_urls": [base_url], "max_concurrency": CONCURRENCY}
     provider.update(limits or {})
     cfg: dict[str, Any] = {
@@ -359,9 +381,17 @@ class Bench:
     def dataset(self, rows: int) -> Path:
         return write_dataset(self.work / f"data_{rows}.jsonl", rows)
 
-    def run_evalrun(self, label: str, rows: int, repeats: int = 1, latency_ms: float = 0.0,
-                    sim_extra: list[str] | None = None, limits: dict | None = None,
-                    timeout_s: float = 600.0, whatif: str | None = None) -> RunResult:
+    def run_evalrun(
+        self,
+        label: str,
+        rows: int,
+        repeats: int = 1,
+        latency_ms: float = 0.0,
+        sim_extra: list[str] | None = None,
+        limits: dict | None = None,
+        timeout_s: float = 600.0,
+        whatif: str | None = None,
+    ) -> RunResult:
         self.counter += 1
         data = self.dataset(rows)
         n = rows * repeats
@@ -375,13 +405,23 @@ class Bench:
                 cmd, env = [PY, str(HERE / "whatif.py")], {**ENV, "BENCH_WHATIF": whatif}
             load = wait_quiet()
             c0, busy0 = sim.cpu_s(), machine_busy_s()
-            m = measure([*cmd, "run", str(cfg), "--no-progress", "--run-dir", str(run_dir)], timeout_s, env=env,
-                        watch=run_dir)
+            m = measure(
+                [*cmd, "run", str(cfg), "--no-progress", "--run-dir", str(run_dir)], timeout_s, env=env, watch=run_dir
+            )
             sim_cpu = sim.cpu_s() - c0
             others = machine_busy_s() - busy0 - m.cpu_s - sim_cpu
             stats = sim.stats()
-        r = RunResult("evalrun" if not whatif else f"what-if {whatif}", n, m, sim_cpu, stats, latency_ms / 1000.0,
-                      run_dir=run_dir, load=load, others_cpu_s=others)
+        r = RunResult(
+            "evalrun" if not whatif else f"what-if {whatif}",
+            n,
+            m,
+            sim_cpu,
+            stats,
+            latency_ms / 1000.0,
+            run_dir=run_dir,
+            load=load,
+            others_cpu_s=others,
+        )
         if whatif:
             for mode in whatif.split(","):
                 if f"whatif: {mode} applied" not in m.stderr:
@@ -403,7 +443,9 @@ class Bench:
             stats = sim.stats()
         r = RunResult("floor", rows, m, sim_cpu, stats, latency_ms / 1000.0, load=load, others_cpu_s=others)
         if m.rc != 0 or m.timed_out:
-            r.problems.append(f"floor exit {m.rc} (timed out: {m.timed_out}): {m.stdout.strip()} {m.stderr.strip()[-500:]}")
+            r.problems.append(
+                f"floor exit {m.rc} (timed out: {m.timed_out}): {m.stdout.strip()} {m.stderr.strip()[-500:]}"
+            )
         self._record(label, r)
         return r
 
@@ -413,8 +455,11 @@ class Bench:
             r.problems.append("evalrun timed out and was killed")
         if m.rc != 0:
             r.problems.append(f"evalrun exit code {m.rc}: {m.stderr.strip()[-800:]}")
-        noisy = [ln for ln in m.stderr.splitlines()
-                 if any(w in ln for w in ("ERROR", "WARNING", "Traceback", "error")) and not ln.startswith("whatif:")]
+        noisy = [
+            ln
+            for ln in m.stderr.splitlines()
+            if any(w in ln for w in ("ERROR", "WARNING", "Traceback", "error")) and not ln.startswith("whatif:")
+        ]
         if noisy:
             r.problems.append(f"evalrun stderr: {len(noisy)} warning/error lines, e.g. {noisy[0][:300]!r}")
         try:
@@ -432,27 +477,44 @@ class Bench:
             r.problems.append(f"{sess['retries']} retries: {sess.get('retries_by_type')}")
         served = r.stats.get("by_status", {}).get("200", 0)
         if served != r.n:
-            r.problems.append(f"the simulator answered 200 to {served} requests, expected {r.n} (by_status {r.stats.get('by_status')})")
+            r.problems.append(
+                f"the simulator answered 200 to {served} requests, expected {r.n} (by_status {r.stats.get('by_status')})"
+            )
         j = r.run_dir / "journal.jsonl"  # type: ignore[operator]
         if j.exists():
             r.journal_mb = j.stat().st_size / 2**20
 
     def _record(self, label: str, r: RunResult) -> None:
         m = r.m
-        row = {"case": label, "who": r.who, "n": r.n, "wall_s": round(m.wall_s, 3), "user_s": round(m.user_s, 3),
-               "sys_s": round(m.sys_s, 3), "cpu_ms_per_req": round(r.cpu_ms_per_req, 4),
-               "maxrss_mb": round(m.maxrss_mb, 1), "sim_cpu_s": round(r.sim_cpu_s, 2), "rc": m.rc,
-               "phase_s": round(r.phase_s, 3), "count_429": r.stats.get("count_429"),
-               "max_in_window": r.stats.get("max_in_window"),
-               "max_tokens_in_window": r.stats.get("max_tokens_in_window"),
-               "tokens_total": r.stats.get("tokens_total"), "max_in_flight": r.stats.get("max_in_flight"),
-               "load": round(r.load, 2), "others_cpu_s": round(r.others_cpu_s, 2), "rss_by_phase": {k: round(v) for k, v in m.rss_by_phase.items()}}
+        row = {
+            "case": label,
+            "who": r.who,
+            "n": r.n,
+            "wall_s": round(m.wall_s, 3),
+            "user_s": round(m.user_s, 3),
+            "sys_s": round(m.sys_s, 3),
+            "cpu_ms_per_req": round(r.cpu_ms_per_req, 4),
+            "maxrss_mb": round(m.maxrss_mb, 1),
+            "sim_cpu_s": round(r.sim_cpu_s, 2),
+            "rc": m.rc,
+            "phase_s": round(r.phase_s, 3),
+            "count_429": r.stats.get("count_429"),
+            "max_in_window": r.stats.get("max_in_window"),
+            "max_tokens_in_window": r.stats.get("max_tokens_in_window"),
+            "tokens_total": r.stats.get("tokens_total"),
+            "max_in_flight": r.stats.get("max_in_flight"),
+            "load": round(r.load, 2),
+            "others_cpu_s": round(r.others_cpu_s, 2),
+            "rss_by_phase": {k: round(v) for k, v in m.rss_by_phase.items()},
+        }
         if r.journal_mb is not None:
             row["journal_mb"] = round(r.journal_mb, 1)
         self.raw.append(row)
-        self.say(f"  {label:<14} {r.who:<8} n={r.n:<7} wall {m.wall_s:7.2f} s  cpu {m.cpu_s:7.2f} s "
-                 f"({r.cpu_ms_per_req:.3f} ms/req)  rss {m.maxrss_mb:7.1f} MB  sim cpu {r.sim_cpu_s:6.2f} s  "
-                 f"phase {r.phase_s:7.2f} s  429s {r.stats.get('count_429')}  others' cpu {r.others_cpu_s:.2f} s")
+        self.say(
+            f"  {label:<14} {r.who:<8} n={r.n:<7} wall {m.wall_s:7.2f} s  cpu {m.cpu_s:7.2f} s "
+            f"({r.cpu_ms_per_req:.3f} ms/req)  rss {m.maxrss_mb:7.1f} MB  sim cpu {r.sim_cpu_s:6.2f} s  "
+            f"phase {r.phase_s:7.2f} s  429s {r.stats.get('count_429')}  others' cpu {r.others_cpu_s:.2f} s"
+        )
         for p in r.problems:
             msg = f"{label} ({r.who}, n={r.n}): {p}"
             self.observations.append(msg)
@@ -521,25 +583,60 @@ def case1(b: Bench, reps: int, rows: list[Row]) -> None:
     c = "1 · 2k @ 0 ms"
     rows += [
         Row(c, "wall, whole process (s)", spread(ew), spread(fw), f"{med(ew) / med(fw):.2f}×"),
-        Row(c, "CPU per request, user+sys (ms)", spread(ec, 3), spread(fc, 3), f"{ratio_cpu:.2f}×",
-            "≤ 2.5 × floor", verdict(ratio_cpu <= 2.5)),
+        Row(
+            c,
+            "CPU per request, user+sys (ms)",
+            spread(ec, 3),
+            spread(fc, 3),
+            f"{ratio_cpu:.2f}×",
+            "≤ 2.5 × floor",
+            verdict(ratio_cpu <= 2.5),
+        ),
         Row(c, "CPU per request, absolute (ms)", f2(med(ec), 3), "", "", "≈ ≤ 1 ms", verdict(med(ec) <= 1.0)),
-        Row(c, "requests/s end to end", spread(er, 0), spread(fr, 0), f"{med(er) / med(fr):.2f}×",
-            "≥ 1,000", verdict(med(er) >= 1000)),
-        Row(c, "request phase: first → last arrival at the sim (s); wall − phase (s)",
+        Row(
+            c,
+            "requests/s end to end",
+            spread(er, 0),
+            spread(fr, 0),
+            f"{med(er) / med(fr):.2f}×",
+            "≥ 1,000",
+            verdict(med(er) >= 1000),
+        ),
+        Row(
+            c,
+            "request phase: first → last arrival at the sim (s); wall − phase (s)",
             f"{f2(med([r.phase_s for r in ev]))}; {f2(med(ew) - med([r.phase_s for r in ev]))}",
-            f"{f2(med([r.phase_s for r in fl]))}; {f2(med(fw) - med([r.phase_s for r in fl]))}"),
+            f"{f2(med([r.phase_s for r in fl]))}; {f2(med(fw) - med([r.phase_s for r in fl]))}",
+        ),
         Row(c, "peak RSS (MB)", spread([r.m.maxrss_mb for r in ev], 0), spread([r.m.maxrss_mb for r in fl], 0)),
-        Row(c, "simulator CPU during the run (ms/request)", f2(med([r.sim_cpu_s / n * 1000 for r in ev]), 3),
-            f2(med([r.sim_cpu_s / n * 1000 for r in fl]), 3)),
+        Row(
+            c,
+            "simulator CPU during the run (ms/request)",
+            f2(med([r.sim_cpu_s / n * 1000 for r in ev]), 3),
+            f2(med([r.sim_cpu_s / n * 1000 for r in fl]), 3),
+        ),
         Row(c, "tokens/request the sim counted (prompt+completion)", f2(tok, 1)),
-        Row(c, "RSS by phase, sampled (MB): requests / journal→parquet / summary",
-            " / ".join(f2(med([r.m.rss_by_phase.get(k, float("nan")) for r in ev]), 0)
-                       for k in ("requests", "journal → parquet", "summary"))),
-        Row(c, "what-if `gc.set_threshold(100_000, 50, 1000)` (tests/bench/whatif.py): CPU per request (ms)",
-            spread([r.cpu_ms_per_req for r in wi], 3), spread(fc, 3), f"{med([r.cpu_ms_per_req for r in wi]) / med(fc):.2f}×",
-            "(not evalrun as shipped)"),
-        Row(c, "what-if gc: wall (s); requests/s", f"{f2(med([r.m.wall_s for r in wi]))}; {f2(med([r.rps for r in wi]), 0)}"),
+        Row(
+            c,
+            "RSS by phase, sampled (MB): requests / journal→parquet / summary",
+            " / ".join(
+                f2(med([r.m.rss_by_phase.get(k, float("nan")) for r in ev]), 0)
+                for k in ("requests", "journal → parquet", "summary")
+            ),
+        ),
+        Row(
+            c,
+            "what-if `gc.set_threshold(100_000, 50, 1000)` (tests/bench/whatif.py): CPU per request (ms)",
+            spread([r.cpu_ms_per_req for r in wi], 3),
+            spread(fc, 3),
+            f"{med([r.cpu_ms_per_req for r in wi]) / med(fc):.2f}×",
+            "(not evalrun as shipped)",
+        ),
+        Row(
+            c,
+            "what-if gc: wall (s); requests/s",
+            f"{f2(med([r.m.wall_s for r in wi]))}; {f2(med([r.rps for r in wi]), 0)}",
+        ),
     ]
 
 
@@ -556,17 +653,46 @@ def case2(b: Bench, reps: int, rows: list[Row]) -> None:
     c = "2 · 2k @ 200 ms"
     rows += [
         Row(c, "ideal N·latency/concurrency (s)", f2(ideal)),
-        Row(c, "request phase: first arrival → last arrival + 200 ms (s)", spread(ep), spread(fp),
-            f"{med(ep) / med(fp):.2f}×", f"≤ 1.05 × ideal = {1.05 * ideal:.2f}", verdict(med(ep) <= 1.05 * ideal)),
-        Row(c, "extra check (not in the issue): request phase vs the floor's in the same run", f2(med(ep)), f2(med(fp)),
-            f"{med(ep) / med(fp):.3f}×", "≤ 1.05 × floor", verdict(med(ep) <= 1.05 * med(fp))),
-        Row(c, "wall, whole process (s)", spread(ew), spread(fw), f"{med(ew) / med(fw):.2f}×",
-            f"≤ ideal + 1 = {ideal + 1:.2f}", verdict(med(ew) <= ideal + 1)),
+        Row(
+            c,
+            "request phase: first arrival → last arrival + 200 ms (s)",
+            spread(ep),
+            spread(fp),
+            f"{med(ep) / med(fp):.2f}×",
+            f"≤ 1.05 × ideal = {1.05 * ideal:.2f}",
+            verdict(med(ep) <= 1.05 * ideal),
+        ),
+        Row(
+            c,
+            "extra check (not in the issue): request phase vs the floor's in the same run",
+            f2(med(ep)),
+            f2(med(fp)),
+            f"{med(ep) / med(fp):.3f}×",
+            "≤ 1.05 × floor",
+            verdict(med(ep) <= 1.05 * med(fp)),
+        ),
+        Row(
+            c,
+            "wall, whole process (s)",
+            spread(ew),
+            spread(fw),
+            f"{med(ew) / med(fw):.2f}×",
+            f"≤ ideal + 1 = {ideal + 1:.2f}",
+            verdict(med(ew) <= ideal + 1),
+        ),
         Row(c, "outside the request phase: wall − phase (s)", f2(med(ew) - med(ep)), f2(med(fw) - med(fp))),
-        Row(c, "CPU per request (ms)", spread([r.cpu_ms_per_req for r in ev], 3),
-            spread([r.cpu_ms_per_req for r in fl], 3)),
-        Row(c, "max requests in flight at the sim", f2(med([r.stats.get("max_in_flight", 0) for r in ev]), 0),
-            f2(med([r.stats.get("max_in_flight", 0) for r in fl]), 0)),
+        Row(
+            c,
+            "CPU per request (ms)",
+            spread([r.cpu_ms_per_req for r in ev], 3),
+            spread([r.cpu_ms_per_req for r in fl], 3),
+        ),
+        Row(
+            c,
+            "max requests in flight at the sim",
+            f2(med([r.stats.get("max_in_flight", 0) for r in ev]), 0),
+            f2(med([r.stats.get("max_in_flight", 0) for r in fl]), 0),
+        ),
     ]
 
 
@@ -588,16 +714,20 @@ def case3(b: Bench, reps: int, rows: list[Row], stress: bool) -> None:
     n, rpm = 300, 600
     ideal_span = (n - 1) * 60 / rpm
     b.say(f"case 3a: rate limit {rpm} rpm on both sides, N={n}, 0 ms latency, {reps}×")
-    runs = [b.run_evalrun("3a-rpm", n, sim_extra=["--rpm-limit", str(rpm)], limits={"rpm": rpm}, timeout_s=240)
-            for _ in range(reps)]
+    runs = [
+        b.run_evalrun("3a-rpm", n, sim_extra=["--rpm-limit", str(rpm)], limits={"rpm": rpm}, timeout_s=240)
+        for _ in range(reps)
+    ]
     _rate_rows(rows, "3a · rpm 600, N=300", runs, n, rpm, ideal_span, n / rpm * 60)
 
     tokens = _tokens_for(n, b)
     total = sum(tokens)
     tpm = math.ceil(total * 60 / 25)  # ≈ 25 s of tokens
     b.say(f"case 3b: {tpm} tpm on both sides, N={n} ({total} tokens), 0 ms latency, {reps}×")
-    runs = [b.run_evalrun("3b-tpm", n, sim_extra=["--tpm-limit", str(tpm)], limits={"tpm": tpm}, timeout_s=240)
-            for _ in range(reps)]
+    runs = [
+        b.run_evalrun("3b-tpm", n, sim_extra=["--tpm-limit", str(tpm)], limits={"tpm": tpm}, timeout_s=240)
+        for _ in range(reps)
+    ]
     _tpm_rows(rows, f"3b · tpm {tpm:,}, N=300", runs, tpm, total, tokens)
 
     if not stress:
@@ -624,12 +754,26 @@ def _rate_rows(rows: list[Row], c: str, runs: list[RunResult], n: int, rpm: int,
     gaps = [min(b_ - a for a, b_ in zip(sorted(r.arrivals), sorted(r.arrivals)[1:])) for r in runs]
     rows += [
         Row(c, "429s received (sim count_429)", spread(c429, 0), target="0", verdict=verdict(max(c429) == 0)),
-        Row(c, "max requests in any 60 s window (sim)", spread(win, 0), target=f"≤ {rpm}", verdict=verdict(max(win) <= rpm)),
-        Row(c, "request phase: first → last arrival (s)", spread(span),
-            target=f"≤ 1.02 × N/R = {1.02 * nr:.2f}", verdict=verdict(med(span) <= 1.02 * nr)),
+        Row(
+            c,
+            "max requests in any 60 s window (sim)",
+            spread(win, 0),
+            target=f"≤ {rpm}",
+            verdict=verdict(max(win) <= rpm),
+        ),
+        Row(
+            c,
+            "request phase: first → last arrival (s)",
+            spread(span),
+            target=f"≤ 1.02 × N/R = {1.02 * nr:.2f}",
+            verdict=verdict(med(span) <= 1.02 * nr),
+        ),
         Row(c, "ideal (N−1)·60/R (s); phase / ideal", f"{ideal_span:.2f}; {med(span) / ideal_span:.3f}×"),
-        Row(c, "evenness: max in any 6 s window; min gap between sends (s)",
-            f"{max(w6)} (R/10 = {rpm // 10}); {min(gaps):.3f} (60/R = {60 / rpm:.3f})"),
+        Row(
+            c,
+            "evenness: max in any 6 s window; min gap between sends (s)",
+            f"{max(w6)} (R/10 = {rpm // 10}); {min(gaps):.3f} (60/R = {60 / rpm:.3f})",
+        ),
         Row(c, "wall, whole process (s)", spread([r.m.wall_s for r in runs])),
     ]
 
@@ -642,12 +786,25 @@ def _tpm_rows(rows: list[Row], c: str, runs: list[RunResult], tpm: int, total: i
     bound = total * 60 / tpm
     rows += [
         Row(c, "429s received (sim count_429)", spread(c429, 0), target="0", verdict=verdict(max(c429) == 0)),
-        Row(c, "max tokens in any 60 s window (sim)", spread(win, 0), target=f"≤ {tpm:,}",
-            verdict=verdict(max(win) <= tpm)),
-        Row(c, "request phase: first → last arrival (s)", spread(span),
-            target=f"≤ 1.02 × tokens·60/T = {1.02 * bound:.2f}", verdict=verdict(med(span) <= 1.02 * bound)),
-        Row(c, "ideal (tokens before the last request)·60/T (s); phase / ideal",
-            f"{ideal:.2f}; {med(span) / ideal:.3f}×"),
+        Row(
+            c,
+            "max tokens in any 60 s window (sim)",
+            spread(win, 0),
+            target=f"≤ {tpm:,}",
+            verdict=verdict(max(win) <= tpm),
+        ),
+        Row(
+            c,
+            "request phase: first → last arrival (s)",
+            spread(span),
+            target=f"≤ 1.02 × tokens·60/T = {1.02 * bound:.2f}",
+            verdict=verdict(med(span) <= 1.02 * bound),
+        ),
+        Row(
+            c,
+            "ideal (tokens before the last request)·60/T (s); phase / ideal",
+            f"{ideal:.2f}; {med(span) / ideal:.3f}×",
+        ),
         Row(c, "wall, whole process (s)", spread([r.m.wall_s for r in runs])),
     ]
 
@@ -660,15 +817,25 @@ def case4(b: Bench, rows: list[Row], base_rows: int = 10_000, big_repeats: int =
     d = big.m.maxrss_mb - small.m.maxrss_mb
 
     def phases(r: RunResult) -> str:
-        return " / ".join(f2(r.m.rss_by_phase.get(k, float("nan")), 0) for k in ("requests", "journal → parquet", "summary"))
+        return " / ".join(
+            f2(r.m.rss_by_phase.get(k, float("nan")), 0) for k in ("requests", "journal → parquet", "summary")
+        )
 
     rows += [
         Row(c, "dataset", "10,000 rows; N=10k: repeats 1; N=200k: repeats 20"),
         Row(c, "peak RSS, N=10,000 (MB)", f2(small.m.maxrss_mb, 0)),
         Row(c, "peak RSS, N=200,000 (MB)", f2(big.m.maxrss_mb, 0)),
         Row(c, "peak RSS(200k) − peak RSS(10k) (MB)", f2(d, 0), target="≤ 50", verdict=verdict(d <= 50)),
-        Row(c, "wall (s) / req/s / CPU ms per req, N=10k", f"{small.m.wall_s:.1f} / {small.rps:,.0f} / {small.cpu_ms_per_req:.3f}"),
-        Row(c, "wall (s) / req/s / CPU ms per req, N=200k", f"{big.m.wall_s:.1f} / {big.rps:,.0f} / {big.cpu_ms_per_req:.3f}"),
+        Row(
+            c,
+            "wall (s) / req/s / CPU ms per req, N=10k",
+            f"{small.m.wall_s:.1f} / {small.rps:,.0f} / {small.cpu_ms_per_req:.3f}",
+        ),
+        Row(
+            c,
+            "wall (s) / req/s / CPU ms per req, N=200k",
+            f"{big.m.wall_s:.1f} / {big.rps:,.0f} / {big.cpu_ms_per_req:.3f}",
+        ),
         Row(c, "journal.jsonl size, N=200k (MB)", f2(big.journal_mb or float("nan"), 0)),
         Row(c, "RSS by phase, sampled (MB): requests / journal→parquet / summary, N=10k", phases(small)),
         Row(c, "RSS by phase, sampled (MB): requests / journal→parquet / summary, N=200k", phases(big)),
@@ -703,13 +870,27 @@ def case5(b: Bench, reps: int, rows: list[Row]) -> None:
     pw = [p.wall_s for p in plans]
     drss = med([p.maxrss_mb for p in plans]) - med([p.maxrss_mb for p in base])
     rows += [
-        Row(c, "evalrun --help wall, best of 5 (s)", f"{hw:.3f} (median {med([h.wall_s for h in helps]):.3f})",
-            target="≤ 0.3", verdict=verdict(hw <= 0.3)),
-        Row(c, "evalrun plan, 10 cells × 100,000 rows = 1,000,000 requests, wall (s)", spread(pw),
-            target="≤ 3", verdict=verdict(med(pw) <= 3)),
-        Row(c, "plan peak RSS: 1M-request grid vs 1k-request grid (MB)",
+        Row(
+            c,
+            "evalrun --help wall, best of 5 (s)",
+            f"{hw:.3f} (median {med([h.wall_s for h in helps]):.3f})",
+            target="≤ 0.3",
+            verdict=verdict(hw <= 0.3),
+        ),
+        Row(
+            c,
+            "evalrun plan, 10 cells × 100,000 rows = 1,000,000 requests, wall (s)",
+            spread(pw),
+            target="≤ 3",
+            verdict=verdict(med(pw) <= 3),
+        ),
+        Row(
+            c,
+            "plan peak RSS: 1M-request grid vs 1k-request grid (MB)",
             f"{med([p.maxrss_mb for p in plans]):.0f} vs {med([p.maxrss_mb for p in base]):.0f} (+{drss:.0f})",
-            target="not materialised: ≤ +50", verdict=verdict(drss <= 50)),
+            target="not materialised: ≤ +50",
+            verdict=verdict(drss <= 50),
+        ),
         Row(c, "plan wall, 1k-request grid (s)", spread([p.wall_s for p in base])),
     ]
     b.plan_output = plans[0].stdout  # type: ignore[attr-defined]
@@ -718,23 +899,38 @@ def case5(b: Bench, reps: int, rows: list[Row]) -> None:
 # ---- profile -------------------------------------------------------------------------------
 
 _HOT = [  # innermost frame first; (predicate on (function, file, class), category)
-    (lambda fn, fl, cl: "/aiohttp/" in fl or "/multidict/" in fl or "/yarl/" in fl,
-     "request: aiohttp client (request build, connection pool, HTTP parse, read body)"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/client.py") and fn in ("parse_completion", "parse_usage", "_content_text", "_loads", "_int"),
-     "request: parse response (orjson.loads + parse_completion/usage)"),
+    (
+        lambda fn, fl, cl: "/aiohttp/" in fl or "/multidict/" in fl or "/yarl/" in fl,
+        "request: aiohttp client (request build, connection pool, HTTP parse, read body)",
+    ),
+    (
+        lambda fn, fl, cl: (
+            fl.endswith("evalrun/client.py")
+            and fn in ("parse_completion", "parse_usage", "_content_text", "_loads", "_int")
+        ),
+        "request: parse response (orjson.loads + parse_completion/usage)",
+    ),
     (lambda fn, fl, cl: fl.endswith("evalrun/client.py") and fn == "payload", "request: payload build"),
     (lambda fn, fl, cl: fl.endswith("evalrun/client.py"), "request: ProviderClient.send (orjson.dumps body, headers)"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/store.py") and fn in ("result_rows", "_json_text"),
-     "request: Result → report rows (result_rows, orjson messages)"),
+    (
+        lambda fn, fl, cl: fl.endswith("evalrun/store.py") and fn in ("result_rows", "_json_text"),
+        "request: Result → report rows (result_rows, orjson messages)",
+    ),
     (lambda fn, fl, cl: fl.endswith("evalrun/store.py"), "request: journal append (orjson.dumps + write + flush)"),
     (lambda fn, fl, cl: fl.endswith("evalrun/runner.py") and fn == "record", "request: record() stats"),
     (lambda fn, fl, cl: "/tenacity/" in fl, "request: tenacity retry wrapper"),
     (lambda fn, fl, cl: fl.endswith("evalrun/ratelimit.py"), "request: limiter acquire"),
     (lambda fn, fl, cl: fl.endswith("evalrun/pool.py"), "request: pool worker/_execute (+ Result)"),
-    (lambda fn, fl, cl: fl.endswith(("evalrun/grid.py", "evalrun/datasets.py")), "request: lazy spec stream (read row, render, ids)"),
+    (
+        lambda fn, fl, cl: fl.endswith(("evalrun/grid.py", "evalrun/datasets.py")),
+        "request: lazy spec stream (read row, render, ids)",
+    ),
     (lambda fn, fl, cl: fl.endswith("evalrun/progress.py"), "request: progress"),
     (lambda fn, fl, cl: "/asyncio/" in fl and not fl.endswith("runners.py"), "request: asyncio (queues, tasks, wait)"),
-    (lambda fn, fl, cl: fl.endswith("asyncio/runners.py") or "uvloop" in fl, "request: event loop (uvloop, incl. idle in epoll)"),
+    (
+        lambda fn, fl, cl: fl.endswith("asyncio/runners.py") or "uvloop" in fl,
+        "request: event loop (uvloop, incl. idle in epoll)",
+    ),
 ]
 
 
@@ -780,8 +976,25 @@ def profile_case1(b: Bench) -> list[str]:
     with Sim(b.work, 0.0) as sim:
         cfg = write_config(d / "experiment.yaml", sim.base_url, data)
         wait_quiet()
-        m = measure([PY, "-m", "pyinstrument", "-r", "session", "-o", str(out), "-m", "evalrun", "run", str(cfg),
-                     "--no-progress", "--run-dir", str(d / "run")], 600)
+        m = measure(
+            [
+                PY,
+                "-m",
+                "pyinstrument",
+                "-r",
+                "session",
+                "-o",
+                str(out),
+                "-m",
+                "evalrun",
+                "run",
+                str(cfg),
+                "--no-progress",
+                "--run-dir",
+                str(d / "run"),
+            ],
+            600,
+        )
     if m.rc != 0 or not out.exists():
         return [f"(profiling failed: exit {m.rc}: {m.stderr[-500:]})"]
     s = Session.load(str(out))
@@ -807,10 +1020,12 @@ def profile_case1(b: Bench) -> list[str]:
             leaves[key] = leaves.get(key, 0.0) + t
         total += t
     lines = [
-        (f"pyinstrument 1 ms wall-clock sampling of one case-1 run (`python -m pyinstrument -r session -m evalrun run "
-        f"CONFIG --no-progress`; N={n}, 0 ms latency). Sampled {total:.2f} s wall (profiler overhead included; "
-        f"the unprofiled run takes the case-1 wall above); process CPU {m.cpu_s:.2f} s. Interpreter start before "
-        "pyinstrument attaches (~20 ms) is not in it."),
+        (
+            f"pyinstrument 1 ms wall-clock sampling of one case-1 run (`python -m pyinstrument -r session -m evalrun run "
+            f"CONFIG --no-progress`; N={n}, 0 ms latency). Sampled {total:.2f} s wall (profiler overhead included; "
+            f"the unprofiled run takes the case-1 wall above); process CPU {m.cpu_s:.2f} s. Interpreter start before "
+            "pyinstrument attaches (~20 ms) is not in it."
+        ),
         "",
         "| where | s | share |",
         "|---|---:|---:|",
@@ -821,10 +1036,22 @@ def profile_case1(b: Bench) -> list[str]:
     for cat, t in cats.items():
         g = cat.split(":")[0]
         groups[g] = groups.get(g, 0.0) + t
-    lines += ["", ("pyinstrument sees Python frames only: time in the cyclic GC lands on whatever allocated (often "
-              "`orjson.loads`), and C work inside orjson/pyarrow/uvloop on the calling frame."),
-              "", "By phase: " + ", ".join(f"{g} {100 * t / total:.0f} %" for g, t in sorted(groups.items(), key=lambda kv: -kv[1])) + ".",
-              "", "Top 15 leaf functions (self time):", "", "| function | s | share |", "|---|---:|---:|"]
+    lines += [
+        "",
+        (
+            "pyinstrument sees Python frames only: time in the cyclic GC lands on whatever allocated (often "
+            "`orjson.loads`), and C work inside orjson/pyarrow/uvloop on the calling frame."
+        ),
+        "",
+        "By phase: "
+        + ", ".join(f"{g} {100 * t / total:.0f} %" for g, t in sorted(groups.items(), key=lambda kv: -kv[1]))
+        + ".",
+        "",
+        "Top 15 leaf functions (self time):",
+        "",
+        "| function | s | share |",
+        "|---|---:|---:|",
+    ]
     for key, t in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]:
         lines.append(f"| `{key}` | {t:.3f} | {100 * t / total:.1f} % |")
     b.say("profile:\n  " + "\n  ".join(lines))
@@ -846,8 +1073,9 @@ def machine() -> dict[str, str]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30,
-                                  check=False).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return "?"
 
@@ -864,8 +1092,12 @@ def machine() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "python": platform.python_version(),
-        "commit": git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in evalrun/: " + ", ".join(
-            ln.split(maxsplit=1)[-1] for ln in dirty.splitlines()) if dirty else ""),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (
+            " + uncommitted changes in evalrun/: " + ", ".join(ln.split(maxsplit=1)[-1] for ln in dirty.splitlines())
+            if dirty
+            else ""
+        ),
         "aiohttp": aiohttp.__version__,
         "uvloop": uv,
         "kernel": platform.release(),
@@ -881,10 +1113,12 @@ def snapshot_head(work: Path) -> tuple[Path, str]:
     figures. Returns the directory and the commit."""
     src = work / "src"
     src.mkdir()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, check=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", commit, "evalrun"], cwd=ROOT, capture_output=True, timeout=120,
-                             check=True).stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "evalrun"], cwd=ROOT, capture_output=True, timeout=120, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, timeout=120, check=True)
     ENV["PYTHONPATH"] = str(src) + (os.pathsep + ENV["PYTHONPATH"] if ENV.get("PYTHONPATH") else "")
     sys.path.insert(0, str(src))
@@ -902,8 +1136,9 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, started: float, b: Bench,
-           profile: list[str] | None) -> str:
+def render(
+    rows: list[Row], info: dict[str, str], args: argparse.Namespace, started: float, b: Bench, profile: list[str] | None
+) -> str:
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python tests/bench/bench.py " + " ".join(sys.argv[1:])
     reps = 1 if args.quick else 3
@@ -912,28 +1147,40 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, star
         "",
         f"- date: {date}; total benchmark time {(time.time() - started) / 60:.1f} min",
         f"- command: `{cmd.strip()}` (with `{PY}`)",
-        (f"- machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
-        f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}"),
+        (
+            f"- machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
+            f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}"
+        ),
         f"- evalrun under test: {info['under_test']}; hash of its evalrun/**/*.py: {info['sources']}",
         f"- checkout: {info['commit']}",
         f"- load: {info['load']}",
         f"- timing cases run {reps}× each: median shown, (min–max) after it; cases 3c/3d and 4 run once",
-        (f"- environment of every subprocess: proxies unset; `PYTHONDONTWRITEBYTECODE` (set on this machine) unset and "
-        f"`PYTHONPYCACHEPREFIX={PYCACHE}`, warmed before measuring, so evalrun starts from bytecode as an installed "
-        "copy would (without it each process recompiles evalrun's sources: ~+0.05 s)"),
-        ("- other people use this machine too (pytest runs of the project): before every measured run the script waits "
-        "(≤ 120 s) for a quiet second, and the raw table shows the CPU everything else used during each run; CPU "
-        "figures are robust to such load, wall figures are not"),
-        ("- measured per subprocess with `os.wait4` (wall from spawn to exit; user+sys CPU and peak RSS of that "
-        "process alone; no `/usr/bin/time` needed); the simulator (`evalrun serve-sim`, a fresh process per run, "
-        "uvloop) is not included in those figures; its CPU during the run is shown separately"),
-        ("- requests: `gemini-2.5-flash-lite`, `params: {max_tokens: 16, logprobs: true, top_logprobs: 5, "
-        "reasoning_effort: none}`, one user message `Write a short note about the {op} of {a} and {b}.` "
-        "over a generated dataset of short arithmetic rows (`{id, a, b, op}`); the simulator answers 16 tokens "
-        "for ~86 % of rows (8–15 otherwise), each with 5 top logprobs (~8.7 KB per response); provider "
-        "`kind: openai`, `base_urls` → the simulator, `max_concurrency: 100`, `--no-progress`, `--run-dir` in a temp dir"),
-        ("- floor: `tests/bench/floor_client.py` — one aiohttp `ClientSession`, `Semaphore(100)`, `gather` of N POSTs "
-        "with the same bodies, stdlib `json.loads` of each response; default asyncio loop"),
+        (
+            f"- environment of every subprocess: proxies unset; `PYTHONDONTWRITEBYTECODE` (set on this machine) unset and "
+            f"`PYTHONPYCACHEPREFIX={PYCACHE}`, warmed before measuring, so evalrun starts from bytecode as an installed "
+            "copy would (without it each process recompiles evalrun's sources: ~+0.05 s)"
+        ),
+        (
+            "- other people use this machine too (pytest runs of the project): before every measured run the script waits "
+            "(≤ 120 s) for a quiet second, and the raw table shows the CPU everything else used during each run; CPU "
+            "figures are robust to such load, wall figures are not"
+        ),
+        (
+            "- measured per subprocess with `os.wait4` (wall from spawn to exit; user+sys CPU and peak RSS of that "
+            "process alone; no `/usr/bin/time` needed); the simulator (`evalrun serve-sim`, a fresh process per run, "
+            "uvloop) is not included in those figures; its CPU during the run is shown separately"
+        ),
+        (
+            "- requests: `gemini-2.5-flash-lite`, `params: {max_tokens: 16, logprobs: true, top_logprobs: 5, "
+            "reasoning_effort: none}`, one user message `Write a short note about the {op} of {a} and {b}.` "
+            "over a generated dataset of short arithmetic rows (`{id, a, b, op}`); the simulator answers 16 tokens "
+            "for ~86 % of rows (8–15 otherwise), each with 5 top logprobs (~8.7 KB per response); provider "
+            "`kind: openai`, `base_urls` → the simulator, `max_concurrency: 100`, `--no-progress`, `--run-dir` in a temp dir"
+        ),
+        (
+            "- floor: `tests/bench/floor_client.py` — one aiohttp `ClientSession`, `Semaphore(100)`, `gather` of N POSTs "
+            "with the same bodies, stdlib `json.loads` of each response; default asyncio loop"
+        ),
         "",
         "| case | metric | evalrun | floor | ratio | target | result |",
         "|---|---|---|---|---|---|---|",
@@ -946,31 +1193,51 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, star
     if misses:
         out += [""] + [f"- MISS: {r.case} — {r.metric}: {r.value} (target {r.target})" for r in misses]
     out += ["", "## Anomalies seen during the runs", ""]
-    out += [f"- {o}" for o in b.observations] or [("- none: every evalrun run exited 0, status `completed`, one row per "
-                                                   "request, 0 errors, 0 retries, the simulator answered 200 to every request")]
+    out += [f"- {o}" for o in b.observations] or [
+        (
+            "- none: every evalrun run exited 0, status `completed`, one row per "
+            "request, 0 errors, 0 retries, the simulator answered 200 to every request"
+        )
+    ]
     if profile is not None:
         out += ["", "## Where the time goes (case 1, evalrun)", ""] + profile
-    out += ["", "## Raw runs", "", ("| case | who | N | wall s | user s | sys s | CPU ms/req | peak RSS MB | sim CPU s | "
-            "phase s | 429s | max in 60 s window | max tokens in window | journal MB | others' CPU s during the run | RSS MB by phase (sampled) |"),
-            "|" + "---|" * 16]
+    out += [
+        "",
+        "## Raw runs",
+        "",
+        (
+            "| case | who | N | wall s | user s | sys s | CPU ms/req | peak RSS MB | sim CPU s | "
+            "phase s | 429s | max in 60 s window | max tokens in window | journal MB | others' CPU s during the run | RSS MB by phase (sampled) |"
+        ),
+        "|" + "---|" * 16,
+    ]
     for r in b.raw:
         win = ",".join(str(v) for v in (r.get("max_in_window") or {}).values())
         tw = ",".join(str(v) for v in (r.get("max_tokens_in_window") or {}).values())
-        out.append(f"| {r['case']} | {r['who']} | {r['n']} | {r['wall_s']} | {r['user_s']} | {r['sys_s']} | "
-                   f"{r['cpu_ms_per_req']} | {r['maxrss_mb']} | {r['sim_cpu_s']} | {r['phase_s']} | {r['count_429']} | "
-                   f"{win} | {tw} | {r.get('journal_mb', '')} | {r['others_cpu_s']} | "
-                   f"{', '.join(f'{k} {v}' for k, v in r['rss_by_phase'].items())} |")
+        out.append(
+            f"| {r['case']} | {r['who']} | {r['n']} | {r['wall_s']} | {r['user_s']} | {r['sys_s']} | "
+            f"{r['cpu_ms_per_req']} | {r['maxrss_mb']} | {r['sim_cpu_s']} | {r['phase_s']} | {r['count_429']} | "
+            f"{win} | {tw} | {r.get('journal_mb', '')} | {r['others_cpu_s']} | "
+            f"{', '.join(f'{k} {v}' for k, v in r['rss_by_phase'].items())} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="each timing case once; skip case 4 and the >60 s rate cases")
     ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated cases to run (default all: 1,2,3,4,5)")
-    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report (default tests/bench/RESULTS.md)")
+    ap.add_argument(
+        "--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report (default tests/bench/RESULTS.md)"
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the pyinstrument profile of case 1")
-    ap.add_argument("--worktree", action="store_true",
-                    help="measure the checkout's evalrun/ as it is (default: a snapshot of HEAD, immune to concurrent edits)")
+    ap.add_argument(
+        "--worktree",
+        action="store_true",
+        help="measure the checkout's evalrun/ as it is (default: a snapshot of HEAD, immune to concurrent edits)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, run dirs, sim logs)")
     args = ap.parse_args()
     only = {c.strip() for c in args.only.split(",") if c.strip()}
@@ -990,8 +1257,10 @@ def main() -> int:
         info["under_test"] = f"the working tree {ROOT}/evalrun as it was during the run (--worktree)"
     else:
         SRC, commit = snapshot_head(work)
-        info["under_test"] = (f"commit {commit[:7]} exactly: `git archive HEAD evalrun` exported to a temp dir that is "
-                              "first on PYTHONPATH (uncommitted edits in the checkout are not measured)")
+        info["under_test"] = (
+            f"commit {commit[:7]} exactly: `git archive HEAD evalrun` exported to a temp dir that is "
+            "first on PYTHONPATH (uncommitted edits in the checkout are not measured)"
+        )
     where = measure([PY, "-c", "import evalrun, os; print(os.path.dirname(evalrun.__file__))"], 60).stdout.strip()
     if not where.startswith(str(SRC)):
         os.chdir(home)
@@ -1028,15 +1297,21 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     load1 = os.getloadavg()
-    info["load"] = f"{load0[0]:.2f} at start, {load1[0]:.2f} at end (1-min load average; other processes share the 2 cores)"
+    info["load"] = (
+        f"{load0[0]:.2f} at start, {load1[0]:.2f} at end (1-min load average; other processes share the 2 cores)"
+    )
     info["sources"] = digest0 if digest0 == digest1 else f"{digest0} at start, {digest1} at end"
     if digest0 != digest1:
-        b.observations.append("evalrun/ sources changed while the benchmark ran (others edit them concurrently): "
-                              "figures mix two versions; rerun for a clean set")
+        b.observations.append(
+            "evalrun/ sources changed while the benchmark ran (others edit them concurrently): "
+            "figures mix two versions; rerun for a clean set"
+        )
     text = render(rows, info, args, started, b, profile)
     w = max(len(r.metric) for r in rows) if rows else 10
     for r in rows:
-        print(f"{r.case:<28} {r.metric:<{w}}  {r.value:<28} floor {r.floor:<22} {r.ratio:<7} {r.target:<28} {r.verdict.strip('*')}")
+        print(
+            f"{r.case:<28} {r.metric:<{w}}  {r.value:<28} floor {r.floor:<22} {r.ratio:<7} {r.target:<28} {r.verdict.strip('*')}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")

@@ -6,7 +6,7 @@ gc               gc.set_threshold(100_000, 50, 1000) before evalrun starts: the 
                  ~100× less often (evalrun allocates millions of small dicts/lists per 1,000
                  requests — parsed responses, logprobs, report rows — none of them cyclic)
 summary-columns  pandas.read_parquet(<run>/results.parquet) without the heavy nested/text
-                 columns (logprobs, messages, tool_calls), i.e. what evalrun.summary would read if
+                 columns (logprobs, messages, tool_calls), i.e. what evalrun.analysis.summary would read if
                  it asked only for the columns it aggregates
 
 Each applied tweak is announced on stderr ("whatif: ... applied"), so bench.py can tell a tweak

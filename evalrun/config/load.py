@@ -11,14 +11,24 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pydantic import Discriminator, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from evalrun.diagnostics import (
+from evalrun.analysis.scoring import GateConfig, ScorerConfig
+from evalrun.config.diagnostics import (
     NAME_PATTERN,
     describe_kind,
     did_you_mean,
@@ -26,10 +36,9 @@ from evalrun.diagnostics import (
     format_validation,
     format_yaml_error,
 )
+from evalrun.config.params import PARAM_NAMES, RequestParams
+from evalrun.config.prices import PricesConfig
 from evalrun.errors import ConfigError
-from evalrun.params import PARAM_NAMES, RequestParams
-from evalrun.pricing import PricesConfig
-from evalrun.scoring import GateConfig, ScorerConfig
 
 _NAME = NAME_PATTERN
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,8 +71,7 @@ class ProviderConfig(_Strict):
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not _ENV_NAME.match(v):
             raise ValueError(
-                "api_key_env must be the NAME of an environment variable (like EVOLINK_API_KEY), "
-                "never the key itself"
+                "api_key_env must be the NAME of an environment variable (like EVOLINK_API_KEY), never the key itself"
             )
         return v
 
@@ -174,7 +182,7 @@ def _entry_kind(value: Any) -> str:
 # Tagged by the presence of from_column, so an error names one kind of entry, not both; the tags
 # are model names, which error paths drop like pydantic's own union tags.
 PromptEntry = Annotated[
-    Union[Annotated[MessageTemplate, Tag("MessageTemplate")], Annotated[FromColumn, Tag("FromColumn")]],
+    Annotated[MessageTemplate, Tag("MessageTemplate")] | Annotated[FromColumn, Tag("FromColumn")],
     Discriminator(_entry_kind),
 ]
 
@@ -227,9 +235,7 @@ class ExperimentConfig(_Strict):
     models: list[ModelEntry] = Field(min_length=1)
     params: RequestParams = Field(default_factory=RequestParams)
     grid: dict[str, Any] = Field(default_factory=dict)
-    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(
-        min_length=1
-    )
+    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(min_length=1)
     dataset: DatasetConfig
     repeats: int = Field(1, ge=1, le=100_000)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -524,8 +530,7 @@ def _validate_grid(exp: Experiment) -> GridAxes:
                         f"{did_you_mean(str(value), prompt_ids)}"
                     )
                 clean[key] = (
-                    value if key in ("model", "prompt")
-                    else _validate_value(exp, key, value, ("grid", kind, i, key))
+                    value if key in ("model", "prompt") else _validate_value(exp, key, value, ("grid", kind, i, key))
                 )
             out.append(clean)
     return GridAxes(axes, include, exclude)

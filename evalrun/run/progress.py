@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evalrun.ratelimit import LimiterState
+from evalrun.run.limiter import LimiterState
 
 LOG_EVERY_S = 10.0
 
@@ -42,8 +42,15 @@ class RunStats:
             f"in flight {in_flight}",
         ]
         if limiter is not None:
-            waits = [f"{n} on {w}" for n, w in ((limiter.waiting_rpm, "RPM"), (limiter.waiting_tpm, "TPM"),
-                                                 (limiter.waiting_retry_after, "Retry-After")) if n]  # fmt: skip
+            waits = [
+                f"{n} on {w}"
+                for n, w in (
+                    (limiter.waiting_rpm, "RPM"),
+                    (limiter.waiting_tpm, "TPM"),
+                    (limiter.waiting_retry_after, "Retry-After"),
+                )
+                if n
+            ]
             if waits:
                 parts.append("waiting " + ", ".join(waits))
         parts.append(f"ETA {_duration(eta)}")
@@ -78,12 +85,18 @@ class Progress:
         if not self.tty:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
 
         self._bar = Bar(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"), console=Console(stderr=True), transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self._bar.start()
         self._task = self._bar.add_task(self.label, total=self.stats.total, detail="")
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
-from evalrun.client import ProviderClient
-from evalrun.config import RetryConfig
+from evalrun.config.load import RetryConfig
+from evalrun.config.params import output_budget
+from evalrun.config.prices import CostBudget
 from evalrun.errors import RequestError
-from evalrun.params import output_budget
-from evalrun.pricing import CostBudget
-from evalrun.ratelimit import Limiters, ModelLimiter
-from evalrun.records import Completion, Result, RequestSpec
-from evalrun.retry import Action, classify, retry_wait
+from evalrun.run.client import ProviderClient
+from evalrun.run.limiter import Limiters, ModelLimiter
+from evalrun.run.records import Completion, RequestSpec, Result
+from evalrun.run.retry import Action, classify, retry_wait
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,15 @@ class Pool:
     async def _sleep(self, provider: str, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._wake[provider].wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # ---- running -------------------------------------------------------------------------
 
     async def run(self, specs: Iterable[RequestSpec]) -> None:
-        queues = {p: asyncio.Queue[RequestSpec | None](maxsize=c * QUEUE_PER_WORKER) for p, c in self.concurrency.items()}
+        queues = {
+            p: asyncio.Queue[RequestSpec | None](maxsize=c * QUEUE_PER_WORKER) for p, c in self.concurrency.items()
+        }
         workers = [
             asyncio.create_task(self._worker(p, queues[p]), name=f"worker-{p}-{i}")
             for p, c in self.concurrency.items()
@@ -174,9 +176,17 @@ class Pool:
             dead = self.stop.dead_models.get((provider, spec.cell.model))
             if dead is not None:
                 self._record(
-                    Result(spec, time.time(), None, 0, client.base_url, http_status=404,
-                           error_type="not_found", error_message=f"not sent: {dead}")
-                )  # fmt: skip
+                    Result(
+                        spec,
+                        time.time(),
+                        None,
+                        0,
+                        client.base_url,
+                        http_status=404,
+                        error_type="not_found",
+                        error_message=f"not sent: {dead}",
+                    )
+                )
                 continue
             self.in_flight += 1
             try:
@@ -215,8 +225,9 @@ class Pool:
         r = self.retry
         return retry_wait(decision, attempt, r.backoff_initial_s, r.backoff_max_s, r.retry_after_max_s)
 
-    async def _attempt(self, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec, est: int,
-                       st: _Attempts) -> Completion:  # fmt: skip
+    async def _attempt(
+        self, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec, est: int, st: _Attempts
+    ) -> Completion:
         """One try: wait for the limiter, send, record what it cost in time. Raises on failure."""
         provider = spec.cell.provider
         if self._halted(provider):
@@ -235,8 +246,15 @@ class Pool:
         finally:
             st.latency = time.monotonic() - t0
 
-    async def _retry(self, first: RequestError, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec,
-                     est: int, st: _Attempts) -> Completion:  # fmt: skip
+    async def _retry(
+        self,
+        first: RequestError,
+        client: ProviderClient,
+        limiter: ModelLimiter,
+        spec: RequestSpec,
+        est: int,
+        st: _Attempts,
+    ) -> Completion:
         """Attempts 2…max_attempts under the tenacity policy, starting with the wait after the
         first failure. Bounded by attempts and by max_total_s from the request's start."""
         r = self.retry
@@ -275,26 +293,54 @@ class Pool:
             client.note_success()
             limiter.on_success()
             limiter.settle(est, completion.usage.total_tokens)
-            return Result(spec, started, st.latency, st.attempts, st.base_url, completion=completion,
-                          limiter_wait_s=st.waited, retry_types=st.retry_types)  # fmt: skip
+            return Result(
+                spec,
+                started,
+                st.latency,
+                st.attempts,
+                st.base_url,
+                completion=completion,
+                limiter_wait_s=st.waited,
+                retry_types=st.retry_types,
+            )
         except _Halted:
             return None
         except RequestError as exc:
             # the last entry of retry_types is this final error, not a retry
             return Result(
-                spec, started, st.latency, st.attempts, client.base_url, http_status=exc.status_code,
-                error_type=exc.error_type, error_message=str(exc), limiter_wait_s=st.waited,
-                retry_types=st.retry_types[:-1], partial=exc.partial,
-            )  # fmt: skip
+                spec,
+                started,
+                st.latency,
+                st.attempts,
+                client.base_url,
+                http_status=exc.status_code,
+                error_type=exc.error_type,
+                error_message=str(exc),
+                limiter_wait_s=st.waited,
+                retry_types=st.retry_types[:-1],
+                partial=exc.partial,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must cost one row, not the run
             logger.exception("internal error on request %s", spec.request_id)
-            return Result(spec, started, st.latency, st.attempts, client.base_url,
-                          error_type="internal_error", error_message=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return Result(
+                spec,
+                started,
+                st.latency,
+                st.attempts,
+                client.base_url,
+                error_type="internal_error",
+                error_message=f"{type(exc).__name__}: {exc}",
+            )
 
     def _after_failure(
-        self, client: ProviderClient, limiter: ModelLimiter, spec: RequestSpec, exc: RequestError, retry_types: list[str]
+        self,
+        client: ProviderClient,
+        limiter: ModelLimiter,
+        spec: RequestSpec,
+        exc: RequestError,
+        retry_types: list[str],
     ) -> None:
         """Side effects of a failed attempt that reach beyond this request."""
         decision = classify(exc)

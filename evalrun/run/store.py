@@ -11,23 +11,23 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from evalrun.datasets import cell_text
-from evalrun.pricing import COST_COLUMNS
-from evalrun.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
-from evalrun.records import Choice, Completion, Result
+from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
+from evalrun.config.prices import COST_COLUMNS
+from evalrun.run.datasets import cell_text
+from evalrun.run.records import Choice, Completion, Result
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from evalrun.scoring import Scorers
-    from evalrun.summary import SummaryBuilder
+    from evalrun.analysis.scoring import Scorers
+    from evalrun.analysis.summary import SummaryBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,17 @@ PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of wri
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
 USAGE_FIELDS = (
-    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
-    "prompt_text_tokens", "prompt_audio_tokens", "prompt_image_tokens",
-    "completion_text_tokens", "completion_audio_tokens",
-)  # fmt: skip
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "prompt_text_tokens",
+    "prompt_audio_tokens",
+    "prompt_image_tokens",
+    "completion_text_tokens",
+    "completion_audio_tokens",
+)
 
 
 def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, ...] | list[str] = ()) -> pa.Schema:
@@ -52,30 +59,53 @@ def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, 
 
     top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
     token = pa.struct(
-        [("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64())),
-         ("top_logprobs", pa.list_(top))]
-    )  # fmt: skip
+        [
+            ("token", pa.string()),
+            ("logprob", pa.float64()),
+            ("bytes", pa.list_(pa.int64())),
+            ("top_logprobs", pa.list_(top)),
+        ]
+    )
     kinds = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string()}
     fields = [
-        ("run_id", pa.string()), ("request_id", pa.string()), ("cell_id", pa.string()),
-        ("experiment", pa.string()), ("provider", pa.string()), ("base_url", pa.string()),
-        ("model", pa.string()), ("response_model", pa.string()),
+        ("run_id", pa.string()),
+        ("request_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("experiment", pa.string()),
+        ("provider", pa.string()),
+        ("base_url", pa.string()),
+        ("model", pa.string()),
+        ("response_model", pa.string()),
         *[(PARAM_COLUMN[name], kinds[PARAM_ARROW_KIND[name]]) for name in PARAM_NAMES],
-        ("prompt_id", pa.string()), ("row_id", pa.string()), ("repeat", pa.int64()),
-        ("messages", pa.string()), ("choice_index", pa.int64()), ("n_choices", pa.int64()),
-        ("content", pa.string()), ("finish_reason", pa.string()), ("tool_calls", pa.string()),
+        ("prompt_id", pa.string()),
+        ("row_id", pa.string()),
+        ("repeat", pa.int64()),
+        ("messages", pa.string()),
+        ("choice_index", pa.int64()),
+        ("n_choices", pa.int64()),
+        ("content", pa.string()),
+        ("finish_reason", pa.string()),
+        ("tool_calls", pa.string()),
         ("logprobs", pa.list_(token)),
         *[(name, pa.int64()) for name in USAGE_FIELDS],
         *[(name, pa.float64()) for name in COST_COLUMNS],
-        ("latency_s", pa.float64()), ("ttft_s", pa.float64()), ("stream_chunks", pa.int64()),
-        ("itl_mean_s", pa.float64()), ("itl_p95_s", pa.float64()),
-        ("started_at", pa.timestamp("ms", tz="UTC")), ("attempts", pa.int64()),
-        ("retry_types", pa.list_(pa.string())), ("limiter_wait_s", pa.float64()),
-        ("status", pa.string()), ("http_status", pa.int64()), ("error_type", pa.string()),
-        ("error_message", pa.string()), ("response_id", pa.string()),
+        ("latency_s", pa.float64()),
+        ("ttft_s", pa.float64()),
+        ("stream_chunks", pa.int64()),
+        ("itl_mean_s", pa.float64()),
+        ("itl_p95_s", pa.float64()),
+        ("started_at", pa.timestamp("ms", tz="UTC")),
+        ("attempts", pa.int64()),
+        ("retry_types", pa.list_(pa.string())),
+        ("limiter_wait_s", pa.float64()),
+        ("status", pa.string()),
+        ("http_status", pa.int64()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("response_id", pa.string()),
         *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
         *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
-    ]  # fmt: skip
+    ]
     return pa.schema(fields)
 
 
@@ -94,14 +124,23 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
     cell = spec.cell
     params = spec.params  # the cell's, with the row's own (dataset.params_from_columns) on top
     common: dict[str, Any] = {
-        "run_id": run_id, "request_id": spec.request_id, "cell_id": cell.cell_id,
-        "experiment": experiment, "provider": cell.provider, "base_url": result.base_url,
-        "model": cell.model, "prompt_id": cell.prompt_id, "row_id": spec.row_id,
-        "repeat": spec.repeat, "messages": orjson.dumps(spec.messages).decode(),
-        "latency_s": result.latency_s, "started_at": int(result.started_at * 1000),
-        "attempts": result.attempts, "retry_types": result.retry_types or None,
+        "run_id": run_id,
+        "request_id": spec.request_id,
+        "cell_id": cell.cell_id,
+        "experiment": experiment,
+        "provider": cell.provider,
+        "base_url": result.base_url,
+        "model": cell.model,
+        "prompt_id": cell.prompt_id,
+        "row_id": spec.row_id,
+        "repeat": spec.repeat,
+        "messages": orjson.dumps(spec.messages).decode(),
+        "latency_s": result.latency_s,
+        "started_at": int(result.started_at * 1000),
+        "attempts": result.attempts,
+        "retry_types": result.retry_types or None,
         "limiter_wait_s": round(result.limiter_wait_s, 6),
-    }  # fmt: skip
+    }
     for name in PARAM_NAMES:
         v = params.get(name)
         common[PARAM_COLUMN[name]] = _json_text(v) if PARAM_ARROW_KIND[name] == "json" else v
@@ -111,33 +150,50 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
     comp = result.completion
     if comp is None:
         row = {
-            **common, "status": "error", "http_status": result.http_status,
-            "error_type": result.error_type, "error_message": result.error_message,
-        }  # fmt: skip
+            **common,
+            "status": "error",
+            "http_status": result.http_status,
+            "error_type": result.error_type,
+            "error_message": result.error_message,
+        }
         part = result.partial
         if part is not None:
-            row.update(_request_columns(part), n_choices=len(part.choices), response_model=part.response_model,
-                       response_id=part.response_id)
+            row.update(
+                _request_columns(part),
+                n_choices=len(part.choices),
+                response_model=part.response_model,
+                response_id=part.response_id,
+            )
             if part.choices:
                 row.update(_choice_columns(part.choices[0]))
         return [row]
     rows = []
     for i, choice in enumerate(comp.choices):
         row = {
-            **common, "status": "ok", "http_status": 200, "response_model": comp.response_model,
-            "response_id": comp.response_id, "choice_index": choice.index, "n_choices": len(comp.choices),
-            **_choice_columns(choice), **(_request_columns(comp) if i == 0 else {}),
-        }  # fmt: skip
+            **common,
+            "status": "ok",
+            "http_status": 200,
+            "response_model": comp.response_model,
+            "response_id": comp.response_id,
+            "choice_index": choice.index,
+            "n_choices": len(comp.choices),
+            **_choice_columns(choice),
+            **(_request_columns(comp) if i == 0 else {}),
+        }
         rows.append(row)
     return rows
 
 
 def _choice_columns(choice: Choice) -> dict[str, Any]:
     return {
-        "content": choice.content, "finish_reason": choice.finish_reason,
-        "tool_calls": _json_text(choice.tool_calls), "logprobs": choice.logprobs,
-        "ttft_s": choice.ttft_s, "itl_mean_s": choice.itl_mean_s, "itl_p95_s": choice.itl_p95_s,
-    }  # fmt: skip
+        "content": choice.content,
+        "finish_reason": choice.finish_reason,
+        "tool_calls": _json_text(choice.tool_calls),
+        "logprobs": choice.logprobs,
+        "ttft_s": choice.ttft_s,
+        "itl_mean_s": choice.itl_mean_s,
+        "itl_p95_s": choice.itl_p95_s,
+    }
 
 
 def _request_columns(comp: Completion) -> dict[str, Any]:
@@ -216,8 +272,12 @@ def repair_journal(path: Path) -> None:
 
 
 def write_results(
-    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None = None,
-    scorers: Scorers | None = None, summary: SummaryBuilder | None = None,
+    run_dir: Path,
+    data_columns: tuple[str, ...],
+    dedupe: bool,
+    keep: set[str] | None = None,
+    scorers: Scorers | None = None,
+    summary: SummaryBuilder | None = None,
 ) -> dict[str, int]:
     """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
 
@@ -239,7 +299,11 @@ def write_results(
 
 
 def _write_results(
-    run_dir: Path, data_columns: tuple[str, ...], dedupe: bool, keep: set[str] | None, scorers: Scorers | None,
+    run_dir: Path,
+    data_columns: tuple[str, ...],
+    dedupe: bool,
+    keep: set[str] | None,
+    scorers: Scorers | None,
     summary: SummaryBuilder | None,
 ) -> dict[str, int]:
     import pyarrow.parquet as pq
@@ -271,8 +335,13 @@ def _write_results(
     return counts
 
 
-def _write_batch(writer: Any, rows: list[dict[str, Any]], schema: pa.Schema, scorers: Scorers | None,
-                 summary: SummaryBuilder | None = None) -> int:  # fmt: skip
+def _write_batch(
+    writer: Any,
+    rows: list[dict[str, Any]],
+    schema: pa.Schema,
+    scorers: Scorers | None,
+    summary: SummaryBuilder | None = None,
+) -> int:
     import pyarrow as pa
 
     if scorers:
@@ -293,7 +362,7 @@ def rescore(run_dir: Path, scorers: Scorers) -> int:
     source = pq.ParquetFile(path)
     old = source.schema_arrow
     keep = [f.name for f in old if not f.name.startswith(("score_", "pass_"))]
-    data_columns = tuple(n[len(DATA_PREFIX):] for n in keep if n.startswith(DATA_PREFIX))
+    data_columns = tuple(n[len(DATA_PREFIX) :] for n in keep if n.startswith(DATA_PREFIX))
     schema = results_schema(data_columns, scorers.names)
     tmp = run_dir / (RESULTS + ".tmp")
     total = 0
@@ -313,4 +382,4 @@ def write_json(path: Path, obj: Any) -> None:
 
 def now_iso() -> str:
     """UTC, ISO 8601, milliseconds: runs started in the same second still sort."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

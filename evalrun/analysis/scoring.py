@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evalrun.datasets import fill, placeholders
 from evalrun.errors import ConfigError
+from evalrun.run.datasets import fill, placeholders
 
 Normalize = Literal["case", "whitespace", "punctuation"]
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -175,24 +175,33 @@ def _compile(cfg: Any, where: str, base_dir: Path) -> Fn:
         raise ConfigError(f"{where}: invalid regular expression: {exc}") from None
     has_rx = bool(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None))
     if kind == "exact_match":
+
         def exact(r: dict[str, Any]) -> Score:
             got = _extract(rx if has_rx else None, r["content"] or "")
-            return _bool(got is not None and _norm(got, cfg.normalize) == _norm(_expected(cfg.expected, r["data"]), cfg.normalize))
+            return _bool(
+                got is not None
+                and _norm(got, cfg.normalize) == _norm(_expected(cfg.expected, r["data"]), cfg.normalize)
+            )
+
         return exact
     if kind in ("contains", "not_contains"):
+
         def contains(r: dict[str, Any]) -> Score:
             found = _norm(_expected(cfg.value, r["data"]), cfg.normalize) in _norm(r["content"] or "", cfg.normalize)
             return _bool(found if kind == "contains" else not found)
+
         return contains
     if kind == "regex":
         return lambda r: _bool(rx.search(r["content"] or "") is not None)
     if kind == "numeric":
+
         def numeric(r: dict[str, Any]) -> Score:
             got = parse_number(_extract(rx if has_rx else None, r["content"] or ""))
             want = parse_number(_expected(cfg.expected, r["data"]))
             if got is None or want is None:
                 return _bool(False)
             return _bool(abs(got - want) <= max(cfg.tolerance, cfg.rel_tolerance * abs(want)))
+
         return numeric
     if kind == "json_valid":
         return lambda r: _bool(_json(r["content"]) is not _INVALID)
@@ -327,13 +336,20 @@ class Scorers:
                         score, passed = None, False
                         if name not in self._warned:
                             self._warned.add(name)
-                            logger.warning("scorer %s failed on row %s: %s: %s (score left null)",
-                                           name, row.get("row_id"), type(exc).__name__, exc)
+                            logger.warning(
+                                "scorer %s failed on row %s: %s: %s (score left null)",
+                                name,
+                                row.get("row_id"),
+                                type(exc).__name__,
+                                exc,
+                            )
                 row[f"score_{name}"] = score
                 row[f"pass_{name}"] = passed
 
 
-def load_scorers(configs: list[Any], config_path: Path, columns: tuple[str, ...], lines: dict[Any, int] | None = None) -> Scorers:
+def load_scorers(
+    configs: list[Any], config_path: Path, columns: tuple[str, ...], lines: dict[Any, int] | None = None
+) -> Scorers:
     """Compile the scorers and check the dataset columns they read exist."""
     where = f"{config_path}:{(lines or {}).get(('scorers',), '')}".rstrip(":")
     scorers = Scorers(configs, config_path.parent, f"{where}: scorers")

@@ -5,6 +5,7 @@ page opens), and the small formatting helpers the charts and the report's tables
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,17 +14,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalrun.report import Run
+    from evalrun.report.html import Run
 
 ANSWER_CHARS = 600  # of an answer shown in a table cell
 WIDTH = 960  # every chart's viewBox width; the page scales it
 OUTLIERS_SHOWN = 60  # per box: more dots only hide each other
 LABELS_UP_TO = 16  # scatter points get a label up to this many cells (Pareto points always)
 # Observable's 10-colour palette: distinct in hue and lightness, readable on white
-PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e",
-           "#9498a0")  # fmt: skip
-TOKEN_PARTS = (("prompt", "prompt (uncached)", "#3157c8"), ("cached", "cached prompt", "#9db4ee"),
-               ("output", "visible output", "#2f9e5b"), ("reasoning", "reasoning", "#a463f2"))  # fmt: skip
+PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e", "#9498a0")
+TOKEN_PARTS = (
+    ("prompt", "prompt (uncached)", "#3157c8"),
+    ("cached", "cached prompt", "#9db4ee"),
+    ("output", "visible output", "#2f9e5b"),
+    ("reasoning", "reasoning", "#a463f2"),
+)
 OK_COLOUR, WAIT_COLOUR, RETRY_COLOUR = "#b9c8ee", "#efb118", "#17202c"
 BIN_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 ERROR_COLOURS = ("#d1495b", "#f08a24", "#8f2d56", "#e0b11b", "#6d597a", "#b56576")
@@ -38,8 +42,6 @@ def price_label(manifest: dict[str, Any]) -> tuple[str, str]:
     info = {"file": info} if isinstance(info, str) else info
     source = str(info.get("source") or info.get("file") or "not recorded in the manifest")
     return str(info.get("currency") or "USD"), source + (f", as of {info['as_of']}" if info.get("as_of") else "")
-
-
 
 
 def esc(v: Any) -> str:
@@ -91,7 +93,7 @@ def fmt_secs(v: float) -> str:
     """Elapsed time for an axis: 0.25 s, 42 s, 3:20, 1:02:00."""
     if v < 60:
         return f"{v:g} s" if v >= 1 or v == 0 else f"{v:.3g} s"
-    m, s = divmod(int(round(v)), 60)
+    m, s = divmod(round(v), 60)
     return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
@@ -115,8 +117,10 @@ def td(text: str, sort: Any = None, cls: str = "num", extra: str = "") -> str:
 
 def html_table(table_id: str, heads: list[tuple[str, str]], rows: list[str]) -> str:
     ths = "".join(f'<th class="{cls}">{esc(h)}</th>' for h, cls in heads)
-    return (f'<div class="table-wrap"><table class="sortable" id="{table_id}"><thead><tr>{ths}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')  # fmt: skip
+    return (
+        f'<div class="table-wrap"><table class="sortable" id="{table_id}"><thead><tr>{ths}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 # --------------------------------------------------------------------------- svg primitives
@@ -146,15 +150,20 @@ class Scale:
 
     def ticks(self, n: int = 5) -> list[float]:
         if self.log:
-            out = [d * 10.0**k for k in range(math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi)) + 1)
-                   for d in (1, 2, 5) if self.lo <= d * 10.0**k <= self.hi]  # fmt: skip
+            out = [
+                d * 10.0**k
+                for k in range(math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi)) + 1)
+                for d in (1, 2, 5)
+                if self.lo <= d * 10.0**k <= self.hi
+            ]
             return [t for t in out if f"{t:e}".startswith("1")] if len(out) > 9 else out
         step = _nice_step(self.hi - self.lo, n, self.whole)
         return [round(self.lo + i * step, 12) for i in range(int((self.hi - self.lo) / step + 1e-6) + 1)]
 
 
-def _scale(values: Any, a: float, b: float, *, zero: bool = True, log_ratio: float = 0, n: int = 5,
-           whole: bool = False) -> Scale:  # fmt: skip
+def _scale(
+    values: Any, a: float, b: float, *, zero: bool = True, log_ratio: float = 0, n: int = 5, whole: bool = False
+) -> Scale:
     """A scale over `values` with round ends, from 0 (`zero`) or padded around the data; log10
     when max/min exceeds `log_ratio` (latencies and prices span decades)."""
     vals = [float(v) for v in values if not is_missing(v)] or [0.0, 1.0]
@@ -168,8 +177,10 @@ def _scale(values: Any, a: float, b: float, *, zero: bool = True, log_ratio: flo
 
 
 def _svg(h: float, body: list[str], label: str) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {h:.0f}" role="img" aria-label="{esc(label)}" '
-            f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}</svg>')  # fmt: skip
+    return (
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {h:.0f}" role="img" aria-label="{esc(label)}" '
+        f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}</svg>'
+    )
 
 
 def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "start", extra: str = "") -> str:
@@ -181,8 +192,10 @@ def _line(x1: float, y1: float, x2: float, y2: float, cls: str, extra: str = "")
 
 
 def _rect(cls: str, x: float, y: float, w: float, h: float, fill: str, hint: str = "", extra: str = "") -> str:
-    return (f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"'
-            f'{tip(hint) if hint else ""}{extra}/>')  # fmt: skip
+    return (
+        f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"'
+        f"{tip(hint) if hint else ''}{extra}/>"
+    )
 
 
 def tip(text: str) -> str:
@@ -190,15 +203,21 @@ def tip(text: str) -> str:
 
 
 def _x_axis(sx: Scale, top: float, bottom: float, fmt: Any, title: str = "") -> list[str]:
-    out = [s for t in sx.ticks() for s in (_line(sx(t), top, sx(t), bottom, "grid"),
-                                           _text(sx(t), bottom + 16, fmt(t), anchor="middle"))]  # fmt: skip
+    out = [
+        s
+        for t in sx.ticks()
+        for s in (_line(sx(t), top, sx(t), bottom, "grid"), _text(sx(t), bottom + 16, fmt(t), anchor="middle"))
+    ]
     out.append(_line(sx.a, bottom, sx.b, bottom, "axis"))
     return out + ([_text((sx.a + sx.b) / 2, bottom + 36, title, "title", "middle")] if title else [])
 
 
 def _y_axis(sy: Scale, left: float, right: float, fmt: Any, title: str = "", n: int = 5) -> list[str]:
-    out = [s for t in sy.ticks(n) for s in (_line(left, sy(t), right, sy(t), "grid"),
-                                            _text(left - 8, sy(t) + 4, fmt(t), anchor="end"))]  # fmt: skip
+    out = [
+        s
+        for t in sy.ticks(n)
+        for s in (_line(left, sy(t), right, sy(t), "grid"), _text(left - 8, sy(t) + 4, fmt(t), anchor="end"))
+    ]
     mid = (sy.a + sy.b) / 2
     return out + ([_text(14, mid, title, "title", "middle", f' transform="rotate(-90 14 {mid:.1f})"')] if title else [])
 
@@ -224,23 +243,28 @@ def _legend(items: list[tuple[str, str, str]]) -> str:
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the (cost, accuracy) points that no other point dominates: none is as cheap
     or cheaper and as accurate or more, and strictly better in one."""
-    return [i for i, (x, y) in enumerate(points)
-            if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points)]  # fmt: skip
+    return [
+        i for i, (x, y) in enumerate(points) if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points)
+    ]
 
 
 def score_vs_cost(run: Run) -> str:
     cells, s = run.cells, run.scorer
     if s is None:
-        return ('<p class="empty">This run has no scorers, so there is no pass rate to plot. Add <code>scorers:'
-                "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>")  # fmt: skip
+        return (
+            '<p class="empty">This run has no scorers, so there is no pass rate to plot. Add <code>scorers:'
+            "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>"
+        )
     currency, note = price_label(run.manifest)[0], ""
     if run.has_cost:
         xcol, xname = "cost_per_request", f"cost per request ({currency})"
         xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
     else:
         xcol, xname, xfmt, tfmt = "tokens_per_request", "total tokens per request", fmt_num, fmt_num
-        note = ('<p class="note">This run has no cost columns (no prices were known when it ran), so the x axis '
-                "is total tokens per request instead of cost.</p>")  # fmt: skip
+        note = (
+            '<p class="note">This run has no cost columns (no prices were known when it ran), so the x axis '
+            "is total tokens per request instead of cost.</p>"
+        )
     pts = cells[cells[xcol].notna() & cells[f"pass_rate_{s}"].notna()].reset_index(drop=True)
     if pts.empty:
         return note + f'<p class="empty">No cell has both a pass rate and a {esc(xname)}.</p>'
@@ -259,34 +283,54 @@ def score_vs_cost(run: Run) -> str:
     if len(steps) > 1:  # a staircase: the best pass rate reachable for a given spend
         path = "".join(f"H{sx(x):.1f}V{sy(y):.1f}" for x, y in steps[1:])
         body.append(f'<path class="front-line" d="M{sx(steps[0][0]):.1f},{sy(steps[0][1]):.1f}{path}"/>')
-    body += [_line(sx(x), sy(lo), sx(x), sy(hi), "ci", f' stroke="{run.colours[m]}"')
-             for (x, _), lo, hi, m in zip(xy, lo_ci, hi_ci, pts.model)]  # fmt: skip
+    body += [
+        _line(sx(x), sy(lo), sx(x), sy(hi), "ci", f' stroke="{run.colours[m]}"')
+        for (x, _), lo, hi, m in zip(xy, lo_ci, hi_ci, pts.model)
+    ]
     taken = [(sx(x) - 7, sy(y) - 7, sx(x) + 7, sy(y) + 7) for x, y in xy]
-    for (x1, y1), (x2, y2) in zip(steps, steps[1:]):  # labels keep off the staircase too
+    for (x1, y1), (x2, y2) in itertools.pairwise(steps):  # labels keep off the staircase too
         taken += [(sx(x1) + 8, sy(y1) - 3, sx(x2), sy(y1) + 3), (sx(x2) - 3, sy(y2) + 8, sx(x2) + 3, sy(y1))]
     spot: dict[tuple[int, int], list[str]] = {}  # cells drawn on the same pixel hide each other: say so
     for (x, y), label in zip(xy, pts.label):
         spot.setdefault((round(sx(x)), round(sy(y))), []).append(label)
     for i in sorted(range(len(xy)), key=lambda i: (i not in front, -xy[i][1])):  # front labels pick first
         r, (x, y), on = pts.iloc[i], xy[i], i in front
-        hint = (f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
-               f"\n{r.requests} requests" + ("\non the Pareto front" if on else "")
-               + "".join(f"\nsame spot: {o}" for o in spot[round(sx(x)), round(sy(y))] if o != r.label))  # fmt: skip
-        body.append(f'<circle class="pt{" front" if on else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" '
-                    f'r="{7 if on else 5.5}" fill="{run.colours[r.model]}" data-cell="{esc(r.cell_id)}"{tip(hint)}/>')
+        hint = (
+            f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
+            f"\n{r.requests} requests"
+            + ("\non the Pareto front" if on else "")
+            + "".join(f"\nsame spot: {o}" for o in spot[round(sx(x)), round(sy(y))] if o != r.label)
+        )
+        body.append(
+            f'<circle class="pt{" front" if on else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" '
+            f'r="{7 if on else 5.5}" fill="{run.colours[r.model]}" data-cell="{esc(r.cell_id)}"{tip(hint)}/>'
+        )
         if on or len(xy) <= LABELS_UP_TO:
             body += _place_label(r.label, sx(x), sy(y), taken, (L, T, WIDTH - R, H - B), force=on)
-    legend = _legend([(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
-                     + [("Pareto front", "", "ring"), ("95% interval", "#c9d0da", "")])  # fmt: skip
+    legend = _legend(
+        [(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
+        + [("Pareto front", "", "ring"), ("95% interval", "#c9d0da", "")]
+    )
     return note + legend + _svg(H, body, f"pass rate vs {xname} per cell")
 
 
-SPOTS = ((10, 4, "start"), (-10, 4, "end"), (9, -10, "start"), (9, 18, "start"), (-9, -10, "end"), (-9, 18, "end"),
-         (0, -13, "middle"), (0, 22, "middle"), (0, -27, "middle"), (0, 36, "middle"))  # fmt: skip
+SPOTS = (
+    (10, 4, "start"),
+    (-10, 4, "end"),
+    (9, -10, "start"),
+    (9, 18, "start"),
+    (-9, -10, "end"),
+    (-9, 18, "end"),
+    (0, -13, "middle"),
+    (0, 22, "middle"),
+    (0, -27, "middle"),
+    (0, 36, "middle"),
+)
 
 
-def _place_label(s: str, px: float, py: float, taken: list[tuple[float, ...]], box: tuple[float, ...],
-                 force: bool) -> list[str]:  # fmt: skip
+def _place_label(
+    s: str, px: float, py: float, taken: list[tuple[float, ...]], box: tuple[float, ...], force: bool
+) -> list[str]:
     """The first spot around the point whose label overlaps no other label, point or line."""
     w, own = _text_w(s), (px - 7, py - 7, px + 7, py + 7)
     for dx, dy, anchor in SPOTS:
@@ -305,15 +349,27 @@ def _box_stats(v: pd.Series) -> dict[str, Any]:
     out = v[~fence].sort_values()
     if len(out) > OUTLIERS_SHOWN:  # the extremes and an even sample between
         out = out.iloc[sorted({int(i * (len(out) - 1) / (OUTLIERS_SHOWN - 1)) for i in range(OUTLIERS_SHOWN)})]
-    return {"q1": q1, "med": med, "q3": q3, "lo": float(v[fence].min()), "hi": float(v[fence].max()),
-            "out": list(out), "n": len(v), "p95": float(v.quantile(0.95)), "max": float(v.max())}  # fmt: skip
+    return {
+        "q1": q1,
+        "med": med,
+        "q3": q3,
+        "lo": float(v[fence].min()),
+        "hi": float(v[fence].max()),
+        "out": list(out),
+        "n": len(v),
+        "p95": float(v.quantile(0.95)),
+        "max": float(v.max()),
+    }
 
 
 def latency_boxes(run: Run) -> str:
     ok = run.requests[run.requests.status == "ok"]
-    groups = [(m, kind, _box_stats(v.astype(float))) for m in run.colours
-              for col, kind in (("latency_s", "latency"), ("ttft_s", "ttft"))
-              if col in ok and len(v := ok.loc[ok.model == m, col].dropna())]  # fmt: skip
+    groups = [
+        (m, kind, _box_stats(v.astype(float)))
+        for m in run.colours
+        for col, kind in (("latency_s", "latency"), ("ttft_s", "ttft"))
+        if col in ok and len(v := ok.loc[ok.model == m, col].dropna())
+    ]
     if not groups:
         return '<p class="empty">No successful request to measure.</p>'
     lw = min(260.0, max(_text_w(m, 12.5) for m, _, _ in groups) + 24)
@@ -326,23 +382,41 @@ def latency_boxes(run: Run) -> str:
         y += 8 if model != last and last is not None else 0
         c, mid, bh = run.colours[model], y + rows[kind] / 2, 20 if kind == "latency" else 12
         name = "latency" if kind == "latency" else "time to first token"
-        body.append(_text(lw, mid + 4, _cut(model, lw - 8), "rowlbl", "end") if model != last
-                    else _text(lw, mid + 4, name, "val", "end"))  # fmt: skip
-        hint = (f"{model} · {name}\n{g['n']} requests\nmedian {g['med']:.3f} s · middle half {g['q1']:.3f}–"
-               f"{g['q3']:.3f} s\np95 {g['p95']:.3f} s · max {g['max']:.3f} s")  # fmt: skip
+        body.append(
+            _text(lw, mid + 4, _cut(model, lw - 8), "rowlbl", "end")
+            if model != last
+            else _text(lw, mid + 4, name, "val", "end")
+        )
+        hint = (
+            f"{model} · {name}\n{g['n']} requests\nmedian {g['med']:.3f} s · middle half {g['q1']:.3f}–"
+            f"{g['q3']:.3f} s\np95 {g['p95']:.3f} s · max {g['max']:.3f} s"
+        )
         stroke, (x1, x3) = f' stroke="{c}"', (sx(g["q1"]), sx(g["q3"]))
         fill = f' fill-opacity="{0.35 if kind == "latency" else 1}" rx="3"{stroke} stroke-width="1.5"'
-        body += [_line(sx(g["lo"]), mid, x1, mid, "whisker", stroke), _line(x3, mid, sx(g["hi"]), mid, "whisker", stroke),
-                 *(_line(sx(g[e]), mid - bh / 4, sx(g[e]), mid + bh / 4, "whisker", stroke) for e in ("lo", "hi")),
-                 _rect(f"box box-{kind}", x1, mid - bh / 2, max(1.5, x3 - x1), bh, c if kind == "latency" else "#fff",
-                       hint, fill),
-                 _line(sx(g["med"]), mid - bh / 2, sx(g["med"]), mid + bh / 2, "median"),
-                 *(f'<circle class="outlier" cx="{sx(v):.1f}" cy="{mid:.1f}" r="2.6" fill="{c}"/>' for v in g["out"])]
-        y, last = y + rows[kind], model  # fmt: skip
+        body += [
+            _line(sx(g["lo"]), mid, x1, mid, "whisker", stroke),
+            _line(x3, mid, sx(g["hi"]), mid, "whisker", stroke),
+            *(_line(sx(g[e]), mid - bh / 4, sx(g[e]), mid + bh / 4, "whisker", stroke) for e in ("lo", "hi")),
+            _rect(
+                f"box box-{kind}",
+                x1,
+                mid - bh / 2,
+                max(1.5, x3 - x1),
+                bh,
+                c if kind == "latency" else "#fff",
+                hint,
+                fill,
+            ),
+            _line(sx(g["med"]), mid - bh / 2, sx(g["med"]), mid + bh / 2, "median"),
+            *(f'<circle class="outlier" cx="{sx(v):.1f}" cy="{mid:.1f}" r="2.6" fill="{c}"/>' for v in g["out"]),
+        ]
+        y, last = y + rows[kind], model
     note = "Successful requests. Box: the middle half; line: the median; whiskers: 1.5 × IQR; dots: outliers. "
-    note += ("Filled: total latency (sent → answer complete); white: time to first token of streamed requests."
-             if any(k == "ttft" for _, k, _ in groups) else
-             "Total latency, sent → answer complete. No request was streamed, so there is no time to first token.")
+    note += (
+        "Filled: total latency (sent → answer complete); white: time to first token of streamed requests."
+        if any(k == "ttft" for _, k, _ in groups)
+        else "Total latency, sent → answer complete. No request was streamed, so there is no time to first token."
+    )
     return f'<p class="sub">{note}</p>' + _svg(H, body, "latency distribution per model")
 
 
@@ -350,12 +424,21 @@ def token_bars(run: Run) -> str:
     req = run.requests[run.requests.prompt_tokens.notna() | run.requests.completion_tokens.notna()]
     if req.empty:
         return '<p class="empty">No request carried token usage.</p>'
-    z = {c: req[c].fillna(0).astype(float) for c in ("prompt_tokens", "cached_tokens", "completion_tokens",
-                                                     "reasoning_tokens")}  # fmt: skip
-    parts = req[["cell_id"]].assign(
-        prompt=(z["prompt_tokens"] - z["cached_tokens"]).clip(lower=0), cached=z["cached_tokens"],
-        output=(z["completion_tokens"] - z["reasoning_tokens"]).clip(lower=0), reasoning=z["reasoning_tokens"],
-    ).groupby("cell_id").mean()  # fmt: skip
+    z = {
+        c: req[c].fillna(0).astype(float)
+        for c in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
+    }
+    parts = (
+        req[["cell_id"]]
+        .assign(
+            prompt=(z["prompt_tokens"] - z["cached_tokens"]).clip(lower=0),
+            cached=z["cached_tokens"],
+            output=(z["completion_tokens"] - z["reasoning_tokens"]).clip(lower=0),
+            reasoning=z["reasoning_tokens"],
+        )
+        .groupby("cell_id")
+        .mean()
+    )
     cells = run.cells[run.cells.cell_id.isin(parts.index)]
     lw = min(330.0, max(_text_w(s, 12.5) for s in cells.label) + 16)
     L, R, T, bar, gap = lw + 10, 70, 6, 20, 12
@@ -364,8 +447,10 @@ def token_bars(run: Run) -> str:
     body = _x_axis(sx, T, H - 40, fmt_num, "mean tokens per request")
     for i, r in enumerate(cells.to_dict("records")):
         y, p, x = T + i * (bar + gap) + gap / 2, parts.loc[r["cell_id"]], sx(0)
-        body += [_text(lw, y + bar / 2 + 4, _cut(r["label"], lw - 8), "rowlbl", "end", tip(r["label"])),
-                 f'<g class="tok-stack" data-cell="{esc(r["cell_id"])}">']  # fmt: skip
+        body += [
+            _text(lw, y + bar / 2 + 4, _cut(r["label"], lw - 8), "rowlbl", "end", tip(r["label"])),
+            f'<g class="tok-stack" data-cell="{esc(r["cell_id"])}">',
+        ]
         for key, name, colour in TOKEN_PARTS:
             if (w := sx(float(p[key])) - sx(0)) > 0:
                 hint = f"{r['label']}\n{name}: {fmt_num(p[key])} per request"
@@ -374,8 +459,10 @@ def token_bars(run: Run) -> str:
                     body.append(_text(x + w / 2, y + bar / 2 + 3.5, fmt_num(p[key]), "inbar", "middle"))
                 x += w
         body += ["</g>", _text(x + 6, y + bar / 2 + 4, fmt_num(p.sum()), "val")]
-    note = ('<p class="sub">Mean per request with usage. Cached tokens are part of the prompt; reasoning tokens '
-            "are part of the completion, shown apart from the visible output.</p>")  # fmt: skip
+    note = (
+        '<p class="sub">Mean per request with usage. Cached tokens are part of the prompt; reasoning tokens '
+        "are part of the completion, shown apart from the visible output.</p>"
+    )
     legend = _legend([(name, colour, "") for _, name, colour in TOKEN_PARTS])
     return note + legend + _svg(H, body, "mean tokens per request per cell")
 
@@ -397,8 +484,10 @@ def timeline(run: Run) -> str:
     by_type = pd.crosstab(b.loc[rtypes.index].to_numpy(), rtypes.to_numpy()) if len(rtypes) else pd.DataFrame()
     kinds = ["ok"] + sorted(k for k in counts.columns if k != "ok")
     errs = req[req.status == "error"]
-    example = {k: "\ne.g. " + shorten(next((m for m in g.error_message if isinstance(m, str)), ""))[:200]
-               for k, g in errs.groupby(errs.error_type.fillna("error"))} | {"ok": ""}  # fmt: skip
+    example = {
+        k: "\ne.g. " + shorten(next((m for m in g.error_message if isinstance(m, str)), ""))[:200]
+        for k, g in errs.groupby(errs.error_type.fillna("error"))
+    } | {"ok": ""}
     colour = {"ok": OK_COLOUR} | {k: ERROR_COLOURS[i % len(ERROR_COLOURS)] for i, k in enumerate(kinds[1:])}
     L, R, T, top, gap, low = 64, 28, 10, 210, 34, 76
     base, H = T + top, T + top + gap + low + 44
@@ -406,9 +495,13 @@ def timeline(run: Run) -> str:
     sy = _scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
     sw = _scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
     body = _y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4) + _y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
-    body += [_text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
-             *_x_axis(sx, base + gap, base + gap + low, fmt_secs, f"time since the first request · bins of {fmt_secs(width)}"),
-             _line(L, base, WIDTH - R, base, "axis")]  # fmt: skip
+    body += [
+        _text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
+        *_x_axis(
+            sx, base + gap, base + gap + low, fmt_secs, f"time since the first request · bins of {fmt_secs(width)}"
+        ),
+        _line(L, base, WIDTH - R, base, "axis"),
+    ]
     pad, dots = 1 if nbins < 120 else 0, []
     bw = max(1.0, sx(width) - sx(0) - 2 * pad)
     for i in range(nbins):
@@ -423,13 +516,17 @@ def timeline(run: Run) -> str:
             body.append(_rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
         if retries.iat[i] > 0:
             types = ", ".join(f"{t} ×{n}" for t, n in by_type.loc[i].items() if n) if i in by_type.index else ""
-            dots.append(f'<circle class="retry-pt" cx="{sx((i + .5) * width):.1f}" cy="{sy(float(retries.iat[i])):.1f}" '
-                        f'r="3.2"{tip(f"{span}: {int(retries.iat[i])} retries ({types})")}/>')  # fmt: skip
+            dots.append(
+                f'<circle class="retry-pt" cx="{sx((i + 0.5) * width):.1f}" cy="{sy(float(retries.iat[i])):.1f}" '
+                f'r="3.2"{tip(f"{span}: {int(retries.iat[i])} retries ({types})")}/>'
+            )
     if retries.sum() > 0:
-        path = "L".join(f"{sx((i + .5) * width):.1f},{sy(float(retries.iat[i])):.1f}" for i in range(nbins))
+        path = "L".join(f"{sx((i + 0.5) * width):.1f},{sy(float(retries.iat[i])):.1f}" for i in range(nbins))
         body += [f'<path class="retry-line" d="M{path}"/>', *dots]  # dots last: on top, for their tooltips
     items = [(f"{k} ({int(counts[k].sum())})", colour[k], "") for k in kinds]
     types = ": " + ", ".join(f"{t} {n}" for t, n in rtypes.value_counts().items()) if len(rtypes) else ""
-    items += [(f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"),
-              (f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, "")]  # fmt: skip
+    items += [
+        (f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"),
+        (f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, ""),
+    ]
     return _legend(items) + _svg(H, body, "requests, errors, retries and rate-limit waits over time")

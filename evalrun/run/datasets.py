@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from evalrun.config.params import RequestParams, clean_params
 from evalrun.errors import ConfigError
-from evalrun.params import RequestParams, clean_params
-from evalrun.records import Message, PromptEntry
+from evalrun.run.records import Message, PromptEntry
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -82,9 +82,7 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise ConfigError(f"{path}:1: the header names column {twice[0]!r} more than once")
             for row in reader:
                 if None in row:
-                    raise ConfigError(
-                        f"{path}:{reader.line_num}: more fields than the header has ({len(header)})"
-                    )
+                    raise ConfigError(f"{path}:{reader.line_num}: more fields than the header has ({len(header)})")
                 if None in row.values():  # DictReader's filler for fields the line lacks
                     got = sum(v is not None for v in row.values())
                     raise ConfigError(
@@ -114,7 +112,11 @@ def row_digest(row: dict[str, Any]) -> str:
 
 
 def check_dataset(
-    path: Path, fmt: str | None, id_column: str | None, limit: int | None, needed: dict[str, set[str]],
+    path: Path,
+    fmt: str | None,
+    id_column: str | None,
+    limit: int | None,
+    needed: dict[str, set[str]],
     check_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> DatasetInfo:
     """One full validating pass. `needed` maps prompt name → the columns it uses as {column};
@@ -218,9 +220,7 @@ def fill(value: Any, row: dict[str, Any]) -> Any:
     if isinstance(value, str):
         if "{" not in value and "}" not in value:
             return value
-        return _PLACEHOLDER.sub(
-            lambda m: _text(row[m.group(1)]) if m.group(1) else m.group(0)[0], value
-        )
+        return _PLACEHOLDER.sub(lambda m: _text(row[m.group(1)]) if m.group(1) else m.group(0)[0], value)
     if isinstance(value, list):
         return [fill(v, row) for v in value]
     if isinstance(value, dict):

@@ -25,8 +25,8 @@ from evalrun.errors import (
     StreamTruncated,
     TransportError,
 )
-from evalrun.records import Choice, Completion, RequestSpec, Usage
-from evalrun.retry import parse_retry_after
+from evalrun.run.records import Choice, Completion, RequestSpec, Usage
+from evalrun.run.retry import parse_retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ProviderClient:
                     exc.message = exc.message.replace(self._key, "***")
                     exc.body = exc.body.replace(self._key, "***")
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AttemptTimeout(f"no complete answer within {self._timeout.total:g} s") from None
         except aiohttp.ClientPayloadError as exc:
             raise MalformedResponse(f"response body cut off: {exc}") from None
@@ -167,7 +167,11 @@ def _status_error(status: int, raw: bytes, retry_after: str | None) -> APIStatus
     elif isinstance(obj, dict) and isinstance(obj.get("error"), str):
         message = obj["error"][:MAX_ERROR_MESSAGE]
     return APIStatusError(
-        status, message, code=code, kind=kind, body=text[:MAX_ERROR_MESSAGE],
+        status,
+        message,
+        code=code,
+        kind=kind,
+        body=text[:MAX_ERROR_MESSAGE],
         retry_after=parse_retry_after(retry_after),
     )
 
@@ -415,7 +419,7 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
         async with asyncio.timeout(DRAIN_AFTER_DONE_S):
             while await resp.content.readany():
                 pass
-    except (asyncio.TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # the answer is complete; only the connection's reuse is lost
 
 
@@ -450,7 +454,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, t0: float, timeout_s: float
     except RequestError as exc:
         exc.partial = exc.partial or stream.partial()
         raise
-    except asyncio.TimeoutError:  # before ClientConnectionError: aiohttp's read timeout is both
+    except TimeoutError:  # before ClientConnectionError: aiohttp's read timeout is both
         exc = AttemptTimeout(f"no complete answer within {timeout_s or 0:g} s ({stream.chunks} chunks arrived)")
         exc.partial = stream.partial()
         raise exc from None

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from evalrun.errors import ConfigError
-from evalrun.stats import mcnemar_exact, paired_bootstrap_ci
-from evalrun.store import MANIFEST, RESULTS, write_json
+from evalrun.run.store import MANIFEST, RESULTS, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +68,9 @@ def latest_baseline(new_dir: Path) -> Path:
         if best is None or m["started_at"] > best[0]:
             best = (m["started_at"], sibling)
     if best is None:
-        raise ConfigError(f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {new_dir.parent}")
+        raise ConfigError(
+            f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {new_dir.parent}"
+        )
     return best[1]
 
 
@@ -90,15 +92,29 @@ def _label(key: str, varying: set[str]) -> str:
 def _load(run_dir: Path, manifest: dict[str, Any], scorer: str) -> pd.DataFrame:
     import pandas as pd
 
-    wanted = ["cell_id", "row_id", "repeat", "choice_index", "status", "content", "latency_s", "total_tokens",
-              "error_type", f"pass_{scorer}", f"score_{scorer}", "cost_total"]  # fmt: skip
+    wanted = [
+        "cell_id",
+        "row_id",
+        "repeat",
+        "choice_index",
+        "status",
+        "content",
+        "latency_s",
+        "total_tokens",
+        "error_type",
+        f"pass_{scorer}",
+        f"score_{scorer}",
+        "cost_total",
+    ]
     import pyarrow.parquet as pq
 
     names = set(pq.read_schema(run_dir / RESULTS).names)
     if f"pass_{scorer}" not in names:
         have = sorted(n[5:] for n in names if n.startswith("pass_"))
-        raise ConfigError(f"{run_dir}: no scorer {scorer!r} in {RESULTS} (has: {', '.join(have) or 'none'}); "
-                          "add it to the experiment and run: evalrun score RUN_DIR")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir}: no scorer {scorer!r} in {RESULTS} (has: {', '.join(have) or 'none'}); "
+            "add it to the experiment and run: evalrun score RUN_DIR"
+        )
     df = pd.read_parquet(run_dir / RESULTS, columns=[c for c in wanted if c in names])
     keys = _cell_keys(manifest)
     df["cell_key"] = df.cell_id.map(keys)
@@ -114,8 +130,10 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
     base_m, new_m = _manifest(base_dir), _manifest(new_dir)
     scorer = gate.scorer or _first_scorer(new_m) or _first_scorer(base_m)
     if scorer is None:
-        raise ConfigError(f"{new_dir}: the run has no scorers to compare pass rates on; add scorers: to the "
-                          "experiment and run: evalrun score RUN_DIR (for both runs)")  # fmt: skip
+        raise ConfigError(
+            f"{new_dir}: the run has no scorers to compare pass rates on; add scorers: to the "
+            "experiment and run: evalrun score RUN_DIR (for both runs)"
+        )
     base, new = _load(base_dir, base_m, scorer), _load(new_dir, new_m, scorer)
     params = [c["params"] for c in base_m.get("cells", []) + new_m.get("cells", [])]
     varying = {k for k in {k for p in params for k in p} if len({orjson.dumps(p.get(k)) for p in params}) > 1}
@@ -137,14 +155,24 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
         lo, hi = paired_bootstrap_ci(bp.astype(float), np_.astype(float)) if k else (math.nan, math.nan)
         p_value = mcnemar_exact(b_to_f, f_to_p)
         delta = float(np_.mean() - bp.mean()) if k else math.nan
-        row.update({
-            "matched": k, "only_base_items": len(b) - k, "only_new_items": len(n) - k,
-            "base_pass_rate": float(bp.mean()) if k else math.nan, "new_pass_rate": float(np_.mean()) if k else math.nan,
-            "delta": delta, "delta_ci_low": lo, "delta_ci_high": hi,
-            "pass_to_fail": b_to_f, "fail_to_pass": f_to_p, "p_value": p_value,
-            "score_delta": float(m.score_new.mean() - m.score_base.mean()) if k else math.nan,
-            "base_errors": int((b.status == "error").sum()), "new_errors": int((n.status == "error").sum()),
-        })  # fmt: skip
+        row.update(
+            {
+                "matched": k,
+                "only_base_items": len(b) - k,
+                "only_new_items": len(n) - k,
+                "base_pass_rate": float(bp.mean()) if k else math.nan,
+                "new_pass_rate": float(np_.mean()) if k else math.nan,
+                "delta": delta,
+                "delta_ci_low": lo,
+                "delta_ci_high": hi,
+                "pass_to_fail": b_to_f,
+                "fail_to_pass": f_to_p,
+                "p_value": p_value,
+                "score_delta": float(m.score_new.mean() - m.score_base.mean()) if k else math.nan,
+                "base_errors": int((b.status == "error").sum()),
+                "new_errors": int((n.status == "error").sum()),
+            }
+        )
         for side, df in (("base", b), ("new", n)):
             req = df[df.choice_index == 0]
             row[f"{side}_latency_p50_s"] = req.latency_s.quantile(0.5)
@@ -162,16 +190,28 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
             row["verdict"] = "unchanged"
         flipped = m[m.passed_base != m.passed_new]
         if len(flipped):
-            flips.append(pd.DataFrame({
-                "cell": row["cell"], "row_id": flipped.row_id, "repeat": flipped.repeat,
-                "choice_index": flipped.choice_index,
-                "direction": ["pass→fail" if x else "fail→pass" for x in flipped.passed_base],
-                "base_content": flipped.content_base, "new_content": flipped.content_new,
-            }))  # fmt: skip
+            flips.append(
+                pd.DataFrame(
+                    {
+                        "cell": row["cell"],
+                        "row_id": flipped.row_id,
+                        "repeat": flipped.repeat,
+                        "choice_index": flipped.choice_index,
+                        "direction": ["pass→fail" if x else "fail→pass" for x in flipped.passed_base],
+                        "base_content": flipped.content_base,
+                        "new_content": flipped.content_new,
+                    }
+                )
+            )
         rows.append(row)
     cells = pd.DataFrame(rows)
-    flip_df = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame(
-        columns=["cell", "row_id", "repeat", "choice_index", "direction", "base_content", "new_content"])
+    flip_df = (
+        pd.concat(flips, ignore_index=True)
+        if flips
+        else pd.DataFrame(
+            columns=["cell", "row_id", "repeat", "choice_index", "direction", "base_content", "new_content"]
+        )
+    )
     return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df)
 
 
@@ -206,8 +246,13 @@ def _cellmd(text: Any) -> str:
     return html.escape(s).replace("|", "\\|").replace("\n", " ")
 
 
-ICON = {"regressed": "❌ regressed", "improved": "✅ improved", "unchanged": "unchanged",
-        "only in base": "⚠️ only in base", "only in new": "⚠️ only in new"}  # fmt: skip
+ICON = {
+    "regressed": "❌ regressed",
+    "improved": "✅ improved",
+    "unchanged": "unchanged",
+    "only in base": "⚠️ only in base",
+    "only in new": "⚠️ only in new",
+}
 
 
 def to_markdown(c: Comparison, flips: bool = True) -> str:
@@ -224,7 +269,9 @@ def to_markdown(c: Comparison, flips: bool = True) -> str:
     ]
     for r in c.cells.to_dict("records"):
         if r["verdict"].startswith("only"):
-            out.append(f"| {_cellmd(r['cell'])} | {r['base_items'] or r['new_items']} | | | | | | | | | | {ICON[r['verdict']]} |")
+            out.append(
+                f"| {_cellmd(r['cell'])} | {r['base_items'] or r['new_items']} | | | | | | | | | | {ICON[r['verdict']]} |"
+            )
             continue
         out.append(
             f"| {_cellmd(r['cell'])} | {r['matched']} | {_pct(r['base_pass_rate'])} | {_pct(r['new_pass_rate'])} | "
@@ -236,8 +283,10 @@ def to_markdown(c: Comparison, flips: bool = True) -> str:
         if r["verdict"].startswith("only"):
             continue
         if r.get("only_base_items") or r.get("only_new_items"):
-            out.append(f"\n{_cellmd(r['cell'])}: {int(r['only_base_items'])} item(s) only in base, "
-                       f"{int(r['only_new_items'])} only in new (not compared).")  # fmt: skip
+            out.append(
+                f"\n{_cellmd(r['cell'])}: {int(r['only_base_items'])} item(s) only in base, "
+                f"{int(r['only_new_items'])} only in new (not compared)."
+            )
     if len(c.flips) and not flips:
         out += ["", f"{len(c.flips)} item(s) flipped between the runs: listed in compare.md."]
     elif len(c.flips):
@@ -249,10 +298,16 @@ def to_markdown(c: Comparison, flips: bool = True) -> str:
                 part = group[group.direction == direction]
                 if part.empty:
                     continue
-                out += [f"**{_cellmd(cell)}** — {len(part)} {direction}", "",
-                        "| row | repeat | base answer | new answer |", "|---|---:|---|---|"]  # fmt: skip
+                out += [
+                    f"**{_cellmd(cell)}** — {len(part)} {direction}",
+                    "",
+                    "| row | repeat | base answer | new answer |",
+                    "|---|---:|---|---|",
+                ]
                 for f in part.head(FLIPS_SHOWN).to_dict("records"):
-                    out.append(f"| {_cellmd(f['row_id'])} | {f['repeat']} | {_cellmd(f['base_content'])} | {_cellmd(f['new_content'])} |")
+                    out.append(
+                        f"| {_cellmd(f['row_id'])} | {f['repeat']} | {_cellmd(f['base_content'])} | {_cellmd(f['new_content'])} |"
+                    )
                 if len(part) > FLIPS_SHOWN:
                     out.append(f"\n…and {len(part) - FLIPS_SHOWN} more in compare_flips.parquet")
                 out.append("")
@@ -264,18 +319,27 @@ def to_junit(c: Comparison) -> str:
     for r in c.cells.to_dict("records"):
         name = html.escape(r["cell"], quote=True)
         if r["verdict"] == "regressed":
-            msg = (f"pass rate {_pct(r['base_pass_rate'])} → {_pct(r['new_pass_rate'])} ({_pts(r['delta'])} pts, "
-                   f"p={r['p_value']:.3g}); {r['pass_to_fail']} item(s) pass→fail")  # fmt: skip
-            cases.append(f'  <testcase classname="evalrun.compare" name="{name}"><failure message="{html.escape(msg, quote=True)}"/></testcase>')
+            msg = (
+                f"pass rate {_pct(r['base_pass_rate'])} → {_pct(r['new_pass_rate'])} ({_pts(r['delta'])} pts, "
+                f"p={r['p_value']:.3g}); {r['pass_to_fail']} item(s) pass→fail"
+            )
+            cases.append(
+                f'  <testcase classname="evalrun.analysis.compare" name="{name}"><failure message="{html.escape(msg, quote=True)}"/></testcase>'
+            )
         elif r["verdict"].startswith("only"):
-            cases.append(f'  <testcase classname="evalrun.compare" name="{name}"><skipped message="{r["verdict"]}"/></testcase>')
+            cases.append(
+                f'  <testcase classname="evalrun.analysis.compare" name="{name}"><skipped message="{r["verdict"]}"/></testcase>'
+            )
         else:
-            cases.append(f'  <testcase classname="evalrun.compare" name="{name}"/>')
+            cases.append(f'  <testcase classname="evalrun.analysis.compare" name="{name}"/>')
     failures = int((c.cells.verdict == "regressed").sum())
     skipped = int(c.cells.verdict.str.startswith("only").sum())
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f'<testsuite name="evalrun compare" tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n'
-            + "\n".join(cases) + "\n</testsuite>\n")  # fmt: skip
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuite name="evalrun compare" tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n'
+        + "\n".join(cases)
+        + "\n</testsuite>\n"
+    )
 
 
 def write_outputs(c: Comparison, out_dir: Path, junit: Path | None) -> None:
@@ -283,11 +347,18 @@ def write_outputs(c: Comparison, out_dir: Path, junit: Path | None) -> None:
     (out_dir / "compare.md").write_text(to_markdown(c), encoding="utf-8")
     c.cells.drop(columns=["cell_key"]).to_parquet(out_dir / "compare.parquet", index=False)
     c.flips.to_parquet(out_dir / "compare_flips.parquet", index=False)
-    write_json(out_dir / "compare.json", {
-        "base": str(c.base_dir), "new": str(c.new_dir), "scorer": c.scorer,
-        "fail_on_drop": c.gate.fail_on_drop, "alpha": c.gate.alpha,
-        "regressed": list(c.regressed.cell), "verdict": "fail" if len(c.regressed) else "pass",
-    })  # fmt: skip
+    write_json(
+        out_dir / "compare.json",
+        {
+            "base": str(c.base_dir),
+            "new": str(c.new_dir),
+            "scorer": c.scorer,
+            "fail_on_drop": c.gate.fail_on_drop,
+            "alpha": c.gate.alpha,
+            "regressed": list(c.regressed.cell),
+            "verdict": "fail" if len(c.regressed) else "pass",
+        },
+    )
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(to_junit(c), encoding="utf-8")

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evalrun.analysis.stats import wilson_interval
+from evalrun.config.params import PARAM_COLUMN
+from evalrun.config.prices import COST_COLUMNS
 from evalrun.errors import ConfigError
-from evalrun.params import PARAM_COLUMN
-from evalrun.pricing import COST_COLUMNS
-from evalrun.stats import wilson_interval
-from evalrun.store import RESULTS, SUMMARY
+from evalrun.run.store import RESULTS, SUMMARY
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalrun.pricing import Pricing
+    from evalrun.config.prices import Pricing
 
 TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
 
@@ -42,12 +41,20 @@ class SummaryBuilder:
             c = self._cells.get(cid)
             if c is None:
                 c = self._cells[cid] = {
-                    "provider": row.get("provider"), "model": row.get("model"), "prompt_id": row.get("prompt_id"),
-                    "requests": 0, "errors": 0, "attempts": 0, "retries": 0, "rows": 0, "latency": [],
+                    "provider": row.get("provider"),
+                    "model": row.get("model"),
+                    "prompt_id": row.get("prompt_id"),
+                    "requests": 0,
+                    "errors": 0,
+                    "attempts": 0,
+                    "retries": 0,
+                    "rows": 0,
+                    "latency": [],
                     "started": row.get("started_at"),
                     **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
-                    **{f"passes_{n}": 0 for n in self.scorers}, **{f"scores_{n}": [] for n in self.scorers},
-                }  # fmt: skip
+                    **{f"passes_{n}": 0 for n in self.scorers},
+                    **{f"scores_{n}": [] for n in self.scorers},
+                }
                 self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
             else:
                 first = self._params[cid]
@@ -80,15 +87,23 @@ class SummaryBuilder:
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per cell, sorted by model, the varying parameters and prompt."""
         firsts = list(self._params.values())
-        varying = [p for p in PARAM_COLUMN.values() if p not in self._not_cell_level
-                   and len({repr(f[p]) for f in firsts}) > 1]  # fmt: skip
+        varying = [
+            p for p in PARAM_COLUMN.values() if p not in self._not_cell_level and len({repr(f[p]) for f in firsts}) > 1
+        ]
         out = []
         for cid, c in self._cells.items():
             lat = sorted(c["latency"])
-            row: dict[str, Any] = {"cell_id": cid, "provider": c["provider"], "model": c["model"],
-                                   **{p: self._params[cid][p] for p in varying}, "prompt_id": c["prompt_id"],
-                                   "requests": c["requests"], "errors": c["errors"], "attempts": c["attempts"],
-                                   "retries": c["retries"]}  # fmt: skip
+            row: dict[str, Any] = {
+                "cell_id": cid,
+                "provider": c["provider"],
+                "model": c["model"],
+                **{p: self._params[cid][p] for p in varying},
+                "prompt_id": c["prompt_id"],
+                "requests": c["requests"],
+                "errors": c["errors"],
+                "attempts": c["attempts"],
+                "retries": c["retries"],
+            }
             row.update({t: c[t] for t in TOKEN_COLUMNS})
             comp, reasoning = c["completion_tokens"], c["reasoning_tokens"]
             row["visible_output_tokens"] = None if comp is None else comp - (reasoning or 0)
@@ -108,8 +123,9 @@ class SummaryBuilder:
             row["error_rate"] = c["errors"] / c["requests"] if c["requests"] else None
             out.append(row)
         key = ["model", *varying, "prompt_id"]
-        out.sort(key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k])
-                                     for k in key))  # fmt: skip
+        out.sort(
+            key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k]) for k in key)
+        )
         return out
 
 
@@ -129,18 +145,29 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
     builder = SummaryBuilder()
     for start in range(0, len(results), 50_000):
-        chunk = results.iloc[start:start + 50_000]
+        chunk = results.iloc[start : start + 50_000]
         builder.add(chunk.astype(object).where(chunk.notna(), None).to_dict("records"))
     return pd.DataFrame(builder.rows())
 
 
 def scorer_names(results: pd.DataFrame) -> list[str]:
-    return [c[len("pass_"):] for c in results.columns if c.startswith("pass_") and f"score_{c[5:]}" in results]
+    return [c[len("pass_") :] for c in results.columns if c.startswith("pass_") and f"score_{c[5:]}" in results]
 
 
 # Columns the summary never reads: the big ones (logprobs alone can be most of the file)
-UNSUMMARIZED = ("logprobs", "messages", "content", "tool_calls", "error_message", "response_id", "base_url",
-                "run_id", "experiment", "response_model", "retry_types")  # fmt: skip
+UNSUMMARIZED = (
+    "logprobs",
+    "messages",
+    "content",
+    "tool_calls",
+    "error_message",
+    "response_id",
+    "base_url",
+    "run_id",
+    "experiment",
+    "response_model",
+    "retry_types",
+)
 
 
 def summary_from_file(path: Path) -> list[dict[str, Any]]:
@@ -175,8 +202,21 @@ def render_table(summary: list[dict[str, Any]], title: str = "") -> Any:
         table.add_column("no results")
         return table
     columns = list(summary[0])
-    fixed = {"cell_id", "provider", "requests", "errors", "attempts", "retries", "rows", "error_rate", *TOKEN_COLUMNS,
-             "visible_output_tokens", "reasoning_share", "cost_per_request", *COST_COLUMNS}  # fmt: skip
+    fixed = {
+        "cell_id",
+        "provider",
+        "requests",
+        "errors",
+        "attempts",
+        "retries",
+        "rows",
+        "error_rate",
+        *TOKEN_COLUMNS,
+        "visible_output_tokens",
+        "reasoning_share",
+        "cost_per_request",
+        *COST_COLUMNS,
+    }
     scored = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_")
     head = [c for c in columns if c not in fixed and not c.startswith(("latency", *scored))]
     rates = [c for c in columns if c.startswith("pass_rate_")]
@@ -185,15 +225,32 @@ def render_table(summary: list[dict[str, Any]], title: str = "") -> Any:
     costs = []
     if any(r.get("cost_total") is not None for r in summary):
         costs = ["cost_total", *[c for c in columns if c.startswith("cost_per_pass_")][:1]]
-    cols = head + ["requests", "errors", "retries", *rates, "prompt_tokens", "completion_tokens",
-                   "reasoning_tokens", *costs, "latency_p50_s", "latency_p95_s"]  # fmt: skip
+    cols = head + [
+        "requests",
+        "errors",
+        "retries",
+        *rates,
+        "prompt_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        *costs,
+        "latency_p50_s",
+        "latency_p95_s",
+    ]
     for c in cols:
-        label = (c.replace("pass_rate_", "pass ").replace("cost_per_pass_", "cost/pass ").replace("cost_total", "cost")
-                 .replace("_tokens", " tok").replace("latency_", "").replace("_s", " s"))  # fmt: skip
+        label = (
+            c.replace("pass_rate_", "pass ")
+            .replace("cost_per_pass_", "cost/pass ")
+            .replace("cost_total", "cost")
+            .replace("_tokens", " tok")
+            .replace("latency_", "")
+            .replace("_s", " s")
+        )
         table.add_column(label, justify="left" if c in head else "right")
     for r in summary:
-        table.add_row(*(_rate(r, c) if c in rates else _money(r[c]) if c in costs else _fmt(r[c], c.endswith("_s"))
-                        for c in cols))  # fmt: skip
+        table.add_row(
+            *(_rate(r, c) if c in rates else _money(r[c]) if c in costs else _fmt(r[c], c.endswith("_s")) for c in cols)
+        )
     return table
 
 
@@ -209,7 +266,7 @@ def _money(v: Any) -> str:
 
 
 def _rate(r: Any, col: str) -> str:
-    name = col[len("pass_rate_"):]
+    name = col[len("pass_rate_") :]
     lo, hi = r[f"pass_ci_low_{name}"], r[f"pass_ci_high_{name}"]
     if _missing(r[col]):
         return "–"
@@ -225,7 +282,7 @@ def _fmt(v: Any, seconds: bool = False) -> str:
         if seconds:
             return f"{v:.3f}"
         return f"{v:g}" if abs(v) < 1e6 else f"{v:,.0f}"
-    if isinstance(v, int) or hasattr(v, "__int__") and not isinstance(v, str):
+    if isinstance(v, int) or (hasattr(v, "__int__") and not isinstance(v, str)):
         try:
             return f"{int(v):,}"
         except (TypeError, ValueError):
@@ -252,10 +309,12 @@ def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None
     req["visible_output_tokens"] = req["completion_tokens"] - req["reasoning_tokens"].fillna(0)
     agg = req.groupby(by, dropna=False).agg(
         requests=("request_id", "nunique"),
-        prompt_tokens=("prompt_tokens", "sum"), cached_tokens=("cached_tokens", "sum"),
-        visible_output_tokens=("visible_output_tokens", "sum"), reasoning_tokens=("reasoning_tokens", "sum"),
+        prompt_tokens=("prompt_tokens", "sum"),
+        cached_tokens=("cached_tokens", "sum"),
+        visible_output_tokens=("visible_output_tokens", "sum"),
+        reasoning_tokens=("reasoning_tokens", "sum"),
         **{c: (c, lambda s: s.sum(min_count=1)) for c in COST_COLUMNS},
-    )  # fmt: skip
+    )
     agg["cost_per_request"] = agg["cost_total"] / agg["requests"]
     agg["reasoning_share"] = agg["reasoning_tokens"] / (agg["visible_output_tokens"] + agg["reasoning_tokens"])
     total = agg.sum(numeric_only=True).to_frame().T

@@ -64,8 +64,13 @@ class ModelPrice(BaseModel):
 
     def rates(self, prompt_tokens: int) -> Rates:
         if not self.tiers:
-            return Rates(input=self.input, output=self.output, cached_input=self.cached_input,  # type: ignore[arg-type]
-                         reasoning=self.reasoning, audio_input=self.audio_input)
+            return Rates(
+                input=self.input,
+                output=self.output,
+                cached_input=self.cached_input,  # type: ignore[arg-type]
+                reasoning=self.reasoning,
+                audio_input=self.audio_input,
+            )
         for tier in self.tiers:
             if tier.max_prompt_tokens is None or prompt_tokens <= tier.max_prompt_tokens:
                 return tier
@@ -114,12 +119,17 @@ class Pricing:
         audio = (usage.get("prompt_audio_tokens") or 0) if r.audio_input is not None else 0
         reasoning = min(usage.get("reasoning_tokens") or 0, completion or 0)
         cost = {
-            "cost_input": None if prompt is None else
-            (max(0, prompt - cached - audio) * r.input + audio * (r.audio_input or 0)) / PER,
-            "cost_cached": None if prompt is None else cached * (r.input if r.cached_input is None else r.cached_input) / PER,
+            "cost_input": None
+            if prompt is None
+            else (max(0, prompt - cached - audio) * r.input + audio * (r.audio_input or 0)) / PER,
+            "cost_cached": None
+            if prompt is None
+            else cached * (r.input if r.cached_input is None else r.cached_input) / PER,
             "cost_output": None if completion is None else (completion - reasoning) * r.output / PER,
-            "cost_reasoning": None if completion is None else reasoning * (r.output if r.reasoning is None else r.reasoning) / PER,
-        }  # fmt: skip
+            "cost_reasoning": None
+            if completion is None
+            else reasoning * (r.output if r.reasoning is None else r.reasoning) / PER,
+        }
         parts = [v for v in cost.values() if v is not None]
         cost["cost_total"] = sum(parts) if len(parts) == 4 else None
         return cost
@@ -169,8 +179,11 @@ def load_pricing(prices: PricesConfig | str | None, config_path: Path) -> Pricin
     if prices and prices.models:
         merged = dict(base.models) if base else {}
         merged.update(prices.models)
-        base = PriceTable(currency=prices.currency or (base.currency if base else "USD"),
-                          as_of=base.as_of if base else None, models=merged)  # fmt: skip
+        base = PriceTable(
+            currency=prices.currency or (base.currency if base else "USD"),
+            as_of=base.as_of if base else None,
+            models=merged,
+        )
         source = (source + " + " if source else "") + f"{config_path} prices.models"
     if base is None:
         return None
@@ -210,5 +223,7 @@ class CostBudget:
 
     @property
     def reason(self) -> str:
-        return (f"budget: the next request could take the cost past --max-cost {self.limit:g} "
-                f"{self.pricing.currency} (spent {self.spent:.4f}, {self.reserved:.4f} reserved in flight)")  # fmt: skip
+        return (
+            f"budget: the next request could take the cost past --max-cost {self.limit:g} "
+            f"{self.pricing.currency} (spent {self.spent:.4f}, {self.reserved:.4f} reserved in flight)"
+        )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from evalrun.datasets import estimate_tokens, iter_rows, render
-from evalrun.grid import Plan
-from evalrun.params import output_budget
-from evalrun.pricing import load_pricing
+from evalrun.config.params import output_budget
+from evalrun.config.prices import load_pricing
+from evalrun.run.datasets import estimate_tokens, iter_rows, render
+from evalrun.run.grid import Plan
 
 # Without an earlier run to learn from, a request is assumed to use this share of its output
 # budget (max_tokens × n): a rough prior, labelled as such in the output.
@@ -62,10 +61,16 @@ def plan_report(plan: Plan) -> dict[str, Any]:
             else:
                 expected_out = observed.get(cell.cell_id, output_budget(cell.params) * ASSUMED_OUTPUT_SHARE) * reqs
                 per_req_in = tin / reqs if reqs else 0
-                cost_expected += reqs * (pricing.cost(cell.model, {"prompt_tokens": round(per_req_in),
-                                                                   "completion_tokens": round(expected_out / reqs)})
-                                         ["cost_total"] or 0.0)  # fmt: skip
-                cost_worst += reqs * (pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0)
+                cost_expected += reqs * (
+                    pricing.cost(
+                        cell.model,
+                        {"prompt_tokens": round(per_req_in), "completion_tokens": round(expected_out / reqs)},
+                    )["cost_total"]
+                    or 0.0
+                )
+                cost_worst += reqs * (
+                    pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0
+                )
         t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
         t["requests"] += reqs
         t["tokens"] += tin + tout
@@ -77,12 +82,18 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         by_tpm = t["tokens"] / pcfg.tpm * 60 if pcfg.tpm else 0.0
         bound = max(by_rpm, by_tpm)
         shortest = max(shortest, bound)
-        targets.append({
-            "provider": provider, "model": model, "requests": int(t["requests"]),
-            "rpm": pcfg.rpm, "tpm": pcfg.tpm, "max_concurrency": pcfg.max_concurrency,
-            "shortest_s": round(bound, 1),
-            "limited_by": "rpm" if bound and by_rpm >= by_tpm else "tpm" if bound else None,
-        })  # fmt: skip
+        targets.append(
+            {
+                "provider": provider,
+                "model": model,
+                "requests": int(t["requests"]),
+                "rpm": pcfg.rpm,
+                "tpm": pcfg.tpm,
+                "max_concurrency": pcfg.max_concurrency,
+                "shortest_s": round(bound, 1),
+                "limited_by": "rpm" if bound and by_rpm >= by_tpm else "tpm" if bound else None,
+            }
+        )
     return {
         "experiment": exp.name,
         "config": str(exp.path),
@@ -100,7 +111,8 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         "prices": pricing.source if pricing else None,
         "cost_expected": None if cost_expected is None else round(cost_expected, 6),
         "cost_worst_case": None if cost_worst is None else round(cost_worst, 6),
-        "cost_basis": (f"mean output per cell of {basis}, else " if basis else "") + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
+        "cost_basis": (f"mean output per cell of {basis}, else " if basis else "")
+        + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
     }
 
@@ -115,9 +127,11 @@ def format_plan(report: dict[str, Any]) -> str:
         + ("" if report["output_bounded"] else " (no max_tokens set: assumed 1,024 a request)"),
     ]
     if report["cost_worst_case"] is not None:
-        lines.append(f"cost         ≈{report['cost_expected']:.4f} {report['currency']} expected "
-                     f"({report['cost_basis']}), ≤ {report['cost_worst_case']:.4f} if every request uses max_tokens; "
-                     f"prices: {report['prices']}")  # fmt: skip
+        lines.append(
+            f"cost         ≈{report['cost_expected']:.4f} {report['currency']} expected "
+            f"({report['cost_basis']}), ≤ {report['cost_worst_case']:.4f} if every request uses max_tokens; "
+            f"prices: {report['prices']}"
+        )
         if report["unpriced_models"]:
             lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
     else:
@@ -129,8 +143,10 @@ def format_plan(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         limit = ", ".join(f"{k} {t[k]:,}" for k in ("rpm", "tpm") if t[k]) or "no rate limit"
         extra = f", ≥ {_dur(t['shortest_s'])} by {t['limited_by']}" if t["limited_by"] else ""
-        lines.append(f"  {t['provider']}/{t['model']}: {t['requests']:,} requests ({limit}, "
-                     f"concurrency {t['max_concurrency']}{extra})")  # fmt: skip
+        lines.append(
+            f"  {t['provider']}/{t['model']}: {t['requests']:,} requests ({limit}, "
+            f"concurrency {t['max_concurrency']}{extra})"
+        )
     return "\n".join(lines)
 
 

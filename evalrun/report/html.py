@@ -1,7 +1,7 @@
 """`evalrun report RUN_DIR`: one self-contained HTML page of a finished run.
 
 The page must open anywhere, offline, years later: no CDN, no web fonts, no chart library.
-Charts are SVG written here; the only script is report_assets/report.js (table sorting and
+Charts are SVG written here; the only script is assets/report.js (table sorting and
 tooltips). Dataset rows and model answers are untrusted: every value passes html.escape, and
 the script sets tooltip text with textContent.
 """
@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from evalrun.analysis.summary import scorer_names, summarize
+from evalrun.config.params import PARAM_COLUMN
 from evalrun.errors import ConfigError
-from evalrun.params import PARAM_COLUMN
-from evalrun.store import DATA_PREFIX, MANIFEST, RESULTS
-from evalrun.report_charts import PALETTE
-from evalrun.summary import scorer_names, summarize
-from evalrun.report_charts import (
+from evalrun.report.charts import (
+    PALETTE,
     esc,
     fmt_money,
     fmt_num,
@@ -42,11 +41,12 @@ from evalrun.report_charts import (
     tip,
     token_bars,
 )
+from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalrun.compare import Comparison
+    from evalrun.analysis.compare import Comparison
 
 REPORT = "report.html"
 FLIPS_SHOWN = 20  # per cell and direction; compare_flips.parquet has them all
@@ -62,7 +62,7 @@ def write_report(run_dir: Path, compare_base: Path | None = None, out: Path | No
     run = load_run(run_dir)
     comparison = None
     if compare_base is not None:
-        from evalrun.compare import Gate, compare_runs
+        from evalrun.analysis.compare import Gate, compare_runs
 
         comparison = compare_runs(compare_base, run_dir, Gate(None, 0.02, 0.05))
     out = out or run_dir / REPORT
@@ -126,8 +126,10 @@ def load_run(run_dir: Path) -> Run:
 def _labels(cells: pd.DataFrame, params: list[str]) -> list[str]:
     """model · [provider] · [prompt] · the parameters that differ between cells."""
     extra = [c for c in ("provider", "prompt_id") if cells[c].nunique() > 1]
-    return [" · ".join([r["model"], *(r[c] for c in extra), *(f"{SHORT.get(p, p)}={fmt_val(r[p])}" for p in params)])
-            for r in cells.to_dict("records")]  # fmt: skip
+    return [
+        " · ".join([r["model"], *(r[c] for c in extra), *(f"{SHORT.get(p, p)}={fmt_val(r[p])}" for p in params)])
+        for r in cells.to_dict("records")
+    ]
 
 
 # --------------------------------------------------------------------------- tables
@@ -137,14 +139,19 @@ def summary_table(run: Run) -> str:
     cells, (currency, _) = run.cells, price_label(run.manifest)
     if cells.empty:
         return '<p class="empty">No requests were recorded.</p>'
-    scorers = [c[len("pass_rate_"):] for c in cells.columns if c.startswith("pass_rate_")]
+    scorers = [c[len("pass_rate_") :] for c in cells.columns if c.startswith("pass_rate_")]
     prompts = cells.prompt_id.nunique() > 1
     names = {"cost_total": "cost", "cost_per_request": "cost / req", f"cost_per_pass_{run.scorer}": "cost / correct"}
     costs = [c for c in names if run.has_cost and c in cells]
-    heads = [("model", ""), *((p, "") for p in run.params), *([("prompt", "")] if prompts else []),
-             *((h, "num") for h in ("requests", "errors", "retries")), *((f"pass · {s}", "") for s in scorers),
-             *((h, "num") for h in ("tokens / req", "p50 s", "p95 s")),
-             *((names[c], "num") for c in costs)]  # fmt: skip
+    heads = [
+        ("model", ""),
+        *((p, "") for p in run.params),
+        *([("prompt", "")] if prompts else []),
+        *((h, "num") for h in ("requests", "errors", "retries")),
+        *((f"pass · {s}", "") for s in scorers),
+        *((h, "num") for h in ("tokens / req", "p50 s", "p95 s")),
+        *((names[c], "num") for c in costs),
+    ]
     rows = []
     for r in cells.to_dict("records"):
         swatch = f'<span class="swatch" style="background:{run.colours[r["model"]]}"></span>'
@@ -154,11 +161,19 @@ def summary_table(run: Run) -> str:
         tds += [td(fmt_num(r[c]), r[c]) for c in ("requests", "errors", "retries")]
         for s in scorers:
             rate, lo, hi = r[f"pass_rate_{s}"], r[f"pass_ci_low_{s}"], r[f"pass_ci_high_{s}"]
-            bar = "" if is_missing(lo) else (f'<div class="cibar"><div class="span" style="left:{lo * 100:.1f}%;width:'
-                                       f'{(hi - lo) * 100:.1f}%"></div><div class="mark" style="left:'
-                                       f'{rate * 100:.1f}%"></div></div>')  # fmt: skip
+            bar = (
+                ""
+                if is_missing(lo)
+                else (
+                    f'<div class="cibar"><div class="span" style="left:{lo * 100:.1f}%;width:'
+                    f'{(hi - lo) * 100:.1f}%"></div><div class="mark" style="left:'
+                    f'{rate * 100:.1f}%"></div></div>'
+                )
+            )
             text = f'<div class="rate"><span class="r">{fmt_pct(rate)}<small>[{fmt_pct(lo, 0)}–{fmt_pct(hi, 0)}]</small></span>'
-            tds.append(td(text + bar + "</div>", rate, "", tip(f"{s}: 95% Wilson interval {fmt_pct(lo)}–{fmt_pct(hi)}")))
+            tds.append(
+                td(text + bar + "</div>", rate, "", tip(f"{s}: 95% Wilson interval {fmt_pct(lo)}–{fmt_pct(hi)}"))
+            )
         tds += [td(fmt_num(r["tokens_per_request"]), r["tokens_per_request"])]
         tds += [td("–" if is_missing(r[c]) else f"{r[c]:.3f}", r[c]) for c in ("latency_p50_s", "latency_p95_s")]
         tds += [td(fmt_money(r[c], currency), r[c]) for c in costs]
@@ -168,12 +183,15 @@ def summary_table(run: Run) -> str:
 
 def compare_view(c: Comparison) -> str:
     n_reg = int((c.cells.verdict == "regressed").sum())
-    out = [f'<div class="banner bad"><b>FAIL</b> {n_reg} cell(s) regressed</div>' if n_reg
-           else '<div class="banner good"><b>PASS</b> no cell regressed</div>',
-           f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. Scorer <code>{esc(c.scorer)}</code>; a cell '
-           f"regresses when its pass rate drops by more than {c.gate.fail_on_drop * 100:g} points and the exact "
-           f"McNemar test gives p &lt; {c.gate.alpha:g}. Cells are matched by model, prompt name and parameters; "
-           "items by row, repeat and choice.</p>"]  # fmt: skip
+    out = [
+        f'<div class="banner bad"><b>FAIL</b> {n_reg} cell(s) regressed</div>'
+        if n_reg
+        else '<div class="banner good"><b>PASS</b> no cell regressed</div>',
+        f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. Scorer <code>{esc(c.scorer)}</code>; a cell '
+        f"regresses when its pass rate drops by more than {c.gate.fail_on_drop * 100:g} points and the exact "
+        f"McNemar test gives p &lt; {c.gate.alpha:g}. Cells are matched by model, prompt name and parameters; "
+        "items by row, repeat and choice.</p>",
+    ]
     rows, pts = [], lambda x: fmt_signed(x * 100, ".1f")
     for r in sorted(c.cells.to_dict("records"), key=lambda r: VERDICT.get(r["verdict"], (3, ""))[0]):
         v, tds = r["verdict"], [td(esc(r["cell"]), r["cell"], "")]
@@ -181,13 +199,16 @@ def compare_view(c: Comparison) -> str:
         if v.startswith("only"):
             tds += [td("–")] * 7
         else:  # the delta is coloured only when the gate calls it significant
-            ci = f'<small>[{pts(r["delta_ci_low"])}, {pts(r["delta_ci_high"])}]</small>'
-            tds += [td(str(r["matched"]), r["matched"]), td(fmt_pct(r["base_pass_rate"]), r["base_pass_rate"]),
-                    td(fmt_pct(r["new_pass_rate"]), r["new_pass_rate"]),
-                    td(pts(r["delta"]) + ci, r["delta"], f"num delta-{tone}"),
-                    td(f'{r["p_value"]:.3g}', r["p_value"]),
-                    td(f'{r["pass_to_fail"]} / {r["fail_to_pass"]}', r["pass_to_fail"]),
-                    td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"])]  # fmt: skip
+            ci = f"<small>[{pts(r['delta_ci_low'])}, {pts(r['delta_ci_high'])}]</small>"
+            tds += [
+                td(str(r["matched"]), r["matched"]),
+                td(fmt_pct(r["base_pass_rate"]), r["base_pass_rate"]),
+                td(fmt_pct(r["new_pass_rate"]), r["new_pass_rate"]),
+                td(pts(r["delta"]) + ci, r["delta"], f"num delta-{tone}"),
+                td(f"{r['p_value']:.3g}", r["p_value"]),
+                td(f"{r['pass_to_fail']} / {r['fail_to_pass']}", r["pass_to_fail"]),
+                td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"]),
+            ]
         tds.append(td(f'<span class="badge {tone}">{esc(v)}</span>', rank, ""))
         rows.append(f'<tr class="{esc(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
     heads = ["cell", "items", "base", "new", "Δ pts [95% CI]", "p", "pass→fail / fail→pass", "Δ p50 s", "verdict"]
@@ -204,18 +225,27 @@ def _flips(c: Comparison) -> str:
         pf = int((group.direction == "pass→fail").sum())
         shown = group.sort_values("direction", ascending=False, kind="stable").groupby("direction").head(FLIPS_SHOWN)
         shown = shown.sort_values("direction", ascending=False, kind="stable")  # pass→fail first
-        rows = "".join(f'<tr class="flip"><td class="mono">{esc(f.row_id)}</td><td class="num">{f.repeat}</td>'
-                       f'<td class="num">{f.choice_index}</td><td><span class="badge {TONE[f.direction]}">'
-                       f'{f.direction}</span></td><td><div class="answer">{esc(shorten(f.base_content))}'
-                       f'</div></td><td><div class="answer">{esc(shorten(f.new_content))}</div></td></tr>'
-                       for f in shown.itertuples())  # fmt: skip
+        rows = "".join(
+            f'<tr class="flip"><td class="mono">{esc(f.row_id)}</td><td class="num">{f.repeat}</td>'
+            f'<td class="num">{f.choice_index}</td><td><span class="badge {TONE[f.direction]}">'
+            f'{f.direction}</span></td><td><div class="answer">{esc(shorten(f.base_content))}'
+            f'</div></td><td><div class="answer">{esc(shorten(f.new_content))}</div></td></tr>'
+            for f in shown.itertuples()
+        )
         more = len(group) - len(shown)
-        out.append(f'<details class="flips"{" open" if verdicts.get(cell) == "regressed" else ""}><summary>{esc(cell)} '
-                   f'— <span class="delta-neg">{pf} pass→fail</span>, <span class="delta-pos">{len(group) - pf} '
-                   'fail→pass</span></summary><table><thead><tr><th>row</th><th class="num">repeat</th><th class='
-                   '"num">choice</th><th></th><th>base answer</th><th>new answer</th></tr></thead><tbody>'
-                   f"{rows}</tbody></table>" + (f'<p class="more">…and {more} more in compare_flips.parquet (evalrun '
-                   "compare writes it)</p>" if more else "") + "</details>")  # fmt: skip
+        out.append(
+            f'<details class="flips"{" open" if verdicts.get(cell) == "regressed" else ""}><summary>{esc(cell)} '
+            f'— <span class="delta-neg">{pf} pass→fail</span>, <span class="delta-pos">{len(group) - pf} '
+            'fail→pass</span></summary><table><thead><tr><th>row</th><th class="num">repeat</th><th class='
+            '"num">choice</th><th></th><th>base answer</th><th>new answer</th></tr></thead><tbody>'
+            f"{rows}</tbody></table>"
+            + (
+                f'<p class="more">…and {more} more in compare_flips.parquet (evalrun compare writes it)</p>'
+                if more
+                else ""
+            )
+            + "</details>"
+        )
     return "".join(out)
 
 
@@ -229,43 +259,72 @@ def _header(run: Run) -> dict[str, str]:
     start, end = parse_time(m.get("started_at")), parse_time(m.get("finished_at"))
     took = f" ({fmt_secs(round((end - start).total_seconds(), 1))})" if start and end else ""
     utc = [t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–" for t in (start, end)]
-    meta = [f"<span>run <b class=mono>{esc(m.get('run_id') or run.dir.name)}</b></span>",
-            f'<span class="badge {dict(completed="good", failed="bad").get(status, "warn")}">{esc(status)}</span>',
-            f"<span>started <b>{utc[0]}</b></span>", f"<span>finished <b>{utc[1]}</b>{took}</span>"]  # fmt: skip
+    meta = [
+        f"<span>run <b class=mono>{esc(m.get('run_id') or run.dir.name)}</b></span>",
+        f'<span class="badge {dict(completed="good", failed="bad").get(status, "warn")}">{esc(status)}</span>',
+        f"<span>started <b>{utc[0]}</b></span>",
+        f"<span>finished <b>{utc[1]}</b>{took}</span>",
+    ]
     meta += [f"<span>resumed {len(m['resumes'])}×</span>"] if m.get("resumes") else []
     currency, source = price_label(m)
     meta += [f"<span>prices <b>{esc(currency)}</b> from <code>{esc(source)}</code></span>"] if run.has_cost else []
     meta.append(f"<span>evalrun {esc(m.get('evalrun_version') or '')}</span>")
     errors, n_models = int((req.status == "error").sum()), max(cells.model.nunique() if len(cells) else 0, 1)
-    kpis = [("cells", fmt_num(grid.get("cells", len(cells))), f"{n_models} model(s) × {len(cells) // n_models} settings"),
-            ("requests", fmt_num(grid.get("requests")), f"{fmt_num(grid.get('rows'))} rows × {grid.get('repeats', 1)} repeats"),
-            ("recorded", fmt_num(counts.get("recorded", len(req))), f"{fmt_num(counts.get('missing', 0))} not sent"),
-            ("errors", fmt_num(errors), f"{fmt_pct(errors / max(len(req), 1))} of recorded"),
-            ("retries", fmt_num(req.attempts.fillna(1).sub(1).clip(lower=0).sum()), "extra attempts")]  # fmt: skip
+    kpis = [
+        ("cells", fmt_num(grid.get("cells", len(cells))), f"{n_models} model(s) × {len(cells) // n_models} settings"),
+        (
+            "requests",
+            fmt_num(grid.get("requests")),
+            f"{fmt_num(grid.get('rows'))} rows × {grid.get('repeats', 1)} repeats",
+        ),
+        ("recorded", fmt_num(counts.get("recorded", len(req))), f"{fmt_num(counts.get('missing', 0))} not sent"),
+        ("errors", fmt_num(errors), f"{fmt_pct(errors / max(len(req), 1))} of recorded"),
+        ("retries", fmt_num(req.attempts.fillna(1).sub(1).clip(lower=0).sum()), "extra attempts"),
+    ]
     if run.scorer and len(cells):
         best = cells.loc[cells[f"pass_rate_{run.scorer}"].idxmax()]
         kpis.append((f"best {run.scorer}", fmt_pct(best[f"pass_rate_{run.scorer}"]), best.label))
     if run.has_cost:
         total = req.cost_total.sum()
-        kpis.append(("total cost", fmt_money(total, currency), f"{fmt_money(total / max(len(req), 1), currency)} per request"))
+        kpis.append(
+            ("total cost", fmt_money(total, currency), f"{fmt_money(total / max(len(req), 1), currency)} per request")
+        )
     desc = (m.get("config") or {}).get("description")
-    cards = (f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{esc(k)}</div>'
-             f'<div class="v">{v}</div><div class="s">{esc(s)}</div></div>' for k, v, s in kpis)
-    return {"experiment": esc(m.get("experiment") or run.dir.name), "meta": "".join(meta), "kpis": "".join(cards),
-            "description": f'<p class="desc">{esc(desc)}</p>' if desc else ""}
+    cards = (
+        f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{esc(k)}</div>'
+        f'<div class="v">{v}</div><div class="s">{esc(s)}</div></div>'
+        for k, v, s in kpis
+    )
+    return {
+        "experiment": esc(m.get("experiment") or run.dir.name),
+        "meta": "".join(meta),
+        "kpis": "".join(cards),
+        "description": f'<p class="desc">{esc(desc)}</p>' if desc else "",
+    }
 
 
 def render(run: Run, comparison: Comparison | None = None) -> str:
-    """The page: report_assets/page.html holds its structure and prose, this fills in the run."""
-    assets, m = resources.files("evalrun") / "report_assets", run.manifest
-    compare = "" if comparison is None else (
-        f'<section class="card" id="compare"><h2>Compared with the base run</h2>{compare_view(comparison)}</section>')
+    """The page: assets/page.html holds its structure and prose, this fills in the run."""
+    assets, m = resources.files("evalrun.report") / "assets", run.manifest
+    compare = (
+        ""
+        if comparison is None
+        else (
+            f'<section class="card" id="compare"><h2>Compared with the base run</h2>{compare_view(comparison)}</section>'
+        )
+    )
     return Template((assets / "page.html").read_text("utf-8")).substitute(
-        _header(run), title=esc(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
-        css=(assets / "report.css").read_text("utf-8"), js=(assets / "report.js").read_text("utf-8"),
+        _header(run),
+        title=esc(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
+        css=(assets / "report.css").read_text("utf-8"),
+        js=(assets / "report.js").read_text("utf-8"),
         scorer=f"<code>{esc(run.scorer)}</code> (the first scorer)" if run.scorer else "the first scorer",
         score_cost=score_vs_cost(run),
-        latency=latency_boxes(run), tokens=token_bars(run), timeline=timeline(run), summary=summary_table(run),
-        compare=compare, compare_link='<a href="#compare">Compared with the base run</a>' if compare else "",
+        latency=latency_boxes(run),
+        tokens=token_bars(run),
+        timeline=timeline(run),
+        summary=summary_table(run),
+        compare=compare,
+        compare_link='<a href="#compare">Compared with the base run</a>' if compare else "",
         results=esc(f"{run.dir.name}/{RESULTS}"),
-    )  # fmt: skip
+    )

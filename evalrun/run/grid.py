@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from evalrun.config import Experiment, ModelEntry
-from evalrun.datasets import (
+from evalrun.config.load import Experiment, ModelEntry
+from evalrun.config.params import REQUIRES, RequestParams, clean_params
+from evalrun.errors import ConfigError
+from evalrun.run.datasets import (
     DatasetInfo,
     check_dataset,
     conversation,
@@ -31,9 +33,7 @@ from evalrun.datasets import (
     row_digest,
     row_params,
 )
-from evalrun.errors import ConfigError
-from evalrun.params import REQUIRES, RequestParams, clean_params
-from evalrun.records import Cell, PromptEntry, RequestSpec
+from evalrun.run.records import Cell, PromptEntry, RequestSpec
 
 MAX_CELLS = 100_000
 # The parameters RequestParams' combination rules pair up (top_logprobs needs logprobs,

@@ -54,8 +54,9 @@ def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) ->
     if etype == "too_short" and ctx.get("actual_length") == 0:
         return f"must not be empty: at least {ctx.get('min_length', 1)} entry needed"
     if etype == "string_pattern_mismatch" and ctx.get("pattern") == name_pattern:
-        return (f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, "
-                "'.', '_' and '-'")  # fmt: skip
+        return (
+            f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, '.', '_' and '-'"
+        )
     msg = err["msg"].removeprefix("Value error, ")
     if with_input and "input" in err and etype != "value_error" and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
@@ -80,10 +81,9 @@ def _data_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
     node = raw
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            out.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
             out.append(part)
         elif last and isinstance(node, dict) and not _PYDANTIC_TYPE_TAGS.match(str(part)):
@@ -134,9 +134,13 @@ def _unwrap(tp: Any) -> Any:
 
 
 def format_validation(
-    exc: ValidationError, schema: type[BaseModel], path: Path, raw: Any, lines: dict[tuple[Any, ...], int],
+    exc: ValidationError,
+    schema: type[BaseModel],
+    path: Path,
+    raw: Any,
+    lines: dict[tuple[Any, ...], int],
     overridden: dict[tuple[str, ...], str] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """Every pydantic error as `file:line: key.path: what is wrong and what is allowed`."""
     errors = []
     for err in exc.errors():
@@ -145,27 +149,32 @@ def format_validation(
         errors.append((err, data_path, len(data_path) < len(err["loc"])))
     # a union (e.g. stop: str | list[str]) reports once per member: keep the deepest, most precise one
     errors = [
-        (err, dp, tagged) for err, dp, tagged in errors
+        (err, dp, tagged)
+        for err, dp, tagged in errors
         if not (tagged and any(len(o) > len(dp) and o[: len(dp)] == dp for _, o, _ in errors))
-    ]  # fmt: skip
+    ]
     typos = {  # unknown keys that are a typo of a missing one explain that one too
         dp[:-1] + (m,): dp
-        for err, dp, _ in errors if err["type"] == "extra_forbidden" and dp
+        for err, dp, _ in errors
+        if err["type"] == "extra_forbidden" and dp
         for m in difflib.get_close_matches(str(dp[-1]), _allowed_keys(schema, dp[:-1]), n=1, cutoff=0.6)
-    }  # fmt: skip
+    }
     alternatives: dict[tuple[Any, ...], list[Any]] = {}  # union members failing at the same place
     for err, data_path, tagged in errors:
         if tagged and err["type"] not in ("missing", "extra_forbidden"):
             alternatives.setdefault(data_path, []).append(err)
     messages: list[str] = []
-    for err, data_path, tagged in errors:
+    for err, data_path, _tagged in errors:
         if err["type"] == "missing" and data_path in typos:
             continue
         origin = next(
-            (item for key, item in (overridden or {}).items()
-             if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)),
+            (
+                item
+                for key, item in (overridden or {}).items()
+                if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)
+            ),
             None,
-        )  # fmt: skip
+        )
         line = None if origin else (lines.get(data_path) or lines.get(data_path[:-1]))
         where = f"{path}:{line}" if line else str(path)
         key_path = dotted(data_path) or "(top level)"

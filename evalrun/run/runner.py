@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from evalrun import __version__
-from evalrun.config import Experiment, load_experiment
+from evalrun.analysis.scoring import load_scorers
+from evalrun.config.load import Experiment, load_experiment
+from evalrun.config.prices import CostBudget, Pricing, load_pricing
 from evalrun.errors import ConfigError
-from evalrun.grid import Plan, build_plan
-from evalrun.progress import Progress, RunStats
-from evalrun.records import RequestSpec, Result
-from evalrun.pricing import CostBudget, Pricing, load_pricing
-from evalrun.scoring import load_scorers
-from evalrun.store import (
+from evalrun.run.grid import Plan, build_plan
+from evalrun.run.progress import Progress, RunStats
+from evalrun.run.records import RequestSpec, Result
+from evalrun.run.store import (
     JOURNAL,
     MANIFEST,
     Journal,
@@ -166,10 +166,16 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
         run_id = run_dir.name
     else:
         run_id, run_dir = _new_run_dir(exp)
-    manifest.update({
-        "run_id": run_id, "experiment": exp.name, "config_path": str(exp.path.resolve()),
-        "overrides": opts.overrides, "limit": opts.limit, "grid_fingerprint": fingerprint,
-    })  # fmt: skip
+    manifest.update(
+        {
+            "run_id": run_id,
+            "experiment": exp.name,
+            "config_path": str(exp.path.resolve()),
+            "overrides": opts.overrides,
+            "limit": opts.limit,
+            "grid_fingerprint": fingerprint,
+        }
+    )
     return plan, run_dir, run_id, manifest, done
 
 
@@ -190,7 +196,7 @@ def _budget_pricing(plan: Plan, opts: RunOptions) -> Pricing | None:
 
 def _spent(journal: Path) -> float:
     """What the recorded requests of a run cost so far (for a resumed cost budget)."""
-    from evalrun.store import read_journal
+    from evalrun.run.store import read_journal
 
     return sum((row.get("cost_total") or 0.0) for e in read_journal(journal) for row in e["rows"])
 
@@ -202,18 +208,41 @@ def run(config: Path | None, opts: RunOptions) -> RunOutcome:
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = plan.exp
     manifest.setdefault("started_at", now_iso())
-    manifest.update({
-        "status": "running", "evalrun_version": __version__, "versions": _versions(),
-        "argv": sys.argv[1:], "config": exp.raw,
-        "prices": {"source": pricing.source, "currency": pricing.currency, "as_of": pricing.table.as_of,
-                   "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()}}
-        if pricing else None,
-        "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
-        "grid": {"cells": len(plan.cells), "rows": plan.dataset.rows, "repeats": plan.repeats,
-                 "requests": plan.total_requests, "dataset": str(plan.dataset.path)},
-        "cells": [{"cell_id": c.cell_id, "provider": c.provider, "model": c.model,
-                   "prompt_id": c.prompt_id, "params": c.params} for c in plan.cells],
-    })  # fmt: skip
+    manifest.update(
+        {
+            "status": "running",
+            "evalrun_version": __version__,
+            "versions": _versions(),
+            "argv": sys.argv[1:],
+            "config": exp.raw,
+            "prices": {
+                "source": pricing.source,
+                "currency": pricing.currency,
+                "as_of": pricing.table.as_of,
+                "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()},
+            }
+            if pricing
+            else None,
+            "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
+            "grid": {
+                "cells": len(plan.cells),
+                "rows": plan.dataset.rows,
+                "repeats": plan.repeats,
+                "requests": plan.total_requests,
+                "dataset": str(plan.dataset.path),
+            },
+            "cells": [
+                {
+                    "cell_id": c.cell_id,
+                    "provider": c.provider,
+                    "model": c.model,
+                    "prompt_id": c.prompt_id,
+                    "params": c.params,
+                }
+                for c in plan.cells
+            ],
+        }
+    )
     manifest.setdefault("resumes", [])
     if opts.resume is not None:
         manifest["resumes"].append({"at": now_iso(), "already_done": len(done), "retry_errors": opts.retry_errors})
@@ -233,11 +262,19 @@ def run(config: Path | None, opts: RunOptions) -> RunOutcome:
     return _finish(plan, run_dir, manifest, stats, status, messages, opts)
 
 
-def _run_loop(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal: Journal, run_id: str,
-              keys: dict[str, str | None], opts: RunOptions, pricing: Pricing | None,
-              budget: CostBudget | None) -> tuple[str, list[str]]:  # fmt: skip
+def _run_loop(
+    plan: Plan,
+    specs: Iterator[RequestSpec],
+    stats: RunStats,
+    journal: Journal,
+    run_id: str,
+    keys: dict[str, str | None],
+    opts: RunOptions,
+    pricing: Pricing | None,
+    budget: CostBudget | None,
+) -> tuple[str, list[str]]:
     try:
-        import uvloop  # noqa: F401  # ~2× less event-loop overhead per request
+        import uvloop  # ~2× less event-loop overhead per request
 
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
@@ -257,14 +294,22 @@ def _run_loop(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal
         gc.unfreeze()
 
 
-async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, journal: Journal, run_id: str,
-                     keys: dict[str, str | None], opts: RunOptions, pricing: Pricing | None,
-                     budget: CostBudget | None) -> tuple[str, list[str]]:  # fmt: skip
+async def _run_async(
+    plan: Plan,
+    specs: Iterator[RequestSpec],
+    stats: RunStats,
+    journal: Journal,
+    run_id: str,
+    keys: dict[str, str | None],
+    opts: RunOptions,
+    pricing: Pricing | None,
+    budget: CostBudget | None,
+) -> tuple[str, list[str]]:
     import aiohttp
 
-    from evalrun.client import ProviderClient
-    from evalrun.pool import Pool
-    from evalrun.ratelimit import Limiters
+    from evalrun.run.client import ProviderClient
+    from evalrun.run.limiter import Limiters
+    from evalrun.run.pool import Pool
 
     exp = plan.exp
     used = sorted({c.provider for c in plan.cells})
@@ -309,16 +354,31 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
     connector = aiohttp.TCPConnector(limit=sum(concurrency.values()), ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
         clients = {
-            n: ProviderClient(n, session, base_urls[n], keys.get(n), exp.providers[n].headers,
-                              exp.providers[n].timeout_s, exp.providers[n].connect_timeout_s,
-                              exp.providers[n].fallback_after)
+            n: ProviderClient(
+                n,
+                session,
+                base_urls[n],
+                keys.get(n),
+                exp.providers[n].headers,
+                exp.providers[n].timeout_s,
+                exp.providers[n].connect_timeout_s,
+                exp.providers[n].fallback_after,
+            )
             for n in used
-        }  # fmt: skip
+        }
         limiters = Limiters({n: (exp.providers[n].rpm, exp.providers[n].tpm) for n in used})
         progress.limiter = limiters.state
         max_requests = opts.max_requests or exp.config.budget.max_requests
-        pool = Pool(clients, concurrency, limiters, exp.config.retry, record,
-                    {n: exp.providers[n].api_key_env for n in used}, max_requests, budget)  # fmt: skip
+        pool = Pool(
+            clients,
+            concurrency,
+            limiters,
+            exp.config.retry,
+            record,
+            {n: exp.providers[n].api_key_env for n in used},
+            max_requests,
+            budget,
+        )
         task = asyncio.ensure_future(pool.run(specs))
         interrupts = 0
         loop = asyncio.get_running_loop()
@@ -328,8 +388,12 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
             interrupts += 1
             if interrupts == 1:
                 pool.request_stop("interrupted")
-                print(f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {pool.in_flight} in-flight "
-                      "requests (Ctrl-C again to exit now)", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {pool.in_flight} in-flight "
+                    "requests (Ctrl-C again to exit now)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 loop.call_later(GRACE_S, task.cancel)
             else:
                 task.cancel()
@@ -369,41 +433,66 @@ async def _run_async(plan: Plan, specs: Iterator[RequestSpec], stats: RunStats, 
     return "completed", messages
 
 
-def _finish(plan: Plan, run_dir: Path, manifest: dict[str, Any], stats: RunStats, status: str,
-            messages: list[str], opts: RunOptions) -> RunOutcome:  # fmt: skip
-    from evalrun.summary import SummaryBuilder, write_summary
+def _finish(
+    plan: Plan,
+    run_dir: Path,
+    manifest: dict[str, Any],
+    stats: RunStats,
+    status: str,
+    messages: list[str],
+    opts: RunOptions,
+) -> RunOutcome:
+    from evalrun.analysis.summary import SummaryBuilder, write_summary
 
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
     scorers = load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
     builder = SummaryBuilder()
-    counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep,
-                           scorers=scorers, summary=builder)  # fmt: skip
+    counts = write_results(
+        run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, scorers=scorers, summary=builder
+    )
     if counts["strays"]:
-        messages.append(f"{counts['strays']:,} recorded requests are not in the changed grid; "
-                        "kept in journal.jsonl, left out of results.parquet")  # fmt: skip
+        messages.append(
+            f"{counts['strays']:,} recorded requests are not in the changed grid; "
+            "kept in journal.jsonl, left out of results.parquet"
+        )
     summary = write_summary(run_dir, builder.rows())
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
     missing = plan.total_requests - recorded
     if status == "completed" and missing:
         status = "stopped"
-    manifest.update({
-        "status": status, "finished_at": now_iso(), "messages": messages,
-        "counts": {"requests": plan.total_requests, "recorded": recorded, "missing": missing,
-                   "ok": recorded - errors, "errors": errors, "rows": rows,
-                   "this_session": {"done": stats.done, "retries": stats.retries,
-                                    "errors_by_type": dict(stats.errors_by_type),
-                                    "retries_by_type": dict(stats.retries_by_type)}},
-    })  # fmt: skip
+    manifest.update(
+        {
+            "status": status,
+            "finished_at": now_iso(),
+            "messages": messages,
+            "counts": {
+                "requests": plan.total_requests,
+                "recorded": recorded,
+                "missing": missing,
+                "ok": recorded - errors,
+                "errors": errors,
+                "rows": rows,
+                "this_session": {
+                    "done": stats.done,
+                    "retries": stats.retries,
+                    "errors_by_type": dict(stats.errors_by_type),
+                    "retries_by_type": dict(stats.retries_by_type),
+                },
+            },
+        }
+    )
     write_json(run_dir / MANIFEST, manifest)
     if stats.errors_by_type:
         messages.append("errors by type: " + ", ".join(f"{k} {v}" for k, v in stats.errors_by_type.most_common()))
     if stats.retries_by_type:
         messages.append("retries by type: " + ", ".join(f"{k} {v}" for k, v in stats.retries_by_type.most_common()))
     if missing:
-        messages.append(f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
-                        f"continue with: evalrun run --resume {run_dir}")  # fmt: skip
+        messages.append(
+            f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
+            f"continue with: evalrun run --resume {run_dir}"
+        )
     code = EXIT_OK if status == "completed" else EXIT_INTERRUPTED if status == "interrupted" else EXIT_INCOMPLETE
     if code == EXIT_OK and recorded and errors == recorded:
         messages.append("every request ended in error: see error_type / error_message in results.parquet")

@@ -1,0 +1,1 @@
+"""Stage 3: results.parquet → scores, summaries, comparisons, costs."""

@@ -1,0 +1,1 @@
+"""Stage 1: what the user wrote (YAML, --set) → a validated Experiment."""

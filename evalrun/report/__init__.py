@@ -1,0 +1,1 @@
+"""Stage 4: a run directory → one self-contained HTML page."""

@@ -1,0 +1,1 @@
+"""Stage 2: Experiment → grid → rate-limited requests → journal → results.parquet."""
