@@ -180,6 +180,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from evalrun.analysis.evaluation import for_experiment
     from evalrun.run.runner import RunOptions, run
 
     if (args.retry_errors or args.force) and args.resume is None:
@@ -196,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_cost=args.max_cost,
         progress=not args.no_progress,
+        evaluator=for_experiment,
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
@@ -241,8 +243,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import orjson
 
+    from evalrun.analysis.evaluation import Evaluation
     from evalrun.analysis.scoring import load_scorers
-    from evalrun.analysis.summary import write_summary
     from evalrun.config.load import load_experiment
     from evalrun.errors import ConfigError
     from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, rescore
@@ -257,13 +259,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     columns = tuple(n[len(DATA_PREFIX) :] for n in pq.read_schema(run_dir / RESULTS).names if n.startswith(DATA_PREFIX))
     scorers = load_scorers(exp.config.scorers, exp.path, columns, exp.lines)
-    rows = rescore(run_dir, scorers)
+    evaluation = Evaluation(scorers)
+    rows = rescore(run_dir, evaluation)
     manifest["scorers"] = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
     from evalrun.run.store import write_json
 
     write_json(run_dir / MANIFEST, manifest)
     _print_summary(
-        write_summary(run_dir), f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})"
+        evaluation.write_summary(run_dir),
+        f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})",
     )
     print(run_dir)
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from evalrun.run.records import Completion
+    pass
 
 
 class EvalrunError(Exception):
@@ -28,97 +28,3 @@ class EvalrunError(Exception):
 
 class ConfigError(EvalrunError):
     """The experiment file or a command-line value is wrong; the message says where and why."""
-
-
-class RequestError(EvalrunError):
-    """One attempt of one request failed."""
-
-    error_type = "request_error"
-    status_code: int | None = None
-    retry_after: float | None = None
-    partial: Completion | None = None  # a stream that failed midway: what had arrived
-
-
-class TransportError(RequestError):
-    """The server could not be reached, or the connection broke before an answer."""
-
-    error_type = "connection_error"
-
-
-class AttemptTimeout(TransportError):
-    """No complete answer within the per-attempt timeout."""
-
-    error_type = "timeout"
-
-
-class APIStatusError(RequestError):
-    """The server answered with an HTTP error status."""
-
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        code: str | None = None,
-        kind: str | None = None,
-        body: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-        self.code = code
-        self.kind = kind
-        self.body = body
-        self.retry_after = retry_after
-
-    @property
-    def error_type(self) -> str:  # type: ignore[override]
-        return status_error_type(self.status_code, self.code, self.kind, self.body)
-
-
-class BadResponse(RequestError):
-    """HTTP 200 whose body is not a usable completion."""
-
-    def __init__(self, message: str, *, status_code: int | None = 200) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class MalformedResponse(BadResponse):
-    error_type = "malformed_response"
-
-
-class ErrorIn200(BadResponse):
-    error_type = "error_in_200"
-
-
-class StreamTruncated(BadResponse):
-    error_type = "stream_truncated"
-
-
-def is_quota_error(status: int, code: str | None, kind: str | None, body: str) -> bool:
-    """402, or a 429 whose envelope says the credits are gone rather than 'slow down'."""
-    if status == 402:
-        return True
-    if status != 429:
-        return False
-    markers = (code or "", kind or "")
-    return any("insufficient_quota" in m or "quota" in m for m in markers) or ("insufficient_quota" in body)
-
-
-def status_error_type(status: int, code: str | None, kind: str | None, body: str) -> str:
-    """A short stable name for an HTTP error, used as the `error_type` column."""
-    if is_quota_error(status, code, kind, body):
-        return "insufficient_quota"
-    return {
-        400: "invalid_request",
-        401: "authentication",
-        403: "permission",
-        404: "not_found",
-        408: "request_timeout",
-        409: "conflict",
-        413: "request_too_large",
-        422: "invalid_request",
-        429: "rate_limit",
-    }.get(status, "server_error" if status >= 500 else f"http_{status}")

@@ -25,8 +25,8 @@ from aiohttp import web
 from conftest import Reply, base_config, completion, serve_loopback, write_config
 
 from evalrun.config.load import RetryConfig, load_experiment
-from evalrun.errors import AttemptTimeout, StreamTruncated
 from evalrun.run.client import ProviderClient
+from evalrun.run.errors import AttemptTimeout, StreamTruncated
 from evalrun.run.grid import build_plan
 from evalrun.run.limiter import Limiters
 from evalrun.run.pool import Pool

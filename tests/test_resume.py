@@ -21,7 +21,7 @@ from conftest import base_config, read_results, write_config
 
 from evalrun.config.load import load_experiment
 from evalrun.run.grid import build_plan
-from evalrun.run.store import journal_state
+from evalrun.run.journal import journal_state
 
 N_ROWS = 60
 

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from evalrun.errors import (
+from evalrun.run.errors import (
     APIStatusError,
     AttemptTimeout,
     ErrorIn200,

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from evalrun.analysis.scoring import ScorerConfig, Scorers, parse_number
+from evalrun.analysis.scoring import Scorers, parse_number
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
+from evalrun.config.scorers import ScorerConfig
 from evalrun.errors import ConfigError
 
 ADAPTER = TypeAdapter(ScorerConfig)

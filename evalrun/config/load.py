@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 
-from evalrun.analysis.scoring import GateConfig, ScorerConfig
 from evalrun.config.diagnostics import (
     NAME_PATTERN,
     describe_kind,
@@ -38,6 +37,7 @@ from evalrun.config.diagnostics import (
 )
 from evalrun.config.params import PARAM_NAMES, RequestParams
 from evalrun.config.prices import PricesConfig
+from evalrun.config.scorers import GateConfig, ScorerConfig
 from evalrun.errors import ConfigError
 
 _NAME = NAME_PATTERN

@@ -4,24 +4,19 @@ page opens), and the small formatting helpers the charts and the report's tables
 
 from __future__ import annotations
 
-import html
 import itertools
-import math
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from evalrun.report.format import esc, fmt_money, fmt_num, fmt_pct, fmt_secs, price_label, shorten
+from evalrun.report.svg import WIDTH, Scale, cut, legend, line, rect, scale, svg, text, text_width, tip, x_axis, y_axis
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalrun.report.html import Run
+    from evalrun.report.data import Run
 
-ANSWER_CHARS = 600  # of an answer shown in a table cell
-WIDTH = 960  # every chart's viewBox width; the page scales it
 OUTLIERS_SHOWN = 60  # per box: more dots only hide each other
 LABELS_UP_TO = 16  # scatter points get a label up to this many cells (Pareto points always)
-# Observable's 10-colour palette: distinct in hue and lightness, readable on white
-PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e", "#9498a0")
 TOKEN_PARTS = (
     ("prompt", "prompt (uncached)", "#3157c8"),
     ("cached", "cached prompt", "#9db4ee"),
@@ -31,210 +26,6 @@ TOKEN_PARTS = (
 OK_COLOUR, WAIT_COLOUR, RETRY_COLOUR = "#b9c8ee", "#efb118", "#17202c"
 BIN_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 ERROR_COLOURS = ("#d1495b", "#f08a24", "#8f2d56", "#e0b11b", "#6d597a", "#b56576")
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def price_label(manifest: dict[str, Any]) -> tuple[str, str]:
-    """(currency, where the prices came from): the manifest's `prices`, else the config's."""
-    info = manifest.get("prices") or (manifest.get("config") or {}).get("prices") or {}
-    info = {"file": info} if isinstance(info, str) else info
-    source = str(info.get("source") or info.get("file") or "not recorded in the manifest")
-    return str(info.get("currency") or "USD"), source + (f", as of {info['as_of']}" if info.get("as_of") else "")
-
-
-def esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
-
-
-def is_missing(v: Any) -> bool:
-    try:
-        return v is None or bool(v != v)  # NaN and pd.NA
-    except TypeError:
-        return True
-
-
-def fmt_val(v: Any) -> str:
-    if is_missing(v):
-        return "–"
-    if isinstance(v, bool) or type(v).__name__ == "bool_":
-        return "true" if v else "false"
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def fmt_num(v: Any, digits: int = 3) -> str:
-    """Whole numbers as they are (1,234), others to three significant figures (0.00123, 12.3)."""
-    if is_missing(v):
-        return "–"
-    v = float(v)
-    if v == round(v) or abs(v) >= 10 ** (digits - 1):
-        return f"{v:,.0f}"
-    return f"{v:,.{max(0, digits - 1 - math.floor(math.log10(abs(v))))}f}"
-
-
-def fmt_pct(v: Any, d: int = 1) -> str:
-    return "–" if is_missing(v) else f"{float(v) * 100:.{d}f}%"
-
-
-def fmt_signed(v: Any, fmt: str) -> str:
-    return "–" if is_missing(v) else format(float(v), "+" + fmt)
-
-
-def fmt_money(v: Any, currency: str, tick: bool = False) -> str:
-    if is_missing(v):
-        return "–"
-    text = f"{float(v):,.2f}" if abs(float(v)) >= 10 else fmt_num(v)
-    text = text.rstrip("0").rstrip(".") if tick and "." in text else text  # an axis says $0.0005, not $0.000500
-    return f"${text}" if currency == "USD" else f"{text} {currency}"
-
-
-def fmt_secs(v: float) -> str:
-    """Elapsed time for an axis: 0.25 s, 42 s, 3:20, 1:02:00."""
-    if v < 60:
-        return f"{v:g} s" if v >= 1 or v == 0 else f"{v:.3g} s"
-    m, s = divmod(round(v), 60)
-    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
-
-
-def parse_time(iso: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def shorten(v: Any) -> str:
-    s = "" if is_missing(v) else str(v)
-    return s[:ANSWER_CHARS] + ("…" if len(s) > ANSWER_CHARS else "")
-
-
-def td(text: str, sort: Any = None, cls: str = "num", extra: str = "") -> str:
-    """A table cell of escaped `text`; the script sorts by `sort` (blank = no value, kept last)."""
-    key = sort if isinstance(sort, str) else "" if is_missing(sort) else repr(float(sort))
-    return f'<td class="{cls}" data-sort="{esc(key)}"{extra}>{text}</td>'
-
-
-def html_table(table_id: str, heads: list[tuple[str, str]], rows: list[str]) -> str:
-    ths = "".join(f'<th class="{cls}">{esc(h)}</th>' for h, cls in heads)
-    return (
-        f'<div class="table-wrap"><table class="sortable" id="{table_id}"><thead><tr>{ths}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
-    )
-
-
-# --------------------------------------------------------------------------- svg primitives
-
-
-def _nice_step(span: float, n: int, whole: bool = False) -> float:
-    mag = 10 ** math.floor(math.log10((span or 1) / n))
-    step = next(m * mag for m in ((1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)) if m * mag >= (span or 1) / n * 0.999)
-    return max(step, 1) if whole else step  # counts get whole-number ticks
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Data → pixels, linear or log10."""
-
-    lo: float
-    hi: float
-    a: float
-    b: float
-    log: bool = False
-    whole: bool = False
-
-    def __call__(self, v: float) -> float:
-        f = math.log10 if self.log else float
-        lo, hi = f(self.lo), f(self.hi)
-        return self.a + (f(max(v, self.lo) if self.log else v) - lo) / ((hi - lo) or 1) * (self.b - self.a)
-
-    def ticks(self, n: int = 5) -> list[float]:
-        if self.log:
-            out = [
-                d * 10.0**k
-                for k in range(math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi)) + 1)
-                for d in (1, 2, 5)
-                if self.lo <= d * 10.0**k <= self.hi
-            ]
-            return [t for t in out if f"{t:e}".startswith("1")] if len(out) > 9 else out
-        step = _nice_step(self.hi - self.lo, n, self.whole)
-        return [round(self.lo + i * step, 12) for i in range(int((self.hi - self.lo) / step + 1e-6) + 1)]
-
-
-def _scale(
-    values: Any, a: float, b: float, *, zero: bool = True, log_ratio: float = 0, n: int = 5, whole: bool = False
-) -> Scale:
-    """A scale over `values` with round ends, from 0 (`zero`) or padded around the data; log10
-    when max/min exceeds `log_ratio` (latencies and prices span decades)."""
-    vals = [float(v) for v in values if not is_missing(v)] or [0.0, 1.0]
-    lo, hi = min(vals), max(vals)
-    if log_ratio and lo > 0 and hi / lo > log_ratio:
-        return Scale(lo / 1.5, hi * 1.5, a, b, log=True)
-    pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
-    lo, hi = (min(lo, 0.0), hi if hi > lo else hi + pad) if zero else (lo - pad, hi + pad)
-    step = _nice_step(hi - lo, n, whole)
-    return Scale(math.floor(lo / step) * step, math.ceil(hi / step - 1e-9) * step, a, b, whole=whole)
-
-
-def _svg(h: float, body: list[str], label: str) -> str:
-    return (
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {h:.0f}" role="img" aria-label="{esc(label)}" '
-        f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}</svg>'
-    )
-
-
-def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "start", extra: str = "") -> str:
-    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="{cls}"{extra}>{esc(s)}</text>'
-
-
-def _line(x1: float, y1: float, x2: float, y2: float, cls: str, extra: str = "") -> str:
-    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" class="{cls}"{extra}/>'
-
-
-def _rect(cls: str, x: float, y: float, w: float, h: float, fill: str, hint: str = "", extra: str = "") -> str:
-    return (
-        f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{fill}"'
-        f"{tip(hint) if hint else ''}{extra}/>"
-    )
-
-
-def tip(text: str) -> str:
-    return f' data-tip="{esc(text)}"'
-
-
-def _x_axis(sx: Scale, top: float, bottom: float, fmt: Any, title: str = "") -> list[str]:
-    out = [
-        s
-        for t in sx.ticks()
-        for s in (_line(sx(t), top, sx(t), bottom, "grid"), _text(sx(t), bottom + 16, fmt(t), anchor="middle"))
-    ]
-    out.append(_line(sx.a, bottom, sx.b, bottom, "axis"))
-    return out + ([_text((sx.a + sx.b) / 2, bottom + 36, title, "title", "middle")] if title else [])
-
-
-def _y_axis(sy: Scale, left: float, right: float, fmt: Any, title: str = "", n: int = 5) -> list[str]:
-    out = [
-        s
-        for t in sy.ticks(n)
-        for s in (_line(left, sy(t), right, sy(t), "grid"), _text(left - 8, sy(t) + 4, fmt(t), anchor="end"))
-    ]
-    mid = (sy.a + sy.b) / 2
-    return out + ([_text(14, mid, title, "title", "middle", f' transform="rotate(-90 14 {mid:.1f})"')] if title else [])
-
-
-def _text_w(s: str, size: float = 11.5) -> float:
-    return len(s) * size * 0.57  # a sans-serif glyph's average advance: enough to avoid overlaps
-
-
-def _cut(s: str, width: float, size: float = 12.5) -> str:
-    keep = int(width / (size * 0.57))
-    return s if len(s) <= keep else s[: max(1, keep - 1)] + "…"
-
-
-def _legend(items: list[tuple[str, str, str]]) -> str:
-    """(label, colour, shape class) → an HTML legend: it wraps, unlike one drawn in SVG."""
-    spans = (f'<span><i class="{cls}" style="background:{c}"></i>{esc(label)}</span>' for label, c, cls in items)
-    return f'<div class="legend">{"".join(spans)}</div>'
 
 
 # --------------------------------------------------------------------------- charts
@@ -271,12 +62,12 @@ def score_vs_cost(run: Run) -> str:
     if len(missing := cells[~cells.cell_id.isin(pts.cell_id)]):
         note += f'<p class="note">Not shown, no {esc(xname)}: {esc(", ".join(missing.label))}.</p>'
     L, R, T, B, H = 74, 28, 14, 54, 430
-    sx = _scale(pts[xcol], L, WIDTH - R, zero=False, log_ratio=30)
+    sx = scale(pts[xcol], L, WIDTH - R, zero=False, log_ratio=30)
     lo_ci, hi_ci = pts[f"pass_ci_low_{s}"], pts[f"pass_ci_high_{s}"]
-    sy = _scale([max(0.0, lo_ci.min() - 0.02), min(1.0, hi_ci.max() + 0.02)], H - B, T, zero=False, n=6)
+    sy = scale([max(0.0, lo_ci.min() - 0.02), min(1.0, hi_ci.max() + 0.02)], H - B, T, zero=False, n=6)
     sy = Scale(max(0.0, sy.lo), min(1.0, sy.hi), H - B, T)
-    body = _y_axis(sy, L, WIDTH - R, lambda v: fmt_pct(v, 0), f"pass rate · {s}", 6)
-    body += _x_axis(sx, T, H - B, tfmt, xname + (" · log scale" if sx.log else ""))
+    body = y_axis(sy, L, WIDTH - R, lambda v: fmt_pct(v, 0), f"pass rate · {s}", 6)
+    body += x_axis(sx, T, H - B, tfmt, xname + (" · log scale" if sx.log else ""))
     xy = [(float(x), float(y)) for x, y in zip(pts[xcol], pts[f"pass_rate_{s}"])]
     front = pareto_front(xy)
     steps = sorted(xy[i] for i in front)
@@ -284,7 +75,7 @@ def score_vs_cost(run: Run) -> str:
         path = "".join(f"H{sx(x):.1f}V{sy(y):.1f}" for x, y in steps[1:])
         body.append(f'<path class="front-line" d="M{sx(steps[0][0]):.1f},{sy(steps[0][1]):.1f}{path}"/>')
     body += [
-        _line(sx(x), sy(lo), sx(x), sy(hi), "ci", f' stroke="{run.colours[m]}"')
+        line(sx(x), sy(lo), sx(x), sy(hi), "ci", f' stroke="{run.colours[m]}"')
         for (x, _), lo, hi, m in zip(xy, lo_ci, hi_ci, pts.model)
     ]
     taken = [(sx(x) - 7, sy(y) - 7, sx(x) + 7, sy(y) + 7) for x, y in xy]
@@ -307,11 +98,11 @@ def score_vs_cost(run: Run) -> str:
         )
         if on or len(xy) <= LABELS_UP_TO:
             body += _place_label(r.label, sx(x), sy(y), taken, (L, T, WIDTH - R, H - B), force=on)
-    legend = _legend(
+    key = legend(
         [(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
         + [("Pareto front", "", "ring"), ("95% interval", "#c9d0da", "")]
     )
-    return note + legend + _svg(H, body, f"pass rate vs {xname} per cell")
+    return note + key + svg(H, body, f"pass rate vs {xname} per cell")
 
 
 SPOTS = (
@@ -332,15 +123,15 @@ def _place_label(
     s: str, px: float, py: float, taken: list[tuple[float, ...]], box: tuple[float, ...], force: bool
 ) -> list[str]:
     """The first spot around the point whose label overlaps no other label, point or line."""
-    w, own = _text_w(s), (px - 7, py - 7, px + 7, py + 7)
+    w, own = text_width(s), (px - 7, py - 7, px + 7, py + 7)
     for dx, dy, anchor in SPOTS:
         x0 = px + dx - (w if anchor == "end" else w / 2 if anchor == "middle" else 0)
         r = (x0, py + dy - 10, x0 + w, py + dy + 3)
         inside = box[0] <= r[0] and r[2] <= box[2] + 20 and box[1] - 8 <= r[1] and r[3] <= box[3]
         if inside and not any(r[0] < t[2] and t[0] < r[2] and r[1] < t[3] and t[1] < r[3] for t in taken if t != own):
             taken.append(r)
-            return [_text(px + dx, py + dy, s, "lbl", anchor)]
-    return [_text(px + 10, py + 4, s, "lbl")] if force else []
+            return [text(px + dx, py + dy, s, "lbl", anchor)]
+    return [text(px + 10, py + 4, s, "lbl")] if force else []
 
 
 def _box_stats(v: pd.Series) -> dict[str, Any]:
@@ -372,20 +163,20 @@ def latency_boxes(run: Run) -> str:
     ]
     if not groups:
         return '<p class="empty">No successful request to measure.</p>'
-    lw = min(260.0, max(_text_w(m, 12.5) for m, _, _ in groups) + 24)
+    lw = min(260.0, max(text_width(m, 12.5) for m, _, _ in groups) + 24)
     L, R, T, rows = lw + 10, 28, 10, {"latency": 40.0, "ttft": 30.0}
     H = T + sum(rows[k] for _, k, _ in groups) + 8 * len({m for m, _, _ in groups}) + 46
-    sx = _scale([x for _, _, g in groups for x in (g["lo"], g["hi"], *g["out"])], L, WIDTH - R, log_ratio=60)
-    body = _x_axis(sx, T, H - 46, fmt_secs, "seconds" + (" · log scale" if sx.log else ""))
+    sx = scale([x for _, _, g in groups for x in (g["lo"], g["hi"], *g["out"])], L, WIDTH - R, log_ratio=60)
+    body = x_axis(sx, T, H - 46, fmt_secs, "seconds" + (" · log scale" if sx.log else ""))
     y, last = T, None
     for model, kind, g in groups:
         y += 8 if model != last and last is not None else 0
         c, mid, bh = run.colours[model], y + rows[kind] / 2, 20 if kind == "latency" else 12
         name = "latency" if kind == "latency" else "time to first token"
         body.append(
-            _text(lw, mid + 4, _cut(model, lw - 8), "rowlbl", "end")
+            text(lw, mid + 4, cut(model, lw - 8), "rowlbl", "end")
             if model != last
-            else _text(lw, mid + 4, name, "val", "end")
+            else text(lw, mid + 4, name, "val", "end")
         )
         hint = (
             f"{model} · {name}\n{g['n']} requests\nmedian {g['med']:.3f} s · middle half {g['q1']:.3f}–"
@@ -394,10 +185,10 @@ def latency_boxes(run: Run) -> str:
         stroke, (x1, x3) = f' stroke="{c}"', (sx(g["q1"]), sx(g["q3"]))
         fill = f' fill-opacity="{0.35 if kind == "latency" else 1}" rx="3"{stroke} stroke-width="1.5"'
         body += [
-            _line(sx(g["lo"]), mid, x1, mid, "whisker", stroke),
-            _line(x3, mid, sx(g["hi"]), mid, "whisker", stroke),
-            *(_line(sx(g[e]), mid - bh / 4, sx(g[e]), mid + bh / 4, "whisker", stroke) for e in ("lo", "hi")),
-            _rect(
+            line(sx(g["lo"]), mid, x1, mid, "whisker", stroke),
+            line(x3, mid, sx(g["hi"]), mid, "whisker", stroke),
+            *(line(sx(g[e]), mid - bh / 4, sx(g[e]), mid + bh / 4, "whisker", stroke) for e in ("lo", "hi")),
+            rect(
                 f"box box-{kind}",
                 x1,
                 mid - bh / 2,
@@ -407,7 +198,7 @@ def latency_boxes(run: Run) -> str:
                 hint,
                 fill,
             ),
-            _line(sx(g["med"]), mid - bh / 2, sx(g["med"]), mid + bh / 2, "median"),
+            line(sx(g["med"]), mid - bh / 2, sx(g["med"]), mid + bh / 2, "median"),
             *(f'<circle class="outlier" cx="{sx(v):.1f}" cy="{mid:.1f}" r="2.6" fill="{c}"/>' for v in g["out"]),
         ]
         y, last = y + rows[kind], model
@@ -417,7 +208,7 @@ def latency_boxes(run: Run) -> str:
         if any(k == "ttft" for _, k, _ in groups)
         else "Total latency, sent → answer complete. No request was streamed, so there is no time to first token."
     )
-    return f'<p class="sub">{note}</p>' + _svg(H, body, "latency distribution per model")
+    return f'<p class="sub">{note}</p>' + svg(H, body, "latency distribution per model")
 
 
 def token_bars(run: Run) -> str:
@@ -440,31 +231,31 @@ def token_bars(run: Run) -> str:
         .mean()
     )
     cells = run.cells[run.cells.cell_id.isin(parts.index)]
-    lw = min(330.0, max(_text_w(s, 12.5) for s in cells.label) + 16)
+    lw = min(330.0, max(text_width(s, 12.5) for s in cells.label) + 16)
     L, R, T, bar, gap = lw + 10, 70, 6, 20, 12
     H = T + len(cells) * (bar + gap) + 40
-    sx = _scale([float(parts.loc[c].sum()) for c in cells.cell_id], L, WIDTH - R)
-    body = _x_axis(sx, T, H - 40, fmt_num, "mean tokens per request")
+    sx = scale([float(parts.loc[c].sum()) for c in cells.cell_id], L, WIDTH - R)
+    body = x_axis(sx, T, H - 40, fmt_num, "mean tokens per request")
     for i, r in enumerate(cells.to_dict("records")):
         y, p, x = T + i * (bar + gap) + gap / 2, parts.loc[r["cell_id"]], sx(0)
         body += [
-            _text(lw, y + bar / 2 + 4, _cut(r["label"], lw - 8), "rowlbl", "end", tip(r["label"])),
+            text(lw, y + bar / 2 + 4, cut(r["label"], lw - 8), "rowlbl", "end", tip(r["label"])),
             f'<g class="tok-stack" data-cell="{esc(r["cell_id"])}">',
         ]
         for key, name, colour in TOKEN_PARTS:
             if (w := sx(float(p[key])) - sx(0)) > 0:
                 hint = f"{r['label']}\n{name}: {fmt_num(p[key])} per request"
-                body.append(_rect(f"seg seg-{key}", x, y, w, bar, colour, hint))
-                if w > _text_w(fmt_num(p[key]), 10.5) + 8:
-                    body.append(_text(x + w / 2, y + bar / 2 + 3.5, fmt_num(p[key]), "inbar", "middle"))
+                body.append(rect(f"seg seg-{key}", x, y, w, bar, colour, hint))
+                if w > text_width(fmt_num(p[key]), 10.5) + 8:
+                    body.append(text(x + w / 2, y + bar / 2 + 3.5, fmt_num(p[key]), "inbar", "middle"))
                 x += w
-        body += ["</g>", _text(x + 6, y + bar / 2 + 4, fmt_num(p.sum()), "val")]
+        body += ["</g>", text(x + 6, y + bar / 2 + 4, fmt_num(p.sum()), "val")]
     note = (
         '<p class="sub">Mean per request with usage. Cached tokens are part of the prompt; reasoning tokens '
         "are part of the completion, shown apart from the visible output.</p>"
     )
-    legend = _legend([(name, colour, "") for _, name, colour in TOKEN_PARTS])
-    return note + legend + _svg(H, body, "mean tokens per request per cell")
+    key = legend([(name, colour, "") for _, name, colour in TOKEN_PARTS])
+    return note + key + svg(H, body, "mean tokens per request per cell")
 
 
 def timeline(run: Run) -> str:
@@ -492,15 +283,15 @@ def timeline(run: Run) -> str:
     L, R, T, top, gap, low = 64, 28, 10, 210, 34, 76
     base, H = T + top, T + top + gap + low + 44
     sx = Scale(0, nbins * width, L, WIDTH - R)
-    sy = _scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
-    sw = _scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
-    body = _y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4) + _y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
+    sy = scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
+    sw = scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
+    body = y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4) + y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
     body += [
-        _text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
-        *_x_axis(
+        text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
+        *x_axis(
             sx, base + gap, base + gap + low, fmt_secs, f"time since the first request · bins of {fmt_secs(width)}"
         ),
-        _line(L, base, WIDTH - R, base, "axis"),
+        line(L, base, WIDTH - R, base, "axis"),
     ]
     pad, dots = 1 if nbins < 120 else 0, []
     bw = max(1.0, sx(width) - sx(0) - 2 * pad)
@@ -510,10 +301,10 @@ def timeline(run: Run) -> str:
             if n := int(counts.at[i, k]):
                 y -= sy(0) - sy(n)
                 hint = f"{span}: {n} {k}{example[k]}"
-                body.append(_rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], hint))
+                body.append(rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], hint))
         if (wait := float(waits.iat[i])) > 0:
             hint = f"{span}: {wait:.3g} s waiting for the rate limiter"
-            body.append(_rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
+            body.append(rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
         if retries.iat[i] > 0:
             types = ", ".join(f"{t} ×{n}" for t, n in by_type.loc[i].items() if n) if i in by_type.index else ""
             dots.append(
@@ -529,4 +320,4 @@ def timeline(run: Run) -> str:
         (f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"),
         (f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, ""),
     ]
-    return _legend(items) + _svg(H, body, "requests, errors, retries and rate-limit waits over time")
+    return legend(items) + svg(H, body, "requests, errors, retries and rate-limit waits over time")

@@ -9,19 +9,14 @@ the script sets tooltip text with textContent.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-
-from evalrun.analysis.summary import scorer_names, summarize
-from evalrun.config.params import PARAM_COLUMN
-from evalrun.errors import ConfigError
-from evalrun.report.charts import (
-    PALETTE,
+from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
+from evalrun.report.data import Run, load_run
+from evalrun.report.format import (
     esc,
     fmt_money,
     fmt_num,
@@ -31,27 +26,19 @@ from evalrun.report.charts import (
     fmt_val,
     html_table,
     is_missing,
-    latency_boxes,
     parse_time,
     price_label,
-    score_vs_cost,
     shorten,
     td,
-    timeline,
-    tip,
-    token_bars,
 )
-from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS
+from evalrun.report.svg import tip
+from evalrun.run.store import RESULTS
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from evalrun.analysis.compare import Comparison
 
 REPORT = "report.html"
 FLIPS_SHOWN = 20  # per cell and direction; compare_flips.parquet has them all
-HEAVY = {"logprobs", "messages", "content", "tool_calls", "base_url", "response_id"}  # unused here, and big
-SHORT = {"temperature": "T", "reasoning_effort": "effort", "request_logprobs": "logprobs"}
 VERDICT = {"regressed": (0, "bad"), "improved": (1, "good"), "only in base": (2, "warn"), "only in new": (2, "warn")}
 TONE = {"pass→fail": "bad", "fail→pass": "good"}
 
@@ -74,65 +61,6 @@ def write_report(run_dir: Path, compare_base: Path | None = None, out: Path | No
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Run:
-    """A finished run as the report reads it."""
-
-    dir: Path
-    manifest: dict[str, Any]
-    requests: pd.DataFrame  # one row per request: its choice-0 row or its error row (usage sits there)
-    cells: pd.DataFrame  # summarize() + label, tokens and cost per cell
-    scorer: str | None  # the primary scorer: the first pass_<name> column
-    params: list[str]  # request-parameter columns whose value differs between cells
-    has_cost: bool
-    colours: dict[str, str]  # model → colour, the same in every chart
-
-
-def load_run(run_dir: Path) -> Run:
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
-    names = [n for n in pq.read_schema(run_dir / RESULTS).names if n not in HEAVY and not n.startswith(DATA_PREFIX)]
-    rows = pd.read_parquet(run_dir / RESULTS, columns=names)
-    requests = rows[rows.choice_index.isna() | (rows.choice_index == 0)]
-    cells, scorers = summarize(rows), scorer_names(rows)
-    scorer = scorers[0] if scorers else None
-    params = [c for c in cells.columns if c in set(PARAM_COLUMN.values())]
-    has_cost = "cost_total" in rows and bool(rows.cost_total.notna().any())
-    colours: dict[str, str] = {}
-    if not cells.empty:
-        for m in cells.model:
-            colours.setdefault(m, PALETTE[len(colours) % len(PALETTE)])
-        by = requests.groupby("cell_id")
-        cells["label"] = _labels(cells, params)
-        cells["tokens_per_request"] = cells.cell_id.map(by.total_tokens.mean())
-        if scorer:
-            cells["passes"] = cells.cell_id.map(rows.groupby("cell_id")[f"pass_{scorer}"].sum()).astype(float)
-        if has_cost:  # summarize() computes these; a summary.py older than pricing did not
-            if "cost_total" not in cells:
-                cells["cost_total"] = cells.cell_id.map(by.cost_total.sum(min_count=1))
-            if "cost_per_request" not in cells:
-                cells["cost_per_request"] = cells.cost_total / cells.requests
-            if scorer and f"cost_per_pass_{scorer}" not in cells:
-                cells[f"cost_per_pass_{scorer}"] = cells.cost_total / cells.passes.where(cells.passes > 0)
-    return Run(run_dir, manifest, requests, cells, scorer, params, has_cost, colours)
-
-
-def _labels(cells: pd.DataFrame, params: list[str]) -> list[str]:
-    """model · [provider] · [prompt] · the parameters that differ between cells."""
-    extra = [c for c in ("provider", "prompt_id") if cells[c].nunique() > 1]
-    return [
-        " · ".join([r["model"], *(r[c] for c in extra), *(f"{SHORT.get(p, p)}={fmt_val(r[p])}" for p in params)])
-        for r in cells.to_dict("records")
-    ]
-
-
-# --------------------------------------------------------------------------- tables
 
 
 def summary_table(run: Run) -> str:

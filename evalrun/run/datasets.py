@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ import orjson
 from pydantic import ValidationError
 
 from evalrun.config.params import RequestParams, clean_params
+from evalrun.config.templates import cell_text, fill
 from evalrun.errors import ConfigError
 from evalrun.run.records import Message, PromptEntry
 
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -186,48 +185,6 @@ def iter_rows(info: DatasetInfo) -> Iterator[tuple[str, dict[str, Any]]]:
         yield _row_id(row, info.id_column), row
 
 
-# --------------------------------------------------------------------------- templating
-
-
-def placeholders(value: Any) -> set[str]:
-    """Column names used as {name} anywhere in a message's content (text or content parts)."""
-    if isinstance(value, str):
-        return {m.group(1) for m in _PLACEHOLDER.finditer(value) if m.group(1)}
-    if isinstance(value, list):
-        return set().union(*(placeholders(v) for v in value)) if value else set()
-    if isinstance(value, dict):
-        return set().union(*(placeholders(v) for v in value.values())) if value else set()
-    return set()
-
-
-def _text(value: Any) -> str:
-    """A cell value as prompt text: strings as they are, everything else as JSON (true, not True)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # dates and other Parquet types
-        return str(value)
-
-
-cell_text = _text  # the same rendering for data_<column> report columns
-
-
-def fill(value: Any, row: dict[str, Any]) -> Any:
-    """`value` with every {column} replaced by the row's value; {{ and }} are literal braces."""
-    if isinstance(value, str):
-        if "{" not in value and "}" not in value:
-            return value
-        return _PLACEHOLDER.sub(lambda m: _text(row[m.group(1)]) if m.group(1) else m.group(0)[0], value)
-    if isinstance(value, list):
-        return [fill(v, row) for v in value]
-    if isinstance(value, dict):
-        return {k: fill(v, row) for k, v in value.items()}
-    return value
-
-
 def render(templates: list[PromptEntry], row: dict[str, Any]) -> list[Message]:
     """The messages of one prompt variant for one row; `{from_column: c}` becomes row[c]'s messages."""
     out: list[Message] = []
@@ -256,7 +213,7 @@ def estimate_tokens(messages: list[Message]) -> int:
                 else:
                     parts += 1
         if m.get("tool_calls"):
-            chars += len(_text(m["tool_calls"]))
+            chars += len(cell_text(m["tool_calls"]))
     return chars // 4 + 4 * len(messages) + PART_TOKENS * parts
 
 

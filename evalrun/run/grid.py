@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from evalrun.config.load import Experiment, ModelEntry
 from evalrun.config.params import REQUIRES, RequestParams, clean_params
+from evalrun.config.templates import placeholders
 from evalrun.errors import ConfigError
 from evalrun.run.datasets import (
     DatasetInfo,
@@ -27,7 +28,6 @@ from evalrun.run.datasets import (
     conversation,
     estimate_tokens,
     iter_rows,
-    placeholders,
     render,
     resolve_path,
     row_digest,

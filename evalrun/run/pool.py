@@ -20,8 +20,8 @@ from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 from evalrun.config.load import RetryConfig
 from evalrun.config.params import output_budget
 from evalrun.config.prices import CostBudget
-from evalrun.errors import RequestError
 from evalrun.run.client import ProviderClient
+from evalrun.run.errors import RequestError
 from evalrun.run.limiter import Limiters, ModelLimiter
 from evalrun.run.records import Completion, RequestSpec, Result
 from evalrun.run.retry import Action, classify, retry_wait

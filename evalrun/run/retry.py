@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from evalrun.errors import (
+from evalrun.run.errors import (
     APIStatusError,
     BadResponse,
     RequestError,

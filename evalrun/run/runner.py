@@ -15,30 +15,20 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from evalrun import __version__
-from evalrun.analysis.scoring import load_scorers
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import CostBudget, Pricing, load_pricing
 from evalrun.errors import ConfigError
 from evalrun.run.grid import Plan, build_plan
+from evalrun.run.journal import JOURNAL, Journal, journal_state, repair_journal
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.records import RequestSpec, Result
-from evalrun.run.store import (
-    JOURNAL,
-    MANIFEST,
-    Journal,
-    journal_state,
-    now_iso,
-    repair_journal,
-    result_rows,
-    write_json,
-    write_results,
-)
+from evalrun.run.store import MANIFEST, RowHook, now_iso, result_rows, write_json, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +38,12 @@ GRACE_S = 10.0  # after the first Ctrl-C, how long in-flight requests may finish
 RESEND_ON_RESUME = {"insufficient_quota", "authentication", "permission"}
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Evaluator(RowHook, Protocol):
+    """What the analysis stage does while results.parquet is written (see analysis.evaluation)."""
+
+    def write_summary(self, run_dir: Path) -> Any: ...
 
 
 @dataclass
@@ -61,6 +57,8 @@ class RunOptions:
     max_requests: int | None = None
     max_cost: float | None = None
     progress: bool = True
+    # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
+    evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
 
 
 @dataclass
@@ -142,7 +140,8 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
         raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
     exp = load_experiment(config, opts.overrides)
     plan = build_plan(exp, opts.limit)
-    load_scorers(exp.config.scorers, exp.path, plan.dataset.columns, exp.lines)  # fail before sending
+    if opts.evaluator is not None:
+        opts.evaluator(plan.exp, plan.dataset.columns)  # fail before sending
     _budget_pricing(plan, opts)  # likewise
     fingerprint = grid_fingerprint(plan)
     if opts.resume is not None:
@@ -196,7 +195,7 @@ def _budget_pricing(plan: Plan, opts: RunOptions) -> Pricing | None:
 
 def _spent(journal: Path) -> float:
     """What the recorded requests of a run cost so far (for a resumed cost budget)."""
-    from evalrun.run.store import read_journal
+    from evalrun.run.journal import read_journal
 
     return sum((row.get("cost_total") or 0.0) for e in read_journal(journal) for row in e["rows"])
 
@@ -442,22 +441,19 @@ def _finish(
     messages: list[str],
     opts: RunOptions,
 ) -> RunOutcome:
-    from evalrun.analysis.summary import SummaryBuilder, write_summary
-
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
-    scorers = load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
-    builder = SummaryBuilder()
+    evaluator = opts.evaluator(plan.exp, plan.dataset.columns) if opts.evaluator is not None else None
     counts = write_results(
-        run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, scorers=scorers, summary=builder
+        run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
     )
     if counts["strays"]:
         messages.append(
             f"{counts['strays']:,} recorded requests are not in the changed grid; "
             "kept in journal.jsonl, left out of results.parquet"
         )
-    summary = write_summary(run_dir, builder.rows())
+    summary = evaluator.write_summary(run_dir) if evaluator is not None else None
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
     missing = plan.total_requests - recorded
     if status == "completed" and missing:

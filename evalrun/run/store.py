@@ -1,9 +1,8 @@
-"""Results on disk: the append-only journal (durable per request), the explicit Arrow schema,
-`results.parquet` written from the journal, and `manifest.json`.
+"""Results on disk: the explicit Arrow schema, the report rows of one request,
+`results.parquet` written from the journal (see `journal.py`), and `manifest.json`.
 
-The journal is the source of truth while a run goes: one JSON line per finished request,
-flushed before the request counts as done. A line cut by a crash is ignored on reading, so
-a killed run resumes from exactly the requests whose line is complete.
+Writing results.parquet passes every batch of rows through the caller's `RowHook`s (the
+analysis stage scores and summarises there) so the run stage never imports analysis.
 """
 
 from __future__ import annotations
@@ -11,27 +10,24 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
-from evalrun.run.datasets import cell_text
+from evalrun.config.templates import cell_text
+from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from evalrun.analysis.scoring import Scorers
-    from evalrun.analysis.summary import SummaryBuilder
-
 logger = logging.getLogger(__name__)
 
-JOURNAL = "journal.jsonl"
 RESULTS = "results.parquet"
 SUMMARY = "summary.parquet"
 MANIFEST = "manifest.json"
@@ -201,74 +197,14 @@ def _request_columns(comp: Completion) -> dict[str, Any]:
     return {**{name: getattr(comp.usage, name) for name in USAGE_FIELDS}, "stream_chunks": comp.stream_chunks}
 
 
-class Journal:
-    """Append-only, flushed per request: what is in it survives kill -9."""
+class RowHook(Protocol):
+    """Sees every batch of report rows before it is written: the analysis stage fills its
+    score_<name>/pass_<name> columns (and adds the rows to the summary) here."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._f = path.open("ab", buffering=1 << 16)
+    @property
+    def score_names(self) -> Sequence[str]: ...
 
-    def append(self, request_id: str, status: str, error_type: str | None, rows: list[dict[str, Any]]) -> None:
-        line = orjson.dumps({"id": request_id, "status": status, "error_type": error_type, "rows": rows})
-        self._f.write(line + b"\n")
-        self._f.flush()  # to the OS: the process may die, the kernel keeps it
-
-    def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self.sync()
-            self._f.close()
-
-
-def read_journal(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete entry; a torn last line (crash mid-write) is skipped."""
-    if not path.exists():
-        return
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                logger.info("journal %s: ignoring a torn last line %d (crash mid-write)", path, lineno)
-                return
-            try:
-                entry = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                logger.warning("journal %s: ignoring unreadable line %d", path, lineno)
-                continue
-            yield entry
-
-
-def journal_state(path: Path) -> dict[str, tuple[str, str | None]]:
-    """request_id → (status, error_type) of its latest entry, for resume."""
-    return {e["id"]: (e["status"], e.get("error_type")) for e in read_journal(path)}
-
-
-def repair_journal(path: Path) -> None:
-    """Cut a torn last line so that new entries start on a line of their own."""
-    if not path.exists():
-        return
-    with path.open("rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        # walk back to the last newline
-        pos = size - 1
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                f.truncate(pos - step + nl + 1)
-                return
-            pos -= step
-        f.truncate(0)
+    def on_batch(self, rows: list[dict[str, Any]]) -> None: ...
 
 
 def write_results(
@@ -276,8 +212,7 @@ def write_results(
     data_columns: tuple[str, ...],
     dedupe: bool,
     keep: set[str] | None = None,
-    scorers: Scorers | None = None,
-    summary: SummaryBuilder | None = None,
+    hook: RowHook | None = None,
 ) -> dict[str, int]:
     """journal.jsonl → results.parquet (atomically), in batches so memory stays flat.
 
@@ -292,7 +227,7 @@ def write_results(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _write_results(run_dir, data_columns, dedupe, keep, scorers, summary)
+        return _write_results(run_dir, data_columns, dedupe, keep, hook)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -303,14 +238,12 @@ def _write_results(
     data_columns: tuple[str, ...],
     dedupe: bool,
     keep: set[str] | None,
-    scorers: Scorers | None,
-    summary: SummaryBuilder | None,
+    hook: RowHook | None,
 ) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     journal = run_dir / JOURNAL
-    names = scorers.names if scorers else []
-    schema = results_schema(data_columns, names)
+    schema = results_schema(data_columns, hook.score_names if hook else ())
     last: dict[str, int] = {}
     if dedupe:
         last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
@@ -328,9 +261,9 @@ def _write_results(
             counts["errors"] += entry["status"] == "error"
             buf.extend(entry["rows"])
             if len(buf) >= PARQUET_BATCH_ROWS:
-                counts["rows"] += _write_batch(writer, buf, schema, scorers, summary)
+                counts["rows"] += _write_batch(writer, buf, schema, hook)
         if buf:
-            counts["rows"] += _write_batch(writer, buf, schema, scorers, summary)
+            counts["rows"] += _write_batch(writer, buf, schema, hook)
     os.replace(tmp, run_dir / RESULTS)
     return counts
 
@@ -339,22 +272,19 @@ def _write_batch(
     writer: Any,
     rows: list[dict[str, Any]],
     schema: pa.Schema,
-    scorers: Scorers | None,
-    summary: SummaryBuilder | None = None,
+    hook: RowHook | None,
 ) -> int:
     import pyarrow as pa
 
-    if scorers:
-        scorers.apply(rows, DATA_PREFIX)
-    if summary is not None:
-        summary.add(rows)
+    if hook is not None:
+        hook.on_batch(rows)
     writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
     n = len(rows)
     rows.clear()
     return n
 
 
-def rescore(run_dir: Path, scorers: Scorers) -> int:
+def rescore(run_dir: Path, hook: RowHook) -> int:
     """Recompute every score column of results.parquet in place (atomically); no requests."""
     import pyarrow.parquet as pq
 
@@ -363,12 +293,12 @@ def rescore(run_dir: Path, scorers: Scorers) -> int:
     old = source.schema_arrow
     keep = [f.name for f in old if not f.name.startswith(("score_", "pass_"))]
     data_columns = tuple(n[len(DATA_PREFIX) :] for n in keep if n.startswith(DATA_PREFIX))
-    schema = results_schema(data_columns, scorers.names)
+    schema = results_schema(data_columns, hook.score_names)
     tmp = run_dir / (RESULTS + ".tmp")
     total = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            total += _write_batch(writer, batch.to_pylist(), schema, scorers)
+            total += _write_batch(writer, batch.to_pylist(), schema, hook)
     os.replace(tmp, path)
     return total
 

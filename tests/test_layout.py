@@ -1,0 +1,128 @@
+"""The house rules, checked: stages import one way, no circles (type-only ones included), no
+module much over 400 lines. Read with `ast`, so a lazy import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "evalrun"
+MAX_LINES = 400
+
+# stage → the stages it may import. Foundations (errors, logs) sit below everything;
+# the top (cli, plan, the package itself) may import anything.
+ALLOWED = {
+    "foundation": {"foundation"},
+    "sim": {"sim"},
+    "config": {"foundation", "config"},
+    "run": {"foundation", "config", "run", "sim"},
+    "analysis": {"foundation", "config", "run", "analysis"},
+    "report": {"foundation", "config", "run", "analysis", "report"},
+}
+FOUNDATION = {"evalrun.errors", "evalrun.logs", "evalrun"}
+TOP = {"evalrun.cli", "evalrun.plan", "evalrun.__main__"}
+# what analysis and report may read of the run stage: the stored schema and file names
+RUN_SCHEMA = {"evalrun.run.store", "evalrun.run.journal", "evalrun.run.records"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    """The evalrun module an import names (a `from pkg import mod` names a module, too)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            if name.startswith("evalrun"):
+                target = _resolve(name)
+                if target and target != module:
+                    found.add(target)
+    return found
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def _stage(module: str) -> str:
+    if module in FOUNDATION:
+        return "foundation"
+    if module in TOP:
+        return "top"
+    return module.split(".")[1]
+
+
+def test_stages_import_one_way() -> None:
+    wrong = []
+    for module, targets in GRAPH.items():
+        stage = _stage(module)
+        if stage == "top":
+            continue
+        for target in targets:
+            other = _stage(target)
+            if other == "top" or other not in ALLOWED[stage]:
+                wrong.append(f"{module} → {target}")
+            elif stage in ("analysis", "report") and other == "run" and target not in RUN_SCHEMA:
+                wrong.append(f"{module} → {target} (analysis reads only the stored schema of a run)")
+    assert not wrong, "imports against the flow:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_circles() -> None:
+    seen: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for nxt in sorted(GRAPH.get(node, ())):
+            if nxt in ("evalrun",):
+                continue
+            if seen.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in seen:
+                visit(nxt, [*path, nxt])
+        seen[node] = 2
+
+    for module in sorted(GRAPH):
+        if module not in seen:
+            visit(module, [module])
+    assert not cycles, "import circles:\n" + "\n".join(" → ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_size(module: str) -> None:
+    lines = MODULES[module].read_text().count("\n")
+    assert lines <= MAX_LINES, f"{module} has {lines} lines (at most {MAX_LINES}): split it by what it does"
+
+
+def test_no_utils_module() -> None:
+    assert not [m for m in MODULES if m.rsplit(".", 1)[-1] in ("utils", "util", "helpers", "misc")]
