@@ -24,7 +24,8 @@ import pytest
 from aiohttp import web
 from conftest import Reply, base_config, completion, serve_loopback, write_config
 
-from evalrun.config.load import RetryConfig, load_experiment
+from evalrun.config.load import load_experiment
+from evalrun.config.models import RetryConfig
 from evalrun.run.client import ProviderClient
 from evalrun.run.errors import AttemptTimeout, StreamTruncated
 from evalrun.run.grid import build_plan

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from evalrun.config.load import Experiment, ModelEntry
+from evalrun.config.load import Experiment
+from evalrun.config.models import ModelEntry
 from evalrun.config.params import REQUIRES, RequestParams, clean_params
 from evalrun.config.templates import placeholders
 from evalrun.errors import ConfigError

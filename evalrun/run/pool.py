@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
-from evalrun.config.load import RetryConfig
+from evalrun.config.models import RetryConfig
 from evalrun.config.params import output_budget
 from evalrun.config.prices import CostBudget
 from evalrun.run.client import ProviderClient

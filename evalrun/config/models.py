@@ -1,0 +1,279 @@
+"""The experiment file's schema: strict pydantic models with the API's ranges.
+
+Loading (YAML with line numbers, `--set`, the `grid:` block) is `load.py`'s job; these models
+only say what is allowed, so the error wording in `diagnostics.py` can name it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
+from evalrun.config.params import PARAM_NAMES, RequestParams
+from evalrun.config.prices import PricesConfig
+from evalrun.config.scorers import GateConfig, ScorerConfig
+
+_NAME = NAME_PATTERN
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "x-goog-api-key"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """A named endpoint (or the embedded simulator) and its limits."""
+
+    preset: Literal["evolink", "simulator"] | None = None
+    kind: Literal["openai", "simulator"] = "openai"
+    base_urls: list[str] = Field(default_factory=list)
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(180.0, gt=0, le=3600, description="per attempt")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    max_concurrency: int = Field(16, ge=1, le=2000)
+    rpm: int | None = Field(None, ge=1, description="requests per minute per model")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute per model")
+    fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
+    allow_insecure_http: bool = False
+    simulator: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (like EVOLINK_API_KEY), never the key itself"
+            )
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _no_literal_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name.lower() in _SECRET_HEADERS:
+                raise ValueError(
+                    f"header {name!r} would put a secret in the config file; set the key in an "
+                    "environment variable and name it with api_key_env"
+                )
+        return v
+
+    @field_validator("base_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL like https://host/v1")
+        return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        if self.kind == "simulator":
+            if self.base_urls:
+                raise ValueError("kind: simulator starts its own server; drop base_urls")
+            from evalrun.sim import SimOptions  # the simulator validates its own knobs
+
+            try:
+                SimOptions.from_mapping(self.simulator)
+            except ValueError as exc:
+                raise ValueError(f"simulator: {exc}") from None
+        else:
+            if self.simulator:
+                raise ValueError("simulator options need kind: simulator")
+            if not self.base_urls:
+                raise ValueError("base_urls needs at least one URL, e.g. [https://host/v1]")
+        if self.api_key_env and not self.allow_insecure_http:
+            for url in self.base_urls:
+                parts = urlsplit(url)
+                if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                    raise ValueError(
+                        f"{url} is plain http to a non-loopback host: the API key would travel "
+                        "unencrypted. Use https, or set allow_insecure_http: true"
+                    )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "evolink": {
+        "kind": "openai",
+        "base_urls": ["https://direct.evolink.ai/v1", "https://api.evolink.ai/v1"],
+        "api_key_env": "EVOLINK_API_KEY",
+        "max_concurrency": 16,
+    },
+    "simulator": {"kind": "simulator", "max_concurrency": 32},
+}
+
+
+class ModelEntry(_Strict):
+    """A model to evaluate, optionally on a named provider and with its own parameters."""
+
+    name: str = Field(min_length=1)
+    provider: str | None = None
+    params: RequestParams = Field(default_factory=RequestParams)
+
+
+class MessageTemplate(_Strict):
+    """One message of a prompt variant; `{column}` placeholders are filled per dataset row."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class FromColumn(_Strict):
+    """A prompt entry standing for the row's own list of messages, e.g. a conversation column."""
+
+    from_column: str = Field(min_length=1, description="dataset column holding a list of messages")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alone(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "from_column" in v and len(v) > 1:
+            other = next(k for k in v if k != "from_column")
+            raise ValueError(f"from_column stands for all of the row's messages and takes no other key (got {other!r})")
+        return v
+
+
+def _entry_kind(value: Any) -> str:
+    # a misspelt from_column (from_colum) is reported as that, not as a message missing its role
+    is_column = isinstance(value, dict) and any(str(k).startswith("from") for k in value)
+    return "FromColumn" if is_column else "MessageTemplate"
+
+
+# Tagged by the presence of from_column, so an error names one kind of entry, not both; the tags
+# are model names, which error paths drop like pydantic's own union tags.
+PromptEntry = Annotated[
+    Annotated[MessageTemplate, Tag("MessageTemplate")] | Annotated[FromColumn, Tag("FromColumn")],
+    Discriminator(_entry_kind),
+]
+
+
+class DatasetConfig(_Strict):
+    """Where the rows are, how to read them, and which columns set request parameters per row."""
+
+    path: str
+    format: Literal["jsonl", "csv", "parquet"] | None = None
+    id_column: str | None = None
+    limit: int | None = Field(None, ge=1)
+    params_from_columns: dict[str, str] = Field(
+        default_factory=dict, description="request parameter → the column holding each row's value"
+    )
+
+    @field_validator("params_from_columns")
+    @classmethod
+    def _parameters(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, column in v.items():
+            if name not in PARAM_NAMES:
+                raise ValueError(
+                    f"{name!r} is not a request parameter{did_you_mean(name, PARAM_NAMES)}; "
+                    f"allowed: {', '.join(PARAM_NAMES)}"
+                )
+            if not column:
+                raise ValueError(f"{name}: name the dataset column that holds it")
+        return v
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(5, ge=1, le=50, description="attempts per request, first included")
+    max_total_s: float = Field(900.0, gt=0, description="time budget per request, waits included")
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(120.0, ge=0, description="cap on a server's Retry-After")
+
+
+class BudgetConfig(_Strict):
+    max_requests: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0, description="in the price table's currency")
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment file."""
+
+    experiment: str = Field(pattern=_NAME)
+    description: str | None = None
+    provider: str | None = None
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(min_length=1)
+    params: RequestParams = Field(default_factory=RequestParams)
+    grid: dict[str, Any] = Field(default_factory=dict)
+    prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(min_length=1)
+    dataset: DatasetConfig
+    repeats: int = Field(1, ge=1, le=100_000)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    prices: PricesConfig | str | None = None
+    scorers: list[ScorerConfig] = Field(default_factory=list)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    reports_dir: str = "reports"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelEntry]) -> list[ModelEntry]:
+        seen: set[tuple[str, str | None]] = set()
+        for m in v:
+            key = (m.name, m.provider)
+            if key in seen:
+                where = f" on provider {m.provider!r}" if m.provider else ""
+                raise ValueError(f"model {m.name!r} is listed twice{where}; list each model once per provider")
+            seen.add(key)
+        return v
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _presets(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, p in v.items():
+            if isinstance(p, dict):
+                preset = p.get("preset") or (name if name in PRESETS else None)
+                if preset in PRESETS:
+                    p = {**PRESETS[preset], **p}
+            out[name] = p
+        return out
+
+    @field_validator("prompts")
+    @classmethod
+    def _has_user(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name, messages in v.items():
+            # a from_column entry brings the row's messages; the dataset pass checks them
+            if not any(isinstance(m, FromColumn) or m.role == "user" for m in messages):
+                raise ValueError(f"prompt {name!r} has no user message (nor a from_column: entry)")
+        return v
