@@ -241,18 +241,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import orjson
 
     from evalrun.analysis.evaluation import Evaluation
     from evalrun.analysis.scoring import load_scorers
     from evalrun.config.load import load_experiment
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, rescore
+    from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, require_finished, rescore
 
     run_dir = args.run_dir
-    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
+    manifest = require_finished(run_dir)
     config = args.config or Path(manifest["config_path"])
     exp = load_experiment(config, manifest.get("overrides") or [])
     import pyarrow.parquet as pq

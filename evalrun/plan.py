@@ -10,6 +10,7 @@ from evalrun.config.params import output_budget
 from evalrun.config.prices import load_pricing
 from evalrun.run.datasets import estimate_tokens, iter_rows, render
 from evalrun.run.grid import Plan
+from evalrun.run.store import RESULTS, request_rows
 
 # Without an earlier run to learn from, a request is assumed to use this share of its output
 # budget (max_tokens × n): a rough prior, labelled as such in the output.
@@ -19,13 +20,12 @@ ASSUMED_OUTPUT_SHARE = 0.25
 def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
     """Mean completion tokens per cell in the latest finished run of this experiment."""
     folder = Path(plan.exp.config.reports_dir) / plan.exp.name
-    runs = sorted((d for d in folder.glob("*") if (d / "results.parquet").is_file()), key=lambda d: d.stat().st_mtime)
+    runs = sorted((d for d in folder.glob("*") if (d / RESULTS).is_file()), key=lambda d: d.stat().st_mtime)
     if not runs:
         return {}, None
     import pandas as pd
 
-    df = pd.read_parquet(runs[-1] / "results.parquet", columns=["cell_id", "choice_index", "completion_tokens"])
-    df = df[df.choice_index == 0]
+    df = request_rows(pd.read_parquet(runs[-1] / RESULTS, columns=["cell_id", "choice_index", "completion_tokens"]))
     return df.groupby("cell_id").completion_tokens.mean().dropna().to_dict(), str(runs[-1])
 
 

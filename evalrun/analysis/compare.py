@@ -18,13 +18,13 @@ import orjson
 
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from evalrun.errors import ConfigError
-from evalrun.run.store import MANIFEST, RESULTS, write_json
+from evalrun.run.store import MANIFEST, RESULTS, request_rows, require_finished, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FLIPS_SHOWN = 20  # per cell and direction in compare.md; compare_flips.parquet has them all
-ANSWER_CHARS = 300
+ANSWER_CHARS = 300  # of an answer shown in compare.md and the report's flips table
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,7 @@ class Comparison:
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    if not (run_dir / RESULTS).is_file() or not path.is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    return orjson.loads(path.read_bytes())
+    return require_finished(run_dir)
 
 
 def latest_baseline(new_dir: Path) -> Path:
@@ -174,7 +171,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
             }
         )
         for side, df in (("base", b), ("new", n)):
-            req = df[df.choice_index == 0]
+            req = request_rows(df)
             row[f"{side}_latency_p50_s"] = req.latency_s.quantile(0.5)
             row[f"{side}_latency_p95_s"] = req.latency_s.quantile(0.95)
             row[f"{side}_tokens_per_request"] = req.total_tokens.mean()

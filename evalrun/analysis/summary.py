@@ -10,7 +10,8 @@ from evalrun.analysis.stats import wilson_interval
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.errors import ConfigError
-from evalrun.run.store import RESULTS, SUMMARY
+from evalrun.quantiles import quantile
+from evalrun.run.store import RESULTS, SUMMARY, request_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,7 +109,7 @@ class SummaryBuilder:
             comp, reasoning = c["completion_tokens"], c["reasoning_tokens"]
             row["visible_output_tokens"] = None if comp is None else comp - (reasoning or 0)
             row["reasoning_share"] = None if not comp or reasoning is None else reasoning / comp
-            row.update({f"latency_p{q}_s": _quantile(lat, q / 100) for q in (50, 95, 99)})
+            row.update({f"latency_p{q}_s": quantile(lat, q / 100) for q in (50, 95, 99)})
             row.update({t: c[t] for t in COST_COLUMNS})
             row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
             row["rows"] = c["rows"]
@@ -127,16 +128,6 @@ class SummaryBuilder:
             key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k]) for k in key)
         )
         return out
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (what pandas and numpy do by default)."""
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -295,7 +286,7 @@ def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None
     the recorded usage (other prices, no requests)."""
     import pandas as pd
 
-    req = results[results["choice_index"].isna() | (results["choice_index"] == 0)].copy()
+    req = request_rows(results).copy()
     if pricing is not None:
         usage_cols = ["prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "prompt_audio_tokens"]
         recomputed = [pricing.cost(m, u) for m, u in zip(req["model"], req[usage_cols].to_dict("records"))]

@@ -100,7 +100,7 @@ class ProviderConfig(_Strict):
         if self.api_key_env and not self.allow_insecure_http:
             for url in self.base_urls:
                 parts = urlsplit(url)
-                if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
                     raise ValueError(
                         f"{url} is plain http to a non-loopback host: the API key would travel "
                         "unencrypted. Use https, or set allow_insecure_http: true"
@@ -108,7 +108,9 @@ class ProviderConfig(_Strict):
         return self
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine (plain http and the simulator's repeat
+    header are allowed only there)."""
     if host == "localhost":
         return True
     try:

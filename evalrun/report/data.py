@@ -6,13 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from evalrun.analysis.summary import scorer_names, summarize
 from evalrun.config.params import PARAM_COLUMN
-from evalrun.errors import ConfigError
 from evalrun.report.format import fmt_val
-from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS
+from evalrun.run.store import DATA_PREFIX, RESULTS, request_rows, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,12 +38,10 @@ def load_run(run_dir: Path) -> Run:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
+    manifest = require_finished(run_dir)
     names = [n for n in pq.read_schema(run_dir / RESULTS).names if n not in HEAVY and not n.startswith(DATA_PREFIX)]
     rows = pd.read_parquet(run_dir / RESULTS, columns=names)
-    requests = rows[rows.choice_index.isna() | (rows.choice_index == 0)]
+    requests = request_rows(rows)
     cells, scorers = summarize(rows), scorer_names(rows)
     scorer = scorers[0] if scorers else None
     params = [c for c in cells.columns if c in set(PARAM_COLUMN.values())]

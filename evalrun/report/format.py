@@ -8,7 +8,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-ANSWER_CHARS = 600  # of an answer shown in a table cell
+from evalrun.analysis.compare import ANSWER_CHARS
 
 
 def price_label(manifest: dict[str, Any]) -> tuple[str, str]:

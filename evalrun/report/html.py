@@ -14,6 +14,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
+from evalrun.analysis.compare import FLIPS_SHOWN
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
 from evalrun.report.data import Run, load_run
 from evalrun.report.format import (
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from evalrun.analysis.compare import Comparison
 
 REPORT = "report.html"
-FLIPS_SHOWN = 20  # per cell and direction; compare_flips.parquet has them all
 VERDICT = {"regressed": (0, "bad"), "improved": (1, "good"), "only in base": (2, "warn"), "only in new": (2, "warn")}
 TONE = {"pass→fail": "bad", "fail→pass": "good"}
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from evalrun.config.models import is_loopback
 from evalrun.run.errors import APIStatusError, AttemptTimeout, MalformedResponse, RequestError, TransportError
 from evalrun.run.parse import MAX_ERROR_MESSAGE, loads_body, parse_completion, read_stream
 from evalrun.run.records import Completion, RequestSpec
@@ -51,7 +52,7 @@ class ProviderClient:
         self._bodies: dict[str, dict[str, Any]] = {}  # cell_id → payload without messages
         # The repeat index lets a deterministic local server (the simulator) vary its answer per
         # repeat; a remote API never sees this header.
-        self._send_repeat = all(_is_local(u) for u in base_urls)
+        self._send_repeat = all(is_loopback(urlsplit(u).hostname or "") for u in base_urls)
 
     @property
     def base_url(self) -> str:
@@ -125,11 +126,6 @@ def _body(model: str, params: dict[str, Any]) -> dict[str, Any]:
         opts.setdefault("include_usage", True)
         params["stream_options"] = opts
     return {"model": model, **params, **extra}
-
-
-def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _status_error(status: int, raw: bytes, retry_after: str | None) -> APIStatusError:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from evalrun.quantiles import quantile
 from evalrun.run.errors import AttemptTimeout, ErrorIn200, MalformedResponse, RequestError, StreamTruncated
 from evalrun.run.records import Choice, Completion, Usage
 
@@ -122,14 +123,6 @@ def parse_completion(obj: Any) -> Completion:
 # --------------------------------------------------------------------------- streaming
 
 
-def _quantile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks, as pandas and numpy do by default."""
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 class _ChoiceStream:
     """One choice being assembled from its deltas, with the arrival time of each output piece."""
 
@@ -201,7 +194,7 @@ class _ChoiceStream:
             logprobs=self.logprobs or None,
             ttft_s=None if self.first is None else self.first - t0,
             itl_mean_s=sum(gaps) / len(gaps) if gaps else None,
-            itl_p95_s=_quantile(gaps, 0.95) if gaps else None,
+            itl_p95_s=quantile(gaps, 0.95),
         )
 
 

@@ -20,10 +20,12 @@ import orjson
 from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
+from evalrun.errors import ConfigError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
 logger = logging.getLogger(__name__)
@@ -301,6 +303,20 @@ def rescore(run_dir: Path, hook: RowHook) -> int:
             total += _write_batch(writer, batch.to_pylist(), schema, hook)
     os.replace(tmp, path)
     return total
+
+
+def require_finished(run_dir: Path) -> dict[str, Any]:
+    """The manifest of a finished run directory; a ConfigError naming what is missing otherwise."""
+    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
+    manifest: dict[str, Any] = orjson.loads((run_dir / MANIFEST).read_bytes())
+    return manifest
+
+
+def request_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per request: its first choice's row, or its error row (usage and cost sit there,
+    so sums over these rows count each request once when n > 1)."""
+    return frame[frame["choice_index"].isna() | (frame["choice_index"] == 0)]
 
 
 def write_json(path: Path, obj: Any) -> None:
