@@ -94,12 +94,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument(
         "runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest"
     )
-    s.add_argument("--baseline", choices=["latest"], help="latest: the previous run of the same experiment")
+    s.add_argument(
+        "--baseline",
+        choices=["latest"],
+        help="latest: the latest completed run of the same experiment with the same grid",
+    )
     s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
     s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
     s.add_argument("--alpha", type=float, help="…and McNemar p < alpha (default 0.05)")
     s.add_argument("--out", type=Path, help="where compare.md/.parquet go (default: the new run's directory)")
     s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
+    s.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail (exit 1) when the baseline's provider, dataset, parameters or cells differ",
+    )
 
     s = sub.add_parser("cost", help="cost and tokens of a finished run, broken down; sends nothing")
     s.add_argument("run_dir", type=Path)
@@ -270,7 +279,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evalrun.analysis.compare import Gate, compare_runs, latest_baseline, to_markdown, write_outputs
+    from evalrun.analysis.compare import compare_runs, gate_for, latest_baseline
+    from evalrun.analysis.compare_text import to_markdown, write_outputs
     from evalrun.errors import ConfigError
 
     if args.baseline:
@@ -282,36 +292,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base, new = args.runs
     else:
         raise ConfigError("evalrun compare BASE_RUN NEW_RUN (or --baseline latest NEW_RUN)")
-    for name, value, lo, hi in (("--fail-on-drop", args.fail_on_drop, 0, 1), ("--alpha", args.alpha, 0, 1)):
-        if value is not None and not lo <= value <= hi:
-            raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
-    gate_cfg = _gate_from_manifest(new)
-    gate = Gate(
-        scorer=args.scorer or gate_cfg.get("scorer"),
-        fail_on_drop=args.fail_on_drop if args.fail_on_drop is not None else gate_cfg.get("fail_on_drop", 0.02),
-        alpha=args.alpha if args.alpha is not None else gate_cfg.get("alpha", 0.05),
-    )
+    gate = gate_for(new, args.scorer, args.fail_on_drop, args.alpha, args.strict)
     result = compare_runs(base, new, gate)
     out = args.out or new
     write_outputs(result, out, args.junit)
     print(to_markdown(result, flips=False), end="")
+    for warning in result.warnings:
+        print(f"evalrun: warning: {warning}" + (" (--strict: the gate fails)" if gate.strict else ""), file=sys.stderr)
     print(
         f"evalrun: wrote {out / 'compare.md'}, compare.parquet, compare_flips.parquet"
         + (f", {args.junit}" if args.junit else ""),
         file=sys.stderr,
     )
-    return 1 if len(result.regressed) else 0
-
-
-def _gate_from_manifest(run_dir: Path) -> dict:
-    import orjson
-
-    from evalrun.run.store import MANIFEST
-
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        return {}
-    return (orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}
+    return 1 if result.failed else 0
 
 
 def cmd_cost(args: argparse.Namespace) -> int:

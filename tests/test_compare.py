@@ -61,12 +61,12 @@ def test_a_degraded_prompt_is_flagged_and_nothing_else(tmp_path, cli) -> None:
     assert r.code == 1, r.err
     cells = pd.read_parquet(new / "compare.parquet")
     verdicts = dict(zip(cells.cell.str.split(" · ").str[1], cells.verdict))
-    assert verdicts == {"a": "unchanged", "b": "regressed"}
+    assert verdicts == {"a": "no change", "b": "regressed"}
     b = cells[cells.verdict == "regressed"].iloc[0]
     assert b.matched == ROWS and b.delta < -0.15 and b.p_value < 0.001
     assert b.delta_ci_low <= b.delta <= b.delta_ci_high < 0
     assert b.pass_to_fail > b.fail_to_pass
-    a = cells[cells.verdict == "unchanged"].iloc[0]
+    a = cells[cells.verdict == "no change"].iloc[0]
     assert a.delta == 0 and a.pass_to_fail == 0 and a.fail_to_pass == 0 and a.p_value == 1
     md = (new / "compare.md").read_text()
     assert "**FAIL**: 1 cell(s) regressed" in md and "pass→fail" in md
@@ -85,22 +85,25 @@ def test_identical_runs_compare_equal(tmp_path, cli) -> None:
     assert r.code == 0, r.err
     assert "**PASS**" in r.out
     cells = pd.read_parquet(new / "compare.parquet")
-    assert set(cells.verdict) == {"unchanged"} and (cells.delta == 0).all()
+    assert set(cells.verdict) == {"no change"} and (cells.delta == 0).all()
     assert len(pd.read_parquet(new / "compare_flips.parquet")) == 0
 
 
-def test_baseline_latest_and_one_sided_cells(tmp_path, cli) -> None:
+def test_one_sided_cells_are_named_and_fail_a_strict_gate(tmp_path, cli) -> None:
     first = _run(cli, tmp_path, _config(tmp_path, temps=[0.0]), "first")
     second = _run(cli, tmp_path, _config(tmp_path, temps=[0.0, 1.0]), "second")
-    r = cli("compare", "--baseline", "latest", second)
+    r = cli("compare", first, second)
     assert r.code == 0, r.err
-    assert f"Base `{first}`" in r.out
     cells = pd.read_parquet(second / "compare.parquet")
     assert (cells.verdict == "only in new").sum() == 2  # temperature 1.0 × prompts a, b
-    assert (cells.verdict == "unchanged").sum() == 2
-    assert "only in new" in r.out
-    r = cli("compare", "--baseline", "latest", first)
-    assert r.code == 2 and "no earlier finished run" in r.err
+    assert (cells.verdict == "no change").sum() == 2
+    assert "2 cell(s) only in new, not compared" in r.err and "temperature: base 0.0, new 0.0, 1.0" in r.err
+    assert "> ⚠️ 2 cell(s) only in new" in r.out
+    assert cli("compare", first, second, "--strict").code == 1
+    # --baseline latest never picks a run whose grid is not the new one's
+    r = cli("compare", "--baseline", "latest", second)
+    assert r.code == 2 and "no earlier completed run of 't' with the same grid" in r.err
+    assert f"the latest, {first.name}, has other cells" in r.err
 
 
 def test_gate_thresholds_from_flags(tmp_path, cli) -> None:
@@ -116,6 +119,7 @@ def test_gate_thresholds_from_flags(tmp_path, cli) -> None:
     [
         (["/nonexistent/a", "/nonexistent/b"], "not a finished run"),
         (["--fail-on-drop", "2", "RUN", "RUN"], "--fail-on-drop must be between 0 and 1"),
+        (["--baseline", "latest", "RUN"], "no earlier completed run"),
         (["RUN"], "BASE_RUN NEW_RUN"),
         (["--scorer", "nope", "RUN", "RUN"], "no scorer 'nope'"),
     ],

@@ -183,8 +183,8 @@ def test_report_renders_in_chromium(runs) -> None:
         # the compare view: one row per cell, flipped items with both answers
         assert count("#compare-table tbody tr") == CELLS
         verdicts = compare_runs(runs["base"], new, Gate(None, 0.02, 0.05)).cells.verdict
-        for verdict in ("regressed", "improved", "unchanged"):  # each row highlighted by its verdict
-            assert count(f"#compare-table tr.{verdict}") == (verdicts == verdict).sum(), verdict
+        for verdict in ("regressed", "improved", "no-change"):  # each row highlighted by its verdict
+            assert count(f"#compare-table tr.{verdict}") == (verdicts == verdict.replace("-", " ")).sum(), verdict
         flips = count("#compare tr.flip")
         assert flips >= 1
         details = page.locator("#compare details.flips").first

