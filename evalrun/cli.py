@@ -14,24 +14,19 @@ from typing import NoReturn
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _positive(kind: type) -> object:
+    """An argparse type: a whole number ≥ 1 (int) or a number > 0 (float), in evalrun's words."""
 
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' * (kind is int)}number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be {'at least 1' if kind is int else 'more than 0'}, got {text}")
+        return value  # type: ignore[no-any-return]
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +52,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="count cells, requests, tokens and the shortest duration; sends nothing")
     s.add_argument("config", type=Path)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    s.add_argument("--limit", type=_positive_int, help="use only the first N dataset rows")
+    s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
@@ -70,17 +65,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         metavar="KEY.PATH=VALUE",
         help="override a config value, e.g. --set params.temperature=0.2 (repeatable)",
     )
-    s.add_argument("--limit", type=_positive_int, help="use only the first N dataset rows")
+    s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--run-dir", type=Path, help="write the report exactly here")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run: send only what has no row")
     s.add_argument(
         "--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error"
     )
     s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
-    s.add_argument("--max-requests", type=_positive_int, help="stop cleanly after sending this many requests")
+    s.add_argument("--max-requests", type=_positive(int), help="stop cleanly after sending this many requests")
     s.add_argument(
         "--max-cost",
-        type=_positive_float,
+        type=_positive(float),
         metavar="AMOUNT",
         help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
     )
@@ -125,6 +120,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
 
+    s = sub.add_parser("init", help="write a quickstart experiment (config, prices, dataset) into DIR")
+    s.add_argument("dir", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: here")
+    s.add_argument("--force", action="store_true", help="overwrite files that exist")
+
     s = sub.add_parser("serve-sim", help="run the simulator as a standalone server on 127.0.0.1")
     if argv and "serve-sim" in argv:  # its options import aiohttp: only when asked for
         from evalrun.sim import add_sim_arguments
@@ -157,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evalrun: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `evalrun summary RUN | head`: the reader has what it wanted. Point stdout at devnull so
+        # the interpreter's final flush does not raise (and print a traceback) again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -190,12 +196,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
+    from evalrun.plan import preflight
     from evalrun.run.runner import RunOptions, run
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise_usage("--retry-errors and --force go with --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
         raise_usage("--resume already names the run directory; drop --run-dir")
+    notes: list[str] = []  # said after the run, beside its summary
     opts = RunOptions(
         overrides=args.overrides,
         limit=args.limit,
@@ -206,19 +214,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_cost=args.max_cost,
         progress=not args.no_progress,
-        evaluator=for_experiment,
+        evaluator=preflight(for_experiment, args.max_cost, notes.append),
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
-    for msg in outcome.messages:
+    for msg in [*(f"note: {n}" for n in notes), *outcome.messages]:
         print(f"evalrun: {msg}", file=sys.stderr)
     print(outcome.run_dir)
     return outcome.exit_code
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-
     from evalrun.analysis.summary import summary_from_file
+    from evalrun.analysis.views import answer_notes, summary_markdown
     from evalrun.errors import ConfigError
     from evalrun.run.store import RESULTS
 
@@ -232,49 +240,21 @@ def cmd_summary(args: argparse.Namespace) -> int:
         import orjson
 
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str).decode())
-    else:
+    elif args.format == "csv":
         import pandas as pd
 
-        frame = pd.DataFrame(summary)
-        if args.format == "csv":
-            print(frame.to_csv(index=False), end="")
-        else:  # a GitHub-flavoured Markdown table, for pull-request comments
-            head = "| " + " | ".join(frame.columns) + " |"
-            rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-            body = [
-                "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
-                for row in frame.itertuples(index=False)
-            ]
-            print("\n".join([head, rule, *body]))
+        print(pd.DataFrame(summary).to_csv(index=False), end="")
+    else:
+        print(summary_markdown(summary) + "".join(f"\n> ⚠️ {line}\n" for line in answer_notes(summary)), end="")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from evalrun.analysis.evaluation import rescore_run
 
-    from evalrun.analysis.evaluation import Evaluation
-    from evalrun.analysis.scoring import load_scorers
-    from evalrun.config.load import load_experiment
-    from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, require_finished, rescore
-
-    run_dir = args.run_dir
-    manifest = require_finished(run_dir)
-    config = args.config or Path(manifest["config_path"])
-    exp = load_experiment(config, manifest.get("overrides") or [])
-    import pyarrow.parquet as pq
-
-    columns = tuple(n[len(DATA_PREFIX) :] for n in pq.read_schema(run_dir / RESULTS).names if n.startswith(DATA_PREFIX))
-    scorers = load_scorers(exp.config.scorers, exp.path, columns, exp.lines)
-    evaluation = Evaluation(scorers)
-    rows = rescore(run_dir, evaluation)
-    manifest["scorers"] = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
-    from evalrun.run.store import write_json
-
-    write_json(run_dir / MANIFEST, manifest)
-    _print_summary(
-        evaluation.write_summary(run_dir),
-        f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})",
-    )
-    print(run_dir)
+    summary, title = rescore_run(args.run_dir, args.config)
+    _print_summary(summary, title)
+    print(args.run_dir)
     return 0
 
 
@@ -308,10 +288,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    import orjson
     import pandas as pd
 
-    from evalrun.analysis.summary import cost_breakdown
+    from evalrun.analysis.cost import cost_breakdown, partial_note
+    from evalrun.analysis.views import cost_table, terminal_width
     from evalrun.config.prices import load_pricing
     from evalrun.errors import ConfigError
     from evalrun.run.store import MANIFEST, RESULTS
@@ -320,41 +300,25 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
     pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
-    table = cost_breakdown(pd.read_parquet(path), [c.strip() for c in args.by.split(",") if c.strip()], pricing)
-    manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
-    currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
+    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    breakdown = cost_breakdown(pd.read_parquet(path), by, pricing)
+    note = partial_note(breakdown, str(args.prices) if args.prices else None)
     if args.format == "csv":
-        print(table.to_csv(index=False), end="")
+        print(breakdown.table.to_csv(index=False), end="")
     elif args.format == "json":
-        print(table.to_json(orient="records", indent=2))
+        print(breakdown.table.to_json(orient="records", indent=2))
     else:
-        from rich.console import Console
-        from rich.table import Table
+        import orjson
 
-        t = Table(
-            title=f"{args.run_dir.name}: cost in {currency or '(no prices)'}"
-            + (f" at {args.prices}" if args.prices else "")
+        manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
+        currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
+        title = f"{args.run_dir.name}: cost in {currency or '(no prices)'}" + (
+            f" at {args.prices}" if args.prices else ""
         )
-        for c in table.columns:
-            t.add_column(c, justify="left" if table[c].dtype == object else "right")
-        for r in table.to_dict("records"):
-            t.add_row(*(_cost_cell(k, v) for k, v in r.items()))
-        Console(width=None if sys.stdout.isatty() else 200).print(t)
+        _console().print(cost_table(breakdown.table, by, title, terminal_width(), [note] if note else []))
+    if note:
+        print(f"evalrun: {note}", file=sys.stderr)
     return 0
-
-
-def _cost_cell(column: str, value: object) -> str:
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
-        return "–"
-    if column.startswith("cost"):
-        return f"{value:.6f}"
-    if column == "reasoning_share":
-        return f"{value:.0%}"
-    if isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}"
-    return str(value)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -364,23 +328,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve_sim(args: argparse.Namespace) -> int:
-    from evalrun.sim import options_from_args, serve_forever
+def cmd_init(args: argparse.Namespace) -> int:
+    from evalrun.config.starter import write_starter
 
-    serve_forever(options_from_args(args), port=args.port)
+    written = write_starter(args.dir, args.force)
+    print("\n".join(str(p) for p in written))
+    print(f"evalrun: next: evalrun run {written[0]}", file=sys.stderr)
     return 0
 
 
-def _print_summary(summary: object, title: str) -> None:
-    if summary is None:
-        return
+def cmd_serve_sim(args: argparse.Namespace) -> int:
+    from evalrun.errors import ConfigError
+    from evalrun.sim import options_from_args, serve_forever
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"serve-sim --port {args.port}: a TCP port is 0–65535 (0 picks a free one)")
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(f"serve-sim: {str(exc).splitlines()[0]}") from None
+    try:
+        serve_forever(options, port=args.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"serve-sim --port {args.port}: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+            " (another server there? pick another --port, or 0 for a free one)"
+        ) from None
+    return 0
+
+
+def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    from evalrun.analysis.summary import render_table
+    from evalrun.analysis.views import terminal_width
 
-    # off a terminal rich assumes 80 columns; a report table wants its full width
-    width = None if sys.stdout.isatty() else 200
-    Console(soft_wrap=False, width=width).print(render_table(summary, title))  # type: ignore[arg-type]
+    return Console(soft_wrap=False, width=terminal_width())
+
+
+def _print_summary(summary: list[dict] | None, title: str) -> None:
+    if summary is None:
+        return
+    from evalrun.analysis.views import answer_notes, summary_table, terminal_width
+
+    _console().print(summary_table(summary, title, terminal_width(), answer_notes(summary)))
 
 
 def raise_usage(message: str) -> None:
@@ -398,5 +388,6 @@ COMMANDS = {
     "cost": cmd_cost,
     "report": cmd_report,
     "compare": cmd_compare,
+    "init": cmd_init,
     "serve-sim": cmd_serve_sim,
 }

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from evalrun.config.load import Experiment
 from evalrun.config.params import output_budget
 from evalrun.config.prices import load_pricing
+from evalrun.errors import ConfigError
 from evalrun.run.datasets import estimate_tokens, iter_rows, render
-from evalrun.run.grid import Plan
+from evalrun.run.grid import Plan, build_plan
 from evalrun.run.store import RESULTS, request_rows
+from evalrun.sim.tasks import find_arithmetic, find_multiple_choice
+from evalrun.sim.tokens import message_text
 
 # Without an earlier run to learn from, a request is assumed to use this share of its output
 # budget (max_tokens × n): a rough prior, labelled as such in the output.
 ASSUMED_OUTPUT_SHARE = 0.25
+SAMPLE_ROWS = 20  # rows looked at for the checks below: enough to see what the prompts ask
 
 
 def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
@@ -114,6 +121,7 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         "cost_basis": (f"mean output per cell of {basis}, else " if basis else "")
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
+        "notes": simulator_misses(plan),
     }
 
 
@@ -136,6 +144,7 @@ def format_plan(report: dict[str, Any]) -> str:
             lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
     else:
         lines.append("cost         no price table (set prices: or put prices.yaml beside the config)")
+    lines += [f"note         {n}" for n in report.get("notes") or []]
     if report["shortest_duration_s"]:
         lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
     else:
@@ -156,3 +165,87 @@ def _dur(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------- checks before a run
+
+# what the simulator can answer (evalrun.sim.tasks recognises them); anything else gets filler
+SIM_TASKS = (
+    "arithmetic, multiple choice (lettered options and a cue such as 'Answer:'), JSON (response_format) and tool calls"
+)
+
+
+def simulator_misses(plan: Plan) -> list[str]:
+    """Prompts sent to the simulator that match none of its tasks, in the first rows: their
+    answers will be filler and score about 0 — say so before anyone reads 0 % as a result."""
+    exp = plan.exp
+    cells = [c for c in plan.cells if exp.providers[c.provider].kind == "simulator"]
+    from_rows = set(exp.config.dataset.params_from_columns) & {"response_format", "tools"}
+    structured = {c.prompt_id for c in cells if from_rows or c.params.get("response_format") or c.params.get("tools")}
+    pending = {c.prompt_id for c in cells} - structured
+    for _, row in islice(iter_rows(plan.dataset), SAMPLE_ROWS):
+        for name in sorted(pending):
+            users = [m for m in render(plan.templates[name], row) if m.get("role") == "user"]
+            text = message_text(users[-1].get("content")) if users else ""
+            if find_multiple_choice(text) or find_arithmetic(text):
+                pending.discard(name)
+    if not pending:
+        return []
+    names = ", ".join(sorted(pending))
+    return [
+        f"the simulator answers {SIM_TASKS}; prompt {names} matches none of them in the first rows, so its "
+        "answers will be filler text that scores about 0 (README: The simulator)"
+    ]
+
+
+def run_checks(exp: Experiment, max_cost: float | None) -> list[str]:
+    """What `evalrun run` says before it sends anything: the simulator's blind spots and a
+    missing price table (notes), or a budget no request fits (ConfigError: nothing is sent)."""
+    plan = build_plan(exp, SAMPLE_ROWS)
+    notes = simulator_misses(plan)
+    pricing = load_pricing(exp.config.prices, exp.path)
+    if pricing is None:
+        notes.append(
+            f"no price table: the cost columns stay empty (set prices: in {exp.path.name}, "
+            f"or put prices.yaml beside it in {exp.path.parent})"
+        )
+    max_cost = max_cost or exp.config.budget.max_cost
+    if pricing is None or not max_cost:
+        return notes
+    prompts = {name: 0 for name in plan.templates}
+    for _, row in iter_rows(plan.dataset):
+        for name, templates in plan.templates.items():
+            prompts[name] = max(prompts[name], estimate_tokens(render(templates, row)))
+    worst = max(
+        ((pricing.worst_case(c.model, prompts[c.prompt_id], output_budget(c.params)) or 0.0, c) for c in plan.cells),
+        key=lambda wc: wc[0],
+    )
+    if worst[0] > max_cost:
+        cost, cell = worst
+        raise ConfigError(
+            f"--max-cost {max_cost:g}: one request of {cell.model} may cost up to {cost:.4f} {pricing.currency} "
+            f"(≈{prompts[cell.prompt_id]:,} prompt tokens and all {output_budget(cell.params):,} output tokens of "
+            "max_tokens), and the budget holds each request's worst case, so it could never be sent; "
+            f"raise --max-cost above {cost:.4f} (one request) or lower max_tokens"
+        )
+    return notes
+
+
+T = TypeVar("T")
+
+
+def preflight(
+    evaluator: Callable[[Experiment, tuple[str, ...]], T], max_cost: float | None, say: Callable[[str], None]
+) -> Callable[[Experiment, tuple[str, ...]], T]:
+    """The run's evaluator hook, which first (once, before anything is sent) says what the run
+    would not tell by itself: prompts the simulator cannot answer, no prices, a budget too small."""
+    checked: list[bool] = []
+
+    def hook(exp: Experiment, columns: tuple[str, ...]) -> T:
+        if not checked:
+            checked.append(True)
+            for note in run_checks(exp, max_cost):
+                say(note)
+        return evaluator(exp, columns)
+
+    return hook

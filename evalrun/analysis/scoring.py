@@ -8,6 +8,7 @@ columns, as text); an error row scores null and does not pass.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 
 from evalrun.config.scorers import ChoiceLogprobs, Custom, JsonSchemaMatch
-from evalrun.config.templates import fill, placeholders
+from evalrun.config.templates import cell_text, fill, placeholders
 from evalrun.errors import ConfigError
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -79,17 +80,33 @@ def _bool(ok: bool) -> Score:
     return (1.0 if ok else 0.0), ok
 
 
+Pattern = Callable[[dict[str, Any]], re.Pattern[str]]
+
+
+def _regex(template: str | None, where: str) -> Pattern | None:
+    """A scorer's regular expression, filled from the row by the one rule every template follows
+    ({column}, {{ and }}) — `(?i){continent}` matches the row's continent, as `contains` does. A
+    value goes in as literal text (escaped): a row's "U.S." must not match "USxS"."""
+    if not template:
+        return None
+    try:  # checked once with stand-in values, so a broken pattern fails before any request
+        re.compile(fill(template, dict.fromkeys(placeholders(template), "x")))
+    except re.error as exc:
+        raise ConfigError(f"{where}: invalid regular expression {template!r}: {exc}") from None
+    if not placeholders(template):
+        rx = re.compile(fill(template, {}))
+        return lambda data: rx
+    compiled = functools.lru_cache(maxsize=4096)(re.compile)
+    return lambda data: compiled(fill(template, {k: re.escape(cell_text(v)) for k, v in data.items()}))
+
+
 def _compile(cfg: Any, where: str, base_dir: Path) -> Fn:
     kind = cfg.type
-    try:
-        rx = re.compile(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None) or "(?!)")
-    except re.error as exc:
-        raise ConfigError(f"{where}: invalid regular expression: {exc}") from None
-    has_rx = bool(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None))
+    pattern = _regex(getattr(cfg, "extract", None) or getattr(cfg, "pattern", None), where)
     if kind == "exact_match":
 
         def exact(r: dict[str, Any]) -> Score:
-            got = _extract(rx if has_rx else None, r["content"] or "")
+            got = _extract(pattern(r["data"]) if pattern else None, r["content"] or "")
             return _bool(
                 got is not None
                 and _norm(got, cfg.normalize) == _norm(_expected(cfg.expected, r["data"]), cfg.normalize)
@@ -104,11 +121,12 @@ def _compile(cfg: Any, where: str, base_dir: Path) -> Fn:
 
         return contains
     if kind == "regex":
-        return lambda r: _bool(rx.search(r["content"] or "") is not None)
+        assert pattern is not None  # the schema requires `pattern`
+        return lambda r: _bool(pattern(r["data"]).search(r["content"] or "") is not None)
     if kind == "numeric":
 
         def numeric(r: dict[str, Any]) -> Score:
-            got = parse_number(_extract(rx if has_rx else None, r["content"] or ""))
+            got = parse_number(_extract(pattern(r["data"]) if pattern else None, r["content"] or ""))
             want = parse_number(_expected(cfg.expected, r["data"]))
             if got is None or want is None:
                 return _bool(False)
@@ -222,7 +240,10 @@ class Scorers:
             self.names.append(name)
             self._fns.append(_compile(cfg, f"{source}[{i}]", base_dir))
         self.columns_needed = set().union(
-            *(placeholders([getattr(c, "expected", ""), getattr(c, "value", "")]) for c in configs)
+            *(
+                placeholders([getattr(c, k, None) or "" for k in ("expected", "value", "pattern", "extract")])
+                for c in configs
+            )
         ) | {c.schema_column for c in configs if getattr(c, "schema_column", None)}
 
     def __bool__(self) -> bool:

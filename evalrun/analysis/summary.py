@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.analysis.stats import wilson_interval
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
-from evalrun.errors import ConfigError
 from evalrun.quantiles import quantile
-from evalrun.run.store import RESULTS, SUMMARY, request_rows
+from evalrun.run.store import RESULTS, SUMMARY
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from evalrun.config.prices import Pricing
-
+EMPTY = "_empty_answer"  # a flag summary_from_file computes in Arrow instead of reading the text
 TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
 
 
@@ -50,6 +47,8 @@ class SummaryBuilder:
                     "attempts": 0,
                     "retries": 0,
                     "rows": 0,
+                    "truncated": 0,
+                    "empty": 0,
                     "latency": [],
                     "started": row.get("started_at"),
                     **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
@@ -63,6 +62,10 @@ class SummaryBuilder:
                     if p not in self._not_cell_level and row.get(p) != first[p]:
                         self._not_cell_level.add(p)
             c["rows"] += 1
+            if row.get("status") == "ok":
+                # answers that say nothing: cut at max_tokens (thinking can eat the whole budget), or empty
+                c["truncated"] += row.get("finish_reason") == "length"
+                c["empty"] += _empty(row)
             for n in self.scorers:
                 c[f"passes_{n}"] += bool(row.get(f"pass_{n}"))
                 score = row.get(f"score_{n}")
@@ -113,6 +116,7 @@ class SummaryBuilder:
             row.update({t: c[t] for t in COST_COLUMNS})
             row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
             row["rows"] = c["rows"]
+            row["truncated"], row["empty"] = c["truncated"], c["empty"]
             for n in self.scorers:
                 passes, scores = c[f"passes_{n}"], c[f"scores_{n}"]
                 lo, hi = wilson_interval(passes, c["rows"])
@@ -128,6 +132,14 @@ class SummaryBuilder:
             key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k]) for k in key)
         )
         return out
+
+
+def _empty(row: dict[str, Any]) -> bool:
+    """An answer with no text and no tool call. From summary_from_file the flag comes precomputed
+    (it reads neither content nor tool_calls, the big columns)."""
+    if EMPTY in row:
+        return bool(row[EMPTY])
+    return not (row.get("content") or "").strip() and not row.get("tool_calls")
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -163,13 +175,24 @@ UNSUMMARIZED = (
 
 def summary_from_file(path: Path) -> list[dict[str, Any]]:
     """Summary rows of a results.parquet, read in batches and only its small columns."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
-    names = [n for n in source.schema_arrow.names if n not in UNSUMMARIZED and not n.startswith("data_")]
+    schema = source.schema_arrow.names
+    names = [n for n in schema if n not in UNSUMMARIZED and not n.startswith("data_")]
+    text = [n for n in ("content", "tool_calls") if n in schema]
     builder = SummaryBuilder()
-    for batch in source.iter_batches(batch_size=16_384, columns=names):
-        builder.add(batch.to_pylist())
+    for batch in source.iter_batches(batch_size=16_384, columns=names + text):
+        empty = None
+        for n in text:  # no text (blank counts as none) and no tool call
+            col = batch.column(n)
+            blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)
+            empty = blank if empty is None else pc.and_(empty, blank)
+        small = batch.select(names)
+        if empty is not None:
+            small = small.append_column(EMPTY, empty)
+        builder.add(small.to_pylist())
     return builder.rows()
 
 
@@ -182,134 +205,3 @@ def write_summary(run_dir: Path, rows: list[dict[str, Any]] | None = None) -> li
         rows = summary_from_file(run_dir / RESULTS)
     pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), run_dir / SUMMARY)
     return rows
-
-
-def render_table(summary: list[dict[str, Any]], title: str = "") -> Any:
-    """A rich Table of the summary rows, only the columns a person reads first."""
-    from rich.table import Table
-
-    table = Table(title=title or None, show_lines=False)
-    if not summary:
-        table.add_column("no results")
-        return table
-    columns = list(summary[0])
-    fixed = {
-        "cell_id",
-        "provider",
-        "requests",
-        "errors",
-        "attempts",
-        "retries",
-        "rows",
-        "error_rate",
-        *TOKEN_COLUMNS,
-        "visible_output_tokens",
-        "reasoning_share",
-        "cost_per_request",
-        *COST_COLUMNS,
-    }
-    scored = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_")
-    head = [c for c in columns if c not in fixed and not c.startswith(("latency", *scored))]
-    rates = [c for c in columns if c.startswith("pass_rate_")]
-    if len({r["prompt_id"] for r in summary}) == 1:
-        head.remove("prompt_id")
-    costs = []
-    if any(r.get("cost_total") is not None for r in summary):
-        costs = ["cost_total", *[c for c in columns if c.startswith("cost_per_pass_")][:1]]
-    cols = head + [
-        "requests",
-        "errors",
-        "retries",
-        *rates,
-        "prompt_tokens",
-        "completion_tokens",
-        "reasoning_tokens",
-        *costs,
-        "latency_p50_s",
-        "latency_p95_s",
-    ]
-    for c in cols:
-        label = (
-            c.replace("pass_rate_", "pass ")
-            .replace("cost_per_pass_", "cost/pass ")
-            .replace("cost_total", "cost")
-            .replace("_tokens", " tok")
-            .replace("latency_", "")
-            .replace("_s", " s")
-        )
-        table.add_column(label, justify="left" if c in head else "right")
-    for r in summary:
-        table.add_row(
-            *(_rate(r, c) if c in rates else _money(r[c]) if c in costs else _fmt(r[c], c.endswith("_s")) for c in cols)
-        )
-    return table
-
-
-def _missing(v: Any) -> bool:
-    """None, NaN or pandas' NA — without importing pandas."""
-    return v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ == "NAType"
-
-
-def _money(v: Any) -> str:
-    if _missing(v):
-        return "–"
-    return f"{v:.4f}" if v >= 0.01 else f"{v:.6f}"
-
-
-def _rate(r: Any, col: str) -> str:
-    name = col[len("pass_rate_") :]
-    lo, hi = r[f"pass_ci_low_{name}"], r[f"pass_ci_high_{name}"]
-    if _missing(r[col]):
-        return "–"
-    return f"{r[col]:.0%} [{lo:.0%}–{hi:.0%}]"
-
-
-def _fmt(v: Any, seconds: bool = False) -> str:
-    if _missing(v):
-        return "–"
-    if isinstance(v, bool) or type(v).__name__ == "bool_":
-        return "true" if v else "false"
-    if isinstance(v, float):
-        if seconds:
-            return f"{v:.3f}"
-        return f"{v:g}" if abs(v) < 1e6 else f"{v:,.0f}"
-    if isinstance(v, int) or (hasattr(v, "__int__") and not isinstance(v, str)):
-        try:
-            return f"{int(v):,}"
-        except (TypeError, ValueError):
-            return str(v)
-    return str(v)
-
-
-def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None = None) -> pd.DataFrame:
-    """Cost and tokens grouped by any report columns. With `pricing`, cost is recomputed from
-    the recorded usage (other prices, no requests)."""
-    import pandas as pd
-
-    req = request_rows(results).copy()
-    if pricing is not None:
-        usage_cols = ["prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "prompt_audio_tokens"]
-        recomputed = [pricing.cost(m, u) for m, u in zip(req["model"], req[usage_cols].to_dict("records"))]
-        for c in COST_COLUMNS:
-            req[c] = [r[c] for r in recomputed]
-    missing = [c for c in by if c not in req]
-    if missing:
-        raise ConfigError(f"--by {','.join(by)}: no column {missing[0]!r} in results.parquet")
-    for t in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens"):
-        req[t] = req[t].astype("Float64")
-    req["visible_output_tokens"] = req["completion_tokens"] - req["reasoning_tokens"].fillna(0)
-    agg = req.groupby(by, dropna=False).agg(
-        requests=("request_id", "nunique"),
-        prompt_tokens=("prompt_tokens", "sum"),
-        cached_tokens=("cached_tokens", "sum"),
-        visible_output_tokens=("visible_output_tokens", "sum"),
-        reasoning_tokens=("reasoning_tokens", "sum"),
-        **{c: (c, lambda s: s.sum(min_count=1)) for c in COST_COLUMNS},
-    )
-    agg["cost_per_request"] = agg["cost_total"] / agg["requests"]
-    agg["reasoning_share"] = agg["reasoning_tokens"] / (agg["visible_output_tokens"] + agg["reasoning_tokens"])
-    total = agg.sum(numeric_only=True).to_frame().T
-    total[by] = "(all)"
-    total["cost_per_request"] = total["cost_total"] / total["requests"]
-    total["reasoning_share"] = total["reasoning_tokens"] / (total["visible_output_tokens"] + total["reasoning_tokens"])
-    return pd.concat([agg.reset_index(), total], ignore_index=True)

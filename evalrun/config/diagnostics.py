@@ -51,6 +51,10 @@ def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) ->
         return "must be a mapping of key: value lines" + (f" (got {describe_kind(got)})" if with_input else "")
     if etype == "list_type":
         return "must be a list, e.g. [a, b] or lines starting with '- '" + (f" (got {got!r})" if with_input else "")
+    if etype == "union_tag_invalid":  # e.g. a scorer's `type: regexp`
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        key, tag = str(ctx.get("discriminator", "type")).strip("'"), str(ctx.get("tag"))
+        return f"unknown {key} {tag!r}{did_you_mean(tag, tags)}; allowed: {', '.join(tags)}"
     if etype == "too_short" and ctx.get("actual_length") == 0:
         return f"must not be empty: at least {ctx.get('min_length', 1)} entry needed"
     if etype == "string_pattern_mismatch" and ctx.get("pattern") == name_pattern:

@@ -161,8 +161,14 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ..
         if nxt is None:
             nxt = {}
             node[part] = nxt
+        if i == 0 and part == "dataset" and isinstance(nxt, str):  # `dataset: PATH` is short for {path: PATH}
+            nxt = node[part] = {"path": nxt}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} in {path} is not a mapping")
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"--set {key}: {where} in {path} is {describe_kind(nxt)} ({nxt!r}), not a mapping; "
+                f"set the whole value instead: --set {where}=…"
+            )
         node = nxt
     node[parts[-1]] = parsed
     return tuple(parts)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evalrun.config.diagnostics import format_validation, format_yaml_error
 from evalrun.errors import ConfigError
 
 PER = 1_000_000
@@ -144,19 +145,32 @@ class Pricing:
         return (prompt_tokens * r.input + max_output * out) / PER
 
 
+def _key_lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Key path → line of a price file, so an error names the line of the typo."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[path + (key.value,)] = key.start_mark.line + 1
+            _key_lines(value, path + (key.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            out[path + (i,)] = value.start_mark.line + 1
+            _key_lines(value, path + (i,), out)
+
+
 def _read_table(path: Path) -> PriceTable:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: price table not found (prices:)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error in the price table: {exc}") from None
+        raise ConfigError(format_yaml_error(exc, path) + " (in the price table)") from None
     try:
         return PriceTable.model_validate(data or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        lines: dict[tuple[Any, ...], int] = {}
+        _key_lines(yaml.compose(text), (), lines)
+        raise ConfigError(format_validation(exc, PriceTable, path, data, lines)) from None
 
 
 DEFAULT_FILE = "prices.yaml"
