@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_USAGE = 2
 
 
-def _positive(kind: type) -> object:
+def _positive(kind: type) -> Callable[[str], float]:
     """An argparse type: a whole number ≥ 1 (int) or a number > 0 (float), in evalrun's words."""
 
     def parse(text: str) -> float:
@@ -157,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         print("evalrun: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `evalrun summary RUN | head`: the reader has what it wanted. Point stdout at devnull so
-        # the interpreter's final flush does not raise (and print a traceback) again.
+        # `evalrun summary RUN | head`: the reader stopped. Point stdout at devnull so the final
+        # flush does not raise (and print a traceback) again; exit 1, as Python's docs and rich do.
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

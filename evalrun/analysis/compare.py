@@ -325,8 +325,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
     for c in COUNTS:  # counts stay whole numbers (a one-sided cell has none: <NA>, not NaN)
         if c in cells:
             cells[c] = cells[c].astype("Int64")
-    one_sided = cells.verdict.isin(["only in base", "only in new"]) if len(cells) else []
-    if len(cells) and one_sided.any():
+    if len(cells):
         for side in ("base", "new"):
             names = list(cells.cell[cells.verdict == f"only in {side}"])
             if names:

@@ -116,7 +116,7 @@ class SummaryBuilder:
             row.update({t: c[t] for t in COST_COLUMNS})
             row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
             row["rows"] = c["rows"]
-            row["truncated"], row["empty"] = c["truncated"], c["empty"]
+            row["truncated_answers"], row["empty_answers"] = c["truncated"], c["empty"]
             for n in self.scorers:
                 passes, scores = c[f"passes_{n}"], c[f"scores_{n}"]
                 lo, hi = wilson_interval(passes, c["rows"])

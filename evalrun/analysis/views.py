@@ -124,8 +124,8 @@ NOT_PARAMS = {
     "retries",
     "rows",
     "error_rate",
-    "truncated",
-    "empty",
+    "truncated_answers",
+    "empty_answers",
     "prompt_tokens",
     "cached_tokens",
     "completion_tokens",
@@ -153,15 +153,16 @@ def summary_columns(summary: list[dict[str, Any]], short: bool = False) -> list[
     scorers = [c[len("pass_rate_") :] for c in first if c.startswith("pass_rate_")]
     cols += [Column(f"pass_rate_{s}", f"pass {s}", 90 - i) for i, s in enumerate(scorers)]
     cols += [Column("requests", "requests", 60), Column("errors", "errors", 70)]
-    if any(r.get("truncated") for r in summary):
-        cols.append(Column("truncated", "cut at max", 85))
-    if any(r.get("empty") for r in summary):
-        cols.append(Column("empty", "empty", 84))
+    if any(r.get("truncated_answers") for r in summary):
+        cols.append(Column("truncated_answers", "cut at max", 85))
+    if any(r.get("empty_answers") for r in summary):
+        cols.append(Column("empty_answers", "empty", 84))
     priced = any(not missing(r.get("cost_total")) for r in summary)
     if priced:
         cols.append(Column("cost_total", "cost", 80))
         if scorers:
-            cols.append(Column(f"cost_per_pass_{scorers[0]}", f"cost/pass {scorers[0]}", 50))
+            label = "cost/pass" + (f" {scorers[0]}" if len(scorers) > 1 else "")  # one scorer: no doubt which
+            cols.append(Column(f"cost_per_pass_{scorers[0]}", label, 50))
     cols.append(Column("latency_p50_s", "p50 s", 40))
     if short:
         return cols
@@ -245,7 +246,7 @@ def answer_notes(summary: list[dict[str, Any]], shown: int = 4) -> list[str]:
     params = _params(summary) if summary else []
     lines = []
     for r in summary:
-        cut, empty = r.get("truncated") or 0, r.get("empty") or 0
+        cut, empty = r.get("truncated_answers") or 0, r.get("empty_answers") or 0
         if not cut and not empty:
             continue
         name = " · ".join([str(r["model"]), *(f"{p}={value(r[p])}" for p in params)])
@@ -257,7 +258,7 @@ def answer_notes(summary: list[dict[str, Any]], shown: int = 4) -> list[str]:
     more = [f"…and {len(lines) - shown} more cells"] if len(lines) > shown else []
     hint = (
         "finish_reason=length: raise max_tokens (thinking tokens count against it) or lower reasoning_effort"
-        if any(r.get("truncated") for r in summary)
+        if any(r.get("truncated_answers") for r in summary)
         else "see content and finish_reason in results.parquet"
     )
     return [*lines[:shown], *more, hint]
