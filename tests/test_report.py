@@ -121,7 +121,7 @@ def _browser_page(path: Path) -> Iterator[tuple[Any, list[str], list[str]]]:
 
 
 FREE_POINT = """() => {
-  for (const c of document.querySelectorAll("#score-cost circle.pt")) {
+  for (const c of document.querySelectorAll("#score-cost .by-scorer:not([hidden]) circle.pt")) {
     const r = c.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2;
     if (document.elementFromPoint(x, y) === c) return [x, y];
   }
@@ -141,9 +141,10 @@ def test_report_renders_in_chromium(runs) -> None:
     with _browser_page(out) as (page, problems, urls):
         assert problems == []  # the script ran without an error
         count = lambda sel: page.locator(sel).count()  # noqa: E731
-        # one point per cell in the scatter, some on the Pareto front
-        assert count("#score-cost circle.pt") == CELLS
-        assert 1 <= count("#score-cost circle.pt.front") <= CELLS
+        # one point per cell in the scatter (one scatter per scorer), some on the Pareto front
+        assert count("#score-cost circle.pt") == 2 * CELLS
+        assert count("#score-cost .by-scorer:not([hidden]) circle.pt") == CELLS
+        assert 1 <= count("#score-cost .by-scorer:not([hidden]) circle.pt.front") <= CELLS
         assert "cost per request (USD)" in page.inner_text("#score-cost")
         # one latency box per model; streamed cells add a time-to-first-token box
         assert count("#latency rect.box-latency") == len(MODELS)
@@ -156,7 +157,7 @@ def test_report_renders_in_chromium(runs) -> None:
         assert count("#timeline rect.tl-ok") >= 1
         assert (count("#timeline rect.tl-err") > 0) == bool((req.status == "error").any())
         assert (count("#timeline circle.retry-pt") > 0) == bool((req.attempts > 1).any())
-        for chart in ("score-cost", "latency", "tokens", "timeline"):
+        for chart in ("score-cost .by-scorer:not([hidden])", "latency", "tokens", "timeline"):
             assert page.locator(f"#{chart} svg").bounding_box()["height"] > 100, chart
         # the summary: one row per cell; clicking a header sorts, clicking again reverses
         assert count("#summary-table tbody tr") == CELLS
@@ -172,7 +173,9 @@ def test_report_renders_in_chromium(runs) -> None:
         heads.nth(0).click()
         assert _column(page, "summary-table", 0) == sorted(MODELS * (CELLS // len(MODELS)))
         # hovering a point shows its tooltip (a point no other mark covers: identical cells coincide)
-        page.locator("#score-cost svg").evaluate("svg => svg.scrollIntoView({block: 'center'})")
+        page.locator("#score-cost .by-scorer:not([hidden]) svg").evaluate(
+            "svg => svg.scrollIntoView({block: 'center'})"
+        )
         page.mouse.move(*page.evaluate(FREE_POINT))
         page.wait_for_function("getComputedStyle(document.querySelector('.tip')).opacity === '1'", timeout=5000)
         assert "pass rate" in page.locator(".tip").inner_text()
@@ -202,7 +205,7 @@ def test_report_of_an_unpriced_run_plots_tokens(runs) -> None:
     out = write_report(runs["base"], out=runs["tmp"] / "elsewhere" / "base.html")
     page = out.read_text()
     assert "total tokens per request instead of cost" in page
-    assert page.count('class="pt') == CELLS and page.count('class="tok-stack"') == CELLS
+    assert page.count('class="pt') == 2 * CELLS and page.count('class="tok-stack"') == CELLS  # a scatter per scorer
     assert "cost / correct" not in page and "prices <b>" not in page
     assert HOSTILE not in page and "<script>window.__pwned" not in page  # escaped
     assert 'id="compare"' not in page

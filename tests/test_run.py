@@ -41,6 +41,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
         text=True,
         timeout=120,
         cwd=tmp,
+        env={**os.environ, "COLUMNS": "160"},  # the table fits the terminal: give it a wide one
     )
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip().splitlines()[-1]), out.stdout, out.stderr

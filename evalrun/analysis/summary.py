@@ -139,18 +139,9 @@ def _empty(row: dict[str, Any]) -> bool:
     (it reads neither content nor tool_calls, the big columns)."""
     if EMPTY in row:
         return bool(row[EMPTY])
+    if "content" not in row:
+        return False  # a frame read without its text cannot tell
     return not (row.get("content") or "").strip() and not row.get("tool_calls")
-
-
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """The summary of a results frame (for the report and the CLI), as a DataFrame."""
-    import pandas as pd
-
-    builder = SummaryBuilder()
-    for start in range(0, len(results), 50_000):
-        chunk = results.iloc[start : start + 50_000]
-        builder.add(chunk.astype(object).where(chunk.notna(), None).to_dict("records"))
-    return pd.DataFrame(builder.rows())
 
 
 def scorer_names(results: pd.DataFrame) -> list[str]:

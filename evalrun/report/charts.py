@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from evalrun.report.data import Run
 
 OUTLIERS_SHOWN = 60  # per box: more dots only hide each other
-LABELS_UP_TO = 16  # scatter points get a label up to this many cells (Pareto points always)
+LABELS_UP_TO = 16  # scatter points get a label up to this many cells (Pareto points whenever there is room)
+DODGE_PX = 13  # dots closer than this are spread apart: one dot must never hide another
 TOKEN_PARTS = (
     ("prompt", "prompt (uncached)", "#3157c8"),
     ("cached", "cached prompt", "#9db4ee"),
@@ -25,6 +26,7 @@ TOKEN_PARTS = (
 )
 OK_COLOUR, WAIT_COLOUR, RETRY_COLOUR = "#b9c8ee", "#efb118", "#17202c"
 BIN_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+WAIT_SHOWN = 0.01  # seconds waited in all before the wait panel is drawn (the limiter's own µs are not waits)
 ERROR_COLOURS = ("#d1495b", "#f08a24", "#8f2d56", "#e0b11b", "#6d597a", "#b56576")
 
 
@@ -39,8 +41,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     ]
 
 
-def score_vs_cost(run: Run) -> str:
-    cells, s = run.cells, run.scorer
+def dodge(xy: list[tuple[float, float]], near: float = DODGE_PX) -> list[tuple[float, float]]:
+    """Offsets (pixels) that spread points drawn within `near` pixels of each other into a row
+    (rows of 8) around their spot, so eight cells at 100 % and the same cost are eight dots."""
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(xy):
+        home = next((g for g in groups if abs(xy[g[0]][0] - x) < near and abs(xy[g[0]][1] - y) < near), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    out = [(0.0, 0.0)] * len(xy)
+    for g in groups:
+        for j, i in enumerate(g):
+            row, col, width = j // 8, j % 8, min(8, len(g) - j // 8 * 8)
+            out[i] = ((col - (width - 1) / 2) * near, row * near)
+    return out
+
+
+def score_vs_cost(run: Run, s: str | None = None) -> str:
+    cells, s = run.cells, s or run.scorer
     if s is None:
         return (
             '<p class="empty">This run has no scorers, so there is no pass rate to plot. Add <code>scorers:'
@@ -78,31 +98,46 @@ def score_vs_cost(run: Run) -> str:
         line(sx(x), sy(lo), sx(x), sy(hi), "ci", f' stroke="{run.colours[m]}"')
         for (x, _), lo, hi, m in zip(xy, lo_ci, hi_ci, pts.model)
     ]
-    taken = [(sx(x) - 7, sy(y) - 7, sx(x) + 7, sy(y) + 7) for x, y in xy]
+    offsets = dodge([(sx(x), sy(y)) for x, y in xy])
+    at = [(sx(x) + dx, sy(y) + dy) for (x, y), (dx, dy) in zip(xy, offsets)]  # where each dot is drawn
+    taken = [(px - 7, py - 7, px + 7, py + 7) for px, py in at]
     for (x1, y1), (x2, y2) in itertools.pairwise(steps):  # labels keep off the staircase too
         taken += [(sx(x1) + 8, sy(y1) - 3, sx(x2), sy(y1) + 3), (sx(x2) - 3, sy(y2) + 8, sx(x2) + 3, sy(y1))]
-    spot: dict[tuple[int, int], list[str]] = {}  # cells drawn on the same pixel hide each other: say so
+    spot: dict[tuple[float, float], list[str]] = {}  # cells spread around one spot: say so
     for (x, y), label in zip(xy, pts.label):
-        spot.setdefault((round(sx(x)), round(sy(y))), []).append(label)
+        spot.setdefault((x, y), []).append(label)
+    unlabelled = []
     for i in sorted(range(len(xy)), key=lambda i: (i not in front, -xy[i][1])):  # front labels pick first
-        r, (x, y), on = pts.iloc[i], xy[i], i in front
+        r, (x, y), on, (px, py) = pts.iloc[i], xy[i], i in front, at[i]
+        same = [o for o in spot[x, y] if o != r.label]
         hint = (
             f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
             f"\n{r.requests} requests"
             + ("\non the Pareto front" if on else "")
-            + "".join(f"\nsame spot: {o}" for o in spot[round(sx(x)), round(sy(y))] if o != r.label)
+            + (f"\ndrawn beside {len(same)} other cell(s) with the same figures" if same else "")
         )
         body.append(
-            f'<circle class="pt{" front" if on else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" '
+            f'<circle class="pt{" front" if on else ""}" cx="{px:.1f}" cy="{py:.1f}" '
             f'r="{7 if on else 5.5}" fill="{run.colours[r.model]}" data-cell="{esc(r.cell_id)}"{tip(hint)}/>'
         )
         if on or len(xy) <= LABELS_UP_TO:
-            body += _place_label(r.label, sx(x), sy(y), taken, (L, T, WIDTH - R, H - B), force=on)
+            placed = _place_label(r.label, px, py, taken, (L, T, WIDTH - R, H - B))
+            body += placed
+            if not placed:
+                unlabelled.append(r.label)
     key = legend(
         [(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
         + [("Pareto front", "", "ring"), ("95% interval", "#c9d0da", "")]
     )
-    return note + key + svg(H, body, f"pass rate vs {xname} per cell")
+    after = ""
+    if any(dx or dy for dx, dy in offsets):
+        after += (
+            '<p class="sub">Cells with the same figures are drawn side by side around their spot; '
+            "hover a dot for its numbers.</p>"
+        )
+    if unlabelled:
+        after += f'<p class="sub">No room for the label of: {esc("; ".join(unlabelled))} (hover the dots).</p>'
+    return note + key + svg(H, body, f"pass rate vs {xname} per cell") + after
 
 
 SPOTS = (
@@ -119,10 +154,9 @@ SPOTS = (
 )
 
 
-def _place_label(
-    s: str, px: float, py: float, taken: list[tuple[float, ...]], box: tuple[float, ...], force: bool
-) -> list[str]:
-    """The first spot around the point whose label overlaps no other label, point or line."""
+def _place_label(s: str, px: float, py: float, taken: list[tuple[float, ...]], box: tuple[float, ...]) -> list[str]:
+    """The first spot around the point whose label overlaps no other label, point or line; none
+    if every spot is taken (a label drawn over another is worse than no label)."""
     w, own = text_width(s), (px - 7, py - 7, px + 7, py + 7)
     for dx, dy, anchor in SPOTS:
         x0 = px + dx - (w if anchor == "end" else w / 2 if anchor == "middle" else 0)
@@ -131,7 +165,7 @@ def _place_label(
         if inside and not any(r[0] < t[2] and t[0] < r[2] and r[1] < t[3] and t[1] < r[3] for t in taken if t != own):
             taken.append(r)
             return [text(px + dx, py + dy, s, "lbl", anchor)]
-    return [text(px + 10, py + 4, s, "lbl")] if force else []
+    return []
 
 
 def _box_stats(v: pd.Series) -> dict[str, Any]:
@@ -261,10 +295,13 @@ def token_bars(run: Run) -> str:
 def timeline(run: Run) -> str:
     import pandas as pd
 
-    req = run.requests[run.requests.started_at.notna()]
+    # a request is placed when it ended — an error when it happened, not when its first attempt
+    # was taken; runs written before finished_at existed fall back to the start
+    at = "finished_at" if "finished_at" in run.requests and run.requests.finished_at.notna().any() else "started_at"
+    req = run.requests[run.requests[at].notna()]
     if req.empty:
         return '<p class="empty">No request was recorded.</p>'
-    el = (req.started_at - req.started_at.min()).dt.total_seconds()
+    el = (req[at] - req[at].min()).dt.total_seconds()
     width = next((w for w in BIN_S if el.max() / w < 48), BIN_S[-1])
     nbins, b = int(el.max() // width) + 1, (el // width).astype(int)
     outcome = req.error_type.fillna("error").where(req.status == "error", "ok")
@@ -280,19 +317,21 @@ def timeline(run: Run) -> str:
         for k, g in errs.groupby(errs.error_type.fillna("error"))
     } | {"ok": ""}
     colour = {"ok": OK_COLOUR} | {k: ERROR_COLOURS[i % len(ERROR_COLOURS)] for i, k in enumerate(kinds[1:])}
-    L, R, T, top, gap, low = 64, 28, 10, 210, 34, 76
+    waited = float(waits.sum()) >= WAIT_SHOWN
+    L, R, T, top = 64, 28, 10, 210
+    gap, low = (34, 76) if waited else (0, 0)
     base, H = T + top, T + top + gap + low + 44
     sx = Scale(0, nbins * width, L, WIDTH - R)
     sy = scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
     sw = scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
-    body = y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4) + y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
-    body += [
-        text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests started in the bin)", "title"),
-        *x_axis(
-            sx, base + gap, base + gap + low, fmt_secs, f"time since the first request · bins of {fmt_secs(width)}"
-        ),
-        line(L, base, WIDTH - R, base, "axis"),
-    ]
+    body = y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4)
+    if waited:  # a panel of nothing but a zero line says nothing: it is drawn only when requests waited
+        body += y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
+        body.append(text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests in the bin)", "title"))
+    span_title = (
+        f"time since the first request {'ended' if at == 'finished_at' else 'started'} · bins of {fmt_secs(width)}"
+    )
+    body += [*x_axis(sx, base + gap, base + gap + low, fmt_secs, span_title), line(L, base, WIDTH - R, base, "axis")]
     pad, dots = 1 if nbins < 120 else 0, []
     bw = max(1.0, sx(width) - sx(0) - 2 * pad)
     for i in range(nbins):
@@ -302,7 +341,7 @@ def timeline(run: Run) -> str:
                 y -= sy(0) - sy(n)
                 hint = f"{span}: {n} {k}{example[k]}"
                 body.append(rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], hint))
-        if (wait := float(waits.iat[i])) > 0:
+        if waited and (wait := float(waits.iat[i])) > 0:
             hint = f"{span}: {wait:.3g} s waiting for the rate limiter"
             body.append(rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
         if retries.iat[i] > 0:
@@ -316,8 +355,7 @@ def timeline(run: Run) -> str:
         body += [f'<path class="retry-line" d="M{path}"/>', *dots]  # dots last: on top, for their tooltips
     items = [(f"{k} ({int(counts[k].sum())})", colour[k], "") for k in kinds]
     types = ": " + ", ".join(f"{t} {n}" for t, n in rtypes.value_counts().items()) if len(rtypes) else ""
-    items += [
-        (f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"),
-        (f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, ""),
-    ]
-    return legend(items) + svg(H, body, "requests, errors, retries and rate-limit waits over time")
+    items.append((f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"))
+    items += [(f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, "")] if waited else []
+    note = "" if waited else '<p class="sub">No request waited for the rate limiter.</p>'
+    return legend(items) + svg(H, body, "requests, errors, retries and rate-limit waits over time") + note

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalrun.analysis.summary import scorer_names, summarize
+from evalrun.analysis.summary import scorer_names, summary_from_file
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.report.format import fmt_val
 from evalrun.run.store import DATA_PREFIX, RESULTS, request_rows, require_finished
@@ -27,8 +27,9 @@ class Run:
     dir: Path
     manifest: dict[str, Any]
     requests: pd.DataFrame  # one row per request: its choice-0 row or its error row (usage sits there)
-    cells: pd.DataFrame  # summarize() + label, tokens and cost per cell
+    cells: pd.DataFrame  # summary_from_file() + label, tokens and cost per cell
     scorer: str | None  # the primary scorer: the first pass_<name> column
+    scorers: list[str]  # all of them, in column order (the reader picks one for the score chart)
     params: list[str]  # request-parameter columns whose value differs between cells
     has_cost: bool
     colours: dict[str, str]  # model → colour, the same in every chart
@@ -42,7 +43,8 @@ def load_run(run_dir: Path) -> Run:
     names = [n for n in pq.read_schema(run_dir / RESULTS).names if n not in HEAVY and not n.startswith(DATA_PREFIX)]
     rows = pd.read_parquet(run_dir / RESULTS, columns=names)
     requests = request_rows(rows)
-    cells, scorers = summarize(rows), scorer_names(rows)
+    # the summary from the file itself: it tells empty answers by their text, which `rows` leaves out
+    cells, scorers = pd.DataFrame(summary_from_file(run_dir / RESULTS)), scorer_names(rows)
     scorer = scorers[0] if scorers else None
     params = [c for c in cells.columns if c in set(PARAM_COLUMN.values())]
     has_cost = "cost_total" in rows and bool(rows.cost_total.notna().any())
@@ -55,14 +57,14 @@ def load_run(run_dir: Path) -> Run:
         cells["tokens_per_request"] = cells.cell_id.map(by.total_tokens.mean())
         if scorer:
             cells["passes"] = cells.cell_id.map(rows.groupby("cell_id")[f"pass_{scorer}"].sum()).astype(float)
-        if has_cost:  # summarize() computes these; a summary.py older than pricing did not
+        if has_cost:  # the summary computes these; a summary.py older than pricing did not
             if "cost_total" not in cells:
                 cells["cost_total"] = cells.cell_id.map(by.cost_total.sum(min_count=1))
             if "cost_per_request" not in cells:
                 cells["cost_per_request"] = cells.cost_total / cells.requests
             if scorer and f"cost_per_pass_{scorer}" not in cells:
                 cells[f"cost_per_pass_{scorer}"] = cells.cost_total / cells.passes.where(cells.passes > 0)
-    return Run(run_dir, manifest, requests, cells, scorer, params, has_cost, colours)
+    return Run(run_dir, manifest, requests, cells, scorer, scorers, params, has_cost, colours)
 
 
 def _labels(cells: pd.DataFrame, params: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from evalrun.analysis.compare import FLIPS_SHOWN
 from evalrun.analysis.compare_text import verdict_text
+from evalrun.analysis.views import answer_notes
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
 from evalrun.report.data import Run, load_run
 from evalrun.report.format import (
@@ -48,6 +49,7 @@ VERDICT = {
     "no matched items": (2, "warn"),
 }
 TONE = {"pass→fail": "bad", "fail→pass": "good"}
+ANSWER_HEADS = {"truncated_answers": "cut at max_tokens", "empty_answers": "empty"}
 
 
 def write_report(run_dir: Path, compare_base: Path | None = None, out: Path | None = None) -> Path:
@@ -78,11 +80,13 @@ def summary_table(run: Run) -> str:
     prompts = cells.prompt_id.nunique() > 1
     names = {"cost_total": "cost", "cost_per_request": "cost / req", f"cost_per_pass_{run.scorer}": "cost / correct"}
     costs = [c for c in names if run.has_cost and c in cells]
+    cut = [c for c in ("truncated_answers", "empty_answers") if c in cells and cells[c].fillna(0).gt(0).any()]
     heads = [
         ("model", ""),
         *((p, "") for p in run.params),
         *([("prompt", "")] if prompts else []),
         *((h, "num") for h in ("requests", "errors", "retries")),
+        *((ANSWER_HEADS[c], "num") for c in cut),
         *((f"pass · {s}", "") for s in scorers),
         *((h, "num") for h in ("tokens / req", "p50 s", "p95 s")),
         *((names[c], "num") for c in costs),
@@ -94,6 +98,7 @@ def summary_table(run: Run) -> str:
         tds += [td(esc(fmt_val(r[p])), fmt_val(r[p]), "") for p in run.params]
         tds += [td(esc(r["prompt_id"]), r["prompt_id"], "")] if prompts else []
         tds += [td(fmt_num(r[c]), r[c]) for c in ("requests", "errors", "retries")]
+        tds += [td(fmt_num(r[c]), r[c], "num bad" if r[c] else "num") for c in cut]
         for s in scorers:
             rate, lo, hi = r[f"pass_rate_{s}"], r[f"pass_ci_low_{s}"], r[f"pass_ci_high_{s}"]
             bar = (
@@ -113,7 +118,9 @@ def summary_table(run: Run) -> str:
         tds += [td("–" if is_missing(r[c]) else f"{r[c]:.3f}", r[c]) for c in ("latency_p50_s", "latency_p95_s")]
         tds += [td(fmt_money(r[c], currency), r[c]) for c in costs]
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return html_table("summary-table", heads, rows)
+    notes = answer_notes(cells.to_dict("records")) if cut else []
+    warn = f'<p class="note" id="answer-notes">{"<br>".join(esc(n) for n in notes)}</p>' if notes else ""
+    return warn + html_table("summary-table", heads, rows)
 
 
 def compare_view(c: Comparison) -> str:
@@ -240,6 +247,20 @@ def _header(run: Run) -> dict[str, str]:
     }
 
 
+def _score_views(run: Run) -> dict[str, str]:
+    """The score-vs-cost chart once per scorer, and a picker (a few lines of report.js show the
+    chosen one; without script the first stays shown)."""
+    if len(run.scorers) < 2:
+        scorer = f"<code>{esc(run.scorer)}</code> (the only scorer)" if run.scorer else "the scorer"
+        return {"scorer": scorer, "score_cost": score_vs_cost(run)}
+    options = "".join(f'<option value="{esc(s)}">{esc(s)}</option>' for s in run.scorers)
+    views = "".join(
+        f'<div class="by-scorer" data-scorer="{esc(s)}"{" hidden" if i else ""}>{score_vs_cost(run, s)}</div>'
+        for i, s in enumerate(run.scorers)
+    )
+    return {"scorer": f'<select id="scorer-pick" aria-label="scorer">{options}</select>', "score_cost": views}
+
+
 def render(run: Run, comparison: Comparison | None = None) -> str:
     """The page: assets/page.html holds its structure and prose, this fills in the run."""
     assets, m = resources.files("evalrun.report") / "assets", run.manifest
@@ -255,8 +276,7 @@ def render(run: Run, comparison: Comparison | None = None) -> str:
         title=esc(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
         css=(assets / "report.css").read_text("utf-8"),
         js=(assets / "report.js").read_text("utf-8"),
-        scorer=f"<code>{esc(run.scorer)}</code> (the first scorer)" if run.scorer else "the first scorer",
-        score_cost=score_vs_cost(run),
+        **_score_views(run),
         latency=latency_boxes(run),
         tokens=token_bars(run),
         timeline=timeline(run),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,7 @@ def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, 
         ("itl_mean_s", pa.float64()),
         ("itl_p95_s", pa.float64()),
         ("started_at", pa.timestamp("ms", tz="UTC")),
+        ("finished_at", pa.timestamp("ms", tz="UTC")),
         ("attempts", pa.int64()),
         ("retry_types", pa.list_(pa.string())),
         ("limiter_wait_s", pa.float64()),
@@ -135,6 +137,7 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
         "messages": orjson.dumps(spec.messages).decode(),
         "latency_s": result.latency_s,
         "started_at": int(result.started_at * 1000),
+        "finished_at": int(time.time() * 1000),  # rows are made as the request ends (the report's error timeline)
         "attempts": result.attempts,
         "retry_types": result.retry_types or None,
         "limiter_wait_s": round(result.limiter_wait_s, 6),

@@ -34,6 +34,16 @@
     });
   });
 
+  // ---- the score chart's scorer: one chart per scorer is in the page; show the chosen one.
+  var pick = document.getElementById("scorer-pick");
+  if (pick) {
+    pick.addEventListener("change", function () {
+      Array.prototype.forEach.call(document.querySelectorAll(".by-scorer"), function (view) {
+        view.hidden = view.getAttribute("data-scorer") !== pick.value;
+      });
+    });
+  }
+
   // ---- tooltips: any element with data-tip. textContent, never innerHTML: the text is data.
   var tip = document.createElement("div");
   tip.className = "tip";
