@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import Reply, base_config, completion, write_config
+from conftest import Reply, base_config, completion
 from test_report import _browser_page, _config, _run
 
 from evalrun.report.html import write_report
@@ -127,6 +127,7 @@ def test_the_summary_table_fits_its_card(pages, width) -> None:
         if width >= 1400:
             assert table <= wrap, "two scorers' summary overflows its card at 1400 px"
         assert page.locator("#summary-table thead th", has_text="pass · digits").count() == 1
+        assert problems == []
 
 
 def test_the_rate_limit_panel_only_when_something_waited(pages) -> None:
