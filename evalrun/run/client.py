@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from evalrun.config.models import is_loopback
+from evalrun.config.proxy import proxy_for
 from evalrun.run.errors import APIStatusError, AttemptTimeout, MalformedResponse, RequestError, TransportError
 from evalrun.run.parse import MAX_ERROR_MESSAGE, loads_body, parse_completion, read_stream
 from evalrun.run.records import Completion, RequestSpec
@@ -53,6 +54,7 @@ class ProviderClient:
         # The repeat index lets a deterministic local server (the simulator) vary its answer per
         # repeat; a remote API never sees this header.
         self._send_repeat = all(is_loopback(urlsplit(u).hostname or "") for u in base_urls)
+        self._proxies = [proxy_for(u) for u in base_urls]  # HTTPS_PROXY/NO_PROXY; never for loopback
 
     @property
     def base_url(self) -> str:
@@ -91,7 +93,8 @@ class ProviderClient:
         url = self.base_url + "/chat/completions"
         t0 = time.monotonic()
         try:
-            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as resp:
+            proxy = self._proxies[self._index]
+            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
                 if resp.status >= 400:
                     raise _status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"))
                 # a server may ignore stream: true and answer with one JSON body, or label its
