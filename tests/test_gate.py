@@ -97,6 +97,8 @@ def test_another_provider_is_named(tmp_path, cli, loop_thread) -> None:
     assert r.code == 0, r.err
     assert f"the provider differs: base sim (simulator); new sim (openai: {sim.base_url})" in r.err
     assert cli("compare", embedded, served, "--strict").code == 1
+    r = cli("compare", "--baseline", "latest", served)  # nor is it the latest baseline
+    assert r.code == 2 and f"the latest, {embedded.name}, has another provider (sim (simulator))" in r.err
 
 
 def _answering(right: set[int]) -> Any:

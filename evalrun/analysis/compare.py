@@ -79,6 +79,8 @@ def _grid_mismatch(base: dict[str, Any], new: dict[str, Any]) -> str | None:
     """Why `base` cannot be new's baseline (None: same cells, rows and repeats)."""
     if set(_cell_keys(base).values()) != set(_cell_keys(new).values()):
         return "other cells (models, prompt names or parameters)"
+    if _endpoints(base) != _endpoints(new):  # a simulator run is no baseline for a real API's
+        return f"another provider ({', '.join(sorted(_endpoints(base)))})"
     bg, ng = base.get("grid") or {}, new.get("grid") or {}
     for what in ("rows", "repeats"):
         if bg.get(what) != ng.get(what):
