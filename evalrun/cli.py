@@ -10,7 +10,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_USAGE = 2
 
@@ -317,7 +320,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
             f" at {args.prices}" if args.prices else ""
         )
         _console().print(cost_table(breakdown.table, by, title, terminal_width(), [note] if note else []))
-    if note:
+    if note and args.format != "table":  # the table says it under itself
         print(f"evalrun: {note}", file=sys.stderr)
     return 0
 
@@ -358,7 +361,7 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console() -> Console:
     from rich.console import Console
 
     from evalrun.analysis.views import terminal_width
@@ -366,7 +369,7 @@ def _console():  # type: ignore[no-untyped-def]
     return Console(soft_wrap=False, width=terminal_width())
 
 
-def _print_summary(summary: list[dict] | None, title: str) -> None:
+def _print_summary(summary: list[dict[str, object]] | None, title: str) -> None:
     if summary is None:
         return
     from evalrun.analysis.views import answer_notes, summary_table, terminal_width

@@ -352,7 +352,7 @@ def _first_scorer(manifest: dict[str, Any]) -> str | None:
     cfg = manifest.get("config") or {}
     gate = (cfg.get("gate") or {}).get("scorer")
     if gate:
-        return gate
+        return str(gate)
     for s in cfg.get("scorers") or []:
-        return s.get("name") or s.get("type")
+        return str(s.get("name") or s.get("type"))
     return None

@@ -52,7 +52,7 @@ ICON = {
 def verdict_text(r: dict[str, Any]) -> str:
     """The verdict, with the interval where the test could not tell: a reader sees how wide
     the doubt is instead of a bare "unchanged"."""
-    v = r["verdict"]
+    v = str(r["verdict"])
     if v in ("no significant change", "within threshold"):
         return f"{v} (Δ {_pts(r['delta'])} pts, 95% CI [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}])"
     return v

@@ -37,7 +37,7 @@ Fn = Callable[[dict[str, Any]], Score]
 
 
 def scorer_name(cfg: Any) -> str:
-    return cfg.name or cfg.type
+    return str(cfg.name or cfg.type)
 
 
 def _norm(text: str, how: list[str]) -> str:
@@ -51,7 +51,7 @@ def _norm(text: str, how: list[str]) -> str:
 
 
 def _expected(template: str, row: dict[str, Any]) -> str:
-    return fill(template, row)
+    return str(fill(template, row))
 
 
 def _extract(pattern: re.Pattern[str] | None, text: str) -> str | None:

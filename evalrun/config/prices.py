@@ -65,10 +65,12 @@ class ModelPrice(BaseModel):
 
     def rates(self, prompt_tokens: int) -> Rates:
         if not self.tiers:
+            assert self.input is not None and self.output is not None  # _flat_or_tiers made sure
             return Rates(
+                max_prompt_tokens=None,
                 input=self.input,
                 output=self.output,
-                cached_input=self.cached_input,  # type: ignore[arg-type]
+                cached_input=self.cached_input,
                 reasoning=self.reasoning,
                 audio_input=self.audio_input,
             )

@@ -21,6 +21,7 @@ def proxy_for(url: str) -> str | None:
     if is_loopback(host):
         return None
     proxies = urllib.request.getproxies_environment()
-    if urllib.request.proxy_bypass_environment(host, proxies):  # NO_PROXY
+    # NO_PROXY; this function is in urllib but not in typeshed's stubs
+    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
         return None
     return proxies.get(parts.scheme) or proxies.get("all") or None

@@ -100,7 +100,7 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
     ]
     offsets = dodge([(sx(x), sy(y)) for x, y in xy])
     at = [(sx(x) + dx, sy(y) + dy) for (x, y), (dx, dy) in zip(xy, offsets)]  # where each dot is drawn
-    taken = [(px - 7, py - 7, px + 7, py + 7) for px, py in at]
+    taken: list[tuple[float, ...]] = [(px - 7, py - 7, px + 7, py + 7) for px, py in at]
     for (x1, y1), (x2, y2) in itertools.pairwise(steps):  # labels keep off the staircase too
         taken += [(sx(x1) + 8, sy(y1) - 3, sx(x2), sy(y1) + 3), (sx(x2) - 3, sy(y2) + 8, sx(x2) + 3, sy(y1))]
     spot: dict[tuple[float, float], list[str]] = {}  # cells spread around one spot: say so
@@ -198,7 +198,7 @@ def latency_boxes(run: Run) -> str:
     if not groups:
         return '<p class="empty">No successful request to measure.</p>'
     lw = min(260.0, max(text_width(m, 12.5) for m, _, _ in groups) + 24)
-    L, R, T, rows = lw + 10, 28, 10, {"latency": 40.0, "ttft": 30.0}
+    L, R, T, rows = lw + 10, 28, 10.0, {"latency": 40.0, "ttft": 30.0}
     H = T + sum(rows[k] for _, k, _ in groups) + 8 * len({m for m, _, _ in groups}) + 46
     sx = scale([x for _, _, g in groups for x in (g["lo"], g["hi"], *g["out"])], L, WIDTH - R, log_ratio=60)
     body = x_axis(sx, T, H - 46, fmt_secs, "seconds" + (" · log scale" if sx.log else ""))
@@ -335,7 +335,7 @@ def timeline(run: Run) -> str:
     pad, dots = 1 if nbins < 120 else 0, []
     bw = max(1.0, sx(width) - sx(0) - 2 * pad)
     for i in range(nbins):
-        x, y, span = sx(i * width) + pad, base, f"{fmt_secs(i * width)}–{fmt_secs((i + 1) * width)}"
+        x, y, span = sx(i * width) + pad, float(base), f"{fmt_secs(i * width)}–{fmt_secs((i + 1) * width)}"
         for k in kinds:
             if n := int(counts.at[i, k]):
                 y -= sy(0) - sy(n)
