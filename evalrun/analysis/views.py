@@ -218,11 +218,26 @@ def summary_markdown(summary: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- cost
 
 
+# the cost table's columns: (label, how long it stays when space is short)
+COST_VIEW = {
+    "requests": ("requests", 60),
+    "prompt_tokens": ("prompt tok", 44),
+    "cached_tokens": ("cached tok", 35),
+    "visible_output_tokens": ("output tok", 45),
+    "reasoning_tokens": ("reasoning tok", 46),  # thinking is most of a reasoning model's output
+    "cost_input": ("cost input", 22),
+    "cost_cached": ("cost cached", 21),
+    "cost_output": ("cost output", 24),
+    "cost_reasoning": ("cost reasoning", 23),
+    "cost_total": ("cost", 90),
+    "cost_per_request": ("cost/req", 70),
+    "reasoning_share": ("reasoning %", 30),
+}
+
+
 def cost_table(frame: pd.DataFrame, by: list[str], title: str, width: int, notes: list[str]) -> Any:
-    keep = {"requests": 60, "cost_total": 90, "cost_per_request": 70, "reasoning_share": 30}
     columns = [
-        Column(c, c, NEVER_DROPPED if c in by else keep.get(c, 40 if c.endswith("tokens") else 20), c in by)
-        for c in frame.columns
+        Column(c, c, NEVER_DROPPED, True) if c in by else Column(c, *COST_VIEW.get(c, (c, 20))) for c in frame.columns
     ]
     rows = [
         {
