@@ -7,6 +7,7 @@ Heavy imports (pydantic, pyarrow, pandas, aiohttp) happen inside the commands so
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -200,13 +201,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
+    from evalrun.errors import ConfigError
     from evalrun.plan import preflight
     from evalrun.run.runner import RunOptions, run
 
     if (args.retry_errors or args.force) and args.resume is None:
-        raise_usage("--retry-errors and --force go with --resume RUN_DIR")
+        raise ConfigError("--retry-errors and --force go with --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
-        raise_usage("--resume already names the run directory; drop --run-dir")
+        raise ConfigError("--resume already names the run directory; drop --run-dir")
     notes: list[str] = []  # said after the run, beside its summary
     opts = RunOptions(
         overrides=args.overrides,
@@ -350,7 +352,9 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
     except ValueError as exc:
-        raise ConfigError(f"serve-sim: {str(exc).splitlines()[0]}") from None
+        # the simulator names its option; the user typed the flag
+        flag = re.sub(r"simulator option '(\w+)'", lambda m: "--" + m[1].replace("_", "-"), str(exc).splitlines()[0])
+        raise ConfigError(f"serve-sim: {flag}") from None
     try:
         serve_forever(options, port=args.port)
     except OSError as exc:
@@ -375,12 +379,6 @@ def _print_summary(summary: list[dict[str, object]] | None, title: str) -> None:
     from evalrun.analysis.views import answer_notes, summary_table, terminal_width
 
     _console().print(summary_table(summary, title, terminal_width(), answer_notes(summary)))
-
-
-def raise_usage(message: str) -> None:
-    from evalrun.errors import ConfigError
-
-    raise ConfigError(message)
 
 
 COMMANDS = {
