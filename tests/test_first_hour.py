@@ -154,8 +154,8 @@ def test_tool_call_answers_are_not_empty(tmp_path, dataset, scripted, cli) -> No
 def _capitals(tmp_path: Path) -> Path:
     p = tmp_path / "capitals.jsonl"
     rows = [
-        {"id": "fr", "country": "France", "continent": "Europe"},
-        {"id": "jp", "country": "Japan", "continent": "Asia"},
+        {"id": "fr", "country": "France", "continent": "Europe", "code": "F.R."},
+        {"id": "jp", "country": "Japan", "continent": "Asia", "code": "J.P."},
     ]
     p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     return p
@@ -189,21 +189,22 @@ def test_run_says_there_are_no_prices(tmp_path, dataset, cli) -> None:
 
 
 def test_regex_scorers_are_filled_from_the_row_like_contains(tmp_path, scripted, cli) -> None:
-    answers = {"France": "Paris, in EUROPE.", "Japan": "Tokyo, in Asia (not U.S.)."}
+    answers = {"France": "Paris, in EUROPE (FxRx).", "Japan": "Tokyo, in Asia (J.P.)."}
     srv = scripted(default=lambda p: Reply(json=completion(answers[p["messages"][0]["content"].split()[-1][:-1]])))
     cfg = base_config(tmp_path, _capitals(tmp_path), srv.base_url)
     cfg["prompts"] = {"capital": [{"role": "user", "content": "What is the capital of {country}?"}]}
     cfg["scorers"] = [
         {"name": "rx", "type": "regex", "pattern": "(?i)in {continent}\\b"},
         {"name": "has", "type": "contains", "value": "{continent}", "normalize": ["case"]},
-        {"name": "literal", "type": "regex", "pattern": "{country}."},  # the value is text: '.' is a dot
-        {"name": "num", "type": "numeric", "expected": "1", "extract": "(?i){continent}"},
+        {"name": "literal", "type": "regex", "pattern": "\\({code}\\)"},  # the row's "F.R." is text: FxRx is not it
+        {"name": "picked", "type": "exact_match", "expected": "{continent}", "extract": "(?i)in ({continent})"},
     ]
     r = cli("run", write_config(tmp_path, cfg), "--no-progress")
     assert r.code == 0, r.err
     df = read_results(r.run_dir).set_index("row_id")
     assert df.pass_rx.to_dict() == {"fr": True, "jp": True} == df.pass_has.to_dict()
-    assert df.pass_literal.to_dict() == {"fr": False, "jp": False}
+    assert df.pass_literal.to_dict() == {"fr": False, "jp": True}
+    assert df.pass_picked.to_dict() == {"fr": False, "jp": True}  # extract is filled too; EUROPE ≠ Europe
     cfg["scorers"] = [{"type": "regex", "pattern": "{capital_city}"}]
     bad = cli("validate", write_config(tmp_path, cfg, "bad.yaml"))
     assert bad.code == 2 and "the dataset has no column 'capital_city'" in bad.err
