@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -224,7 +225,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
-    for msg in [*(f"note: {n}" for n in notes), *outcome.messages]:
+    for note in notes:  # sentences, wrapped to fit the terminal
+        print(
+            textwrap.fill(f"evalrun: note: {note}", 100, subsequent_indent="  ", break_on_hyphens=False),
+            file=sys.stderr,
+        )
+    for msg in outcome.messages:
         print(f"evalrun: {msg}", file=sys.stderr)
     print(outcome.run_dir)
     return outcome.exit_code

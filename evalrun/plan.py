@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Callable
 from itertools import islice
@@ -144,7 +145,10 @@ def format_plan(report: dict[str, Any]) -> str:
             lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
     else:
         lines.append("cost         no price table (set prices: or put prices.yaml beside the config)")
-    lines += [f"note         {n}" for n in report.get("notes") or []]
+    for n in report.get("notes") or []:  # notes are sentences: wrapped, so the output stays ≤ 100 columns
+        lines += textwrap.wrap(
+            n, 100, initial_indent="note         ", subsequent_indent=" " * 13, break_on_hyphens=False
+        )
     if report["shortest_duration_s"]:
         lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
     else:
@@ -193,8 +197,8 @@ def simulator_misses(plan: Plan) -> list[str]:
         return []
     names = ", ".join(sorted(pending))
     return [
-        f"the simulator answers {SIM_TASKS}; prompt {names} matches none of them in the first rows, so its "
-        "answers will be filler text that scores about 0 (README: The simulator)"
+        f"prompt {names} matches none of the simulator's tasks ({SIM_TASKS}) in its first rows: its answers "
+        "will be filler that scores about 0 (README: The simulator)"
     ]
 
 
