@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -203,7 +202,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
     from evalrun.errors import ConfigError
-    from evalrun.plan import preflight
+    from evalrun.plan import preflight, wrapped
     from evalrun.run.runner import RunOptions, run
 
     if (args.retry_errors or args.force) and args.resume is None:
@@ -225,11 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
-    for note in notes:  # sentences, wrapped to fit the terminal
-        print(
-            textwrap.fill(f"evalrun: note: {note}", 100, subsequent_indent="  ", break_on_hyphens=False),
-            file=sys.stderr,
-        )
+    for note in notes:
+        print(wrapped(f"evalrun: note: {note}", "  "), file=sys.stderr)
     for msg in outcome.messages:
         print(f"evalrun: {msg}", file=sys.stderr)
     print(outcome.run_dir)
