@@ -145,10 +145,7 @@ def format_plan(report: dict[str, Any]) -> str:
             lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
     else:
         lines.append("cost         no price table (set prices: or put prices.yaml beside the config)")
-    for n in report.get("notes") or []:  # notes are sentences: wrapped, so the output stays ≤ 100 columns
-        lines += textwrap.wrap(
-            n, 100, initial_indent="note         ", subsequent_indent=" " * 13, break_on_hyphens=False
-        )
+    lines += [wrapped("note         " + n, " " * 13) for n in report.get("notes") or []]
     if report["shortest_duration_s"]:
         lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
     else:
@@ -161,6 +158,11 @@ def format_plan(report: dict[str, Any]) -> str:
             f"concurrency {t['max_concurrency']}{extra})"
         )
     return "\n".join(lines)
+
+
+def wrapped(sentence: str, indent: str) -> str:
+    """A note as lines of at most 100 columns (paths and names never broken)."""
+    return textwrap.fill(sentence, 100, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
 
 
 def _dur(s: float) -> str:
