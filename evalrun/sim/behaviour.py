@@ -9,61 +9,42 @@ chance of answering a recognised task (arithmetic, multiple choice) correctly.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from hashlib import blake2b
 
 import orjson
 
+from evalrun.sim.profiles import (
+    EFFORT_BONUS,
+    GUESS_CUE,
+    GUESS_PENALTY,
+    P_MAX,
+    P_MIN,
+    REASONING_TOKENS,
+    TEMPERATURE_PENALTY,
+    TOP_P_BONUS,
+    ModelProfile,
+    profile_for,
+)
+from evalrun.sim.structured import ANSWER_SLOT, SchemaContext, instance_for_schema, pick_tool
 from evalrun.sim.tasks import (
-    ANSWER_SLOT,
     Arithmetic,
     MultipleChoice,
-    SchemaContext,
     find_arithmetic,
     find_multiple_choice,
     format_number,
-    instance_for_schema,
     option_number,
-    pick_tool,
     prompt_words,
     proper_nouns,
     wants_bare_number,
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
-from evalrun.sim.wire import KNOWN_MODELS, ToolCall
+from evalrun.sim.vocab import VOCAB
+from evalrun.sim.wire import ToolCall
 
 __all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelProfile:
-    """How good, how slow and how thoughtful a simulated model is."""
-
-    skill: float
-    base_ms: float
-    per_token_ms: float
-    default_effort: str
-    can_disable_thinking: bool
-
-
-PROFILES: dict[str, ModelProfile] = {
-    "gemini-3.1-pro-preview": ModelProfile(0.95, 250.0, 3.0, "medium", False),
-    "gemini-3-pro-preview": ModelProfile(0.90, 250.0, 3.0, "medium", False),
-    "gemini-2.5-flash-lite": ModelProfile(0.72, 80.0, 1.0, "none", True),
-}
-OTHER_PROFILE = ModelProfile(0.75, 100.0, 1.0, "none", True)
-assert tuple(sorted(PROFILES)) == tuple(sorted(KNOWN_MODELS))
-
-EFFORT_BONUS = {"none": -0.05, "low": 0.0, "medium": 0.02, "high": 0.04}
-REASONING_TOKENS = {"none": (0, 0), "low": (64, 128), "medium": (256, 512), "high": (1024, 2048)}
-TEMPERATURE_PENALTY = 0.12
-# A prompt that tells the model to guess makes it careless: this is how a demo or a test
-# shows a prompt regression (the same model, parameters and prompt name; a worse prompt).
-GUESS_PENALTY = 0.35
-_GUESS = re.compile(r"\bguess", re.IGNORECASE)
-TOP_P_BONUS = 0.05
-P_MIN, P_MAX = 0.02, 0.995
 CREATED_BASE = 1_760_000_000
 # Transport, reporting and truncation parameters change how much of the sample is returned
 # and how, never what is sampled: a max_tokens cut is a prefix of the uncut answer.
@@ -73,144 +54,6 @@ _NOT_IN_KEY = frozenset(
 _TOOL_CALL_OVERHEAD = 3
 _WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
 _NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
-
-VOCAB = tuple(
-    dict.fromkeys(  # distinct, so logprob alternatives never repeat a token
-        [
-            "the",
-            "model",
-            "answer",
-            "result",
-            "system",
-            "value",
-            "data",
-            "process",
-            "method",
-            "approach",
-            "question",
-            "analysis",
-            "example",
-            "context",
-            "problem",
-            "solution",
-            "step",
-            "first",
-            "second",
-            "final",
-            "number",
-            "text",
-            "output",
-            "input",
-            "consider",
-            "note",
-            "that",
-            "this",
-            "which",
-            "result",
-            "simple",
-            "clear",
-            "direct",
-            "careful",
-            "structure",
-            "pattern",
-            "general",
-            "specific",
-            "important",
-            "relevant",
-            "common",
-            "typical",
-            "likely",
-            "possible",
-            "overall",
-            "several",
-            "these",
-            "those",
-            "each",
-            "other",
-            "further",
-            "given",
-            "based",
-            "using",
-            "because",
-            "while",
-            "although",
-            "therefore",
-            "however",
-            "thus",
-            "also",
-            "often",
-            "usually",
-            "mainly",
-            "quickly",
-            "simply",
-            "clearly",
-            "exactly",
-            "roughly",
-            "nearly",
-            "time",
-            "place",
-            "part",
-            "case",
-            "point",
-            "fact",
-            "way",
-            "form",
-            "level",
-            "order",
-            "detail",
-            "reason",
-            "idea",
-            "term",
-            "factor",
-            "evidence",
-            "summary",
-            "review",
-            "response",
-            "request",
-            "section",
-            "line",
-            "list",
-            "table",
-            "record",
-            "source",
-            "field",
-            "is",
-            "are",
-            "was",
-            "be",
-            "can",
-            "will",
-            "may",
-            "should",
-            "would",
-            "could",
-            "has",
-            "have",
-            "shows",
-            "gives",
-            "makes",
-            "takes",
-            "uses",
-            "provides",
-            "suggests",
-            "indicates",
-            "follows",
-            "remains",
-            "becomes",
-            "depends",
-            "includes",
-            "requires",
-            "means",
-        ]
-    )
-)
-# logprob alternatives are drawn from these; bytes precomputed for the hot path
-VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
-VOCAB_BYTES = tuple(list(t.encode()) for t in VOCAB_TOKENS)
-
-
-def profile_for(model: str) -> ModelProfile:
-    return PROFILES.get(model, OTHER_PROFILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +118,9 @@ def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
         + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p))
     )
     if any(
-        _GUESS.search(message_text(m.get("content"))) for m in body["messages"] if m.get("role") in ("system", "user")
+        GUESS_CUE.search(message_text(m.get("content")))
+        for m in body["messages"]
+        if m.get("role") in ("system", "user")
     ):
         p -= GUESS_PENALTY
     return min(P_MAX, max(P_MIN, p))

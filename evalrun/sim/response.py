@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import orjson
 
-from evalrun.sim.behaviour import VOCAB, VOCAB_BYTES, VOCAB_TOKENS, Answer, ChoiceAnswer
+from evalrun.sim.behaviour import Answer, ChoiceAnswer
 from evalrun.sim.tokens import tokenize
+from evalrun.sim.vocab import VOCAB, VOCAB_BYTES, VOCAB_TOKENS
 from evalrun.sim.wire import TokenLogprob, Usage
 
 __all__ = ["DONE", "KEEP_ALIVE", "completion_body", "logprob_content", "sse_events", "usage_of"]
