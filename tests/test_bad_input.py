@@ -348,7 +348,7 @@ CASES: list[Case] = [
         edit=put("grid", {"temprature": [0, 1]}),
         line="temprature:",
         key="grid.temprature",
-        says=("unknown request parameter", "did you mean 'temperature'"),
+        says=("unknown key", "did you mean 'temperature'", "allowed here: include, exclude, temperature"),
     ),
     # --- grid shape -------------------------------------------------------------------------
     C(

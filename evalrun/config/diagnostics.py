@@ -106,7 +106,13 @@ def _allowed_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
             return []
     # where either of several models is allowed (a prompt entry), the keys of all of them
     models = _union_models(tp) or [_unwrap(tp)]
-    return [f for m in models if isinstance(m, type) and issubclass(m, BaseModel) for f in m.model_fields]
+    return [
+        f
+        for m in models
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for f, info in m.model_fields.items()
+        if not info.exclude  # a field kept only to say "not here" is no suggestion
+    ]
 
 
 def _union_models(tp: Any) -> list[Any]:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
+from evalrun.config.grid import GridConfig
 from evalrun.config.params import PARAM_NAMES, RequestParams
 from evalrun.config.prices import PricesConfig
 from evalrun.config.scorers import GateConfig, ScorerConfig
@@ -218,7 +219,7 @@ class ExperimentConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     params: RequestParams = Field(default_factory=RequestParams)
-    grid: dict[str, Any] = Field(default_factory=dict)
+    grid: GridConfig = Field(default_factory=GridConfig)  # type: ignore[valid-type]
     prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(min_length=1)
     dataset: DatasetConfig
     repeats: int = Field(1, ge=1, le=100_000)
