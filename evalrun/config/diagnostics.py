@@ -57,7 +57,7 @@ def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) ->
         return (
             f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, '.', '_' and '-'"
         )
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = str(err["msg"]).removeprefix("Value error, ")
     if with_input and "input" in err and etype != "value_error" and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
     return msg

@@ -27,7 +27,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _point_fields() -> dict[str, Any]:
+def _point_fields() -> dict[str, Any]:  # pydantic's (type, FieldInfo) pairs
     return {
         "model": (str | None, Field(None, description="a name from models:")),
         "prompt": (str | None, Field(None, description="a name from prompts:")),
@@ -40,8 +40,8 @@ GridPoint: type[_Strict] = create_model("GridPoint", __base__=_Strict, **_point_
 
 
 class _GridBase(_Strict):
-    include: list[GridPoint] = Field(default_factory=list)  # type: ignore[valid-type]
-    exclude: list[GridPoint] = Field(default_factory=list)  # type: ignore[valid-type]
+    include: list[GridPoint] = Field(default_factory=list)
+    exclude: list[GridPoint] = Field(default_factory=list)
     _order: list[str] = PrivateAttr(default_factory=list)  # axes in the file's order: it orders the cells
 
     @model_validator(mode="wrap")
@@ -85,9 +85,11 @@ class _GridBase(_Strict):
         return {k: getattr(entry, k) for k in entry.model_fields_set}
 
 
-GridConfig: type[_GridBase] = create_model(
-    "GridConfig",
-    __base__=_GridBase,
-    **{p: (list[_value_type(p)] | None, Field(None, description=f"values of {p}")) for p in PARAM_NAMES},  # type: ignore[valid-type]
-    **{n: (Any, Field(None, exclude=True)) for n in NOT_AXES},
-)
+def _axis(name: str) -> Any:
+    """`list[<the parameter's type>] | None`, built at run time (mypy cannot see through it)."""
+    return list.__class_getitem__(_value_type(name)) | None
+
+
+_AXES: dict[str, Any] = {p: (_axis(p), Field(None, description=f"values of {p}")) for p in PARAM_NAMES}
+_REFUSED: dict[str, Any] = {n: (Any, Field(None, exclude=True)) for n in NOT_AXES}
+GridConfig: type[_GridBase] = create_model("GridConfig", __base__=_GridBase, **_AXES, **_REFUSED)

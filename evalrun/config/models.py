@@ -219,7 +219,7 @@ class ExperimentConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     params: RequestParams = Field(default_factory=RequestParams)
-    grid: GridConfig = Field(default_factory=GridConfig)  # type: ignore[valid-type]
+    grid: GridConfig = Field(default_factory=GridConfig)
     prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(min_length=1)
     dataset: DatasetConfig
     repeats: int = Field(1, ge=1, le=100_000)

@@ -67,7 +67,7 @@ class ModelPrice(BaseModel):
             return Rates(
                 input=self.input,
                 output=self.output,
-                cached_input=self.cached_input,  # type: ignore[arg-type]
+                cached_input=self.cached_input,
                 reasoning=self.reasoning,
                 audio_input=self.audio_input,
             )

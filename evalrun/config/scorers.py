@@ -21,7 +21,7 @@ class ExactMatch(_Scorer):
 
     type: Literal["exact_match"]
     expected: str = "{answer}"
-    normalize: list[Normalize] = Field(default_factory=lambda: ["whitespace"])
+    normalize: list[Normalize] = Field(default_factory=lambda: list[Normalize](["whitespace"]))
     extract: str | None = Field(None, description="regex; its first group (or whole match) is compared")
 
 
