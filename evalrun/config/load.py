@@ -171,7 +171,8 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
     cfg = exp.config
     providers = dict(cfg.providers)
     used = {exp.provider_of(m) for m in cfg.models}
-    for name in sorted(used):
+    judges = {getattr(s, "provider", None) for s in cfg.scorers} - {None}  # a judge may ask another provider
+    for name in sorted(used | judges):
         if name in providers:
             continue
         if name in PRESETS:
@@ -183,6 +184,9 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
         if cfg.provider != name:
             i = next((i for i, m in enumerate(cfg.models) if m.provider == name), None)
             line_path = ("models", i, "provider") if i is not None else ("models",)
+            if i is None and name in judges:
+                j = next(i for i, s in enumerate(cfg.scorers) if getattr(s, "provider", None) == name)
+                line_path = ("scorers", j, "provider")
         raise ConfigError(
             f"{exp.where(*line_path)}: provider {name!r} is not defined{hint}; "
             f"define it under providers: or use one of {', '.join(known)}"

@@ -14,6 +14,7 @@ from hashlib import blake2b
 
 import orjson
 
+from evalrun.sim.judge import Verdict, find_judge, judge_verdict
 from evalrun.sim.profiles import (
     EFFORT_BONUS,
     GUESS_CUE,
@@ -39,7 +40,7 @@ from evalrun.sim.tasks import (
     wants_bare_number,
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
-from evalrun.sim.vocab import VOCAB
+from evalrun.sim.vocab import filler_tokens
 from evalrun.sim.wire import ToolCall
 
 __all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
@@ -165,28 +166,6 @@ def _letter_dist(
     return _with_p(sampled, ps, [truth] + others, [scale * 1.6] + weights)
 
 
-def _generic_tokens(rng: random.Random, words: list[str]) -> list[str]:
-    """A plain sentence or two of 8–60 tokens that echoes some prompt words."""
-    n = rng.randint(8, 60)
-    out: list[str] = []
-    capital = True
-    while len(out) < n - 1:
-        if words and rng.random() < 0.2:
-            w = words[rng.randrange(len(words))]
-        else:
-            w = VOCAB[rng.randrange(len(VOCAB))]
-        if capital:
-            w = w.capitalize()
-            capital = False
-        out.append(" " + w if out else w)
-        r = rng.random()
-        if len(out) < n - 2 and r < 0.14:
-            out.append("," if r < 0.06 else ".")
-            capital = r >= 0.06
-    out.append(".")
-    return out
-
-
 def _apply_stop(tokens: list[str], stops: list[str]) -> tuple[list[str], bool]:
     text = "".join(tokens)
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
@@ -229,6 +208,7 @@ class _Task:
     mc_truth: str | None
     u_question: float
     qdigest: bytes
+    judge: Verdict | None = None  # a grading prompt: the verdict every choice gives
 
 
 def _analyse(body: dict, seed_prefix: bytes) -> _Task:
@@ -288,7 +268,10 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
     answer: str | None = None  # the literal to place, e.g. "42" or "B"
     dist: Dist | None = None
     number_answer = False
-    if task.mc is not None:
+    if task.judge is not None:  # the verdict first, alone on its line, then the reasoning
+        v = task.judge
+        answer, dist = v.first, _with_p(v.first, v.p, list(v.rivals), [1.0 / (k + 1) for k in range(len(v.rivals))])
+    elif task.mc is not None:
         letters = task.mc.letters
         answer = task.mc_truth if correct else rng.choice([x for x in letters if x != task.mc_truth])
         dist = _letter_dist(answer, task.mc_truth, letters, correct, p, rng)
@@ -334,6 +317,8 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
             tokens, at = _split_slot(text, answer or "", quoted=placed == "quoted")
             if at is not None and dist is not None:
                 dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
+        elif task.judge is not None:
+            tokens, dists[0] = [task.judge.first, "\n", *tokenize(task.judge.reasoning)], dist
         elif task.mc is not None:
             tokens, dists[0] = [answer], dist
         elif answer is not None:
@@ -343,7 +328,7 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
                 tokens = ["The", " answer", " is", " " + answer, "."]
                 dists[3] = dist
         else:
-            tokens = _generic_tokens(rng, task.words)
+            tokens = filler_tokens(rng, task.words)
 
     budget = body.get("max_completion_tokens") or body.get("max_tokens")
     finish = "stop"
@@ -386,6 +371,11 @@ def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
     effort = _effort(body, profile)
     p = _p_correct(body, profile, effort)
     task = _analyse(body, f"{seed}|".encode())
+    judging = find_judge(task.last_user)
+    if judging is not None:
+        # drawn from the sim's seed and what the judge reads, not the request's digest, so that
+        # a pairwise verdict does not depend on the order the two answers were shown in
+        task.judge = judge_verdict(judging, p, seed)
     n = body.get("n") or 1
     choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p) for i in range(n)]
     prompt = count_prompt(body["messages"], body.get("tools"))
