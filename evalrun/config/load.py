@@ -171,7 +171,7 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
     cfg = exp.config
     providers = dict(cfg.providers)
     used = {exp.provider_of(m) for m in cfg.models}
-    judges = {getattr(s, "provider", None) for s in cfg.scorers} - {None}  # a judge may ask another provider
+    judges: set[str] = {p for s in cfg.scorers if isinstance(p := getattr(s, "provider", None), str)}  # a judge's
     for name in sorted(used | judges):
         if name in providers:
             continue

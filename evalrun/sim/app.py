@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 
 from aiohttp import web
 
@@ -99,14 +100,14 @@ def serve_forever(options: SimOptions, host: str = "127.0.0.1", port: int = 8089
         finally:
             await handle.close()
 
+    run: Callable[[Coroutine[object, object, None]], None]
     try:
         import uvloop
     except ImportError:
-        uvloop = None
+        run = asyncio.run
+    else:
+        run = uvloop.run
     try:
-        if uvloop is not None:
-            uvloop.run(main())
-        else:
-            asyncio.run(main())
+        run(main())
     except KeyboardInterrupt:
         pass

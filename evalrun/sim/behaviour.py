@@ -31,6 +31,7 @@ from evalrun.sim.structured import ANSWER_SLOT, SchemaContext, instance_for_sche
 from evalrun.sim.tasks import (
     Arithmetic,
     MultipleChoice,
+    Number,
     find_arithmetic,
     find_multiple_choice,
     format_number,
@@ -41,7 +42,7 @@ from evalrun.sim.tasks import (
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
 from evalrun.sim.vocab import filler_tokens
-from evalrun.sim.wire import ToolCall
+from evalrun.sim.wire import ChatRequest, ToolCall
 
 __all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
 
@@ -103,13 +104,13 @@ def _u(digest: bytes) -> float:
     return int.from_bytes(digest[:7], "big") / 2.0**56
 
 
-def _effort(body: dict, profile: ModelProfile) -> str:
+def _effort(body: ChatRequest, profile: ModelProfile) -> str:
     effort = body.get("reasoning_effort") or profile.default_effort
     # The pro models always think; "none" is accepted and treated as the lowest level.
     return "low" if effort == "none" and not profile.can_disable_thinking else effort
 
 
-def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
+def _p_correct(body: ChatRequest, profile: ModelProfile, effort: str) -> float:
     temperature = body.get("temperature")
     top_p = body.get("top_p")
     p = (
@@ -140,7 +141,7 @@ def _with_p(tok: str, ps: float, rivals: list[str], weights: list[float]) -> Dis
     return Dist(ps, tuple(alts))
 
 
-def _number_dist(sampled, truth, correct: bool, p: float, rng: random.Random, prefix: str) -> Dist:
+def _number_dist(sampled: Number, truth: Number, correct: bool, p: float, rng: random.Random, prefix: str) -> Dist:
     if correct:
         ps = min(0.999, max(0.5, p + 0.1 * (rng.random() - 0.3)))
         rivals = [sampled + k for k in _NEIGHBOURS[:6]]
@@ -205,13 +206,13 @@ class _Task:
     bare: bool
     arith: Arithmetic | None
     mc: MultipleChoice | None
-    mc_truth: str | None
+    mc_truth: str  # the correct letter when `mc` is set, else ""
     u_question: float
     qdigest: bytes
     judge: Verdict | None = None  # a grading prompt: the verdict every choice gives
 
 
-def _analyse(body: dict, seed_prefix: bytes) -> _Task:
+def _analyse(body: ChatRequest, seed_prefix: bytes) -> _Task:
     messages = body["messages"]
     last_user = ""
     for msg in reversed(messages):
@@ -222,11 +223,11 @@ def _analyse(body: dict, seed_prefix: bytes) -> _Task:
         last_user = message_text(messages[-1].get("content"))
     mc = find_multiple_choice(last_user)
     arith = find_arithmetic(mc.question if mc else last_user)
-    truth = None
+    truth = ""
     if mc is not None:
         if arith is not None:
-            truth = next((ltr for ltr, txt in zip(mc.letters, mc.texts) if option_number(txt) == arith.value), None)
-        if truth is None:
+            truth = next((ltr for ltr, txt in zip(mc.letters, mc.texts) if option_number(txt) == arith.value), "")
+        if not truth:
             # no way to know: the "knowledge" is a hash of the question, the same for every model
             h = blake2b(seed_prefix + last_user.encode(), digest_size=8).digest()
             truth = mc.letters[int.from_bytes(h, "big") % len(mc.letters)]
@@ -259,7 +260,9 @@ def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
     return own
 
 
-def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float) -> ChoiceAnswer:
+def _make_choice(
+    body: ChatRequest, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float
+) -> ChoiceAnswer:
     rng = random.Random(seed)
     correct = _choose(task, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
@@ -291,7 +294,7 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
         ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, fn.get("parameters") or {})
         args = instance_for_schema(fn.get("parameters") or {"type": "object", "properties": {}}, ctx)
         arguments = orjson.dumps(args).decode()
-        if ctx.placed:
+        if ctx.placed and answer is not None:
             slot = orjson.dumps(ANSWER_SLOT).decode()
             arguments = arguments.replace(slot, answer if ctx.placed == "raw" else f'"{answer}"')
         tool_call = {
@@ -301,8 +304,8 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
         }
     else:
         fmt = body.get("response_format")
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind in ("json_object", "json_schema"):
+        kind = fmt.get("type") if fmt is not None else None
+        if fmt is not None and kind in ("json_object", "json_schema"):
             placed = None
             if kind == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
@@ -317,12 +320,10 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
             tokens, at = _split_slot(text, answer or "", quoted=placed == "quoted")
             if at is not None and dist is not None:
                 dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
-        elif task.judge is not None:
+        elif task.judge is not None and dist is not None:
             tokens, dists[0] = [task.judge.first, "\n", *tokenize(task.judge.reasoning)], dist
-        elif task.mc is not None:
-            tokens, dists[0] = [answer], dist
-        elif answer is not None:
-            if task.bare:
+        elif answer is not None and dist is not None:  # both are set for a quiz or a sum, or neither
+            if task.mc is not None or task.bare:
                 tokens, dists[0] = [answer], dist
             else:
                 tokens = ["The", " answer", " is", " " + answer, "."]
@@ -356,13 +357,13 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
     return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish, seed ^ 0x5EED_1090B5)
 
 
-def request_digest(body: dict, seed: int, repeat: int) -> bytes:
+def request_digest(body: ChatRequest, seed: int, repeat: int) -> bytes:
     key = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
     prefix = f"{seed}|{repeat}|".encode()
     return blake2b(prefix + orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
-def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
+def answer_request(body: ChatRequest, seed: int = 0, repeat: int = 0) -> Answer:
     """Generate every choice of a validated request."""
     digest = request_digest(body, seed, repeat)
     base = int.from_bytes(digest, "big")

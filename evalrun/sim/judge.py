@@ -112,11 +112,11 @@ def judge_verdict(task: JudgeTask, p_right: float, seed: int) -> Verdict:
         ra, rb = is_right(a, ref), is_right(b, ref)
         truth = "TIE" if ra == rb else ("A" if ra else "B")
         # drawn from the unordered pair, so that swapping A and B mirrors every verdict
-        lo, hi = sorted((a, b))
-        if _u(s, question, lo, hi) < p_right:
+        low, high = sorted((a, b))
+        if _u(s, question, low, high) < p_right:
             first = truth
         elif truth == "TIE":
-            first = "A" if a == lo else "B"  # a mistaken preference, for the same answer either way
+            first = "A" if a == low else "B"  # a mistaken preference, for the same answer either way
         else:
             first = "TIE"
         why = {"A": "Answer A is better.", "B": "Answer B is better.", "TIE": "Both answers are equally good."}

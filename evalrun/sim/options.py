@@ -163,6 +163,7 @@ def options_from_args(ns: argparse.Namespace) -> SimOptions:
         value = getattr(ns, name, None)
         if value is not None:
             data[name] = value
-    if isinstance(data.get("retry_after"), str) and data["retry_after"].strip().lower() in ("", "none"):
+    retry_after = data.get("retry_after")
+    if isinstance(retry_after, str) and retry_after.strip().lower() in ("", "none"):
         data["retry_after"] = None
     return SimOptions.from_mapping(data)

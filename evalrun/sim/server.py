@@ -19,7 +19,7 @@ from evalrun.sim.options import SimOptions, update_options
 from evalrun.sim.profiles import profile_for
 from evalrun.sim.response import completion_body, sse_events, usage_of
 from evalrun.sim.structured import SchemaTooComplex
-from evalrun.sim.validate import validate_request
+from evalrun.sim.validate import parse_request
 from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
 
 __all__ = ["Simulator"]
@@ -159,9 +159,10 @@ class Simulator:
                 )
         if body is _NOT_JSON:
             return self._error(400, "We could not parse the JSON body of your request.")
-        problem = validate_request(body)
-        if problem is not None:
-            return self._error(400, problem[0], param=problem[1])
+        chat = parse_request(body)
+        if isinstance(chat, tuple):
+            return self._error(400, chat[0], param=chat[1])
+        model = chat["model"]
         try:
             repeat = int(request.headers.get(REPEAT_HEADER, 0))
             if not 0 <= repeat <= MAX_REPEAT:
@@ -174,7 +175,7 @@ class Simulator:
             )
 
         try:
-            answer = answer_request(body, o.seed, repeat)
+            answer = answer_request(chat, o.seed, repeat)
         except SchemaTooComplex as exc:
             return self._error(400, str(exc))
         tokens = answer.total_tokens
@@ -205,11 +206,11 @@ class Simulator:
         if fault is Fault.NULL_USAGE:
             fs.null_usage_flips += 1
             usage = None if fs.null_usage_flips % 2 else _partial_usage(answer)
-        logprobs = body.get("logprobs") is True
-        top_k = body.get("top_logprobs") or 0
+        logprobs = chat.get("logprobs") is True
+        top_k = chat.get("top_logprobs") or 0
         base_s, per_s = self._delays(model)
-        if body.get("stream") is True:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if chat.get("stream") is True:
+            include_usage = bool((chat.get("stream_options") or {}).get("include_usage"))
             response = await self._stream(
                 request,
                 answer,

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 from evalrun.sim.tasks import prompt_words
+from evalrun.sim.wire import FunctionDef, JsonSchema, ToolChoice, ToolDef
 
 # ---- JSON schema instances ----------------------------------------------------------------
 
@@ -29,7 +30,7 @@ class SchemaContext:
     names: list[str]
     answer: str | None  # the answer literal to place in an answer-named field, if any
     answer_is_number: bool
-    root: dict
+    root: JsonSchema
     placed: str | None = None  # "raw" (a JSON number) or "quoted" (inside a JSON string)
     budget: int = 5000  # values left to generate: hostile schemas must stay cheap
 
@@ -44,7 +45,7 @@ def _is_answer_field(name: str) -> bool:
     return any(a in lname for a in _ANSWER_NAMES)
 
 
-def _resolve(schema: dict, ctx: SchemaContext, depth: int) -> dict:
+def _resolve(schema: JsonSchema, ctx: SchemaContext, depth: int) -> JsonSchema:
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/") and depth < 8:
         node: object = ctx.root
@@ -61,7 +62,7 @@ def _resolve(schema: dict, ctx: SchemaContext, depth: int) -> dict:
     return schema
 
 
-def _schema_type(schema: dict) -> str | None:
+def _schema_type(schema: JsonSchema) -> str | None:
     t = schema.get("type")
     if isinstance(t, list):
         t = next((x for x in t if x != "null"), None)
@@ -74,7 +75,7 @@ def _num(value: object) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _bounds(schema: dict, step: float) -> tuple[float, float]:
+def _bounds(schema: JsonSchema, step: float) -> tuple[float, float]:
     lo = _num(schema.get("minimum"))
     if lo is None:
         ex = _num(schema.get("exclusiveMinimum"))
@@ -103,7 +104,8 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
             return ANSWER_SLOT
         return enum[ctx.rng.randrange(len(enum))]
     kind = _schema_type(schema)
-    wants_answer = ctx.answer is not None and not ctx.placed and _is_answer_field(name)
+    # the answer literal, when this field is where it goes
+    answer = ctx.answer if not ctx.placed and _is_answer_field(name) else None
     if kind == "object":
         props = schema.get("properties")
         out: dict[str, object] = {}
@@ -112,12 +114,13 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
                 out[key] = instance_for_schema(sub, ctx, depth + 1, key)
         return out
     if kind == "array":
-        lo = schema.get("minItems", 1) if isinstance(schema.get("minItems"), int) else 1
-        hi = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else max(lo, 3)
-        count = max(lo, min(hi, 1 + ctx.rng.randrange(3)))
+        min_items, max_items = schema.get("minItems"), schema.get("maxItems")
+        fewest = min_items if isinstance(min_items, int) else 1
+        most = max_items if isinstance(max_items, int) else max(fewest, 3)
+        count = max(fewest, min(most, 1 + ctx.rng.randrange(3)))
         return [instance_for_schema(schema.get("items"), ctx, depth + 1) for _ in range(count)]
     if kind in ("number", "integer"):
-        if wants_answer and ctx.answer_is_number and (kind == "number" or "." not in ctx.answer):
+        if answer is not None and ctx.answer_is_number and (kind == "number" or "." not in answer):
             ctx.placed = "raw"
             return ANSWER_SLOT
         lo, hi = _bounds(schema, 1 if kind == "integer" else 0.01)
@@ -130,7 +133,7 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
     if kind == "null":
         return None
     # strings (and untyped schemas)
-    if wants_answer:
+    if answer is not None:
         ctx.placed = "quoted"
         return ANSWER_SLOT
     fmt = schema.get("format")
@@ -144,21 +147,21 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
         text = ctx.names[ctx.rng.randrange(len(ctx.names))]
     else:
         text = " ".join(_word(ctx) for _ in range(1 + ctx.rng.randrange(3)))
-    lo = schema.get("minLength", 0)
-    hi = schema.get("maxLength")
-    if isinstance(lo, int) and lo > 10_000:
+    min_len = schema.get("minLength", 0)
+    max_len = schema.get("maxLength")
+    if isinstance(min_len, int) and min_len > 10_000:
         raise SchemaTooComplex("the JSON schema asks for too long a string to simulate")
-    if isinstance(lo, int) and len(text) < lo:
-        text = (text + " ") * (lo // (len(text) + 1) + 1)
-    if isinstance(hi, int):
-        text = text[:hi]
+    if isinstance(min_len, int) and len(text) < min_len:
+        text = (text + " ") * (min_len // (len(text) + 1) + 1)
+    if isinstance(max_len, int):
+        text = text[:max_len]
     return text
 
 
 # ---- tools --------------------------------------------------------------------------------
 
 
-def _mentions(fn: dict, text_lower: str, words: set[str]) -> bool:
+def _mentions(fn: FunctionDef, text_lower: str, words: set[str]) -> bool:
     name = fn.get("name", "")
     if name and (name.lower() in text_lower or name.lower().replace("_", " ") in text_lower):
         return True
@@ -168,7 +171,9 @@ def _mentions(fn: dict, text_lower: str, words: set[str]) -> bool:
     return False
 
 
-def pick_tool(tools: list, tool_choice: object, last_user: str, rng: random.Random) -> dict | None:
+def pick_tool(
+    tools: list[ToolDef], tool_choice: ToolChoice | None, last_user: str, rng: random.Random
+) -> FunctionDef | None:
     """The function definition the model calls, or None for a text answer."""
     functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     if not functions or tool_choice == "none":
