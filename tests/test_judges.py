@@ -16,8 +16,15 @@ from evalrun.sim import SimOptions, start_simulator
 
 def _row(content: str, question: str = "What is 2 + 3?", answer: int = 5, **extra: Any) -> dict[str, Any]:
     messages = orjson.dumps([{"role": "user", "content": question}]).decode()
-    return {"request_id": "r1", "choice_index": 0, "status": "ok", "content": content, "messages": messages,
-            "data_answer": str(answer), **extra}  # fmt: skip
+    return {
+        "request_id": "r1",
+        "choice_index": 0,
+        "status": "ok",
+        "content": content,
+        "messages": messages,
+        "data_answer": str(answer),
+        **extra,
+    }
 
 
 def _answer(content: str | None, ok: bool = True, top: tuple[tuple[str, float], ...] = ()) -> JudgeAnswer:
@@ -27,8 +34,9 @@ def _answer(content: str | None, ok: bool = True, top: tuple[tuple[str, float], 
 LABEL = LabelModel(type="label_model", model="m", rubric="factuality", reference="{answer}")
 GEVAL = LabelModel(type="label_model", model="m", rubric="factuality", reference="{answer}", use_logprobs=True)
 SCORE = ScoreModel(type="score_model", model="m", rubric="factuality", reference="{answer}", pass_at=7)
-PAIR = PairwiseModel(type="pairwise_model", model="m", rubric="factuality", reference="{answer}",
-                     baseline={"model": "base"})  # fmt: skip
+PAIR = PairwiseModel(
+    type="pairwise_model", model="m", rubric="factuality", reference="{answer}", baseline={"model": "base"}
+)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +110,7 @@ async def test_the_simulator_judges_like_its_model_would() -> None:
                 for i in range(120):
                     truth = i % 2 == 0
                     row = _row(f"It is {i + 5 if truth else i + 6}.", f"What is {i} + 5?", i + 5)
-                    (_, messages), = Judge(LABEL, "sim").questions(row, None)  # fmt: skip
+                    ((_, messages),) = Judge(LABEL, "sim").questions(row, None)
                     body = await _ask(session, sim.base_url, model, messages)
                     first = body["choices"][0]["message"]["content"].splitlines()[0]
                     assert first in ("CORRECT", "INCORRECT")

@@ -112,8 +112,13 @@ class Judge:
             self.reply = reply_range(*cfg.range)
         else:
             self.reply = REPLY_PAIRWISE
-        self.cell = Cell(f"judge-{self.name}-{_digest(provider, cfg.model, params)}", provider, cfg.model,
-                         f"judge:{self.name}", params)  # fmt: skip
+        self.cell = Cell(
+            f"judge-{self.name}-{_digest(provider, cfg.model, params)}",
+            provider,
+            cfg.model,
+            f"judge:{self.name}",
+            params,
+        )
 
     # ---- asking ------------------------------------------------------------------------------
 
