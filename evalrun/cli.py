@@ -29,7 +29,7 @@ def _positive(kind: type) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"expected a {'whole ' * (kind is int)}number, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be {'at least 1' if kind is int else 'more than 0'}, got {text}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     return parse
 

@@ -1,13 +1,23 @@
-"""Logging setup with secret redaction: no API key reaches a log line, whatever logs it."""
+"""Logging on the `evalrun` logger tree only, with secret redaction: no API key reaches a log
+line, whatever logs it.
+
+The handler sits on the `evalrun` logger, not the root: other libraries' records (asyncio's
+"Task was destroyed", aiohttp's access log) keep Python's default handling instead of being
+dressed up as evalrun errors, and an application embedding evalrun keeps its own root setup.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+from typing import TextIO
 
 _BEARER = re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"((?:authorization|api-key|x-api-key)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+", re.IGNORECASE)
+MIN_SECRET_CHARS = 8  # shorter values are not keys, and masking them would mangle ordinary words
+
+logger = logging.getLogger("evalrun")
 
 
 class RedactSecrets(logging.Filter):
@@ -27,6 +37,8 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
@@ -35,11 +47,17 @@ class RedactSecrets(logging.Filter):
 REDACT = RedactSecrets()
 
 
+def add_secret(value: str) -> None:
+    """Mask this value (a run's API key) in every evalrun log line from now on."""
+    if len(value) >= MIN_SECRET_CHARS:
+        REDACT.secrets.add(value)
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is now (it is swapped by test runners and rich)."""
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
@@ -48,10 +66,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(verbose: int = 0) -> None:
+    """-v: INFO (retries, fallbacks), -vv: DEBUG. Idempotent: calling it twice adds no handler."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("evalrun: %(levelname)s: %(message)s"))
     handler.addFilter(REDACT)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False  # our handler formats it; the root's would print it a second time

@@ -348,7 +348,7 @@ CASES: list[Case] = [
         edit=put("grid", {"temprature": [0, 1]}),
         line="temprature:",
         key="grid.temprature",
-        says=("unknown request parameter", "did you mean 'temperature'"),
+        says=("unknown key", "did you mean 'temperature'", "allowed here: include, exclude, temperature"),
     ),
     # --- grid shape -------------------------------------------------------------------------
     C(
@@ -486,16 +486,16 @@ CASES: list[Case] = [
     C(
         "simulator-unknown-option",
         edit=put("providers.sim", {"kind": "simulator", "simulator": {"latency_scal": 0}}),
-        line="sim:",
-        key="providers.sim",
-        says=("unknown simulator option 'latency_scal'", "latency_scale"),
+        line="latency_scal:",
+        key="providers.sim.simulator.latency_scal",
+        says=("unknown key", "did you mean 'latency_scale'"),
     ),
     C(
         "simulator-option-out-of-range",
         edit=put("providers.sim", {"kind": "simulator", "simulator": {"rate_429": 1.5}}),
-        line="sim:",
-        key="providers.sim",
-        says="'rate_429' must be between 0 and 1",
+        line="rate_429:",
+        key="providers.sim.simulator.rate_429",
+        says=("less than or equal to 1", "(got 1.5)"),
     ),
     C(
         "max_concurrency-0",

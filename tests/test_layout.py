@@ -12,11 +12,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "evalrun"
 MAX_LINES = 400
 
 # stage → the stages it may import. Foundations (errors, logs) sit below everything;
-# the top (cli, plan, the package itself) may import anything.
+# the top (cli, plan, the package itself) may import anything. The simulator is a leaf that
+# imports nothing of evalrun, like a third-party library: the experiment schema embeds its
+# options model (one validation style), so config may import sim.options and nothing else.
 ALLOWED = {
     "foundation": {"foundation"},
     "sim": {"sim"},
-    "config": {"foundation", "config"},
+    "config": {"foundation", "config", "sim"},
     "run": {"foundation", "config", "run", "sim"},
     "analysis": {"foundation", "config", "run", "analysis"},
     "report": {"foundation", "config", "run", "analysis", "report"},
@@ -92,6 +94,8 @@ def test_stages_import_one_way() -> None:
             other = _stage(target)
             if other == "top" or other not in ALLOWED[stage]:
                 wrong.append(f"{module} → {target}")
+            elif stage == "config" and other == "sim" and target != "evalrun.sim.options":
+                wrong.append(f"{module} → {target} (config may embed only the simulator's options schema)")
             elif stage in ("analysis", "report") and other == "run" and target not in RUN_SCHEMA:
                 wrong.append(f"{module} → {target} (analysis reads only the stored schema of a run)")
     assert not wrong, "imports against the flow:\n" + "\n".join(sorted(wrong))

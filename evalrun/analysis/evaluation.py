@@ -1,45 +1,91 @@
 """The analysis stage as the run stage sees it: a `RowHook` that scores every batch of report
-rows and adds it to the summary while results.parquet is written — one pass, no re-read.
+rows and adds it to the summary while results.parquet is written — one pass, no re-read —
+and the judge requests the run stage should send before that.
 
 `cli` hands `for_experiment` to the runner, so the run stage never imports analysis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evalrun.analysis.judges import Judges, compile_judges
 from evalrun.analysis.scoring import Scorers, load_scorers
 from evalrun.analysis.summary import SummaryBuilder, write_summary
+from evalrun.run.journal import JOURNAL, read_journal
+from evalrun.run.records import RequestSpec
 from evalrun.run.store import DATA_PREFIX
 
 if TYPE_CHECKING:
     from evalrun.config.load import Experiment
 
 
-class Evaluation:
-    """Scorers and the summary builder, fed batch by batch."""
+def _latest_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """The report rows of each request's latest journal entry (a resume may have added one)."""
+    latest: dict[str, int] = {}
+    for i, entry in enumerate(read_journal(run_dir / JOURNAL)):
+        latest[entry["id"]] = i
+    for i, entry in enumerate(read_journal(run_dir / JOURNAL)):
+        if latest.get(entry["id"]) == i:
+            yield from entry["rows"]
 
-    def __init__(self, scorers: Scorers) -> None:
+
+class Evaluation:
+    """Scorers, judges and the summary builder, fed batch by batch."""
+
+    def __init__(self, scorers: Scorers, judges: Judges | None = None) -> None:
         self.scorers = scorers
+        self.judges = judges or Judges([])
         self.summary = SummaryBuilder()
+        self._loaded = False
 
     @property
     def score_names(self) -> Sequence[str]:
-        return self.scorers.names
+        return [*self.scorers.names, *(j.name for j in self.judges.judges)]
+
+    @property
+    def extra_columns(self) -> Sequence[tuple[str, str]]:
+        return self.judges.columns()
+
+    @property
+    def judge_providers(self) -> set[str]:
+        return self.judges.providers
+
+    def _load(self, run_dir: Path) -> None:
+        if self.judges and not self._loaded:
+            self.judges.load(run_dir, _latest_rows(run_dir))
+            self._loaded = True
+
+    def judge_requests(self, run_dir: Path) -> Iterator[RequestSpec]:
+        """The judge requests of this run that have no answer yet, lazily."""
+        if self.judges:
+            self._load(run_dir)
+            yield from self.judges.requests(_latest_rows(run_dir))
+            self._loaded = False  # answers arrive in the judge journal meanwhile: read it again
 
     def on_batch(self, rows: list[dict[str, Any]]) -> None:
         self.scorers.apply(rows, DATA_PREFIX)
+        self.judges.apply(rows)
         self.summary.add(rows)
+
+    def prepare(self, run_dir: Path) -> None:
+        """Before results.parquet is written: read what the judges answered."""
+        self._load(run_dir)
 
     def write_summary(self, run_dir: Path) -> list[dict[str, Any]]:
         return write_summary(run_dir, self.summary.rows())
 
 
 def for_experiment(exp: Experiment, data_columns: tuple[str, ...]) -> Evaluation:
-    """The experiment's scorers, compiled (a bad scorer raises ConfigError before anything is sent)."""
-    return Evaluation(load_scorers(exp.config.scorers, exp.path, data_columns, exp.lines))
+    """The experiment's scorers and judges, compiled (a bad one raises ConfigError before
+    anything is sent)."""
+    configs = exp.config.scorers
+    scorers = load_scorers(configs, exp.path, data_columns, exp.lines)
+    where = f"{exp.path}: scorers"
+    judges = compile_judges(configs, exp.default_provider, [m.name for m in exp.config.models], where)
+    return Evaluation(scorers, judges)
 
 
 def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]], str]:

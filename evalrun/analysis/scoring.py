@@ -21,13 +21,14 @@ from typing import Any
 
 import orjson
 
-from evalrun.config.scorers import ChoiceLogprobs, Custom, JsonSchemaMatch
+from evalrun.config.scorers import ChoiceLogprobs, Custom, JsonSchemaMatch, LabelModel, PairwiseModel, ScoreModel
 from evalrun.config.templates import cell_text, fill, placeholders
 from evalrun.errors import ConfigError
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _PUNCT = str.maketrans("", "", string.punctuation)
 logger = logging.getLogger(__name__)
+JUDGES = (LabelModel, ScoreModel, PairwiseModel)
 
 
 # --------------------------------------------------------------------------- applying
@@ -233,15 +234,24 @@ class Scorers:
         self.names: list[str] = []
         self._fns: list[Fn] = []
         self._warned: set[str] = set()
+        seen: set[str] = set()
         for i, cfg in enumerate(configs):
             name = scorer_name(cfg)
-            if name in self.names:
+            if name in seen:
                 raise ConfigError(f"{source}[{i}]: two scorers are named {name!r}; give one a name:")
+            seen.add(name)
+            if isinstance(cfg, JUDGES):
+                continue  # asked of a model: analysis.judges compiles and applies those
             self.names.append(name)
             self._fns.append(_compile(cfg, f"{source}[{i}]", base_dir))
         self.columns_needed = set().union(
             *(
-                placeholders([getattr(c, k, None) or "" for k in ("expected", "value", "pattern", "extract")])
+                placeholders(
+                    [
+                        getattr(c, k, None) or ""
+                        for k in ("expected", "value", "pattern", "extract", "reference", "rubric")
+                    ]
+                )
                 for c in configs
             )
         ) | {c.schema_column for c in configs if getattr(c, "schema_column", None)}

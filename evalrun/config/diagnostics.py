@@ -61,7 +61,7 @@ def _error_text(err: Any, name_pattern: str = _NAME, with_input: bool = True) ->
         return (
             f"{got!r} is not a valid name: start with a letter or digit and use only letters, digits, '.', '_' and '-'"
         )
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = str(err["msg"]).removeprefix("Value error, ")
     if with_input and "input" in err and etype != "value_error" and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
     return msg
@@ -110,7 +110,13 @@ def _allowed_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
             return []
     # where either of several models is allowed (a prompt entry), the keys of all of them
     models = _union_models(tp) or [_unwrap(tp)]
-    return [f for m in models if isinstance(m, type) and issubclass(m, BaseModel) for f in m.model_fields]
+    return [
+        f
+        for m in models
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for f, info in m.model_fields.items()
+        if not info.exclude  # a field kept only to say "not here" is no suggestion
+    ]
 
 
 def _union_models(tp: Any) -> list[Any]:

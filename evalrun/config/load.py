@@ -7,13 +7,12 @@ path and what is allowed, so that `evalrun` can print it and exit 2 before any r
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from evalrun.config.diagnostics import (
     describe_kind,
@@ -23,7 +22,7 @@ from evalrun.config.diagnostics import (
     format_yaml_error,
 )
 from evalrun.config.models import PRESETS, ExperimentConfig, ModelEntry, ProviderConfig
-from evalrun.config.params import PARAM_NAMES, RequestParams
+from evalrun.config.params import PARAM_NAMES
 from evalrun.errors import ConfigError
 
 
@@ -178,7 +177,8 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
     cfg = exp.config
     providers = dict(cfg.providers)
     used = {exp.provider_of(m) for m in cfg.models}
-    for name in sorted(used):
+    judges: set[str] = {p for s in cfg.scorers if isinstance(p := getattr(s, "provider", None), str)}  # a judge's
+    for name in sorted(used | judges):
         if name in providers:
             continue
         if name in PRESETS:
@@ -190,6 +190,9 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
         if cfg.provider != name:
             i = next((i for i, m in enumerate(cfg.models) if m.provider == name), None)
             line_path = ("models", i, "provider") if i is not None else ("models",)
+            if i is None and name in judges:
+                j = next(i for i, s in enumerate(cfg.scorers) if getattr(s, "provider", None) == name)
+                line_path = ("scorers", j, "provider")
         raise ConfigError(
             f"{exp.where(*line_path)}: provider {name!r} is not defined{hint}; "
             f"define it under providers: or use one of {', '.join(known)}"
@@ -197,80 +200,32 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
     return providers
 
 
-@functools.cache
-def _field_adapter(name: str) -> TypeAdapter[Any]:
-    """Validates one parameter on its own (a grid value), with the field's range."""
-    info = RequestParams.model_fields[name]
-    if not info.metadata:
-        return TypeAdapter(info.annotation)
-    return TypeAdapter(Annotated[info.annotation, *info.metadata])  # type: ignore[valid-type]
-
-
-def _validate_value(exp: Experiment, key: str, value: Any, path: tuple[Any, ...]) -> Any:
-    try:
-        return _field_adapter(key).validate_python(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key_path = dotted(path)
-        raise ConfigError(f"{exp.where(*path)}: {key_path}: {err['msg']} (got {value!r})") from None
-
-
 def _validate_grid(exp: Experiment) -> GridAxes:
-    raw = exp.config.grid
-    axes: dict[str, list[Any]] = {}
-    include: list[dict[str, Any]] = []
-    exclude: list[dict[str, Any]] = []
+    """The grid's references, checked against the rest of the experiment (its shapes and
+    ranges were checked by GridConfig): a point's model and prompt exist; exclude keys are axes."""
+    grid = exp.config.grid
+    axes = grid.axes()
     model_names = [m.name for m in exp.config.models]
     prompt_ids = list(exp.config.prompts)
-    for key, values in raw.items():
-        if key in ("include", "exclude"):
-            continue
-        if key in ("model", "models", "prompt", "prompts"):
-            raise ConfigError(
-                f"{exp.where('grid', key)}: grid.{key}: models and prompts are grid axes already; "
-                "list them under models: and prompts:, not under grid:"
-            )
-        if key not in PARAM_NAMES:
-            raise ConfigError(
-                f"{exp.where('grid', key)}: grid.{key}: unknown request parameter"
-                f"{did_you_mean(key, PARAM_NAMES)}; allowed: {', '.join(PARAM_NAMES)}"
-            )
-        if not isinstance(values, list) or not values:
-            raise ConfigError(
-                f"{exp.where('grid', key)}: grid.{key}: must be a non-empty list of values, "
-                f"e.g. {key}: [a, b] (got {values!r})"
-            )
-        axes[key] = [_validate_value(exp, key, v, ("grid", key, i)) for i, v in enumerate(values)]
-        if len(set(map(repr, axes[key]))) != len(axes[key]):
-            raise ConfigError(f"{exp.where('grid', key)}: grid.{key}: a value is listed twice")
-    for kind, out in (("include", include), ("exclude", exclude)):
-        entries = raw.get(kind, [])
-        if not isinstance(entries, list):
-            raise ConfigError(f"{exp.where('grid', kind)}: grid.{kind}: must be a list of mappings")
-        for i, entry in enumerate(entries):
+    points: dict[str, list[dict[str, Any]]] = {"include": [], "exclude": []}
+    for kind, out in points.items():
+        for i, entry in enumerate(getattr(grid, kind)):
             where = exp.where("grid", kind, i)
-            if not isinstance(entry, dict) or not entry:
+            point = grid.point(entry)
+            if not point:
                 raise ConfigError(f"{where}: grid.{kind}[{i}]: must be a mapping like {{model: m, temperature: 0}}")
             allowed = ["model", "prompt", *(axes if kind == "exclude" else PARAM_NAMES)]
-            clean: dict[str, Any] = {}
-            for key, value in entry.items():
+            for key, value in point.items():
                 if key not in allowed:
                     raise ConfigError(
                         f"{where}: grid.{kind}[{i}].{key}: not a grid axis"
                         f"{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}"
                     )
-                if key == "model" and value not in model_names:
-                    raise ConfigError(
-                        f"{where}: grid.{kind}[{i}].model: {value!r} is not in models:"
-                        f"{did_you_mean(str(value), model_names)}"
-                    )
-                if key == "prompt" and value not in prompt_ids:
-                    raise ConfigError(
-                        f"{where}: grid.{kind}[{i}].prompt: {value!r} is not in prompts:"
-                        f"{did_you_mean(str(value), prompt_ids)}"
-                    )
-                clean[key] = (
-                    value if key in ("model", "prompt") else _validate_value(exp, key, value, ("grid", kind, i, key))
-                )
-            out.append(clean)
-    return GridAxes(axes, include, exclude)
+                for name, known, section in (("model", model_names, "models"), ("prompt", prompt_ids, "prompts")):
+                    if key == name and value not in known:
+                        raise ConfigError(
+                            f"{where}: grid.{kind}[{i}].{name}: {value!r} is not in {section}:"
+                            f"{did_you_mean(str(value), known)}"
+                        )
+            out.append(point)
+    return GridAxes(axes, points["include"], points["exclude"])

@@ -22,9 +22,11 @@ from pydantic import (
 )
 
 from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
+from evalrun.config.grid import GridConfig
 from evalrun.config.params import PARAM_NAMES, RequestParams
 from evalrun.config.prices import PricesConfig
 from evalrun.config.scorers import GateConfig, ScorerConfig
+from evalrun.sim.options import SimOptions
 
 _NAME = NAME_PATTERN
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,7 +52,8 @@ class ProviderConfig(_Strict):
     tpm: int | None = Field(None, ge=1, description="tokens per minute per model")
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
     allow_insecure_http: bool = False
-    simulator: dict[str, Any] = Field(default_factory=dict)
+    # the simulator owns its knobs' schema; embedded here, its errors name the exact key and line
+    simulator: SimOptions = Field(default_factory=SimOptions)
 
     @field_validator("api_key_env")
     @classmethod
@@ -86,14 +89,8 @@ class ProviderConfig(_Strict):
         if self.kind == "simulator":
             if self.base_urls:
                 raise ValueError("kind: simulator starts its own server; drop base_urls")
-            from evalrun.sim import SimOptions  # the simulator validates its own knobs
-
-            try:
-                SimOptions.from_mapping(self.simulator)
-            except ValueError as exc:
-                raise ValueError(f"simulator: {exc}") from None
         else:
-            if self.simulator:
+            if "simulator" in self.model_fields_set:
                 raise ValueError("simulator options need kind: simulator")
             if not self.base_urls:
                 raise ValueError("base_urls needs at least one URL, e.g. [https://host/v1]")
@@ -222,7 +219,7 @@ class ExperimentConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     params: RequestParams = Field(default_factory=RequestParams)
-    grid: dict[str, Any] = Field(default_factory=dict)
+    grid: GridConfig = Field(default_factory=GridConfig)
     prompts: dict[Annotated[str, Field(pattern=_NAME)], list[PromptEntry]] = Field(min_length=1)
     dataset: DatasetConfig
     repeats: int = Field(1, ge=1, le=100_000)

@@ -117,6 +117,6 @@ def clean_params(params: RequestParams) -> dict[str, Any]:
 
 def output_budget(params: dict[str, object]) -> int:
     """Tokens a request may generate, for the TPM reservation (corrected after the answer)."""
-    cap = params.get("max_completion_tokens") or params.get("max_tokens") or 1024
-    n = params.get("n") or 1
-    return int(cap) * int(n)  # type: ignore[call-overload]
+    cap = params.get("max_completion_tokens") or params.get("max_tokens")
+    n = params.get("n")
+    return (cap if isinstance(cap, int) else 1024) * (n if isinstance(n, int) and n > 0 else 1)

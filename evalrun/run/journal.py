@@ -18,6 +18,7 @@ import orjson
 logger = logging.getLogger(__name__)
 
 JOURNAL = "journal.jsonl"
+JUDGE_JOURNAL = "judge_journal.jsonl"  # the judge requests of a run (same format)
 
 
 class Journal:

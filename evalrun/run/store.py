@@ -51,9 +51,13 @@ USAGE_FIELDS = (
 )
 
 
-def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+def results_schema(
+    data_columns: tuple[str, ...] = (),
+    scorer_names: Sequence[str] = (),
+    extra: Sequence[tuple[str, str]] = (),
+) -> pa.Schema:
     """The schema of results.parquet: fixed columns, one per request parameter, data_*, then
-    score_<name> and pass_<name> per scorer."""
+    score_<name> and pass_<name> per scorer, then `extra` (name, kind) columns (a judge's)."""
     import pyarrow as pa
 
     top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
@@ -105,6 +109,7 @@ def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, 
         ("response_id", pa.string()),
         *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
         *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
+        *[(name, kinds[kind]) for name, kind in extra],
     ]
     return pa.schema(fields)
 
@@ -209,6 +214,11 @@ class RowHook(Protocol):
     @property
     def score_names(self) -> Sequence[str]: ...
 
+    @property
+    def extra_columns(self) -> Sequence[tuple[str, str]]:
+        """(name, kind) of further columns it fills, kind as in PARAM_ARROW_KIND."""
+        ...
+
     def on_batch(self, rows: list[dict[str, Any]]) -> None: ...
 
 
@@ -248,7 +258,9 @@ def _write_results(
     import pyarrow.parquet as pq
 
     journal = run_dir / JOURNAL
-    schema = results_schema(data_columns, hook.score_names if hook else ())
+    schema = (
+        results_schema(data_columns, hook.score_names, hook.extra_columns) if hook else results_schema(data_columns)
+    )
     last: dict[str, int] = {}
     if dedupe:
         last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
@@ -296,9 +308,9 @@ def rescore(run_dir: Path, hook: RowHook) -> int:
     path = run_dir / RESULTS
     source = pq.ParquetFile(path)
     old = source.schema_arrow
-    keep = [f.name for f in old if not f.name.startswith(("score_", "pass_"))]
+    keep = [f.name for f in old if not f.name.startswith(("score_", "pass_", "judge_"))]
     data_columns = tuple(n[len(DATA_PREFIX) :] for n in keep if n.startswith(DATA_PREFIX))
-    schema = results_schema(data_columns, hook.score_names)
+    schema = results_schema(data_columns, hook.score_names, hook.extra_columns)
     tmp = run_dir / (RESULTS + ".tmp")
     total = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:

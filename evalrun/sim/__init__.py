@@ -5,9 +5,9 @@ handle = await start_simulator(SimOptions(latency_scale=0))
 await handle.close()
 """
 
+from evalrun.sim.app import SimulatorHandle, serve_forever, start_simulator
 from evalrun.sim.faults import SimStats
 from evalrun.sim.options import SimOptions, add_sim_arguments, options_from_args
-from evalrun.sim.server import SimulatorHandle, serve_forever, start_simulator
 from evalrun.sim.wire import KNOWN_MODELS
 
 __all__ = [

@@ -9,61 +9,44 @@ chance of answering a recognised task (arithmetic, multiple choice) correctly.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from hashlib import blake2b
 
 import orjson
 
+from evalrun.sim.judge import Verdict, find_judge, judge_verdict
+from evalrun.sim.profiles import (
+    EFFORT_BONUS,
+    GUESS_CUE,
+    GUESS_PENALTY,
+    P_MAX,
+    P_MIN,
+    REASONING_TOKENS,
+    TEMPERATURE_PENALTY,
+    TOP_P_BONUS,
+    ModelProfile,
+    profile_for,
+)
+from evalrun.sim.structured import ANSWER_SLOT, SchemaContext, instance_for_schema, pick_tool
 from evalrun.sim.tasks import (
-    ANSWER_SLOT,
     Arithmetic,
     MultipleChoice,
-    SchemaContext,
+    Number,
     find_arithmetic,
     find_multiple_choice,
     format_number,
-    instance_for_schema,
     option_number,
-    pick_tool,
     prompt_words,
     proper_nouns,
     wants_bare_number,
 )
 from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
-from evalrun.sim.wire import KNOWN_MODELS, ToolCall
+from evalrun.sim.vocab import filler_tokens
+from evalrun.sim.wire import ChatRequest, ToolCall
 
 __all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelProfile:
-    """How good, how slow and how thoughtful a simulated model is."""
-
-    skill: float
-    base_ms: float
-    per_token_ms: float
-    default_effort: str
-    can_disable_thinking: bool
-
-
-PROFILES: dict[str, ModelProfile] = {
-    "gemini-3.1-pro-preview": ModelProfile(0.95, 250.0, 3.0, "medium", False),
-    "gemini-3-pro-preview": ModelProfile(0.90, 250.0, 3.0, "medium", False),
-    "gemini-2.5-flash-lite": ModelProfile(0.72, 80.0, 1.0, "none", True),
-}
-OTHER_PROFILE = ModelProfile(0.75, 100.0, 1.0, "none", True)
-assert tuple(sorted(PROFILES)) == tuple(sorted(KNOWN_MODELS))
-
-EFFORT_BONUS = {"none": -0.05, "low": 0.0, "medium": 0.02, "high": 0.04}
-REASONING_TOKENS = {"none": (0, 0), "low": (64, 128), "medium": (256, 512), "high": (1024, 2048)}
-TEMPERATURE_PENALTY = 0.12
-# A prompt that tells the model to guess makes it careless: this is how a demo or a test
-# shows a prompt regression (the same model, parameters and prompt name; a worse prompt).
-GUESS_PENALTY = 0.35
-_GUESS = re.compile(r"\bguess", re.IGNORECASE)
-TOP_P_BONUS = 0.05
-P_MIN, P_MAX = 0.02, 0.995
 CREATED_BASE = 1_760_000_000
 # Transport, reporting and truncation parameters change how much of the sample is returned
 # and how, never what is sampled: a max_tokens cut is a prefix of the uncut answer.
@@ -73,144 +56,6 @@ _NOT_IN_KEY = frozenset(
 _TOOL_CALL_OVERHEAD = 3
 _WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
 _NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
-
-VOCAB = tuple(
-    dict.fromkeys(  # distinct, so logprob alternatives never repeat a token
-        [
-            "the",
-            "model",
-            "answer",
-            "result",
-            "system",
-            "value",
-            "data",
-            "process",
-            "method",
-            "approach",
-            "question",
-            "analysis",
-            "example",
-            "context",
-            "problem",
-            "solution",
-            "step",
-            "first",
-            "second",
-            "final",
-            "number",
-            "text",
-            "output",
-            "input",
-            "consider",
-            "note",
-            "that",
-            "this",
-            "which",
-            "result",
-            "simple",
-            "clear",
-            "direct",
-            "careful",
-            "structure",
-            "pattern",
-            "general",
-            "specific",
-            "important",
-            "relevant",
-            "common",
-            "typical",
-            "likely",
-            "possible",
-            "overall",
-            "several",
-            "these",
-            "those",
-            "each",
-            "other",
-            "further",
-            "given",
-            "based",
-            "using",
-            "because",
-            "while",
-            "although",
-            "therefore",
-            "however",
-            "thus",
-            "also",
-            "often",
-            "usually",
-            "mainly",
-            "quickly",
-            "simply",
-            "clearly",
-            "exactly",
-            "roughly",
-            "nearly",
-            "time",
-            "place",
-            "part",
-            "case",
-            "point",
-            "fact",
-            "way",
-            "form",
-            "level",
-            "order",
-            "detail",
-            "reason",
-            "idea",
-            "term",
-            "factor",
-            "evidence",
-            "summary",
-            "review",
-            "response",
-            "request",
-            "section",
-            "line",
-            "list",
-            "table",
-            "record",
-            "source",
-            "field",
-            "is",
-            "are",
-            "was",
-            "be",
-            "can",
-            "will",
-            "may",
-            "should",
-            "would",
-            "could",
-            "has",
-            "have",
-            "shows",
-            "gives",
-            "makes",
-            "takes",
-            "uses",
-            "provides",
-            "suggests",
-            "indicates",
-            "follows",
-            "remains",
-            "becomes",
-            "depends",
-            "includes",
-            "requires",
-            "means",
-        ]
-    )
-)
-# logprob alternatives are drawn from these; bytes precomputed for the hot path
-VOCAB_TOKENS = tuple(" " + w for w in VOCAB)
-VOCAB_BYTES = tuple(list(t.encode()) for t in VOCAB_TOKENS)
-
-
-def profile_for(model: str) -> ModelProfile:
-    return PROFILES.get(model, OTHER_PROFILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +104,13 @@ def _u(digest: bytes) -> float:
     return int.from_bytes(digest[:7], "big") / 2.0**56
 
 
-def _effort(body: dict, profile: ModelProfile) -> str:
+def _effort(body: ChatRequest, profile: ModelProfile) -> str:
     effort = body.get("reasoning_effort") or profile.default_effort
     # The pro models always think; "none" is accepted and treated as the lowest level.
     return "low" if effort == "none" and not profile.can_disable_thinking else effort
 
 
-def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
+def _p_correct(body: ChatRequest, profile: ModelProfile, effort: str) -> float:
     temperature = body.get("temperature")
     top_p = body.get("top_p")
     p = (
@@ -275,7 +120,9 @@ def _p_correct(body: dict, profile: ModelProfile, effort: str) -> float:
         + TOP_P_BONUS * (1.0 - (1.0 if top_p is None else top_p))
     )
     if any(
-        _GUESS.search(message_text(m.get("content"))) for m in body["messages"] if m.get("role") in ("system", "user")
+        GUESS_CUE.search(message_text(m.get("content")))
+        for m in body["messages"]
+        if m.get("role") in ("system", "user")
     ):
         p -= GUESS_PENALTY
     return min(P_MAX, max(P_MIN, p))
@@ -294,7 +141,7 @@ def _with_p(tok: str, ps: float, rivals: list[str], weights: list[float]) -> Dis
     return Dist(ps, tuple(alts))
 
 
-def _number_dist(sampled, truth, correct: bool, p: float, rng: random.Random, prefix: str) -> Dist:
+def _number_dist(sampled: Number, truth: Number, correct: bool, p: float, rng: random.Random, prefix: str) -> Dist:
     if correct:
         ps = min(0.999, max(0.5, p + 0.1 * (rng.random() - 0.3)))
         rivals = [sampled + k for k in _NEIGHBOURS[:6]]
@@ -318,28 +165,6 @@ def _letter_dist(
     ps = 0.35 + 0.3 * rng.random()
     scale = sum(weights) or 1.0
     return _with_p(sampled, ps, [truth] + others, [scale * 1.6] + weights)
-
-
-def _generic_tokens(rng: random.Random, words: list[str]) -> list[str]:
-    """A plain sentence or two of 8–60 tokens that echoes some prompt words."""
-    n = rng.randint(8, 60)
-    out: list[str] = []
-    capital = True
-    while len(out) < n - 1:
-        if words and rng.random() < 0.2:
-            w = words[rng.randrange(len(words))]
-        else:
-            w = VOCAB[rng.randrange(len(VOCAB))]
-        if capital:
-            w = w.capitalize()
-            capital = False
-        out.append(" " + w if out else w)
-        r = rng.random()
-        if len(out) < n - 2 and r < 0.14:
-            out.append("," if r < 0.06 else ".")
-            capital = r >= 0.06
-    out.append(".")
-    return out
 
 
 def _apply_stop(tokens: list[str], stops: list[str]) -> tuple[list[str], bool]:
@@ -381,12 +206,13 @@ class _Task:
     bare: bool
     arith: Arithmetic | None
     mc: MultipleChoice | None
-    mc_truth: str | None
+    mc_truth: str  # the correct letter when `mc` is set, else ""
     u_question: float
     qdigest: bytes
+    judge: Verdict | None = None  # a grading prompt: the verdict every choice gives
 
 
-def _analyse(body: dict, seed_prefix: bytes) -> _Task:
+def _analyse(body: ChatRequest, seed_prefix: bytes) -> _Task:
     messages = body["messages"]
     last_user = ""
     for msg in reversed(messages):
@@ -397,11 +223,11 @@ def _analyse(body: dict, seed_prefix: bytes) -> _Task:
         last_user = message_text(messages[-1].get("content"))
     mc = find_multiple_choice(last_user)
     arith = find_arithmetic(mc.question if mc else last_user)
-    truth = None
+    truth = ""
     if mc is not None:
         if arith is not None:
-            truth = next((ltr for ltr, txt in zip(mc.letters, mc.texts) if option_number(txt) == arith.value), None)
-        if truth is None:
+            truth = next((ltr for ltr, txt in zip(mc.letters, mc.texts) if option_number(txt) == arith.value), "")
+        if not truth:
             # no way to know: the "knowledge" is a hash of the question, the same for every model
             h = blake2b(seed_prefix + last_user.encode(), digest_size=8).digest()
             truth = mc.letters[int.from_bytes(h, "big") % len(mc.letters)]
@@ -434,7 +260,9 @@ def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
     return own
 
 
-def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float) -> ChoiceAnswer:
+def _make_choice(
+    body: ChatRequest, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float
+) -> ChoiceAnswer:
     rng = random.Random(seed)
     correct = _choose(task, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
@@ -443,7 +271,10 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
     answer: str | None = None  # the literal to place, e.g. "42" or "B"
     dist: Dist | None = None
     number_answer = False
-    if task.mc is not None:
+    if task.judge is not None:  # the verdict first, alone on its line, then the reasoning
+        v = task.judge
+        answer, dist = v.first, _with_p(v.first, v.p, list(v.rivals), [1.0 / (k + 1) for k in range(len(v.rivals))])
+    elif task.mc is not None:
         letters = task.mc.letters
         answer = task.mc_truth if correct else rng.choice([x for x in letters if x != task.mc_truth])
         dist = _letter_dist(answer, task.mc_truth, letters, correct, p, rng)
@@ -463,7 +294,7 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
         ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, fn.get("parameters") or {})
         args = instance_for_schema(fn.get("parameters") or {"type": "object", "properties": {}}, ctx)
         arguments = orjson.dumps(args).decode()
-        if ctx.placed:
+        if ctx.placed and answer is not None:
             slot = orjson.dumps(ANSWER_SLOT).decode()
             arguments = arguments.replace(slot, answer if ctx.placed == "raw" else f'"{answer}"')
         tool_call = {
@@ -473,8 +304,8 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
         }
     else:
         fmt = body.get("response_format")
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind in ("json_object", "json_schema"):
+        kind = fmt.get("type") if fmt is not None else None
+        if fmt is not None and kind in ("json_object", "json_schema"):
             placed = None
             if kind == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
@@ -489,16 +320,16 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
             tokens, at = _split_slot(text, answer or "", quoted=placed == "quoted")
             if at is not None and dist is not None:
                 dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
-        elif task.mc is not None:
-            tokens, dists[0] = [answer], dist
-        elif answer is not None:
-            if task.bare:
+        elif task.judge is not None and dist is not None:
+            tokens, dists[0] = [task.judge.first, "\n", *tokenize(task.judge.reasoning)], dist
+        elif answer is not None and dist is not None:  # both are set for a quiz or a sum, or neither
+            if task.mc is not None or task.bare:
                 tokens, dists[0] = [answer], dist
             else:
                 tokens = ["The", " answer", " is", " " + answer, "."]
                 dists[3] = dist
         else:
-            tokens = _generic_tokens(rng, task.words)
+            tokens = filler_tokens(rng, task.words)
 
     budget = body.get("max_completion_tokens") or body.get("max_tokens")
     finish = "stop"
@@ -526,13 +357,13 @@ def _make_choice(body: dict, task: _Task, index: int, repeat: int, seed: int, ef
     return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish, seed ^ 0x5EED_1090B5)
 
 
-def request_digest(body: dict, seed: int, repeat: int) -> bytes:
+def request_digest(body: ChatRequest, seed: int, repeat: int) -> bytes:
     key = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
     prefix = f"{seed}|{repeat}|".encode()
     return blake2b(prefix + orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
-def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
+def answer_request(body: ChatRequest, seed: int = 0, repeat: int = 0) -> Answer:
     """Generate every choice of a validated request."""
     digest = request_digest(body, seed, repeat)
     base = int.from_bytes(digest, "big")
@@ -541,6 +372,11 @@ def answer_request(body: dict, seed: int = 0, repeat: int = 0) -> Answer:
     effort = _effort(body, profile)
     p = _p_correct(body, profile, effort)
     task = _analyse(body, f"{seed}|".encode())
+    judging = find_judge(task.last_user)
+    if judging is not None:
+        # drawn from the sim's seed and what the judge reads, not the request's digest, so that
+        # a pairwise verdict does not depend on the order the two answers were shown in
+        task.judge = judge_verdict(judging, p, seed)
     n = body.get("n") or 1
     choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p) for i in range(n)]
     prompt = count_prompt(body["messages"], body.get("tools"))

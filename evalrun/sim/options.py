@@ -1,164 +1,104 @@
-"""The simulator's knobs: one mutable dataclass, its validation, and its CLI flags.
+"""The simulator's knobs: one pydantic model (the same validation style as the experiment
+file, which embeds it as `providers.<name>.simulator`), and its CLI flags.
 
 `SimOptions` is deliberately *not* frozen: tests and `POST /sim/options` flip fault
 switches on a running server, and the server reads the same object on every request.
+Assignments are validated too, so a running server can never hold an out-of-range knob.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 __all__ = ["SimOptions", "add_sim_arguments", "options_from_args", "update_options"]
 
+_BIG = 10**12
+Probability = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
+Millis = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=_BIG)]
+ErrorStatus = Literal[400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504]
 
-@dataclass(slots=True)
-class SimOptions:
+
+class SimOptions(BaseModel):
     """Behaviour and fault switches of the simulator; mutable at runtime."""
 
-    latency_ms: float | None = None
-    per_token_ms: float | None = None
-    latency_scale: float = 1.0
-    seed: int = 0
-    require_api_key: str | None = None
-    unknown_models: tuple[str, ...] = ()
-    strict_models: bool = False
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    rate_429: float = 0.0
-    retry_after: str | None = "1"
-    rate_500: float = 0.0
-    status_5xx: int | None = None
-    rate_hang: float = 0.0
-    hang_s: float = 3600.0
-    rate_malformed: float = 0.0
-    rate_error_200: float = 0.0
-    rate_null_usage: float = 0.0
-    quota_after: int | None = None
-    quota_status: int = 429
-    fail_first: int = 0
-    fail_first_status: int = 500
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, _check(f.name, getattr(self, f.name)))
+    latency_ms: Millis | None = Field(None, le=1e7, description="fixed base latency per request (default: per model)")
+    per_token_ms: Millis | None = Field(None, le=1e5, description="extra latency per generated token")
+    latency_scale: Millis = Field(1.0, le=1e4, description="multiplies all latency; 0 never sleeps")
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="changes every deterministic answer and fault")
+    require_api_key: str | None = Field(None, description="answer 401 unless this bearer key is sent")
+    unknown_models: tuple[str, ...] = Field((), description="answer 404 for these models")
+    strict_models: StrictBool = Field(False, description="404 for any model but the three Gemini ones")
+    rpm_limit: int | None = Field(None, ge=1, le=_BIG, description="requests per sliding 60 s window per model")
+    tpm_limit: int | None = Field(None, ge=1, le=_BIG, description="tokens per sliding 60 s window per model")
+    rate_429: Probability = Field(0.0, description="probability of a random 429")
+    retry_after: str | None = Field("1", description="Retry-After of random 429s: seconds or an HTTP date")
+    rate_500: Probability = Field(0.0, description="probability of a random 5xx")
+    status_5xx: Literal[500, 502, 503, 504] | None = None
+    rate_hang: Probability = Field(0.0, description="probability of never answering")
+    hang_s: Millis = Field(3600.0, le=1e7, description="how long a hung request waits before a 504")
+    rate_malformed: Probability = Field(0.0, description="probability of a truncated JSON body")
+    rate_error_200: Probability = Field(0.0, description="probability of a 200 with an error envelope")
+    rate_null_usage: Probability = Field(0.0, description="probability of null or incomplete usage")
+    quota_after: Count | None = Field(None, description="after this many answers, insufficient_quota")
+    quota_status: Literal[402, 429] = 429
+    fail_first: Count = Field(0, description="the first N requests fail with fail_first_status")
+    fail_first_status: ErrorStatus = 500
+
+    @field_validator("unknown_models", mode="before")
+    @classmethod
+    def _one_model(cls, v: object) -> object:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("require_api_key", "retry_after", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        # YAML reads `retry_after: 1` as a number; the header is text either way
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> SimOptions:
+    def from_mapping(cls, data: Mapping[str, object] | SimOptions) -> SimOptions:
         """Build options from a config mapping; ValueError names the bad key or value."""
+        if isinstance(data, SimOptions):
+            return data.model_copy()
         options = cls()
         update_options(options, data)
         return options
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-able view (tuples become lists)."""
-        out = asdict(self)
-        out["unknown_models"] = list(self.unknown_models)
-        return out
+        return self.model_dump(mode="json")
 
 
-# ---- validation: one checker per field -------------------------------------------------
-
-
-def _number(name: str, value: object, lo: float, hi: float, optional: bool) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"simulator option {name!r} must be a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"simulator option {name!r} must be between {lo:g} and {hi:g}, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: object, lo: int, hi: int, optional: bool) -> int | None:
-    if value is None and optional:
-        return None
-    # YAML and JSON give 3.0 for "3" only when someone wrote 3.0; accept it, reject 3.5.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"simulator option {name!r} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"simulator option {name!r} must be between {lo} and {hi}, got {value!r}")
-    return value
-
-
-def _opt_str(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"simulator option {name!r} must be a string, got {value!r}")
-    return str(value)
-
-
-def _models(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"simulator option {name!r} must be a list of model names, got {value!r}")
-    return tuple(value)
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"simulator option {name!r} must be true or false, got {value!r}")
-    return value
-
-
-def _status(name: str, value: object, allowed: frozenset[int], optional: bool = False) -> int | None:
-    status = _integer(name, value, 100, 599, optional)
-    if status is not None and status not in allowed:
-        raise ValueError(f"simulator option {name!r} must be one of {sorted(allowed)}, got {value!r}")
-    return status
-
-
-_BIG = 10**12
-_ERROR_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504})
-_CHECKS: dict[str, Callable[[str, object], object]] = {
-    "latency_ms": lambda n, v: _number(n, v, 0, 1e7, True),
-    "per_token_ms": lambda n, v: _number(n, v, 0, 1e5, True),
-    "latency_scale": lambda n, v: _number(n, v, 0, 1e4, False),
-    "seed": lambda n, v: _integer(n, v, -(2**63), 2**63 - 1, False),
-    "require_api_key": _opt_str,
-    "unknown_models": _models,
-    "strict_models": _flag,
-    "rpm_limit": lambda n, v: _integer(n, v, 1, _BIG, True),
-    "tpm_limit": lambda n, v: _integer(n, v, 1, _BIG, True),
-    "rate_429": lambda n, v: _number(n, v, 0, 1, False),
-    "retry_after": _opt_str,
-    "rate_500": lambda n, v: _number(n, v, 0, 1, False),
-    "status_5xx": lambda n, v: _status(n, v, frozenset({500, 502, 503, 504}), optional=True),
-    "rate_hang": lambda n, v: _number(n, v, 0, 1, False),
-    "hang_s": lambda n, v: _number(n, v, 0, 1e7, False),
-    "rate_malformed": lambda n, v: _number(n, v, 0, 1, False),
-    "rate_error_200": lambda n, v: _number(n, v, 0, 1, False),
-    "rate_null_usage": lambda n, v: _number(n, v, 0, 1, False),
-    "quota_after": lambda n, v: _integer(n, v, 0, _BIG, True),
-    "quota_status": lambda n, v: _status(n, v, frozenset({402, 429})),
-    "fail_first": lambda n, v: _integer(n, v, 0, _BIG, False),
-    "fail_first_status": lambda n, v: _status(n, v, _ERROR_STATUSES),
-}
-
-
-def _check(name: str, value: object) -> Any:
-    return _CHECKS[name](name, value)
+def _message(exc: ValidationError) -> str:
+    """One line per problem, naming the option: what `POST /sim/options` and serve-sim print."""
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "options"
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(SimOptions.model_fields)
+            parts.append(f"unknown simulator option {name!r} (known: {known})")
+        else:
+            parts.append(f"simulator option {name!r}: {err['msg']}, got {err['input']!r}")
+    return "; ".join(parts)
 
 
 def update_options(options: SimOptions, data: Mapping[str, object]) -> None:
     """Validate every key of `data` first, then apply them all (all or nothing)."""
     if not isinstance(data, Mapping):
         raise ValueError(f"simulator options must be a mapping, got {type(data).__name__}")
-    checked: dict[str, object] = {}
-    for key, value in data.items():
-        if key not in _CHECKS:
-            known = ", ".join(sorted(_CHECKS))
-            raise ValueError(f"unknown simulator option {key!r} (known: {known})")
-        checked[key] = _check(key, value)
-    for key, value in checked.items():
-        setattr(options, key, value)
+    try:
+        checked = SimOptions.model_validate({**options.model_dump(), **data})
+    except ValidationError as exc:
+        raise ValueError(_message(exc)) from None
+    for key in data:
+        setattr(options, key, getattr(checked, key))
 
 
 # ---- command line -------------------------------------------------------------------------
@@ -219,10 +159,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(ns: argparse.Namespace) -> SimOptions:
     """Turn parsed `add_sim_arguments` flags into SimOptions; ValueError on bad values."""
     data: dict[str, object] = {}
-    for name in _CHECKS:
+    for name in SimOptions.model_fields:
         value = getattr(ns, name, None)
         if value is not None:
             data[name] = value
-    if isinstance(data.get("retry_after"), str) and data["retry_after"].strip().lower() in ("", "none"):
+    retry_after = data.get("retry_after")
+    if isinstance(retry_after, str) and retry_after.strip().lower() in ("", "none"):
         data["retry_after"] = None
     return SimOptions.from_mapping(data)

@@ -13,9 +13,18 @@ from collections.abc import Iterator
 
 import orjson
 
-from evalrun.sim.behaviour import VOCAB, VOCAB_BYTES, VOCAB_TOKENS, Answer, ChoiceAnswer
+from evalrun.sim.behaviour import Answer, ChoiceAnswer
 from evalrun.sim.tokens import tokenize
-from evalrun.sim.wire import TokenLogprob, Usage
+from evalrun.sim.vocab import VOCAB, VOCAB_BYTES, VOCAB_TOKENS
+from evalrun.sim.wire import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Delta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 __all__ = ["DONE", "KEEP_ALIVE", "completion_body", "logprob_content", "sse_events", "usage_of"]
 
@@ -47,7 +56,7 @@ def usage_of(answer: Answer) -> Usage:
 _log = math.log
 
 
-def _top(tok: str | int, p: float) -> dict:
+def _top(tok: str | int, p: float) -> TopLogprob:
     # vocabulary fillers travel as indices so their bytes come precomputed
     if isinstance(tok, int):
         return {"token": VOCAB_TOKENS[tok], "logprob": _log(p), "bytes": VOCAB_BYTES[tok]}
@@ -64,7 +73,7 @@ def logprob_content(choice: ChoiceAnswer, top_k: int) -> list[TokenLogprob]:
         off = rng.randrange(nvocab)
         if dist is None:
             ps = 1.0 - 0.45 * rng.random() ** 2
-            cands = [(tok, ps)]
+            cands: list[tuple[str | int, float]] = [(tok, ps)]  # an int is a VOCAB index
             rest = 1.0 - ps
         else:
             ps = dist.p
@@ -90,16 +99,16 @@ def logprob_content(choice: ChoiceAnswer, top_k: int) -> list[TokenLogprob]:
     return out
 
 
-def _message(choice: ChoiceAnswer) -> dict:
-    msg: dict = {"role": "assistant", "content": choice.content}
+def _message(choice: ChoiceAnswer) -> AssistantMessage:
+    msg: AssistantMessage = {"role": "assistant", "content": choice.content}
     if choice.tool_call is not None:
         msg["tool_calls"] = [choice.tool_call]
     return msg
 
 
-def completion_body(answer: Answer, *, logprobs: bool, top_k: int, usage: Usage | bool | None = True) -> dict:
-    """The non-streaming response object; `usage` True means the real usage."""
-    body = {
+def completion_body(answer: Answer, *, logprobs: bool, top_k: int, usage: Usage | bool | None = True) -> ChatCompletion:
+    """The non-streaming response object; `usage` True means the real usage, False none."""
+    body: ChatCompletion = {
         "id": answer.id,
         "object": "chat.completion",
         "created": answer.created,
@@ -113,10 +122,11 @@ def completion_body(answer: Answer, *, logprobs: bool, top_k: int, usage: Usage 
             }
             for c in answer.choices
         ],
-        "usage": usage_of(answer) if usage is True else usage,
     }
-    if usage is False:
-        del body["usage"]
+    if usage is True:
+        body["usage"] = usage_of(answer)
+    elif usage is not False:
+        body["usage"] = usage
     return body
 
 
@@ -127,18 +137,20 @@ KEEP_ALIVE = b": keep-alive\n\n"
 _STREAM_SALT = 0x57EA4
 
 
-def _event(obj: dict) -> bytes:
+def _event(obj: ChatCompletionChunk) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) -> Iterator[tuple[int, bytes]]:
     rng = random.Random(c.lp_seed ^ _STREAM_SALT)
-    head = {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created, "model": answer.model}
 
-    def chunk(delta: dict, lp: list | None = None, finish: str | None = None) -> bytes:
+    def chunk(delta: Delta, lp: list[TokenLogprob] | None = None, finish: str | None = None) -> bytes:
         return _event(
             {
-                **head,
+                "id": answer.id,
+                "object": "chat.completion.chunk",
+                "created": answer.created,
+                "model": answer.model,
                 "choices": [
                     {
                         "index": c.index,
@@ -205,14 +217,16 @@ def sse_events(
     for c in answer.choices:
         yield from _choice_events(answer, c, logprobs, top_k)
     if include_usage:
-        final: dict = {
+        final: ChatCompletionChunk = {
             "id": answer.id,
             "object": "chat.completion.chunk",
             "created": answer.created,
             "model": answer.model,
             "choices": [],
         }
-        if usage is not False:
-            final["usage"] = usage_of(answer) if usage is True else usage
+        if usage is True:
+            final["usage"] = usage_of(answer)
+        elif usage is not False:
+            final["usage"] = usage
         yield 0, _event(final)
     yield 0, DONE

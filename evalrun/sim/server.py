@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 
-from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request, profile_for
+from evalrun.sim.behaviour import CREATED_BASE, Answer, answer_request
 from evalrun.sim.faults import Fault, FaultState, RateWindows, SimStats
 from evalrun.sim.options import SimOptions, update_options
+from evalrun.sim.profiles import profile_for
 from evalrun.sim.response import completion_body, sse_events, usage_of
-from evalrun.sim.tasks import SchemaTooComplex
-from evalrun.sim.validate import validate_request
+from evalrun.sim.structured import SchemaTooComplex
+from evalrun.sim.validate import parse_request
 from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
 
-__all__ = ["SimulatorHandle", "serve_forever", "start_simulator"]
+__all__ = ["Simulator"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _partial_usage(answer: Answer) -> Usage:
     return usage
 
 
-class _Simulator:
+class Simulator:
     """Server state shared by the handlers: options, counters, fault state, windows."""
 
     def __init__(self, options: SimOptions) -> None:
@@ -159,9 +159,10 @@ class _Simulator:
                 )
         if body is _NOT_JSON:
             return self._error(400, "We could not parse the JSON body of your request.")
-        problem = validate_request(body)
-        if problem is not None:
-            return self._error(400, problem[0], param=problem[1])
+        chat = parse_request(body)
+        if isinstance(chat, tuple):
+            return self._error(400, chat[0], param=chat[1])
+        model = chat["model"]
         try:
             repeat = int(request.headers.get(REPEAT_HEADER, 0))
             if not 0 <= repeat <= MAX_REPEAT:
@@ -174,7 +175,7 @@ class _Simulator:
             )
 
         try:
-            answer = answer_request(body, o.seed, repeat)
+            answer = answer_request(chat, o.seed, repeat)
         except SchemaTooComplex as exc:
             return self._error(400, str(exc))
         tokens = answer.total_tokens
@@ -205,11 +206,11 @@ class _Simulator:
         if fault is Fault.NULL_USAGE:
             fs.null_usage_flips += 1
             usage = None if fs.null_usage_flips % 2 else _partial_usage(answer)
-        logprobs = body.get("logprobs") is True
-        top_k = body.get("top_logprobs") or 0
+        logprobs = chat.get("logprobs") is True
+        top_k = chat.get("top_logprobs") or 0
         base_s, per_s = self._delays(model)
-        if body.get("stream") is True:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if chat.get("stream") is True:
+            include_usage = bool((chat.get("stream_options") or {}).get("include_usage"))
             response = await self._stream(
                 request,
                 answer,
@@ -319,98 +320,3 @@ class _Simulator:
         except (ValueError, orjson.JSONDecodeError) as exc:  # JSONDecodeError is a ValueError too
             return web.Response(status=400, body=error_body(400, str(exc)), content_type=_JSON)
         return web.Response(body=orjson.dumps(self.options.to_dict()), content_type=_JSON)
-
-
-class SimulatorHandle:
-    """A running simulator in the current event loop."""
-
-    def __init__(self, sim: _Simulator, runner: web.AppRunner, host: str, port: int) -> None:
-        self._sim = sim
-        self._runner = runner
-        self.port = port
-        self.base_url = f"http://{host}:{port}/v1"
-
-    @property
-    def options(self) -> SimOptions:
-        return self._sim.options
-
-    @options.setter
-    def options(self, value: SimOptions) -> None:
-        self._sim.options = value
-
-    @property
-    def stats(self) -> SimStats:
-        return self._sim.stats
-
-    def reset(self) -> None:
-        """Same as POST /sim/reset."""
-        self._sim.reset_state()
-
-    async def close(self) -> None:
-        self._sim.closing.set()  # releases hung requests at once
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> SimulatorHandle:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-def _make_app(sim: _Simulator) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
-    # Clients differ on whether base_url ends in /v1, and a caller holding only base_url
-    # should reach the control routes too: everything answers with and without /v1.
-    for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/chat/completions", sim.chat)
-        app.router.add_get(f"{prefix}/models", sim.models)
-        app.router.add_get(f"{prefix}/sim/stats", sim.get_stats)
-        app.router.add_post(f"{prefix}/sim/reset", sim.reset)
-        app.router.add_get(f"{prefix}/sim/options", sim.get_options)
-        app.router.add_post(f"{prefix}/sim/options", sim.set_options)
-    return app
-
-
-async def start_simulator(options: SimOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> SimulatorHandle:
-    """Serve in the running event loop; port 0 picks a free port (see handle.port)."""
-    sim = _Simulator(options if options is not None else SimOptions())
-    # handler_cancellation: a client that gives up on a hung request frees its handler
-    runner = web.AppRunner(_make_app(sim), access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    bound = runner.addresses[0][1]
-    logger.debug("simulator listening on %s:%s", host, bound)
-    return SimulatorHandle(sim, runner, host, bound)
-
-
-def serve_forever(options: SimOptions, host: str = "127.0.0.1", port: int = 8089) -> None:
-    """Block serving until SIGINT/SIGTERM (for `evalrun serve-sim`)."""
-
-    async def main() -> None:
-        handle = await start_simulator(options, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-                pass
-        # The one line a user (or a benchmark script) waits for before sending traffic.
-        print(f"evalrun simulator listening on {handle.base_url}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await handle.close()
-
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    try:
-        if uvloop is not None:
-            uvloop.run(main())
-        else:
-            asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from evalrun.sim.wire import RequestMessage
+
 __all__ = ["PromptCount", "count_prompt", "count_tokens", "message_text", "tokenize"]
 
 # GPT-2 style: a word or digit group keeps its leading space; punctuation runs stick
@@ -55,7 +57,7 @@ class PromptCount:
     audio: int
 
 
-def _audio_tokens(part: dict) -> int:
+def _audio_tokens(part: dict[str, object]) -> int:
     audio = part.get("input_audio")
     data = audio.get("data") if isinstance(audio, dict) else None
     size = len(data) * 3 // 4 if isinstance(data, str) else 0
@@ -81,7 +83,7 @@ def _content_tokens(content: object) -> tuple[int, int, int]:
     return text, image, audio
 
 
-def count_prompt(messages: list[dict], tools: object = None) -> PromptCount:
+def count_prompt(messages: list[RequestMessage], tools: object = None) -> PromptCount:
     """Count prompt tokens; the system prefix is what implicit caching can reuse."""
     total = image = audio = system = 0
     for msg in messages:

@@ -6,7 +6,13 @@ provider does; None means the body is safe for behaviour.py to read without chec
 
 from __future__ import annotations
 
-__all__ = ["validate_request"]
+from typing import cast
+
+from evalrun.sim.wire import ChatRequest
+
+__all__ = ["parse_request", "validate_request"]
+
+Body = dict[str, object]  # a decoded JSON object, not yet checked
 
 Problem = tuple[str, str | None]
 
@@ -29,19 +35,12 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
 }
 
 
-def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _range(body: dict, name: str, lo: float, hi: float | None, integer: bool = False) -> Problem | None:
+def _range(body: Body, name: str, lo: float, hi: float | None, integer: bool = False) -> Problem | None:
     v = body.get(name)
     if v is None:
         return None
-    if not (_is_int(v) if integer else _is_num(v)):
+    # a number (an int when `integer`), and JSON's true/false are not numbers
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or (integer and isinstance(v, float)):
         kind = "an integer" if integer else "a number"
         return f"Invalid type for '{name}': expected {kind}, got {type(v).__name__}.", name
     if v < lo or (hi is not None and v > hi):
@@ -50,7 +49,7 @@ def _range(body: dict, name: str, lo: float, hi: float | None, integer: bool = F
     return None
 
 
-def _messages(body: dict) -> Problem | None:
+def _messages(body: Body) -> Problem | None:
     msgs = body.get("messages")
     if msgs is None:
         return "Missing required parameter: 'messages'.", "messages"
@@ -70,7 +69,7 @@ def _messages(body: dict) -> Problem | None:
     return None
 
 
-def _tools(body: dict) -> Problem | None:
+def _tools(body: Body) -> Problem | None:
     tools = body.get("tools")
     choice = body.get("tool_choice")
     names: set[str] = set()
@@ -106,7 +105,7 @@ def _tools(body: dict) -> Problem | None:
     return None
 
 
-def _response_format(body: dict) -> Problem | None:
+def _response_format(body: Body) -> Problem | None:
     rf = body.get("response_format")
     if rf is None:
         return None
@@ -161,3 +160,12 @@ def validate_request(body: object) -> Problem | None:
     ):
         return "Invalid value for 'stop': expected a string or an array of up to 16 strings.", "stop"
     return _response_format(body) or _tools(body)
+
+
+def parse_request(body: object) -> ChatRequest | Problem:
+    """The body as a ChatRequest, or the first problem with it (a tuple)."""
+    problem = validate_request(body)
+    if problem is not None:
+        return problem
+    # validate_request checked every field ChatRequest declares, and that body is a JSON object
+    return cast(ChatRequest, body)

@@ -1,14 +1,113 @@
-"""Wire shapes the simulator sends, and the error envelope every failure uses."""
+"""Wire shapes the simulator reads and sends, and the error envelope every failure uses.
+
+`ChatRequest` is a body that validate.py has checked: every field it declares with a type
+narrower than `object` had that type checked there (values may be null, as on the real API).
+Fields it only passes through (message parts, tool calls) stay `object`.
+"""
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Literal, NotRequired, Required, TypedDict
 
 import orjson
 
-__all__ = ["ERROR_TYPES", "KNOWN_MODELS", "ErrorBody", "TokenLogprob", "ToolCall", "Usage", "error_body"]
+__all__ = [
+    "ERROR_TYPES",
+    "KNOWN_MODELS",
+    "AssistantMessage",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatRequest",
+    "Choice",
+    "ChunkChoice",
+    "Delta",
+    "ErrorBody",
+    "FunctionDef",
+    "JsonSchema",
+    "RequestMessage",
+    "ResponseFormat",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolChoice",
+    "ToolDef",
+    "Usage",
+    "error_body",
+]
 
 KNOWN_MODELS = ("gemini-3-pro-preview", "gemini-3.1-pro-preview", "gemini-2.5-flash-lite")
+
+# ---- what the simulator reads -------------------------------------------------------------
+
+JsonSchema = dict[str, object]  # a JSON Schema object: only its shape is checked, not its keywords
+Effort = Literal["none", "low", "medium", "high"]
+
+
+class RequestMessage(TypedDict, total=False):
+    role: Required[str]
+    content: str | list[dict[str, object]] | None  # a list holds content parts (text, image_url, ...)
+    tool_calls: object
+    name: object
+    tool_call_id: object
+
+
+class FunctionDef(TypedDict, total=False):
+    name: Required[str]
+    description: object
+    parameters: JsonSchema | None
+
+
+class ToolDef(TypedDict, total=False):
+    type: object
+    function: Required[FunctionDef]
+
+
+class ToolChoiceFunction(TypedDict, total=False):
+    name: Required[str]
+
+
+class NamedToolChoice(TypedDict, total=False):
+    type: object
+    function: Required[ToolChoiceFunction]
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaFormat(TypedDict, total=False):
+    name: object
+    schema: JsonSchema
+    strict: object
+
+
+class ResponseFormat(TypedDict, total=False):
+    type: Required[Literal["text", "json_object", "json_schema"]]
+    json_schema: JsonSchemaFormat  # checked when type is json_schema, the only case it is read
+
+
+class ChatRequest(TypedDict, total=False):
+    model: Required[str]
+    messages: Required[list[RequestMessage]]
+    temperature: float | None
+    top_p: float | None
+    frequency_penalty: float | None
+    presence_penalty: float | None
+    top_k: int | None
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    n: int | None
+    seed: int | None
+    stream: bool | None
+    stream_options: dict[str, object] | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    reasoning_effort: Effort | None
+    stop: str | list[str] | None
+    response_format: ResponseFormat | None
+    tools: list[ToolDef] | None
+    tool_choice: ToolChoice | None
+
+
+# ---- what it sends ------------------------------------------------------------------------
 
 
 class TopLogprob(TypedDict):
@@ -54,6 +153,66 @@ class Usage(TypedDict, total=False):
     input_tokens: int
     output_tokens: int
     input_tokens_details: None
+
+
+class AssistantMessage(TypedDict):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: NotRequired[list[ToolCall]]
+
+
+class ChoiceLogprobs(TypedDict):
+    content: list[TokenLogprob]
+
+
+class Choice(TypedDict):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None
+    finish_reason: str
+
+
+class ChatCompletion(TypedDict):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: NotRequired[Usage | None]
+
+
+class FunctionDelta(TypedDict, total=False):
+    name: str
+    arguments: str
+
+
+class ToolCallDelta(TypedDict):
+    index: int
+    id: NotRequired[str]
+    type: NotRequired[str]
+    function: FunctionDelta
+
+
+class Delta(TypedDict, total=False):
+    role: Literal["assistant"]
+    content: str
+    tool_calls: list[ToolCallDelta]
+
+
+class ChunkChoice(TypedDict):
+    index: int
+    delta: Delta
+    logprobs: ChoiceLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(TypedDict):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: NotRequired[Usage | None]
 
 
 class ErrorDetail(TypedDict):
