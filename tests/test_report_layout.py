@@ -53,7 +53,10 @@ def pages(tmp_path_factory, loop_module) -> dict[str, Path]:
     late_run = _run(tmp, late, "late")
     cut_srv = loop_module(default=lambda p: Reply(json=completion("", finish_reason="length")))
     cut = _run(tmp, base_config(tmp, _rows(tmp, 4), cut_srv.base_url) | {"scorers": [{"type": "numeric"}]}, "cut")
-    return {n: write_report(d) for n, d in (("crowd", crowd), ("scored", scored), ("late", late_run), ("cut", cut))}
+    pages = {n: write_report(d) for n, d in (("crowd", crowd), ("scored", scored), ("late", late_run), ("cut", cut))}
+    # the same cell on 4 rows against a base of 6: the comparison says the baseline differs
+    pages["compared"] = write_report(cut, compare_base=late_run, out=tmp / "compared.html")
+    return pages
 
 
 @pytest.fixture(scope="module")
@@ -157,4 +160,12 @@ def test_cut_answers_are_pointed_out(pages) -> None:
         assert "4 of 4 answers cut at max_tokens, 4 empty" in note and "raise max_tokens" in note
         heads = page.eval_on_selector_all("#summary-table thead th", "hs => hs.map(h => h.textContent)")
         assert "cut at max_tokens" in heads and "empty" in heads
+        assert problems == []
+
+
+def test_the_comparison_says_how_the_baseline_differs(pages) -> None:
+    with _browser_page(pages["compared"]) as (page, problems, _):
+        warnings = page.eval_on_selector_all("#compare .banner.warn", "bs => bs.map(b => b.textContent)")
+        assert any("the dataset differs" in w and "(6 rows)" in w and "(4 rows)" in w for w in warnings), warnings
+        assert any("2 item(s) only in base" in w for w in warnings), warnings
         assert problems == []
