@@ -346,3 +346,15 @@ def test_the_readme_and_configs_point_at_files_in_the_repository() -> None:
             if re.search(rf"> {re.escape(ref)}", text):
                 continue  # a file the recipe writes (git show … > configs/base.yaml)
             assert (ROOT / ref).exists(), f"{path.name} points at {ref}, which is not in the repository"
+
+
+def test_one_model_on_two_providers_is_two_rows_told_apart() -> None:
+    from evalrun.analysis.views import summary_markdown
+
+    rows = [
+        {"cell_id": c, "provider": p, "model": "m", "prompt_id": "x", "requests": 1, "errors": 0, "rows": 1}
+        for c, p in (("a", "sim"), ("b", "evolink"))
+    ]
+    head, _rule, *body = summary_markdown(rows).splitlines()
+    assert head.startswith("| model | provider |") and body[0].startswith("| m | sim |")
+    assert "provider" not in summary_markdown(rows[:1])

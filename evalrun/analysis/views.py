@@ -147,6 +147,8 @@ def summary_columns(summary: list[dict[str, Any]], short: bool = False) -> list[
     """What a person reads first, in order; `short` (Markdown) keeps the few a PR comment needs."""
     first = summary[0]
     cols = [Column("model", "model", NEVER_DROPPED, True)]
+    if len({r.get("provider") for r in summary}) > 1:  # one model on two providers: two rows to tell apart
+        cols.append(Column("provider", "provider", NEVER_DROPPED, True))
     cols += [Column(p, p, NEVER_DROPPED, True) for p in _params(summary)]
     if len({r["prompt_id"] for r in summary}) > 1:
         cols.append(Column("prompt_id", "prompt", NEVER_DROPPED, True))
