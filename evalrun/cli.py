@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from evalrun.errors import ConfigError
     from evalrun.logs import setup_logging
+    from evalrun.run.errors import StorageError
 
     setup_logging(args.verbose)
     try:
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"evalrun: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:  # the run directory filled up: the message says how to resume
+        print(f"evalrun: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("evalrun: interrupted", file=sys.stderr)
         return 130
@@ -210,12 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
 
     from evalrun.analysis.summary import summary_from_file
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import RESULTS
+    from evalrun.run.store import results_file
 
-    path = args.run_dir / RESULTS
-    if not path.is_file():
-        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     summary = summary_from_file(path)
     if args.format == "table":
         _print_summary(summary, str(args.run_dir))
@@ -320,12 +321,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     from evalrun.analysis.summary import cost_breakdown
     from evalrun.config.prices import load_pricing
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import MANIFEST, RESULTS
+    from evalrun.run.store import MANIFEST, results_file
 
-    path = args.run_dir / RESULTS
-    if not path.is_file():
-        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
     table = cost_breakdown(pd.read_parquet(path), [c.strip() for c in args.by.split(",") if c.strip()], pricing)
     manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
