@@ -19,6 +19,9 @@ from evalrun.run.records import TokenLogprob
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+# No request is billed 10^12 tokens (a thousand times the largest context window); a bigger
+# "count" is garbage, and summing a few of them would overflow the report's int64 totals.
+MAX_TOKEN_COUNT = 10**12
 MAX_NOTES = 8  # per answer: one hostile answer must not write a novel into the row
 SHOWN_CHARS = 60  # of a bad value, in a note
 
@@ -47,15 +50,15 @@ class Notes:
 
 
 def count(value: Any, where: str, notes: Notes) -> int | None:
-    """A token count: an int in 0 … 2^63-1 (an integral float is accepted); else None."""
+    """A token count: an int in 0 … 10^12 (an integral float is accepted); else None."""
     if value is None:
         return None
     if type(value) is int:
-        if 0 <= value <= INT64_MAX:
+        if 0 <= value <= MAX_TOKEN_COUNT:
             return value
-    elif type(value) is float and value.is_integer() and 0 <= value <= INT64_MAX:
+    elif type(value) is float and value.is_integer() and 0 <= value <= MAX_TOKEN_COUNT:
         return int(value)
-    notes.bad(where, value, "a token count (a whole number from 0 to 2^63-1)")
+    notes.bad(where, value, "a token count (a whole number from 0 to 10^12)")
     return None
 
 

@@ -70,7 +70,7 @@ def parse_usage(usage: Any, notes: Notes | None = None) -> Usage:
         completion = coerce.count(usage.get("output_tokens"), "usage.output_tokens", notes)
     total = coerce.count(usage.get("total_tokens"), "usage.total_tokens", notes)
     if total is None and prompt is not None and completion is not None:
-        total = prompt + completion if prompt + completion <= coerce.INT64_MAX else None
+        total = prompt + completion
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,

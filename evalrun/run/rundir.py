@@ -85,8 +85,16 @@ def check_run_dir(run_dir: Path, label: str) -> None:
         probe = parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"{label}: {run_dir} cannot be created: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{label}: {run_dir} cannot be written: no write permission on {probe}")
+    # try it rather than ask os.access: root passes access() even where the kernel refuses
+    # (/proc, a read-only mount); the probe folder is removed at once
+    trial = probe / f".evalrun-probe-{os.getpid()}"
+    try:
+        trial.mkdir()
+        trial.rmdir()
+    except OSError as exc:
+        raise ConfigError(
+            f"{label}: {run_dir} cannot be written: making a folder in {probe} fails ({exc.strerror})"
+        ) from None
 
 
 def read_manifest(run_dir: Path, config: Path | None = None) -> dict[str, Any]:
