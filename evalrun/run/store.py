@@ -303,14 +303,22 @@ def _write_batch(
 ) -> int:
     import pyarrow as pa
 
+    # The report columns are converted before the hook sees the rows, so that a row the schema
+    # cannot take (a damaged journal, an older evalrun) is made an error row first — the scorers
+    # and the summary's sums never see a value the report does not hold. The score columns the
+    # hook adds come last in the schema and are appended as arrays.
+    n_scores = 2 * len(hook.score_names) if hook is not None else 0
+    base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
+    try:
+        batch = pa.RecordBatch.from_pylist(rows, schema=base)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        rows[:] = [storable_row(r, base) for r in rows]  # that row alone; the others as they are
+        batch = pa.RecordBatch.from_pylist(rows, schema=base)
     if hook is not None:
         hook.on_batch(rows)
-    try:
-        batch = pa.RecordBatch.from_pylist(rows, schema=schema)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        # a value the schema cannot take (a damaged journal, an older evalrun): that row alone
-        # becomes an error row naming its columns; the others are written as they are
-        batch = pa.RecordBatch.from_pylist([storable_row(r, schema) for r in rows], schema=schema)
+        if n_scores:
+            scores = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in list(schema)[len(base) :]]
+            batch = pa.RecordBatch.from_arrays([*batch.columns, *scores], schema=schema)
     writer.write_batch(batch)
     n = len(rows)
     rows.clear()
