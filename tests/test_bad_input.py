@@ -1000,3 +1000,19 @@ def test_csv_with_bom_and_id_column_is_read(tmp_path: Path, scripted: Any, cli: 
 def test_corpus_is_large_and_ids_are_unique() -> None:
     assert len(CASES) >= 80
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_csv_with_a_200_kb_cell_is_read_and_sent(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    """The csv module refuses fields over 128 KiB by default; a dataset's long document is legitimate."""
+    srv = scripted()
+    data = tmp_path / "data.csv"
+    long_text = "word " * 40_000  # 200 KB in one cell
+    data.write_text(f'id,question\nr1,"{long_text}"\nr2,short\n')
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, data, srv.base_url), sort_keys=False))
+    res = cli("validate", config)
+    assert res.code == 0, res.err
+    res = cli("run", config, "--no-progress")
+    assert res.code == 0, res.err
+    sent = sorted(len(p["messages"][0]["content"]) for p in srv.requests)
+    assert sent[-1] > 200_000 and len(sent) == 2

@@ -192,3 +192,30 @@ def test_one_hostile_stream_is_kept_marked_and_the_report_complete(tmp_path, dat
     srv, r = _run(tmp_path, dataset, scripted, cli, hostile, stream=True, good=good_stream)
     row = _check(srv, r, names)
     assert row.content.startswith("42")
+
+
+# ---------------------------------------------------------------------------- redirects
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_error_naming_its_target_and_is_not_followed(
+    tmp_path, dataset, scripted, cli, status
+) -> None:
+    elsewhere = scripted()  # another origin (another port): it must never be asked anything
+    target = elsewhere.base_url + "/chat/completions"
+
+    def answer(payload: dict[str, Any]) -> Reply:
+        if "2 + 4" in payload["messages"][0]["content"]:
+            return Reply(status, body=b"moved", headers={"Location": target, "Content-Type": "text/plain"})
+        return Reply()
+
+    srv = scripted(default=answer)
+    r = cli("run", write_config(tmp_path, base_config(tmp_path, dataset, srv.base_url)), "--no-progress")
+    assert r.code == 0, r.err
+    assert elsewhere.requests == []
+    assert len(srv.requests) == 5  # not retried: a redirect does not go away by asking again
+    df = read_results(r.run_dir).set_index("row_id")
+    row = df.loc["q2"]
+    assert row.status == "error" and row.error_type == "redirect" and row.http_status == status
+    assert target in row.error_message and "not followed" in row.error_message
+    assert set(df.drop("q2").status) == {"ok"}
