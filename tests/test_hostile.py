@@ -198,9 +198,7 @@ def test_one_hostile_stream_is_kept_marked_and_the_report_complete(tmp_path, dat
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_a_redirect_is_an_error_naming_its_target_and_is_not_followed(
-    tmp_path, dataset, scripted, cli, status
-) -> None:
+def test_a_redirect_is_an_error_naming_its_target_and_is_not_followed(tmp_path, dataset, scripted, cli, status) -> None:
     elsewhere = scripted()  # another origin (another port): it must never be asked anything
     target = elsewhere.base_url + "/chat/completions"
 

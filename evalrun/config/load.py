@@ -206,8 +206,8 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ..
     if not sep or not key.strip():
         raise ConfigError(f"{path}: --set {item!r}: expected key.path=value, e.g. --set params.temperature=0.5")
     try:
-        node = yaml.compose(value) if value.strip() else None
-        check_yaml_size(node, Path(f"--set {key}"))
+        tree = yaml.compose(value) if value.strip() else None
+        check_yaml_size(tree, Path(f"--set {key}"))
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value

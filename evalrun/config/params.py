@@ -124,4 +124,4 @@ def output_budget(params: dict[str, object]) -> int:
     """Tokens a request may generate, for the TPM reservation (corrected after the answer)."""
     cap = params.get("max_completion_tokens") or params.get("max_tokens") or 1024
     n = params.get("n") or 1
-    return int(cap) * int(n)  # type: ignore[call-overload]
+    return int(cap) * int(n)  # type: ignore[call-overload,no-any-return]

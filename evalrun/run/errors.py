@@ -69,7 +69,7 @@ class APIStatusError(RequestError):
 
     @property
     def error_type(self) -> str:  # type: ignore[override]
-        return status_error_type(self.status_code, self.code, self.kind, self.body)
+        return status_error_type(self.status_code or 0, self.code, self.kind, self.body)
 
 
 class BadResponse(RequestError):
@@ -132,7 +132,7 @@ class RedirectRefused(APIStatusError):
         self.target = target
 
     @property
-    def error_type(self) -> str:
+    def error_type(self) -> str:  # type: ignore[override]
         return "redirect"
 
 

@@ -333,9 +333,9 @@ async def read_stream(resp: aiohttp.ClientResponse, t0: float, timeout_s: float 
         exc.partial = exc.partial or stream.partial()
         raise
     except TimeoutError:  # before ClientConnectionError: aiohttp's read timeout is both
-        exc = AttemptTimeout(f"no complete answer within {timeout_s or 0:g} s ({stream.chunks} chunks arrived)")
-        exc.partial = stream.partial()
-        raise exc from None
+        late = AttemptTimeout(f"no complete answer within {timeout_s or 0:g} s ({stream.chunks} chunks arrived)")
+        late.partial = stream.partial()
+        raise late from None
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         raise stream.truncated(f"the connection broke ({type(exc).__name__})") from None
     # a [DONE] whose closing blank line (or newline) never came still ends the stream properly

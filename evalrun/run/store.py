@@ -53,7 +53,7 @@ USAGE_FIELDS = (
 )
 
 
-def results_schema(data_columns: tuple[str, ...] = (), scorer_names: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+def results_schema(data_columns: tuple[str, ...] = (), scorer_names: Sequence[str] = ()) -> pa.Schema:
     """The schema of results.parquet: fixed columns, one per request parameter, data_*, then
     score_<name> and pass_<name> per scorer."""
     import pyarrow as pa
