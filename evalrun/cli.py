@@ -305,28 +305,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _gate_from_manifest(run_dir: Path) -> dict:
-    import orjson
+    from evalrun.run.store import manifest_if_any
 
-    from evalrun.run.store import MANIFEST
-
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        return {}
-    return (orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}
+    return (manifest_if_any(run_dir).get("config") or {}).get("gate") or {}
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    import orjson
     import pandas as pd
 
     from evalrun.analysis.summary import cost_breakdown
     from evalrun.config.prices import load_pricing
-    from evalrun.run.store import MANIFEST, results_file
+    from evalrun.run.store import manifest_if_any, results_file
 
     path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
     table = cost_breakdown(pd.read_parquet(path), [c.strip() for c in args.by.split(",") if c.strip()], pricing)
-    manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
+    manifest = manifest_if_any(args.run_dir)  # optional; damaged: one line
     currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
     if args.format == "csv":
         print(table.to_csv(index=False), end="")

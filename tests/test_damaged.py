@@ -104,9 +104,9 @@ def test_a_damaged_manifest_is_refused_in_one_line_or_rebuilt_from_the_config(
     assert r.code == 2
     line = _one_error_line(r.err)
     assert str(manifest) in line and "damaged" in line and f"evalrun run CONFIG --resume {run_dir}" in line
-    for command in ("report", "score"):  # the readers of the manifest say the same, in one line
-        r = cli(command, run_dir)
-        assert r.code == 2, (command, r.err)
+    for args in (("report", run_dir), ("score", run_dir), ("cost", run_dir), ("compare", run_dir, run_dir)):
+        r = cli(*args)  # the readers of the manifest say the same, in one line
+        assert r.code == 2, (args, r.err)
         assert "damaged" in _one_error_line(r.err)
 
     r = cli("run", config, "--resume", run_dir, "--no-progress")
@@ -156,3 +156,26 @@ def test_a_corrupt_results_file_names_itself_and_the_rebuild(tmp_path, dataset, 
     assert len(read_results(run_dir)) == 5
     for args in (("summary", run_dir), ("report", run_dir), ("cost", run_dir)):
         assert cli(*args).code == 0, args
+
+
+def test_a_full_disk_anywhere_in_the_run_is_one_line_and_the_manifest_says_why(tmp_path) -> None:
+    """Past the journal and results.parquet (which say so themselves), a refused write — the
+    summary, the manifest — surfaces from the run as a StorageError, not a traceback."""
+    import errno
+
+    from evalrun.run.errors import StorageError
+    from evalrun.run.rundir import holding_run_dirs, lock_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_bytes(b'{"run_id": "r", "config_path": "c.yaml", "status": "running"}')
+    with pytest.raises(StorageError) as caught, holding_run_dirs():
+        lock_run_dir(run_dir)
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "summary.parquet"))
+    assert "summary.parquet: No space left on device" in str(caught.value)
+    assert f"evalrun run --resume {run_dir}" in str(caught.value)
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["status"] == "stopped" and "No space left" in manifest["stop_reason"]
+    with pytest.raises(OSError), holding_run_dirs():  # any other OSError is not dressed up
+        lock_run_dir(run_dir)
+        raise OSError(errno.EACCES, "Permission denied")

@@ -10,6 +10,7 @@ however it ends (kill -9 included), so a stale lock file is never a problem; the
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from evalrun.errors import ConfigError
+from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.secrets import mask_bytes
 
@@ -29,6 +31,7 @@ LOCK = "run.lock"
 MANIFEST = "manifest.json"
 REBUILT = "rebuilt"  # manifest key: why the manifest was rebuilt from the config and journal
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a size limit) is full
 _held: dict[Path, int] = {}  # run directory (resolved) → the open, locked lock file
 
 
@@ -62,10 +65,19 @@ def lock_run_dir(run_dir: Path | None) -> None:
 
 @contextlib.contextmanager
 def holding_run_dirs() -> Iterator[None]:
-    """Releases every run directory locked inside the block (a test runs many runs in one process)."""
+    """Releases every run directory locked inside the block (a test runs many runs in one process).
+
+    A write refused for want of space anywhere in the block (the summary, the manifest) ends
+    as one StorageError line that says how to resume, and the manifest says why it stopped."""
     before = set(_held)
     try:
         yield
+    except OSError as exc:
+        mine = [k for k in _held if k not in before]
+        if exc.errno not in FULL_ERRNOS or not mine:
+            raise
+        why = f"cannot write {exc.filename or mine[0]}: {exc.strerror}"
+        raise StorageError(mark_stopped(mine[0], why)) from None
     finally:
         for key in [k for k in _held if k not in before]:
             fd = _held.pop(key)
@@ -95,6 +107,25 @@ def check_run_dir(run_dir: Path, label: str) -> None:
         raise ConfigError(
             f"{label}: {run_dir} cannot be written: making a folder in {probe} fails ({exc.strerror})"
         ) from None
+
+
+def manifest_if_any(run_dir: Path) -> dict[str, Any]:
+    """The manifest of a run directory for a reader that can do without one: {} when there is
+    none, a ConfigError in one line when it is damaged."""
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = orjson.loads(path.read_bytes())
+        problem = manifest_problem(manifest)
+    except orjson.JSONDecodeError as exc:
+        problem = f"not valid JSON ({exc})"
+    if problem:
+        raise ConfigError(
+            f"{path}: the manifest is damaged: {problem}; rebuild it from the run's config and journal with: "
+            f"evalrun run CONFIG --resume {run_dir}"
+        )
+    return manifest  # type: ignore[no-any-return]
 
 
 def read_manifest(run_dir: Path, config: Path | None = None) -> dict[str, Any]:

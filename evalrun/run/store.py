@@ -24,7 +24,7 @@ from evalrun.errors import ConfigError
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
-from evalrun.run.rundir import MANIFEST, manifest_problem, mark_stopped, write_json
+from evalrun.run.rundir import MANIFEST, manifest_if_any, mark_stopped, write_json
 from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
-__all__ = ["MANIFEST", "write_json"]  # also read from here by the analysis stage
+__all__ = ["MANIFEST", "manifest_if_any", "write_json"]  # also read from here by the analysis stage
 SUMMARY = "summary.parquet"
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
@@ -349,19 +349,9 @@ def require_finished(run_dir: Path) -> dict[str, Any]:
     ConfigError naming what is missing or damaged (and how to rebuild it) otherwise."""
     if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    path = run_dir / MANIFEST
-    try:
-        manifest = orjson.loads(path.read_bytes())
-        problem = manifest_problem(manifest)
-    except orjson.JSONDecodeError as exc:
-        problem = f"not valid JSON ({exc})"
-    if problem:
-        raise ConfigError(
-            f"{path}: the manifest is damaged: {problem}; rebuild it from the run's config and journal with: "
-            f"evalrun run CONFIG --resume {run_dir}"
-        )
+    manifest = manifest_if_any(run_dir)
     results_file(run_dir)
-    return manifest  # type: ignore[no-any-return]
+    return manifest
 
 
 def results_file(run_dir: Path) -> Path:
