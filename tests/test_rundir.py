@@ -162,3 +162,30 @@ def _journal_ids_tolerant(run_dir: Path) -> list[str]:
     """Entry ids of the complete lines (the refused write leaves a torn last line)."""
     lines = (run_dir / "journal.jsonl").read_bytes().split(b"\n")
     return [orjson.loads(line)["id"] for line in lines[:-1] if line]
+
+
+HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("held", flush=True)
+sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_score_does_not_rewrite_results_while_another_process_holds_the_run(tmp_path, dataset, cli) -> None:
+    r = cli("run", write_config(tmp_path, base_config(tmp_path, dataset)), "--no-progress")
+    assert r.code == 0, r.err
+    before = (r.run_dir / "results.parquet").read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(r.run_dir / "run.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        s = cli("score", r.run_dir)
+        assert s.code == 2 and f"is in use by pid {holder.pid}" in s.err
+        assert (r.run_dir / "results.parquet").read_bytes() == before
+    finally:
+        holder.communicate(b"", timeout=30)  # closes stdin: it exits, and the lock with it
+    assert cli("score", r.run_dir).code == 0

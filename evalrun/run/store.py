@@ -24,7 +24,14 @@ from evalrun.errors import ConfigError
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
-from evalrun.run.rundir import MANIFEST, manifest_if_any, mark_stopped, write_json
+from evalrun.run.rundir import (
+    MANIFEST,
+    holding_run_dirs,
+    lock_run_dir,
+    manifest_if_any,
+    mark_stopped,
+    write_json,
+)
 from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
@@ -326,7 +333,14 @@ def _write_batch(
 
 
 def rescore(run_dir: Path, hook: RowHook) -> int:
-    """Recompute every score column of results.parquet in place (atomically); no requests."""
+    """Recompute every score column of results.parquet in place (atomically); no requests.
+    Holds the run directory: a run writing results.parquet.tmp meanwhile would clash."""
+    with holding_run_dirs():
+        lock_run_dir(run_dir)
+        return _rescore(run_dir, hook)
+
+
+def _rescore(run_dir: Path, hook: RowHook) -> int:
     import pyarrow.parquet as pq
 
     path = run_dir / RESULTS
