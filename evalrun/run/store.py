@@ -24,14 +24,10 @@ from evalrun.errors import ConfigError
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
-from evalrun.run.rundir import (
-    MANIFEST,
-    holding_run_dirs,
-    lock_run_dir,
-    manifest_if_any,
-    mark_stopped,
-    write_json,
-)
+from evalrun.run.rundir import MANIFEST as MANIFEST  # re-exported: the analysis stage reads them here
+from evalrun.run.rundir import holding_run_dirs, lock_run_dir, mark_stopped
+from evalrun.run.rundir import manifest_if_any as manifest_if_any
+from evalrun.run.rundir import write_json as write_json
 from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
@@ -41,7 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
-__all__ = ["MANIFEST", "manifest_if_any", "write_json"]  # also read from here by the analysis stage
 SUMMARY = "summary.parquet"
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
