@@ -92,3 +92,54 @@ def test_any_value_anywhere_is_stored_or_refused_never_a_writer_error(path: tupl
     assert journal_line
     if comp.malformed:
         assert rows[0]["error_type"] == "malformed_response" and rows[0]["status"] == "ok"
+
+
+STREAM_PATHS = [
+    ("id",),
+    ("model",),
+    ("usage",),
+    ("usage", "prompt_tokens"),
+    ("choices", 0, "index"),
+    ("choices", 0, "finish_reason"),
+    ("choices", 0, "delta", "content"),
+    ("choices", 0, "delta", "tool_calls"),
+    ("choices", 0, "delta", "tool_calls", 0, "id"),
+    ("choices", 0, "delta", "tool_calls", 0, "function"),
+    ("choices", 0, "delta", "tool_calls", 0, "function", "name"),
+    ("choices", 0, "delta", "tool_calls", 0, "function", "arguments"),
+    ("choices", 0, "logprobs"),
+    ("choices", 0, "logprobs", "content"),
+    ("choices", 0, "logprobs", "content", 0, "bytes"),
+]
+
+
+def _chunk() -> dict[str, Any]:
+    delta = {"content": "4", "tool_calls": [{"index": 0, "id": "t", "function": {"name": "f", "arguments": "{}"}}]}
+    return {
+        "id": "c",
+        "model": "m",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        "choices": [
+            {"index": 0, "delta": delta, "finish_reason": None, "logprobs": {"content": [copy.deepcopy(TOKEN)]}}
+        ],
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(STREAM_PATHS), value=json_values)
+@example(path=("choices", 0, "index"), value=2**64 - 1)
+def test_any_value_anywhere_in_a_stream_chunk_is_stored_or_refused(path: tuple[Any, ...], value: Any) -> None:
+    from evalrun.run.parse import _Stream
+
+    chunk = _chunk()
+    _set(chunk, path, value)
+    stream = _Stream(0.0)
+    try:
+        stream.feed(orjson.dumps(_chunk()), 0.1)
+        stream.feed(orjson.dumps(chunk), 0.2)
+        comp = stream.result()
+    except BadResponse:
+        return
+    rows = result_rows(Result(SPEC, 0.0, 0.1, 1, "http://x", completion=comp), "run", "exp", ())
+    pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+    assert orjson.dumps(rows)
