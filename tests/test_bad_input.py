@@ -745,6 +745,20 @@ CASES: list[Case] = [
         for name in ("Proxy-Authorization", "X-Auth-Token", "Cookie", "Ocp-Apim-Subscription-Key", "X-Custom-Api-Key")
     ],
     C(
+        "header-value-bearer-token",
+        edit=put("providers.sim.headers", {"X-Gateway": "Bearer sk-abcdef0123456789"}),
+        line="headers:",
+        key="providers.sim.headers",
+        says=("the value is a credential", "api_key_env"),
+    ),
+    C(
+        "header-value-vendor-key",
+        edit=put("providers.sim.headers", {"X-Upstream": GOOGLE_LIKE_KEY}),
+        line="headers:",
+        key="providers.sim.headers",
+        says=("the value is a credential", "api_key_env"),
+    ),
+    C(
         "header-value-newline",
         edit=put("providers.sim.headers", {"X-Trace": "a\nX-Injected: 1"}),
         line="headers:",
@@ -971,6 +985,8 @@ def test_bad_input_is_rejected_before_any_request(
         assert case.key in err, context
     for text in case.says:
         assert text in err, context
+    for secret in (GOOGLE_LIKE_KEY, "sk-abcdef0123456789", "sk-literal-0123456789"):  # never repeated back
+        assert secret not in err, context
     # 4. nothing sent, nothing written
     assert srv.requests == [], context
     assert not (tmp_path / "reports").exists(), context

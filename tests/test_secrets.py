@@ -146,3 +146,12 @@ def test_a_key_like_api_key_env_is_not_echoed(tmp_path, dataset, scripted, cli) 
     r = cli("validate", write_config(tmp_path, cfg))
     assert r.code == 2 and "looks like an API key" in r.err
     assert google_like not in r.err and google_like[:12] not in r.err
+
+
+def test_a_key_given_by_set_is_not_echoed(tmp_path, dataset, scripted, cli) -> None:
+    google_like = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
+    config = write_config(tmp_path, base_config(tmp_path, dataset, scripted().base_url))
+    for item in (f"providers.sim.api_key_env={google_like}", f"providers.sim.headers.X-Token={google_like}"):
+        r = cli("validate", config, "--set", item)
+        assert r.code == 2 and r.err.count("evalrun: error:") == 1, r.err
+        assert google_like not in r.err and google_like[:12] not in r.err, r.err

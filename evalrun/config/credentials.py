@@ -32,6 +32,7 @@ _CREDENTIAL_WORDS = re.compile(r"(?:^|[-_])(?:api[-_]?key|token|secret|password|
 # Well-known key prefixes: OpenAI/Anthropic/DeepSeek (sk-), Google (AIza), Groq (gsk_), xAI,
 # Hugging Face (hf_), GitHub (ghp_, github_pat_), AWS access keys (AKIA), Slack (xox?-).
 _KEY_PREFIX = re.compile(r"^(?:sk-|sk_|AIza|gsk_|xai-|hf_|ghp_|gho_|github_pat_|AKIA|ASIA|xox[abprs]-|pk_|rk_)")
+_AUTH_SCHEME = re.compile(r"^(?:Bearer|Basic)\s+\S", re.IGNORECASE)
 _TOKEN_HEADER_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 
 
@@ -64,4 +65,9 @@ def header_problem(name: str, value: str) -> str | None:
         value.encode("latin-1")
     except UnicodeEncodeError:
         return f"header {name!r}: the value has characters outside Latin-1, which HTTP headers cannot carry"
+    if _AUTH_SCHEME.match(value.strip()) or _KEY_PREFIX.match(value.strip()):
+        return (
+            f"header {name!r}: the value is a credential (a Bearer/Basic token or a vendor key), which "
+            "would put a secret in the config file; set the key in an environment variable and name it with api_key_env"
+        )
     return None

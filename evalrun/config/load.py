@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from evalrun.config.credentials import looks_like_key
 from evalrun.config.diagnostics import (
     describe_kind,
     did_you_mean,
@@ -160,7 +161,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     _index_lines(node, (), lines, path)
     overridden: dict[tuple[str, ...], str] = {}
     for item in overrides or []:
-        overridden[_apply_override(raw, item, path)] = item
+        overridden[_apply_override(raw, item, path)] = _shown(item)
     try:
         # params and model params are checked field by field here; combinations such as
         # top_logprobs-needs-logprobs are checked on each merged cell in grid.expand_cells
@@ -198,6 +199,12 @@ def _index_lines(
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
             _index_lines(value, path + (i,), out, file)
+
+
+def _shown(item: str) -> str:
+    """A --set item as an error message may repeat it: a value that looks like a key is hidden."""
+    key, _, value = item.partition("=")
+    return f"{key}=<hidden: it looks like a key>" if looks_like_key(value.strip()) else item
 
 
 def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ...]:
