@@ -143,12 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:  # StorageError: the disk filled up; resumable, so exit 1
         print(f"evalrun: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StorageError as exc:  # the run directory filled up: the message says how to resume
-        print(f"evalrun: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print("evalrun: interrupted", file=sys.stderr)
         return 130

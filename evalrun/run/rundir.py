@@ -84,9 +84,11 @@ def holding_run_dirs() -> Iterator[None]:
             os.close(fd)  # closing the only descriptor drops the flock
 
 
-def check_run_dir(run_dir: Path, label: str) -> None:
+def check_run_dir(run_dir: Path, given_by: str) -> None:
     """Refuse (exit 2, nothing sent) a run directory that is a file, lies under a file, or
-    cannot be written. `label` says where the path came from (--run-dir DIR, reports_dir …)."""
+    cannot be written. `given_by` says where the path came from: --resume, --run-dir, or the
+    config's `file:line` of reports_dir."""
+    label = f"{given_by} {run_dir}" if given_by.startswith("--") else f"{given_by}: reports_dir"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{label}: {run_dir} is a file, not a folder; name a folder for the run")
     probe = run_dir

@@ -163,14 +163,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
         run_id = run_dir.name
     else:
         run_id, run_dir = _new_run_dir(exp)
-    check_run_dir(
-        run_dir,
-        f"--resume {run_dir}"
-        if opts.resume
-        else f"--run-dir {run_dir}"
-        if opts.run_dir
-        else exp.where("reports_dir") + ": reports_dir",
-    )
+    check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
     manifest.update(
         {
             "run_id": run_id,
