@@ -181,7 +181,7 @@ def _journal_run_id(run_dir: Path) -> str | None:
 def grid_changed(manifest: dict[str, Any], fingerprint: str, request_ids: Iterable[str], journal: Path) -> bool:
     """Whether a resume would mix two experiments. A rebuilt manifest has no fingerprint: the
     journal's requests must then all belong to the current grid."""
-    if REBUILT not in manifest:
+    if REBUILT not in manifest or manifest.get("grid_fingerprint"):  # rebuilt once, then fingerprinted
         return bool(manifest.get("grid_fingerprint") != fingerprint)
     ids = set(request_ids)
     return any(e["id"] not in ids for e in read_journal(journal, report=False))
