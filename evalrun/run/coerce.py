@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from evalrun.run.records import TokenLogprob
+from evalrun.run.secrets import mask
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -36,7 +37,7 @@ class Notes:
     def bad(self, where: str, value: Any, wanted: str) -> None:
         # a stream repeats a bad field in every chunk: note each place once
         if len(self.items) < MAX_NOTES and not any(i.startswith(where + ": ") for i in self.items):
-            shown = repr(value)
+            shown = mask(repr(value))  # before the cut: half a key is still a secret
             if len(shown) > SHOWN_CHARS:
                 shown = shown[:SHOWN_CHARS] + "…"
             self.items.append(f"{where}: {shown} is not {wanted}")

@@ -24,13 +24,23 @@ MAX_ERROR_MESSAGE = 2000  # characters of a server's error text kept in the repo
 # After [DONE], the rest of the body (the chunked-encoding end) is read so that the connection
 # goes back to the pool; a server that keeps talking longer than this loses the connection.
 DRAIN_AFTER_DONE_S = 1.0
+SHOWN_CHARS = 200  # of a malformed body or chunk, quoted in its error message
 
 
 def loads_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MalformedResponse(f"HTTP 200 but the body is not JSON: {raw[:200]!r}") from None
+        raise MalformedResponse(f"HTTP 200 but the body is not JSON: {_shown(raw)}") from None
+
+
+def _shown(value: Any) -> str:
+    """A bad piece of an answer, as an error message quotes it: masked, then cut (in that order,
+    or a key cut in two would leave its first half in the report)."""
+    if isinstance(value, bytes | str):  # a huge body: only its start can be shown (a key is < 1 KiB)
+        value = value[: 4 * SHOWN_CHARS + 1024]
+    text = mask(repr(value))
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
 def _int(value: Any) -> int | None:
@@ -162,14 +172,14 @@ class _ChoiceStream:
     def feed(self, ch: dict[str, Any], now: float, notes: Notes) -> None:
         delta = ch.get("delta") or {}
         if not isinstance(delta, dict):
-            raise MalformedResponse(f"stream chunk has a delta that is not an object: {delta!r:.200}")
+            raise MalformedResponse(f"stream chunk has a delta that is not an object: {_shown(delta)}")
         text = coerce.content(delta.get("content"), "delta.content", notes)
         produced = bool(text)  # an empty delta ("" or {}) is no token: not in TTFT or the gaps
         if text:
             self.content.append(text)
         calls = delta.get("tool_calls") or []
         if not isinstance(calls, list):
-            raise MalformedResponse(f"stream chunk has tool_calls that are not a list: {calls!r:.200}")
+            raise MalformedResponse(f"stream chunk has tool_calls that are not a list: {_shown(calls)}")
         for tc in calls:
             produced |= self._tool_delta(tc, notes)
         lp = _obj(ch.get("logprobs"), "logprobs", notes)
@@ -191,7 +201,7 @@ class _ChoiceStream:
     def _tool_delta(self, tc: Any, notes: Notes) -> bool:
         """Merge one tool-call delta; True if it carried part of the call's name or arguments."""
         if not isinstance(tc, dict):
-            raise MalformedResponse(f"stream chunk has a tool call that is not an object: {tc!r:.200}")
+            raise MalformedResponse(f"stream chunk has a tool call that is not an object: {_shown(tc)}")
         index = _int(tc.get("index"))
         if index is None:
             # some gateways leave the index out: a new id starts a call, anything else continues the last
@@ -243,7 +253,7 @@ class _Stream:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise MalformedResponse(f"stream chunk {self.chunks + 1} is not JSON: {data[:200]!r}") from None
+            raise MalformedResponse(f"stream chunk {self.chunks + 1} is not JSON: {_shown(data)}") from None
         if not isinstance(chunk, dict):
             raise MalformedResponse(f"stream chunk {self.chunks + 1} is a {type(chunk).__name__}, not an object")
         if chunk.get("error"):
