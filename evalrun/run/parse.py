@@ -124,6 +124,7 @@ def parse_completion(obj: Any) -> Completion:
                 coerce.text(obj.get("model"), "model", notes),
                 [],
                 parse_usage(obj["usage"], notes),
+                malformed=notes.text(),
             )
         raise exc
     raw_choices = obj.get("choices")
