@@ -151,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from evalrun.errors import ConfigError
     from evalrun.logs import setup_logging
+    from evalrun.run.errors import StorageError
 
     setup_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:  # StorageError: the disk filled up; resumable, so exit 1
         print(f"evalrun: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print("evalrun: interrupted", file=sys.stderr)
         return 130
@@ -235,12 +236,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from evalrun.analysis.summary import summary_from_file
     from evalrun.analysis.views import answer_notes, summary_markdown
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import RESULTS
+    from evalrun.run.store import results_file
 
-    path = args.run_dir / RESULTS
-    if not path.is_file():
-        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     summary = summary_from_file(path)
     if args.format == "table":
         _print_summary(summary, str(args.run_dir))
@@ -301,25 +299,20 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from evalrun.analysis.cost import cost_breakdown, partial_note
     from evalrun.analysis.views import cost_table, terminal_width
     from evalrun.config.prices import load_pricing
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import MANIFEST, RESULTS
+    from evalrun.run.store import manifest_if_any, results_file
 
-    path = args.run_dir / RESULTS
-    if not path.is_file():
-        raise ConfigError(f"{args.run_dir}: no {RESULTS} there; is it a run directory?")
+    path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     breakdown = cost_breakdown(pd.read_parquet(path), by, pricing)
     note = partial_note(breakdown, str(args.prices) if args.prices else None)
+    manifest = manifest_if_any(args.run_dir)  # optional; damaged: one line
+    currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
     if args.format == "csv":
         print(breakdown.table.to_csv(index=False), end="")
     elif args.format == "json":
         print(breakdown.table.to_json(orient="records", indent=2))
     else:
-        import orjson
-
-        manifest = orjson.loads((args.run_dir / MANIFEST).read_bytes()) if (args.run_dir / MANIFEST).is_file() else {}
-        currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
         title = f"{args.run_dir.name}: cost in {currency or '(no prices)'}" + (
             f" at {args.prices}" if args.prices else ""
         )

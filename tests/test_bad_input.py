@@ -15,6 +15,7 @@ YAML text for syntax cases; `line` is either a number or a snippet of the writte
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,22 @@ def model_params(**params: Any) -> Edit:
 
 def jsonl(*rows: Any) -> str:
     return "".join((r if isinstance(r, str) else orjson.dumps(r).decode()) + "\n" for r in rows)
+
+
+GOOGLE_LIKE_KEY = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
+# a valid experiment on the embedded simulator, for the raw-YAML cases ($DATA: the dataset)
+MINIMAL = (
+    "experiment: t\nmodels: [gemini-2.5-flash-lite]\nprompts:\n  p:\n"
+    "    - {role: user, content: 'What is {question}?'}\ndataset: $DATA\n"
+)
+
+
+def bomb(parent: str, indent: str) -> str:
+    """'Billion laughs': 10 levels of 9 aliases each, under `parent` (9^10 values expanded)."""
+    lines = [f"{indent}l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 10):
+        lines.append(f"{indent}l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return MINIMAL + parent + "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ the table
@@ -716,6 +733,169 @@ CASES: list[Case] = [
         line=1,
         says="no column 'question'",
     ),
+    # --- issue 15: hostile input that used to get through --------------------------------
+    *[
+        C(
+            f"header-credential-{name.lower()}",
+            edit=put("providers.sim.headers", {name: "sk-literal-0123456789"}),
+            line="headers:",
+            key="providers.sim.headers",
+            says=(f"header {name!r} would put a secret in the config file", "api_key_env"),
+        )
+        for name in ("Proxy-Authorization", "X-Auth-Token", "Cookie", "Ocp-Apim-Subscription-Key", "X-Custom-Api-Key")
+    ],
+    C(
+        "header-value-bearer-token",
+        edit=put("providers.sim.headers", {"X-Gateway": "Bearer sk-abcdef0123456789"}),
+        line="headers:",
+        key="providers.sim.headers",
+        says=("the value is a credential", "api_key_env"),
+    ),
+    C(
+        "header-value-vendor-key",
+        edit=put("providers.sim.headers", {"X-Upstream": GOOGLE_LIKE_KEY}),
+        line="headers:",
+        key="providers.sim.headers",
+        says=("the value is a credential", "api_key_env"),
+    ),
+    C(
+        "header-value-newline",
+        edit=put("providers.sim.headers", {"X-Trace": "a\nX-Injected: 1"}),
+        line="headers:",
+        key="providers.sim.headers",
+        says="holds a line break",
+    ),
+    C(
+        "header-value-not-latin1",
+        edit=put("providers.sim.headers", {"X-Team": "名前"}),
+        line="headers:",
+        key="providers.sim.headers",
+        says="outside Latin-1",
+    ),
+    C(
+        "header-name-with-space",
+        edit=put("providers.sim.headers", {"X Trace": "1"}),
+        line="headers:",
+        key="providers.sim.headers",
+        says="not a valid HTTP header name",
+    ),
+    C(
+        "base-url-port-out-of-range",
+        edit=put("providers.sim.base_urls", ["http://127.0.0.1:70000/v1"]),
+        line="base_urls:",
+        key="providers.sim.base_urls",
+        says="port must be a number from 1 to 65535",
+    ),
+    C(
+        "base-url-port-zero",
+        edit=put("providers.sim.base_urls", ["http://127.0.0.1:0/v1"]),
+        line="base_urls:",
+        key="providers.sim.base_urls",
+        says="port must be a number from 1 to 65535",
+    ),
+    C(
+        "api_key_env-a-google-key",
+        edit=put("providers.sim.api_key_env", GOOGLE_LIKE_KEY),
+        line="api_key_env:",
+        key="providers.sim.api_key_env",
+        says=("looks like an API key itself", "NAME of an environment variable"),
+    ),
+    C(
+        "seed-2-to-the-63",
+        edit=put("params.seed", 2**63),
+        line="seed:",
+        key="params.seed",
+        says="less than or equal to 9223372036854775807",
+    ),
+    C("seed-2-to-the-70", edit=put("params.seed", 2**70), line="seed:", key="params.seed", says="less than or equal"),
+    C(
+        "seed-below-int64",
+        edit=put("params.seed", -(2**63) - 1),
+        line="seed:",
+        key="params.seed",
+        says="greater than or equal to -9223372036854775808",
+    ),
+    C(
+        "grid-seed-2-to-the-63",
+        edit=put("grid", {"seed": [1, 2**63]}),
+        line=str(2**63),
+        key="grid.seed[1]",
+        says="less than or equal to 9223372036854775807",
+    ),
+    C(
+        "model-seed-2-to-the-64",
+        edit=model_params(seed=2**64),
+        line="seed:",
+        key="models[0].params.seed",
+        says="less than or equal",
+    ),
+    C(
+        "top_k-2-to-the-40",
+        edit=put("params.top_k", 2**40),
+        line="top_k:",
+        key="params.top_k",
+        says="less than or equal to 2147483647",
+    ),
+    C("top_k-1e20", edit=put("params.top_k", 1e20), line="top_k:", key="params.top_k", says="valid integer"),
+    C(
+        "set-seed-2-to-the-70",
+        argv=("--set", f"params.seed={2**70}"),
+        key="params.seed",
+        says=("less than or equal", "from --set"),
+    ),
+    C(
+        "dataset-row-seed-2-to-the-63",
+        edit=put("dataset.params_from_columns", {"seed": "s"}),
+        data=jsonl({"id": "a", "question": "1", "s": 2**63}),
+        file="data.jsonl",
+        line=1,
+        says="less than or equal",
+    ),
+    C("rpm-beyond-bound", edit=put("providers.sim.rpm", 10**10), line="rpm:", key="providers.sim.rpm", says="less"),
+    C("yaml-alias-bomb-known-key", raw=bomb("params:\n  extra_body:\n", "    "), says="through nested aliases"),
+    C("yaml-alias-bomb-unknown-key", raw=bomb("laughs:\n", "  "), says="through nested aliases"),
+    C("yaml-5000-levels", raw=MINIMAL + "description: " + "[" * 5000 + "]" * 5000 + "\n", says="deeper than 64"),
+    C("yaml-100-levels", raw=MINIMAL + "description: " + "[" * 100 + "]" * 100 + "\n", line=7, says="deeper than 64"),
+    C(
+        "yaml-recursive-alias",
+        raw=MINIMAL + "params:\n  extra_body: &a {self: *a}\n",
+        line=8,
+        says="refers to the value that contains it",
+    ),
+    C(
+        "set-5000-levels",
+        argv=("--set", "description=" + "[" * 5000 + "]" * 5000),
+        file=None,
+        key="--set description",
+        says="deeper than 64",
+    ),
+    C(
+        "run-dir-is-a-file",
+        argv=("--run-dir", "$TMP/data.jsonl"),
+        file=None,
+        key="--run-dir",
+        says="is a file, not a folder",
+    ),
+    C(
+        "run-dir-under-a-file",
+        argv=("--run-dir", "$TMP/data.jsonl/run"),
+        file=None,
+        key="--run-dir",
+        says=("cannot be created", "data.jsonl is a file, not a folder"),
+    ),
+    C(
+        "run-dir-unwritable",
+        argv=("--run-dir", "/proc/evalrun-test/run"),
+        file=None,
+        key="--run-dir",
+        says="cannot be written",
+    ),
+    C(
+        "reports-dir-is-a-file",
+        edit=put("reports_dir", "data.jsonl"),
+        key="reports_dir",
+        says="is a file, not a folder",
+    ),
 ]
 
 
@@ -752,6 +932,10 @@ def run_case(case: Case, tmp_path: Path, base_url: str, capsys: pytest.CaptureFi
     argv = [case.cmd, str(config), *(a.replace("$TMP", str(tmp_path)) for a in case.argv)]
     if case.cmd == "run":
         argv.append("--no-progress")
+    # Earlier tests' event loops leave garbage whose collection logs asyncio's "Task was
+    # destroyed"; a case that recurses deeply (5,000 levels of YAML) would trigger that
+    # collection inside its own capture. Collect first, so the stderr checked is the case's.
+    gc.collect()
     capsys.readouterr()
     try:
         code: int | str | None = main(argv)
@@ -801,6 +985,8 @@ def test_bad_input_is_rejected_before_any_request(
         assert case.key in err, context
     for text in case.says:
         assert text in err, context
+    for secret in (GOOGLE_LIKE_KEY, "sk-abcdef0123456789", "sk-literal-0123456789"):  # never repeated back
+        assert secret not in err, context
     # 4. nothing sent, nothing written
     assert srv.requests == [], context
     assert not (tmp_path / "reports").exists(), context
@@ -833,5 +1019,21 @@ def test_csv_with_bom_and_id_column_is_read(tmp_path: Path, scripted: Any, cli: 
 
 
 def test_corpus_is_large_and_ids_are_unique() -> None:
-    assert len(CASES) >= 35
+    assert len(CASES) >= 80
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_csv_with_a_200_kb_cell_is_read_and_sent(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    """The csv module refuses fields over 128 KiB by default; a dataset's long document is legitimate."""
+    srv = scripted()
+    data = tmp_path / "data.csv"
+    long_text = "word " * 40_000  # 200 KB in one cell
+    data.write_text(f'id,question\nr1,"{long_text}"\nr2,short\n')
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, data, srv.base_url), sort_keys=False))
+    res = cli("validate", config)
+    assert res.code == 0, res.err
+    res = cli("run", config, "--no-progress")
+    assert res.code == 0, res.err
+    sent = sorted(len(p["messages"][0]["content"]) for p in srv.requests)
+    assert sent[-1] > 200_000 and len(sent) == 2

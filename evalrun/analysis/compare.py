@@ -17,7 +17,7 @@ import orjson
 
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from evalrun.errors import ConfigError
-from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, require_finished
+from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, manifest_if_any, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,8 +61,7 @@ def gate_for(
     for name, value in (("--fail-on-drop", fail_on_drop), ("--alpha", alpha)):
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
-    path = new_dir / MANIFEST
-    cfg = ((orjson.loads(path.read_bytes()).get("config") or {}).get("gate") or {}) if path.is_file() else {}
+    cfg = (manifest_if_any(new_dir).get("config") or {}).get("gate") or {}  # damaged: one line
     return Gate(
         scorer=scorer or cfg.get("scorer"),
         fail_on_drop=fail_on_drop if fail_on_drop is not None else cfg.get("fail_on_drop", 0.02),

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from evalrun.config.credentials import looks_like_key
 from evalrun.config.diagnostics import (
     describe_kind,
     did_you_mean,
@@ -75,6 +76,56 @@ class Experiment:
 
 # --------------------------------------------------------------------------- loading
 
+# An experiment file is a few hundred values, nested a few levels. Aliases can make a short
+# file stand for billions of values ("billion laughs"): every walk over it (line index,
+# validation, the manifest) would then hang, so the expanded size is bounded before any.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+
+
+def check_yaml_size(root: yaml.Node | None, path: Path) -> None:
+    """Refuse a YAML document deeper than MAX_YAML_DEPTH, larger than MAX_YAML_VALUES once its
+    aliases are expanded, or holding an alias to itself. Linear in the distinct nodes."""
+    seen: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, height): aliases share nodes
+    open_nodes: set[int] = set()
+
+    def too_deep(line: int) -> ConfigError:
+        return ConfigError(
+            f"{path}:{line}: the YAML nests deeper than {MAX_YAML_DEPTH} levels; an experiment file needs a handful"
+        )
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        line = node.start_mark.line + 1
+        if key in seen:
+            total, height = seen[key]
+            if depth + height > MAX_YAML_DEPTH:  # an alias can put a deep value deeper still
+                raise too_deep(line)
+            return total
+        if depth > MAX_YAML_DEPTH:
+            raise too_deep(line)
+        if key in open_nodes:
+            raise ConfigError(f"{path}:{line}: an alias refers to the value that contains it; YAML cannot expand that")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1 + sum(size(c, depth + 1) for c in children)
+        height = 1 + max((seen[id(c)][1] for c in children), default=0)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{path}:{line}: this value expands to more than {MAX_YAML_VALUES:,} values through nested "
+                "aliases (*name); write the values out, or use fewer levels of aliases"
+            )
+        seen[key] = (total, height)
+        return total
+
+    if root is not None:
+        size(root, 0)
+
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Read, override, validate. Raises ConfigError with file, line and key path."""
@@ -87,9 +138,14 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         node = yaml.compose(text)
+        check_yaml_size(node, path)  # before anything expands the aliases
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(format_yaml_error(exc, path)) from None
+    except RecursionError:  # PyYAML's composer recurses per level: thousands of levels end here
+        raise ConfigError(
+            f"{path}: the YAML nests deeper than {MAX_YAML_DEPTH} levels; an experiment file needs a handful"
+        ) from None
     if raw is None:
         raise ConfigError(
             f"{path}: the file is empty; an experiment is a YAML mapping with the keys "
@@ -104,7 +160,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     _index_lines(node, (), lines, path)
     overridden: dict[tuple[str, ...], str] = {}
     for item in overrides or []:
-        overridden[_apply_override(raw, item, path)] = item
+        overridden[_apply_override(raw, item, path)] = _shown(item)
     try:
         # params and model params are checked field by field here; combinations such as
         # top_logprobs-needs-logprobs are checked on each merged cell in grid.expand_cells
@@ -144,15 +200,25 @@ def _index_lines(
             _index_lines(value, path + (i,), out, file)
 
 
+def _shown(item: str) -> str:
+    """A --set item as an error message may repeat it: a value that looks like a key is hidden."""
+    key, _, value = item.partition("=")
+    return f"{key}=<hidden: it looks like a key>" if looks_like_key(value.strip()) else item
+
+
 def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ...]:
     """Apply one `--set key.path=value`; returns the key path it set."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{path}: --set {item!r}: expected key.path=value, e.g. --set params.temperature=0.5")
     try:
+        tree = yaml.compose(value) if value.strip() else None
+        check_yaml_size(tree, Path(f"--set {key}"))
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value nests deeper than {MAX_YAML_DEPTH} levels") from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from evalrun.config.credentials import header_problem, is_credential_header, looks_like_key
 from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
 from evalrun.config.grid import GridConfig
 from evalrun.config.params import PARAM_NAMES, RequestParams
@@ -30,7 +31,6 @@ from evalrun.sim.options import SimOptions
 
 _NAME = NAME_PATTERN
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "x-goog-api-key"}
 
 
 class _Strict(BaseModel):
@@ -48,8 +48,8 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(180.0, gt=0, le=3600, description="per attempt")
     connect_timeout_s: float = Field(10.0, gt=0, le=600)
     max_concurrency: int = Field(16, ge=1, le=2000)
-    rpm: int | None = Field(None, ge=1, description="requests per minute per model")
-    tpm: int | None = Field(None, ge=1, description="tokens per minute per model")
+    rpm: int | None = Field(None, ge=1, le=10**9, description="requests per minute per model")
+    tpm: int | None = Field(None, ge=1, le=10**12, description="tokens per minute per model")
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
     allow_insecure_http: bool = False
     # the simulator owns its knobs' schema; embedded here, its errors name the exact key and line
@@ -58,6 +58,11 @@ class ProviderConfig(_Strict):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and looks_like_key(v):  # not repeated in the message: it may be a key
+            raise ValueError(
+                "the value looks like an API key itself, not the NAME of an environment variable; put the key "
+                "in a variable (export EVOLINK_API_KEY=…) and write that variable's name here"
+            )
         if v is not None and not _ENV_NAME.match(v):
             raise ValueError(
                 "api_key_env must be the NAME of an environment variable (like EVOLINK_API_KEY), never the key itself"
@@ -67,12 +72,15 @@ class ProviderConfig(_Strict):
     @field_validator("headers")
     @classmethod
     def _no_literal_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if name.lower() in _SECRET_HEADERS:
+        for name, value in v.items():
+            if is_credential_header(name):
                 raise ValueError(
                     f"header {name!r} would put a secret in the config file; set the key in an "
                     "environment variable and name it with api_key_env"
                 )
+            problem = header_problem(name, value)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("base_urls")
@@ -82,6 +90,12 @@ class ProviderConfig(_Strict):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{url!r} is not an http(s) URL like https://host/v1")
+            try:
+                port = parts.port
+            except ValueError:  # urlsplit's own words: "Port out of range 0-65535", "invalid literal…"
+                port = -1
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
         return [u.rstrip("/") for u in v]
 
     @model_validator(mode="after")

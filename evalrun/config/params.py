@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 ReasoningEffort = Literal["none", "low", "medium", "high"]
 
+# Integers go on the wire as JSON and into results.parquet as int64: a value outside int64 would
+# pass here, be sent, and then fail the report. top_k counts tokens of a vocabulary (int32 is ample).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = 2**31 - 1
+
 
 class ToolChoiceFunction(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,7 +39,7 @@ class RequestParams(BaseModel):
 
     temperature: StrictFloat | None = Field(None, ge=0, le=2, description="sampling temperature")
     top_p: StrictFloat | None = Field(None, ge=0, le=1, description="nucleus sampling mass")
-    top_k: StrictInt | None = Field(None, ge=1, description="sample among the k likeliest tokens")
+    top_k: StrictInt | None = Field(None, ge=1, le=INT32_MAX, description="sample among the k likeliest tokens")
     max_tokens: StrictInt | None = Field(None, ge=1, le=65536, description="output budget (legacy name)")
     max_completion_tokens: StrictInt | None = Field(None, ge=1, le=65536, description="output budget")
     frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
@@ -42,7 +47,7 @@ class RequestParams(BaseModel):
     stop: str | list[str] | None = Field(None, description="stop sequence(s)")
     n: StrictInt | None = Field(None, ge=1, le=128, description="choices per request")
     reasoning_effort: ReasoningEffort | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=INT64_MIN, le=INT64_MAX, description="a 64-bit signed integer")
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     stream: StrictBool | None = None

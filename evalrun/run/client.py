@@ -17,10 +17,18 @@ import orjson
 
 from evalrun.config.models import is_loopback
 from evalrun.config.proxy import proxy_for
-from evalrun.run.errors import APIStatusError, AttemptTimeout, MalformedResponse, RequestError, TransportError
+from evalrun.run.errors import (
+    APIStatusError,
+    AttemptTimeout,
+    MalformedResponse,
+    RedirectRefused,
+    RequestError,
+    TransportError,
+)
 from evalrun.run.parse import MAX_ERROR_MESSAGE, loads_body, parse_completion, read_stream
 from evalrun.run.records import Completion, RequestSpec
 from evalrun.run.retry import parse_retry_after
+from evalrun.run.secrets import mask, mask_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +102,14 @@ class ProviderClient:
         t0 = time.monotonic()
         try:
             proxy = self._proxies[self._index]
-            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
-                if resp.status >= 400:
-                    raise _status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"))
+            # a redirect is an error, never followed: it would turn the POST into a GET elsewhere
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=self._timeout, proxy=proxy, allow_redirects=False
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    raise RedirectRefused(resp.status, mask(resp.headers.get("Location", "")))
+                if resp.status >= 400:  # masked before _status_error cuts it: no piece of a key survives
+                    raise _status_error(resp.status, mask_bytes(await resp.read()), resp.headers.get("Retry-After"))
                 # a server may ignore stream: true and answer with one JSON body, or label its
                 # event stream loosely; only a JSON answer is read as JSON then
                 ctype = resp.content_type
@@ -114,9 +127,9 @@ class ProviderClient:
         except TimeoutError:
             raise AttemptTimeout(f"no complete answer within {self._timeout.total:g} s") from None
         except aiohttp.ClientPayloadError as exc:
-            raise MalformedResponse(f"response body cut off: {exc}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from None
+            raise MalformedResponse(mask(f"response body cut off: {exc}")) from None
+        except (aiohttp.ClientError, OSError) as exc:  # e.g. an oversized header that echoes the key
+            raise TransportError(mask(f"{type(exc).__name__}: {exc}")) from None
 
 
 def _body(model: str, params: dict[str, Any]) -> dict[str, Any]:

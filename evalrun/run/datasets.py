@@ -24,6 +24,7 @@ from evalrun.config.templates import cell_text, fill
 from evalrun.errors import ConfigError
 from evalrun.run.records import Message, PromptEntry
 
+CSV_FIELD_LIMIT = 2**31 - 1  # the most the csv module takes on every platform (a C long)
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -72,6 +73,9 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     elif fmt == "csv":
         # utf-8-sig: a BOM written by Excel must not become part of the first column's name
         with path.open(encoding="utf-8-sig", newline="") as f:
+            # the csv module's default of 128 KiB per field refuses a legitimate long document
+            # (a cell holding a whole article); a dataset file is the user's own, so no limit
+            csv.field_size_limit(CSV_FIELD_LIMIT)
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 return

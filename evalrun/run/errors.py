@@ -8,8 +8,11 @@
         ├── MalformedResponse   body is not JSON / lacks `choices`
         ├── ErrorIn200          body is an `{"error": …}` envelope
         └── StreamTruncated     an SSE stream that ended before `[DONE]`
+    RedirectRefused             an HTTP 3xx: an API call is never redirected (an APIStatusError)
+    StorageError                the run directory cannot take what must be written (disk full, …)
 
-What to do about each is decided in one place: `evalrun.run.retry.classify`.
+What to do about each request error is decided in one place: `evalrun.run.retry.classify`.
+A StorageError is not a request's: it stops the run, which says how to resume.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class APIStatusError(RequestError):
 
     @property
     def error_type(self) -> str:  # type: ignore[override]
-        return status_error_type(self.status_code, self.code, self.kind, self.body)
+        return status_error_type(self.status_code or 0, self.code, self.kind, self.body)
 
 
 class BadResponse(RequestError):
@@ -114,3 +117,24 @@ def status_error_type(status: int, code: str | None, kind: str | None, body: str
         422: "invalid_request",
         429: "rate_limit",
     }.get(status, "server_error" if status >= 500 else f"http_{status}")
+
+
+class RedirectRefused(APIStatusError):
+    """An API answered with a redirect. It is not followed: aiohttp would turn the POST into a
+    GET, and another origin's answer would be recorded as this base URL's."""
+
+    def __init__(self, status_code: int, target: str) -> None:
+        super().__init__(
+            status_code,
+            f"redirect to {target or '(no Location header)'} not followed; "
+            "an API call is never redirected: if the API moved, put its new URL in base_urls",
+        )
+        self.target = target
+
+    @property
+    def error_type(self) -> str:  # type: ignore[override]
+        return "redirect"
+
+
+class StorageError(EvalrunError):
+    """The run directory cannot take what must be written; the message says how to resume."""

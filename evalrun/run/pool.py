@@ -21,7 +21,7 @@ from evalrun.config.models import RetryConfig
 from evalrun.config.params import output_budget
 from evalrun.config.prices import CostBudget
 from evalrun.run.client import ProviderClient
-from evalrun.run.errors import RequestError
+from evalrun.run.errors import RequestError, StorageError
 from evalrun.run.limiter import Limiters, ModelLimiter
 from evalrun.run.records import Completion, RequestSpec, Result
 from evalrun.run.retry import Action, classify, retry_wait
@@ -207,6 +207,8 @@ class Pool:
         """Hand a result to the journal. If that fails, nothing more can be kept: stop."""
         try:
             self.on_result(result)
+        except StorageError as exc:  # disk full: stop with its one line, not a traceback per request
+            self.request_stop(str(exc))
         except Exception as exc:
             logger.exception("could not record request %s", result.spec.request_id)
             self.request_stop(f"internal error while recording a result ({type(exc).__name__}: {exc})")

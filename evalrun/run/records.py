@@ -109,6 +109,7 @@ class Completion:
     choices: list[Choice]
     usage: Usage
     stream_chunks: int | None = None  # of the whole request (all choices)
+    malformed: str | None = None  # fields parse.py had to null (wrong type or range), for the row
 
 
 @dataclass(slots=True)

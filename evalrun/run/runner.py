@@ -28,6 +28,8 @@ from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, Journal, journal_state, repair_journal
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.records import RequestSpec, Result
+from evalrun.run.rundir import check_run_dir, grid_changed, holding_run_dirs, lock_run_dir, read_manifest
+from evalrun.run.secrets import checked_key, use_keys
 from evalrun.run.store import MANIFEST, RowHook, now_iso, result_rows, write_json, write_results
 
 logger = logging.getLogger(__name__)
@@ -91,15 +93,16 @@ def api_keys(exp: Experiment) -> dict[str, str | None]:
         if env is None:
             keys[name] = None
             continue
-        value = os.environ.get(env, "").strip()
+        line = exp.lines.get(("providers", name, "api_key_env")) or exp.lines.get(("providers", name))
+        where = f"{exp.path}:{line}" if line else str(exp.path)
+        value = checked_key(env, os.environ.get(env), f"{where}: providers.{name}.api_key_env")
         if not value:
-            line = exp.lines.get(("providers", name, "api_key_env")) or exp.lines.get(("providers", name))
-            where = f"{exp.path}:{line}" if line else str(exp.path)
             raise ConfigError(
                 f"{where}: providers.{name}.api_key_env: the environment variable {env} is not set; "
                 f"export {env}=<your key> (or try the config on the simulator: --set provider=simulator)"
             )
         keys[name] = value
+    use_keys([k for k in keys.values() if k])  # masked in all this run writes
     return keys
 
 
@@ -125,12 +128,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
     manifest: dict[str, Any] = {}
     done: set[str] = set()
     if opts.resume is not None:
-        mpath = opts.resume / MANIFEST
-        if not mpath.is_file():
-            raise ConfigError(f"--resume {opts.resume}: no {MANIFEST} there; is it a run directory?")
-        import orjson
-
-        manifest = orjson.loads(mpath.read_bytes())
+        manifest = read_manifest(opts.resume, config)  # a damaged one: rebuilt, or refused in one line
         config = config or Path(manifest["config_path"])
         if not opts.overrides:
             opts.overrides = list(manifest.get("overrides") or [])
@@ -145,7 +143,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
     _budget_pricing(plan, opts)  # likewise
     fingerprint = grid_fingerprint(plan)
     if opts.resume is not None:
-        changed = manifest.get("grid_fingerprint") != fingerprint
+        changed = grid_changed(manifest, fingerprint, (s.request_id for s in plan.specs()), opts.resume / JOURNAL)
         manifest["grid_changed"] = changed
         if changed and not opts.force:
             raise ConfigError(
@@ -165,6 +163,7 @@ def prepare_run(config: Path | None, opts: RunOptions) -> tuple[Plan, Path, str,
         run_id = run_dir.name
     else:
         run_id, run_dir = _new_run_dir(exp)
+    check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
     manifest.update(
         {
             "run_id": run_id,
@@ -201,10 +200,17 @@ def _spent(journal: Path) -> float:
 
 
 def run(config: Path | None, opts: RunOptions) -> RunOutcome:
+    with holding_run_dirs():  # one process per run directory; released however the run ends
+        lock_run_dir(opts.resume or opts.run_dir)  # before the journal is read
+        return _run(config, opts)
+
+
+def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     plan, run_dir, run_id, manifest, done = prepare_run(config, opts)
     keys = api_keys(plan.exp)
     pricing = _budget_pricing(plan, opts)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)  # a new run directory: held from its creation
     exp = plan.exp
     manifest.setdefault("started_at", now_iso())
     manifest.update(

@@ -22,8 +22,14 @@ from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
 from evalrun.errors import ConfigError
+from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
+from evalrun.run.rundir import MANIFEST as MANIFEST  # re-exported: the analysis stage reads them here
+from evalrun.run.rundir import holding_run_dirs, lock_run_dir, mark_stopped
+from evalrun.run.rundir import manifest_if_any as manifest_if_any
+from evalrun.run.rundir import write_json as write_json
+from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
 SUMMARY = "summary.parquet"
-MANIFEST = "manifest.json"
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
@@ -163,6 +168,8 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
             "error_message": result.error_message,
         }
         part = result.partial
+        if part is not None and part.malformed:
+            row["error_message"] = f"{result.error_message or ''}; {part.malformed}".lstrip("; ")
         if part is not None:
             row.update(
                 _request_columns(part),
@@ -181,6 +188,9 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
             "http_status": 200,
             "response_model": comp.response_model,
             "response_id": comp.response_id,
+            # a field the answer got wrong was stored as null: the row says which (status stays ok)
+            "error_type": "malformed_response" if comp.malformed else None,
+            "error_message": comp.malformed,
             "choice_index": choice.index,
             "n_choices": len(comp.choices),
             **_choice_columns(choice),
@@ -263,26 +273,43 @@ def _write_results(
     )
     last: dict[str, int] = {}
     if dedupe:
-        last = {entry["id"]: i for i, entry in enumerate(read_journal(journal))}
+        last = {entry["id"]: i for i, entry in enumerate(read_journal(journal, report=False))}
     tmp = run_dir / (RESULTS + ".tmp")
     counts = {"requests": 0, "errors": 0, "rows": 0, "strays": 0}
-    buf: list[dict[str, Any]] = []
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        for i, entry in enumerate(read_journal(journal)):
-            if dedupe and last.get(entry["id"]) != i:
-                continue
-            if keep is not None and entry["id"] not in keep:
-                counts["strays"] += 1
-                continue
-            counts["requests"] += 1
-            counts["errors"] += entry["status"] == "error"
-            buf.extend(entry["rows"])
-            if len(buf) >= PARQUET_BATCH_ROWS:
-                counts["rows"] += _write_batch(writer, buf, schema, hook)
-        if buf:
-            counts["rows"] += _write_batch(writer, buf, schema, hook)
-    os.replace(tmp, run_dir / RESULTS)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            _write_entries(writer, schema, journal, last, dedupe, keep, hook, counts)
+        os.replace(tmp, run_dir / RESULTS)
+    except OSError as exc:  # disk full (or gone): one line, and the manifest says how to go on
+        tmp.unlink(missing_ok=True)
+        raise StorageError(mark_stopped(run_dir, f"cannot write {run_dir / RESULTS}: {exc.strerror or exc}")) from None
     return counts
+
+
+def _write_entries(
+    writer: Any,
+    schema: pa.Schema,
+    journal: Path,
+    last: dict[str, int],
+    dedupe: bool,
+    keep: set[str] | None,
+    hook: RowHook | None,
+    counts: dict[str, int],
+) -> None:
+    buf: list[dict[str, Any]] = []
+    for i, entry in enumerate(read_journal(journal)):
+        if dedupe and last.get(entry["id"]) != i:
+            continue
+        if keep is not None and entry["id"] not in keep:
+            counts["strays"] += 1
+            continue
+        counts["requests"] += 1
+        counts["errors"] += entry["status"] == "error"
+        buf.extend(entry["rows"])
+        if len(buf) >= PARQUET_BATCH_ROWS:
+            counts["rows"] += _write_batch(writer, buf, schema, hook)
+    if buf:
+        counts["rows"] += _write_batch(writer, buf, schema, hook)
 
 
 def _write_batch(
@@ -293,16 +320,37 @@ def _write_batch(
 ) -> int:
     import pyarrow as pa
 
+    # The report columns are converted before the hook sees the rows, so that a row the schema
+    # cannot take (a damaged journal, an older evalrun) is made an error row first — the scorers
+    # and the summary's sums never see a value the report does not hold. The score columns the
+    # hook adds come last in the schema and are appended as arrays.
+    n_scores = 2 * len(hook.score_names) if hook is not None else 0
+    base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
+    try:
+        batch = pa.RecordBatch.from_pylist(rows, schema=base)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        rows[:] = [storable_row(r, base) for r in rows]  # that row alone; the others as they are
+        batch = pa.RecordBatch.from_pylist(rows, schema=base)
     if hook is not None:
         hook.on_batch(rows)
-    writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+        if n_scores:
+            scores = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in list(schema)[len(base) :]]
+            batch = pa.RecordBatch.from_arrays([*batch.columns, *scores], schema=schema)
+    writer.write_batch(batch)
     n = len(rows)
     rows.clear()
     return n
 
 
 def rescore(run_dir: Path, hook: RowHook) -> int:
-    """Recompute every score column of results.parquet in place (atomically); no requests."""
+    """Recompute every score column of results.parquet in place (atomically); no requests.
+    Holds the run directory: a run writing results.parquet.tmp meanwhile would clash."""
+    with holding_run_dirs():
+        lock_run_dir(run_dir)
+        return _rescore(run_dir, hook)
+
+
+def _rescore(run_dir: Path, hook: RowHook) -> int:
     import pyarrow.parquet as pq
 
     path = run_dir / RESULTS
@@ -321,24 +369,39 @@ def rescore(run_dir: Path, hook: RowHook) -> int:
 
 
 def require_finished(run_dir: Path) -> dict[str, Any]:
-    """The manifest of a finished run directory; a ConfigError naming what is missing otherwise."""
+    """The manifest of a finished run directory, whose results.parquet is readable; a
+    ConfigError naming what is missing or damaged (and how to rebuild it) otherwise."""
     if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    manifest: dict[str, Any] = orjson.loads((run_dir / MANIFEST).read_bytes())
+    manifest = manifest_if_any(run_dir)
+    results_file(run_dir)
     return manifest
+
+
+def results_file(run_dir: Path) -> Path:
+    """run_dir/results.parquet, checked readable: a ConfigError naming the file and the command
+    that rebuilds it from the journal otherwise (summary, report, cost and score read it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {RESULTS} there; is it a run directory?")
+    try:
+        names = set(pq.read_schema(path).names)  # the footer: a cut or overwritten file fails here
+        problem = None if {"request_id", "status"} <= names else "not evalrun's results (no request_id/status)"
+    except (pa.ArrowException, OSError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        rebuild = f"evalrun run --resume {run_dir}" if (run_dir / JOURNAL).is_file() else "(no journal.jsonl beside it)"
+        raise ConfigError(f"{path}: not a readable Parquet file ({problem}); rebuild it from the journal: {rebuild}")
+    return path
 
 
 def request_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per request: its first choice's row, or its error row (usage and cost sit there,
     so sums over these rows count each request once when n > 1)."""
     return frame[frame["choice_index"].isna() | (frame["choice_index"] == 0)]
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader never sees half a manifest."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str))
-    os.replace(tmp, path)
 
 
 def now_iso() -> str:

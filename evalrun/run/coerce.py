@@ -1,0 +1,157 @@
+"""Explicit coercion of what a server sent into the types the report stores.
+
+A 200 answer is paid for, so one field of the wrong type or range (a usage count above 2^63,
+a `finish_reason` that is a number, `logprobs` that are not a list of objects) must not cost
+the answer, let alone the report: the field becomes None and `Notes` records what was dropped.
+The row then carries `error_type = malformed_response` and the notes as its `error_message`,
+with `status` still `ok` — see `store.result_rows`.
+
+Bounds are those of the Arrow schema (`store.results_schema`): integers are int64, floats
+float64 and finite; text is a str.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from evalrun.run.records import TokenLogprob
+from evalrun.run.secrets import mask
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+# No request is billed 10^12 tokens (a thousand times the largest context window); a bigger
+# "count" is garbage, and summing a few of them would overflow the report's int64 totals.
+MAX_TOKEN_COUNT = 10**12
+MAX_NOTES = 8  # per answer: one hostile answer must not write a novel into the row
+SHOWN_CHARS = 60  # of a bad value, in a note
+
+
+class Notes:
+    """What was dropped from one answer, as `where: what it was` lines."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def bad(self, where: str, value: Any, wanted: str) -> None:
+        # a stream repeats a bad field in every chunk: note each place once
+        if len(self.items) < MAX_NOTES and not any(i.startswith(where + ": ") for i in self.items):
+            shown = mask(repr(value))  # before the cut: half a key is still a secret
+            if len(shown) > SHOWN_CHARS:
+                shown = shown[:SHOWN_CHARS] + "…"
+            self.items.append(f"{where}: {shown} is not {wanted}")
+
+    def text(self) -> str | None:
+        """The note for the row, or None when nothing was dropped."""
+        if not self.items:
+            return None
+        return "answer stored with null in place of: " + "; ".join(self.items)
+
+
+def count(value: Any, where: str, notes: Notes) -> int | None:
+    """A token count: an int in 0 … 10^12 (an integral float is accepted); else None."""
+    if value is None:
+        return None
+    if type(value) is int:
+        if 0 <= value <= MAX_TOKEN_COUNT:
+            return value
+    elif type(value) is float and value.is_integer() and 0 <= value <= MAX_TOKEN_COUNT:
+        return int(value)
+    notes.bad(where, value, "a token count (a whole number from 0 to 10^12)")
+    return None
+
+
+def index(value: Any, default: int, where: str, notes: Notes) -> int:
+    """A choice or tool-call index; a missing one is the position, a bad one too (noted)."""
+    if value is None:
+        return default
+    if type(value) is int and 0 <= value <= INT64_MAX:
+        return value
+    notes.bad(where, value, "an index (a whole number from 0)")
+    return default
+
+
+def text(value: Any, where: str, notes: Notes) -> str | None:
+    """A string field (finish_reason, id, model): a str, or None."""
+    if value is None or type(value) is str:
+        return value
+    notes.bad(where, value, "a string")
+    return None
+
+
+def content(value: Any, where: str, notes: Notes) -> str | None:
+    """Message content: a string, or content parts whose text parts are joined."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) is list:
+        out = []
+        for part in value:
+            if type(part) is dict:
+                t = part.get("text")
+                if type(t) is str:
+                    out.append(t)
+                elif t is not None:
+                    notes.bad(f"{where} part text", t, "a string")
+        return "".join(out)
+    notes.bad(where, value, "a string or a list of content parts")
+    return None
+
+
+def tool_calls(value: Any, where: str, notes: Notes) -> list[Any] | None:
+    """A message's tool calls: a list of objects (stored as JSON text); else None."""
+    if not value:  # None, [] and "" all mean no tool calls
+        return None
+    if type(value) is list and all(type(c) is dict for c in value):
+        return value
+    notes.bad(where, value, "a list of tool-call objects")
+    return None
+
+
+def _entries_ok(entries: list[Any]) -> bool:
+    """Each a {token, logprob, bytes} object with fields of its column's type.
+
+    Values come from orjson, which never yields inf/nan nor an int outside -2^63 … 2^64-1: a
+    logprob that is a float or an int always fits float64, and only the top of a byte value
+    needs checking. Written inline for speed: it runs for every token and every alternative
+    (16 tokens × 6 entries per answer in the benchmark)."""
+    for e in entries:
+        if type(e) is not dict:
+            return False
+        tok = e.get("token")
+        if tok is not None and type(tok) is not str:
+            return False
+        lp = e.get("logprob")
+        if lp is not None and type(lp) is not float and type(lp) is not int:
+            return False
+        b = e.get("bytes")
+        if b is not None:
+            if type(b) is not list:
+                return False
+            for x in b:
+                if type(x) is not int:
+                    return False
+            if b and max(b) > INT64_MAX:
+                return False
+    return True
+
+
+def logprobs(value: Any, where: str, notes: Notes) -> list[TokenLogprob] | None:
+    """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
+    its type; anything else drops the list (a partly-kept list would misalign the tokens)."""
+    if value is None:
+        return None
+    if type(value) is not list:
+        notes.bad(where, value, "a list of token objects")
+        return None
+    for i, t in enumerate(value):
+        if type(t) is not dict or not _entries_ok([t]):
+            notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
+            return None
+        tops = t.get("top_logprobs")
+        if tops is None:
+            continue
+        if type(tops) is not list or not _entries_ok(tops):
+            notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
+            return None
+    return cast("list[TokenLogprob]", value)
