@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,10 +25,15 @@ from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.secrets import mask_bytes
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger(__name__)
 
 LOCK = "run.lock"
 MANIFEST = "manifest.json"
+RESULTS = "results.parquet"
+SUMMARY = "summary.parquet"
 REBUILT = "rebuilt"  # manifest key: why the manifest was rebuilt from the config and journal
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a size limit) is full
@@ -209,3 +214,39 @@ def mark_stopped(run_dir: Path, why: str) -> str:
         Path(str(path) + ".tmp").unlink(missing_ok=True)
         line += f" ({MANIFEST} could not be updated either: {getattr(exc, 'strerror', None) or exc})"
     return line
+
+
+def require_finished(run_dir: Path) -> dict[str, Any]:
+    """The manifest of a finished run directory, whose results.parquet is readable; a
+    ConfigError naming what is missing or damaged (and how to rebuild it) otherwise."""
+    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
+    manifest = manifest_if_any(run_dir)
+    results_file(run_dir)
+    return manifest
+
+
+def results_file(run_dir: Path) -> Path:
+    """run_dir/results.parquet, checked readable: a ConfigError naming the file and the command
+    that rebuilds it from the journal otherwise (summary, report, cost and score read it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {RESULTS} there; is it a run directory?")
+    try:
+        names = set(pq.read_schema(path).names)  # the footer: a cut or overwritten file fails here
+        problem = None if {"request_id", "status"} <= names else "not evalrun's results (no request_id/status)"
+    except (pa.ArrowException, OSError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        rebuild = f"evalrun run --resume {run_dir}" if (run_dir / JOURNAL).is_file() else "(no journal.jsonl beside it)"
+        raise ConfigError(f"{path}: not a readable Parquet file ({problem}); rebuild it from the journal: {rebuild}")
+    return path
+
+
+def request_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per request: its first choice's row, or its error row (usage and cost sit there,
+    so sums over these rows count each request once when n > 1)."""
+    return frame[frame["choice_index"].isna() | (frame["choice_index"] == 0)]

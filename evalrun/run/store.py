@@ -21,24 +21,27 @@ import orjson
 from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
-from evalrun.errors import ConfigError
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
-from evalrun.run.rundir import MANIFEST as MANIFEST  # re-exported: the analysis stage reads them here
+
+# re-exported: the analysis stage reads a run directory through this module
+from evalrun.run.rundir import MANIFEST as MANIFEST
+from evalrun.run.rundir import RESULTS as RESULTS
+from evalrun.run.rundir import SUMMARY as SUMMARY
 from evalrun.run.rundir import holding_run_dirs, lock_run_dir, mark_stopped
 from evalrun.run.rundir import manifest_if_any as manifest_if_any
+from evalrun.run.rundir import request_rows as request_rows
+from evalrun.run.rundir import require_finished as require_finished
+from evalrun.run.rundir import results_file as results_file
 from evalrun.run.rundir import write_json as write_json
 from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
-RESULTS = "results.parquet"
-SUMMARY = "summary.parquet"
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
@@ -366,42 +369,6 @@ def _rescore(run_dir: Path, hook: RowHook) -> int:
             total += _write_batch(writer, batch.to_pylist(), schema, hook)
     os.replace(tmp, path)
     return total
-
-
-def require_finished(run_dir: Path) -> dict[str, Any]:
-    """The manifest of a finished run directory, whose results.parquet is readable; a
-    ConfigError naming what is missing or damaged (and how to rebuild it) otherwise."""
-    if not (run_dir / RESULTS).is_file() or not (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULTS} and {MANIFEST})")
-    manifest = manifest_if_any(run_dir)
-    results_file(run_dir)
-    return manifest
-
-
-def results_file(run_dir: Path) -> Path:
-    """run_dir/results.parquet, checked readable: a ConfigError naming the file and the command
-    that rebuilds it from the journal otherwise (summary, report, cost and score read it)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = run_dir / RESULTS
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no {RESULTS} there; is it a run directory?")
-    try:
-        names = set(pq.read_schema(path).names)  # the footer: a cut or overwritten file fails here
-        problem = None if {"request_id", "status"} <= names else "not evalrun's results (no request_id/status)"
-    except (pa.ArrowException, OSError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if problem:
-        rebuild = f"evalrun run --resume {run_dir}" if (run_dir / JOURNAL).is_file() else "(no journal.jsonl beside it)"
-        raise ConfigError(f"{path}: not a readable Parquet file ({problem}); rebuild it from the journal: {rebuild}")
-    return path
-
-
-def request_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per request: its first choice's row, or its error row (usage and cost sit there,
-    so sums over these rows count each request once when n > 1)."""
-    return frame[frame["choice_index"].isna() | (frame["choice_index"] == 0)]
 
 
 def now_iso() -> str:
