@@ -245,7 +245,7 @@ def test_the_key_never_reaches_a_file_the_run_writes(tmp_path, dataset, scripted
 
 
 def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset, cli, monkeypatch) -> None:
-    import evalrun.run.runner as runner
+    import evalrun.run.recorder as runner
 
     real, calls = runner.result_rows, {"n": 0}
 
