@@ -135,9 +135,13 @@ class Attempts:
         holding = False  # a retry without a wait may keep its slot (see below)
         while True:
             if not holding:
-                with stops.interruptible(provider):
-                    st.waited += await limiter.acquire(est)
-                    await lane.slots.acquire(retry=st.attempts > 0)
+                # the common case takes both slots at once, without a coroutine or a wait
+                rated = limiter.try_acquire(est)
+                if not (rated and lane.slots.try_acquire()):
+                    with stops.interruptible(provider):
+                        if not rated:
+                            st.waited += await limiter.acquire(est)
+                        await lane.slots.acquire(retry=st.attempts > 0)
                 if limiter.blocked():  # the server's window filled while we waited for the slot
                     lane.slots.release()
                     continue
