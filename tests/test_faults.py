@@ -292,7 +292,11 @@ def test_stale_failures_from_a_dead_url_do_not_push_the_healthy_one_aside(tmp_pa
         urls = [dead, healthy1.base_url, healthy2.base_url]
         # four requests fail on the dead URL at once; the first failure moves on to healthy1, and
         # the three late ones are the dead URL's, not healthy1's
-        r = cli("run", _config(tmp_path, dataset, dead, base_urls=urls, max_concurrency=4, fallback_after=1), "--no-progress")
+        r = cli(
+            "run",
+            _config(tmp_path, dataset, dead, base_urls=urls, max_concurrency=4, fallback_after=1),
+            "--no-progress",
+        )
     assert r.code == 0, r.err
     df = read_results(r.run_dir)
     assert set(df.status) == {"ok"} and len(df) == 5
@@ -317,9 +321,13 @@ def test_each_row_records_the_url_its_answer_or_last_failure_came_from(tmp_path,
 def test_a_rejected_key_is_reported_once(tmp_path, dataset, scripted, cli, monkeypatch) -> None:
     monkeypatch.setenv("TEST_EVAL_KEY", "sk-test-not-real-5678")
     srv = scripted(
-        default=lambda p: Reply(401, delay=0.1, json={"error": {"message": "invalid api key", "type": "authentication_error"}})
+        default=lambda p: Reply(
+            401, delay=0.1, json={"error": {"message": "invalid api key", "type": "authentication_error"}}
+        )
     )
-    r = cli("run", _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY", max_concurrency=4), "--no-progress")
+    r = cli(
+        "run", _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY", max_concurrency=4), "--no-progress"
+    )
     assert r.code == 1
     assert len(srv.requests) == 4  # the four on the wire when the first 401 came back
     assert r.err.count("rejected the key in $TEST_EVAL_KEY") == 1

@@ -4,7 +4,6 @@ windows, sporadic upstream 429s, x-ratelimit-* headers. Assertions are on what t
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,7 +81,9 @@ class Gateway:
         self.seen.append(Seen(now, model, key, status))
         if status == 429:
             err = {"error": {"message": "rate limited", "type": "rate_limit_error"}}
-            return web.Response(status=429, body=orjson.dumps(err), headers={"Content-Type": "application/json", **headers})
+            return web.Response(
+                status=429, body=orjson.dumps(err), headers={"Content-Type": "application/json", **headers}
+            )
         return web.Response(body=orjson.dumps(completion()), headers={"Content-Type": "application/json", **headers})
 
 

@@ -90,7 +90,7 @@ def ok_rows(run_dir: Path) -> int:
 
 
 def load() -> str:
-    return "{:.2f}".format(os.getloadavg()[0])
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def med(xs: list[float]) -> str:
@@ -237,7 +237,9 @@ def case_window(work: Path, reps: int, rows: list[str]) -> None:
             after = [x for x in log if x[0] >= t0 + 2.0]
             late429.append(100.0 * sum(1 for x in after if x[3] == 429) / max(1, len(after)))
         if told:
-            verdict = "PASS" if statistics.median(n429) == 0 and statistics.median(phases) <= 1.02 * ideal else "**MISS**"
+            verdict = (
+                "PASS" if statistics.median(n429) == 0 and statistics.median(phases) <= 1.02 * ideal else "**MISS**"
+            )
             target = f"0 × 429, phase ≤ {1.02 * ideal:.1f} s"
         else:
             ok = statistics.median(late429) <= 5 and statistics.median(phases) <= 1.1 * ideal
@@ -291,7 +293,9 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load0 = load()
     t_start = time.monotonic()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="evalrun-ratebench-") as tmp:
         work = Path(tmp)
