@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,7 +23,7 @@ from evalrun.config.models import is_loopback
 from evalrun.run.errors import APIStatusError, AttemptTimeout, MalformedResponse, RequestError, TransportError
 from evalrun.run.parse import MAX_ERROR_MESSAGE, loads_body, parse_completion, read_stream
 from evalrun.run.ratelimits import RateHeaders, parse_rate_headers
-from evalrun.run.records import Completion, RequestSpec
+from evalrun.run.records import ChatRequest, Completion, RequestSpec
 from evalrun.run.retry import parse_retry_after
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ProviderClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
-        self._bodies: dict[str, dict[str, Any]] = {}  # cell_id → payload without messages
+        self._bodies: dict[str, ChatRequest] = {}  # cell_id → payload without messages
         # The repeat index lets a deterministic local server (the simulator) vary its answer per
         # repeat; a remote API never sees this header.
         self._send_repeat = all(is_loopback(urlsplit(u).hostname or "") for u in base_urls)
@@ -91,17 +91,19 @@ class ProviderClient:
         if url in self._failures:
             self._failures[url] = 0
 
-    def payload(self, spec: RequestSpec) -> dict[str, Any]:
+    def payload(self, spec: RequestSpec) -> ChatRequest:
         """The request body: the cell's body (built once per cell), the row's own parameters
         on top when the dataset supplies some, and the messages."""
-        base: dict[str, Any] | None
+        base: ChatRequest | None
         if spec.row_params:
             base = _body(spec.cell.model, spec.params)
         else:
             base = self._bodies.get(spec.cell.cell_id)
             if base is None:
                 base = self._bodies[spec.cell.cell_id] = _body(spec.cell.model, spec.cell.params)
-        return {**base, "messages": spec.messages}
+        body = base.copy()
+        body["messages"] = spec.messages
+        return body
 
     async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
         """One attempt to `base_url` (default: the current one). Never raises a RequestError:
@@ -155,7 +157,7 @@ class ProviderClient:
         return exc
 
 
-def _body(model: str, params: dict[str, Any]) -> dict[str, Any]:
+def _body(model: str, params: dict[str, Any]) -> ChatRequest:
     """Model and parameters on the wire; `extra_body` merged at the top level, as the OpenAI SDK does."""
     params = dict(params)
     extra = params.pop("extra_body", None) or {}
@@ -164,7 +166,8 @@ def _body(model: str, params: dict[str, Any]) -> dict[str, Any]:
         opts = dict(params.get("stream_options") or {})
         opts.setdefault("include_usage", True)
         params["stream_options"] = opts
-    return {"model": model, **params, **extra}
+    # the params were validated against the same schema (config.params); extra_body may add keys
+    return cast(ChatRequest, {"model": model, **params, **extra})
 
 
 def _status_error(status: int, raw: bytes, retry_after: str | None) -> APIStatusError:
