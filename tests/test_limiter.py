@@ -82,6 +82,19 @@ def test_sporadic_429s_never_slow_the_lane() -> None:
         assert lim.reserve(1) == clock.t  # no wait for anyone
 
 
+def test_a_burst_after_a_quiet_spell_opening_with_429s_is_not_a_full_window() -> None:
+    # retries of a 30 %-sporadic server coming back together after their Retry-After: the first
+    # answers of the burst may be 429s by chance; that is no evidence of a window
+    lim, clock = lane()
+    for _ in range(50):
+        lim.on_success(0.0)
+    clock.t = 5.0
+    assert [lim.on_rate_limited(1.0) for _ in range(5)] == [False] * 5
+    lim.on_success(0.0)
+    assert lim.on_rate_limited(1.0) is False
+    assert (lim.decreases, lim.adaptive, lim.blocked_until) == (0, None, 0.0)
+
+
 def test_a_429_saying_the_window_has_room_is_sporadic_even_in_a_crowd() -> None:
     lim, _ = lane()
     room = RateHeaders(limit_requests=600, remaining_requests=42)

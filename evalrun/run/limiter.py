@@ -18,8 +18,10 @@ What a 429 means — decided once per 429 (`on_rate_limited`), from the evidence
 
 * window full: the server's window is exhausted. Evidence, strongest first:
   `x-ratelimit-remaining-requests` / `-tokens` is 0; or, without such headers, 429s dominate what
-  this lane heard lately (at least WINDOW_MIN_429 of them and at least WINDOW_SHARE of the
-  answers within the last max(Retry-After, MIN_EPISODE_S)); or the lane is probing above a rate
+  this lane heard lately: the last WINDOW_RUN answers were all 429s *and* 429s are at least
+  WINDOW_SHARE of the answers within the last max(Retry-After, MIN_EPISODE_S) — a full window
+  rejects everything until it resets, while sporadic 429s come between successes (a run of 6
+  at a 30 % sporadic rate has odds of 0.07 %); or the lane is probing above a rate
   it already learned and a 429 answers the probe. The whole lane then waits until the window
   frees (`x-ratelimit-reset-*`, `retry-after-ms`, `Retry-After`, capped) and the rate decreases.
   A 200 that says `remaining: 0` blocks the lane the same way, before any 429.
@@ -56,7 +58,7 @@ DECREASE = 0.9  # multiplicative decrease, of the accepted rate, once per episod
 INCREASE = 0.05  # additive increase per clean episode, as a fraction of the ceiling
 PROBE_AFTER = 20  # clean episodes at the ceiling before probing above it
 MIN_EPISODE_S = 1.0  # shortest episode, and the shortest span an accepted rate is measured over
-WINDOW_MIN_429 = 3  # fewer 429s than this is never "window full" without headers
+WINDOW_RUN = 6  # 429s in a row, the latest answers, before "window full" without headers
 WINDOW_SHARE = 0.5  # share of 429s among recent answers that means "window full"
 MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
 ANSWERS_KEPT = 1024  # recent answers remembered per lane (bounded memory)
@@ -260,13 +262,15 @@ class ModelLimiter:
 
     def _dominated(self, now: float, retry_after: float | None) -> bool:
         span = max(retry_after or 0.0, MIN_EPISODE_S)
-        n = n429 = 0
+        n = n429 = run = 0
         for t, was_429 in reversed(self._answers):
             if t < now - span:
                 break
             n += 1
             n429 += was_429
-        return n429 >= WINDOW_MIN_429 and n429 >= WINDOW_SHARE * n
+            if run == n - 1 and was_429:
+                run += 1
+        return run >= WINDOW_RUN and n429 >= WINDOW_SHARE * n
 
     def _decrease(self, now: float, retry_after: float | None) -> None:
         span = max(retry_after or 0.0, MIN_EPISODE_S)
