@@ -37,6 +37,14 @@ from evalrun.run.stops import Interrupted, Stops
 logger = logging.getLogger(__name__)
 
 
+class Parking(Protocol):
+    """Told when a request falls asleep between attempts and wakes (the pool's crew)."""
+
+    def park(self) -> None: ...
+
+    def unpark(self) -> None: ...
+
+
 class Sender(Protocol):
     """What the retry loop needs of a provider's client (`client.ProviderClient`)."""
 
@@ -119,16 +127,16 @@ class Attempts:
         self.clock = clock
         self.in_flight = 0  # requests on the wire, nothing else
 
-    async def run(self, spec: RequestSpec, lane: Lane) -> Result | None:
+    async def run(self, spec: RequestSpec, lane: Lane, parking: Parking | None = None) -> Result | None:
         st = _Progress(time.time(), self.clock.now())
         try:
-            return await self._loop(spec, lane, st)
+            return await self._loop(spec, lane, st, parking)
         except Interrupted:
             if st.admitted:
                 self.admission.release(spec)
             return None
 
-    async def _loop(self, spec: RequestSpec, lane: Lane, st: _Progress) -> Result | None:
+    async def _loop(self, spec: RequestSpec, lane: Lane, st: _Progress, parking: Parking | None) -> Result | None:
         stops, limiter, provider = self.stops, lane.limiter, lane.provider
         est = spec.est_prompt_tokens + output_budget(spec.params)
         retry_types: list[str] = []
@@ -215,8 +223,14 @@ class Attempts:
                 wait,
             )
             if wait > 0:
-                with stops.interruptible(provider):
-                    await self.clock.sleep(wait)
+                if parking is not None:
+                    parking.park()
+                try:
+                    with stops.interruptible(provider):
+                        await self.clock.sleep(wait)
+                finally:
+                    if parking is not None:
+                        parking.unpark()
 
     def _next_wait(self, decision: Decision, st: _Progress) -> float | None:
         """The wait before the next attempt, or None when this failure is the request's last:

@@ -1,12 +1,19 @@
 """The worker pool: lanes of lazy RequestSpec streams → exactly one Result per request sent.
 
 Scheduling is per provider × model (a *lane*). Each lane pulls from its own lazy iterator over
-its cells (memory stays flat however large the grid: a worker holds one spec), and runs a
-bounded number of workers (`workers_for`: one per slot of its provider's `max_concurrency`,
-plus spares for requests asleep between retries); the lanes of one provider share that many
-concurrency slots (a semaphore: what is on the wire). A worker takes its rate slot before a concurrency slot (see `attempts.py`),
-so a slow, rate-limited or Retry-After-blocked lane never holds a slot, a queue or a producer
-that another lane needs — there is no shared producer to block.
+its cells (memory stays flat however large the grid: a worker holds one spec); the lanes of one
+provider share its `max_concurrency` slots (what is on the wire). A worker takes its rate slot
+before a concurrency slot (see `attempts.py`), so a slow, rate-limited or Retry-After-blocked
+lane never holds a slot, a queue or a producer that another lane needs — there is no shared
+producer to block.
+
+A lane's *crew* keeps `awake_for(slots)` workers awake: enough to fill the slots and have the
+next requests ready. A worker whose request falls asleep between retries hands its place to a
+new worker, so sleepers never starve the slots (at 0 ms latency and 30 % sporadic 429s with
+Retry-After 1 s, hundreds of requests sleep at once); when a sleeper wakes, the crew is over
+strength, and the first worker to finish a request leaves. Sleepers are bounded per lane
+(MAX_ASLEEP): beyond that a sleeping worker is not replaced, which bounds memory whatever the
+grid size.
 
 `run()` returns why it stopped (a `PoolOutcome`). Stops go through `Stops`: every wait is
 interrupted at once, requests on the wire finish and are recorded; a request interrupted by a
@@ -26,15 +33,41 @@ from evalrun.run.stops import PoolOutcome, Stops
 
 logger = logging.getLogger(__name__)
 
-# Spare workers per lane, beyond one per concurrency slot. A worker sleeping between retries
-# holds no slot, so spares keep the slots busy meanwhile: at 0 ms latency with 30 % sporadic
-# 429s (Retry-After 1 s), 16 slots doing ~800 requests a second have ~240 workers asleep.
-# Each holds one spec, so memory stays flat in the grid size.
-SPARE_PER_SLOT, SPARE_MIN = 3, 256
+MAX_ASLEEP = 10_000  # requests asleep between retries per lane, each with a replacement worker
 
 
-def workers_for(slots: int) -> int:
-    return slots + max(SPARE_PER_SLOT * slots, SPARE_MIN)
+def awake_for(slots: int) -> int:
+    """Workers kept awake per lane: one per slot on the wire, as many ready behind them."""
+    return 2 * slots + 16
+
+
+class _Crew:
+    """The workers of one lane, kept at strength while some of them sleep between retries."""
+
+    def __init__(self, pool: Pool, lane: Lane) -> None:
+        self.pool = pool
+        self.lane = lane
+        self.awake_target = awake_for(lane.workers)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.asleep = 0
+        self.exhausted = False  # the lane's iterator is empty
+
+    def hire(self) -> None:
+        task = asyncio.create_task(self.pool._worker(self))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def park(self) -> None:
+        """A worker's request falls asleep until its next attempt: another one takes its place."""
+        self.asleep += 1
+        if not self.exhausted and self.asleep <= MAX_ASLEEP:
+            self.hire()
+
+    def unpark(self) -> None:
+        self.asleep -= 1
+
+    def over_strength(self) -> bool:
+        return len(self.tasks) - self.asleep > self.awake_target
 
 
 class Pool:
@@ -54,42 +87,44 @@ class Pool:
         self.stops.stop_run(reason, interrupted)
 
     async def run(self) -> PoolOutcome:
-        workers = [
-            asyncio.create_task(self._worker(lane), name=f"worker-{lane.provider}-{lane.model}-{i}")
-            for lane in self.lanes
-            for i in range(workers_for(lane.workers))
-        ]
+        crews = [_Crew(self, lane) for lane in self.lanes]
+        for crew in crews:
+            for _ in range(crew.awake_target):
+                crew.hire()
         try:
-            await asyncio.gather(*workers)
+            while pending := [t for c in crews for t in c.tasks]:  # crews hire while they run
+                await asyncio.wait(pending)
         except asyncio.CancelledError:
             # the second Ctrl-C: abandon requests on the wire (their rows are simply not written)
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            tasks = [t for c in crews for t in c.tasks]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return self.stops.outcome()
 
-    async def _worker(self, lane: Lane) -> None:
+    async def _worker(self, crew: _Crew) -> None:
         try:
-            await self._work(lane)
+            await self._work(crew)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug here must stop the run, not hang it
-            logger.exception("worker for %s/%s failed", lane.provider, lane.model)
+            logger.exception("worker for %s/%s failed", crew.lane.provider, crew.lane.model)
             self.stops.stop_run(f"internal error in a worker ({type(exc).__name__}: {exc})")
 
-    async def _work(self, lane: Lane) -> None:
-        stops = self.stops
-        while not stops.halted(lane.provider):
+    async def _work(self, crew: _Crew) -> None:
+        stops, lane = self.stops, crew.lane
+        while not stops.halted(lane.provider) and not crew.over_strength():
             spec = next(lane.specs, None)  # the iterator is shared by the lane's workers
             if spec is None:
+                crew.exhausted = True
                 return
             dead = stops.dead_models.get((lane.provider, spec.cell.model))
             if dead is not None:
                 self._record(not_sent(spec, dead))
                 continue
             try:
-                result = await self.attempts.run(spec, lane)
+                result = await self.attempts.run(spec, lane, crew)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must cost one row, not the run

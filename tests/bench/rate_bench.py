@@ -116,8 +116,13 @@ def firsts_phase(log: list[tuple[float, str, str, int]]) -> tuple[float, int, in
 
 
 def case_sporadic(work: Path, reps: int, rows: list[str]) -> None:
-    n, conc = 300, 100
-    data = dataset(work / "sporadic.jsonl", n)
+    for n in (300, 3000):
+        _sporadic(work, reps, rows, n)
+
+
+def _sporadic(work: Path, reps: int, rows: list[str], n: int) -> None:
+    conc = 100
+    data = dataset(work / f"sporadic-{n}.jsonl", n)
     results: dict[float, list[dict[str, float]]] = {}
     for p in (0.0, 0.05, 0.15, 0.30):
         for rep in range(reps):
@@ -130,7 +135,7 @@ def case_sporadic(work: Path, reps: int, rows: list[str]) -> None:
                     ["m"],
                     retry={"max_attempts": 10, "max_total_s": 120},
                 )
-                run_dir = work / f"sporadic-{p}-{rep}"
+                run_dir = work / f"sporadic-{n}-{p}-{rep}"
                 wall, rc, err = evalrun(cfg, run_dir)
                 assert rc == 0, err
                 log = gw.log()
@@ -155,7 +160,7 @@ def case_sporadic(work: Path, reps: int, rows: list[str]) -> None:
         target = 0.8 * (1 - p) * base
         verdict = "" if p == 0 else ("PASS" if statistics.median(g) >= target else "**MISS**")
         rows.append(
-            f"| sporadic 429 p={p:.0%} | {med(g)} req/s | {med([r['phase'] for r in rs])} s | "
+            f"| sporadic 429 p={p:.0%}, N={n:,} | {med(g)} req/s | {med([r['phase'] for r in rs])} s | "
             f"{med([r['span'] for r in rs])} s | {med([r['wall'] for r in rs])} s | {med([r['ok'] for r in rs])} | "
             f"{med([r['n429'] for r in rs])} | {'—' if p == 0 else f'≥ {target:,.0f}'} | {verdict} |"
         )
