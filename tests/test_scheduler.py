@@ -207,3 +207,17 @@ def test_sporadic_429s_do_not_slow_the_others(p: float) -> None:
     assert retries == len(range(0, 300, every))
     assert max(t for t, _ in s.results) <= len(sent) / 20 * 0.05 + 1.0 + 0.05 + 1e-9
     assert s.limiters["m"].decreases == 0
+
+
+def test_requests_asleep_between_retries_do_not_starve_the_slots() -> None:
+    def fail(spec: RequestSpec, attempt: int) -> RequestError | None:
+        sporadic = attempt == 1 and int(spec.request_id.split("-")[1]) % 3 == 0
+        return APIStatusError(429, "busy upstream", retry_after=10.0) if sporadic else None
+
+    s = setup({"m": (300, None)}, concurrency=2, fail=fail)  # 100 sleepers, far more than awake workers
+    run(s)
+    firsts: dict[str, float] = {}
+    for t, _, rid in s.providers["p"].sent:
+        firsts.setdefault(rid, t)
+    assert len(firsts) == 300 and max(firsts.values()) < 10.0  # every first attempt before any retry
+    assert len(s.results) == 300 and all(r.ok for _, r in s.results)
