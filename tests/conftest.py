@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _no_retry_waits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry waits are zero unless a test measures them (marker real_waits)."""
     if request.node.get_closest_marker("real_waits") is None:
-        monkeypatch.setattr("evalrun.run.pool.retry_wait", lambda *a, **k: 0.0)
+        monkeypatch.setattr("evalrun.run.attempts.retry_wait", lambda *a, **k: 0.0)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -264,3 +264,59 @@ def read_results(run_dir: Path) -> Any:
     import pandas as pd
 
     return pd.read_parquet(run_dir / "results.parquet")
+
+
+# ---------------------------------------------------------------------------- virtual time
+
+
+class FakeClock:
+    """A `limiter.Clock` on virtual time: `run(coro)` drives the event loop, and whenever every
+    task is blocked it jumps straight to the next sleeper's deadline — minutes of pacing,
+    Retry-After and backoff run in milliseconds, and every wait is exactly what the code asked."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        import heapq
+
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.t + seconds, self._seq, fut))
+        await fut
+
+    async def run(self, coro: Any, max_t: float = 1e6, settle: int = 50) -> Any:
+        import heapq
+
+        task = asyncio.ensure_future(coro)
+        idle = 0
+        while not task.done():
+            for _ in range(settle):  # let every runnable task reach its next wait
+                await asyncio.sleep(0)
+                if task.done():
+                    break
+            if task.done():
+                break
+            while self._sleepers and self._sleepers[0][2].done():  # cancelled sleepers
+                heapq.heappop(self._sleepers)
+            if not self._sleepers:
+                idle += 1
+                assert idle < 1000, "deadlock: every task waits on something that is not the clock"
+                continue
+            idle = 0
+            deadline = self._sleepers[0][0]
+            assert deadline <= max_t, f"virtual time ran past {max_t} s"
+            self.t = max(self.t, deadline)
+            while self._sleepers and self._sleepers[0][0] <= self.t:
+                _, _, fut = heapq.heappop(self._sleepers)
+                if not fut.done():
+                    fut.set_result(None)
+        return task.result()

@@ -26,12 +26,14 @@ from conftest import Reply, base_config, completion, serve_loopback, write_confi
 
 from evalrun.config.load import load_experiment
 from evalrun.config.models import RetryConfig
-from evalrun.run.client import ProviderClient
+from evalrun.run.attempts import Admission, Attempts, Lane
+from evalrun.run.client import ProviderClient, Sent
 from evalrun.run.errors import AttemptTimeout, StreamTruncated
 from evalrun.run.grid import build_plan
-from evalrun.run.limiter import Limiters
-from evalrun.run.pool import Pool
+from evalrun.run.limiter import ModelLimiter
 from evalrun.run.records import Cell, Choice, Completion, RequestSpec, Result, Usage
+from evalrun.run.slots import Slots
+from evalrun.run.stops import Stops
 from evalrun.run.store import result_rows
 from evalrun.sim import SimOptions, start_simulator
 
@@ -262,21 +264,27 @@ TRUNCATED = [chunk({"role": "assistant"}), chunk({"content": "The answer"}), chu
 
 
 def pool_keeps_partial() -> bool:
-    """Whether pool.py carries a failed attempt's `exc.partial` onto the error Result."""
+    """Whether the retry loop (attempts.py) carries a failed attempt's `exc.partial` onto the error Result."""
 
     class Client:
         base_url = "http://127.0.0.1:9/v1"
 
-        async def send(self, spec: RequestSpec) -> Completion:
+        async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
             exc = StreamTruncated("cut")
             exc.partial = Completion(None, None, [Choice(0, "so far", None)], Usage())
-            raise exc
+            return Sent(self.base_url, 0.0, error=exc)
 
-        def note_failure(self) -> None: ...
+        def note_failure(self, url: str) -> None: ...
 
-    pool = Pool({}, {}, Limiters({"p": (None, None)}), RetryConfig(max_attempts=1), print, {})
-    spec = RequestSpec("r", Cell("c", "p", "m", "p", {}), "row", 0, [], {}, 1)
-    result = asyncio.run(pool._execute(Client(), spec))  # type: ignore[arg-type]
+        def note_success(self, url: str) -> None: ...
+
+    async def one() -> Result | None:
+        attempts = Attempts(RetryConfig(max_attempts=1), Stops(), Admission(), {})
+        spec = RequestSpec("r", Cell("c", "p", "m", "p", {}), "row", 0, [], {}, 1)
+        lane = Lane("p", "m", iter([]), Client(), ModelLimiter("m", None, None), Slots(1), 1)
+        return await attempts.run(spec, lane)
+
+    result = asyncio.run(one())
     return result is not None and result.partial is not None
 
 
@@ -317,7 +325,12 @@ def _send(url: str, params: dict[str, Any], timeout_s: float = 5) -> Completion:
 
     async def go() -> Completion:
         async with aiohttp.ClientSession() as session:
-            return await ProviderClient("p", session, [url], None, {}, timeout_s, 5, 3).send(spec)
+            sent = await ProviderClient("p", session, [url], None, {}, timeout_s, 5, 3).send(spec)
+        assert sent.url == url
+        if sent.error is not None:  # an attempt's failure is returned, not raised: raise it for pytest.raises
+            raise sent.error
+        assert sent.completion is not None
+        return sent.completion
 
     return asyncio.run(go())
 

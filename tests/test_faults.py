@@ -245,7 +245,7 @@ def test_the_key_never_reaches_a_file_the_run_writes(tmp_path, dataset, scripted
 
 
 def test_a_recording_failure_stops_the_run_instead_of_hanging(tmp_path, dataset, cli, monkeypatch) -> None:
-    import evalrun.run.runner as runner
+    import evalrun.run.recorder as runner
 
     real, calls = runner.result_rows, {"n": 0}
 
@@ -282,3 +282,80 @@ def test_one_provider_stopping_does_not_cut_another_providers_backoff(tmp_path, 
     assert len(bad_key.requests) == 1
     assert len(flaky.requests) == 2
     assert flaky.times[1] - flaky.times[0] >= 0.2 + 0.3 * 0.99  # 0.2 s answer + backoff ≥ 0.6 × 0.5
+
+
+def test_stale_failures_from_a_dead_url_do_not_push_the_healthy_one_aside(tmp_path, dataset, scripted, cli) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # bound, not listening: refused
+        healthy1, healthy2 = scripted(), scripted()
+        urls = [dead, healthy1.base_url, healthy2.base_url]
+        # four requests fail on the dead URL at once; the first failure moves on to healthy1, and
+        # the three late ones are the dead URL's, not healthy1's
+        r = cli(
+            "run",
+            _config(tmp_path, dataset, dead, base_urls=urls, max_concurrency=4, fallback_after=1),
+            "--no-progress",
+        )
+    assert r.code == 0, r.err
+    df = read_results(r.run_dir)
+    assert set(df.status) == {"ok"} and len(df) == 5
+    assert len(healthy1.requests) == 5 and len(healthy2.requests) == 0
+    assert set(df.base_url) == {healthy1.base_url}
+
+
+def test_each_row_records_the_url_its_answer_or_last_failure_came_from(tmp_path, dataset, scripted, cli) -> None:
+    down = scripted(default=lambda p: Reply(500, json={"error": {"message": "down", "type": "upstream_error"}}))
+    up = scripted()
+    cfg = base_config(tmp_path, dataset, down.base_url)
+    cfg["providers"]["sim"].update(base_urls=[down.base_url, up.base_url], max_concurrency=1, fallback_after=2)
+    cfg["retry"] = {"max_attempts": 1}
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress")
+    df = read_results(r.run_dir).sort_values("started_at")
+    # the second failure is the one that switches URLs: its row still names the URL it failed on
+    assert list(df.status) == ["error", "error", "ok", "ok", "ok"]
+    assert list(df.base_url) == [down.base_url] * 2 + [up.base_url] * 3
+    assert len(down.requests) == 2 and len(up.requests) == 3
+
+
+def test_a_rejected_key_is_reported_once(tmp_path, dataset, scripted, cli, monkeypatch) -> None:
+    monkeypatch.setenv("TEST_EVAL_KEY", "sk-test-not-real-5678")
+    srv = scripted(
+        default=lambda p: Reply(
+            401, delay=0.1, json={"error": {"message": "invalid api key", "type": "authentication_error"}}
+        )
+    )
+    r = cli(
+        "run", _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY", max_concurrency=4), "--no-progress"
+    )
+    assert r.code == 1
+    assert len(srv.requests) == 4  # the four on the wire when the first 401 came back
+    assert r.err.count("rejected the key in $TEST_EVAL_KEY") == 1
+
+
+def test_every_retry_is_logged_at_v_with_type_attempt_wait_and_url_never_the_key(
+    tmp_path, dataset, scripted, cli, monkeypatch
+) -> None:
+    key = "sk-test-SECRET-retry-log-99"
+    monkeypatch.setenv("TEST_EVAL_KEY", key)
+    srv = scripted([Reply(500), Reply(429, headers={"Retry-After": "0"})])
+    cfg = _config(tmp_path, dataset, srv.base_url, api_key_env="TEST_EVAL_KEY", max_concurrency=1)
+    r = cli("-v", "run", cfg, "--no-progress", "--limit", "1")
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.err.splitlines() if "retry: request" in ln]
+    assert len(lines) == 2
+    assert "server_error on attempt 1/4" in lines[0] and "rate_limit on attempt 2/4" in lines[1]
+    assert all(srv.base_url in ln and "next attempt in" in ln for ln in lines)
+    assert key not in r.err
+    quiet = cli("run", cfg, "--no-progress", "--limit", "1")
+    assert "retry: request" not in quiet.err  # not without -v
+
+
+def test_resume_of_a_completed_run_says_there_is_nothing_to_resume(tmp_path, dataset, scripted, cli) -> None:
+    srv = scripted()
+    r = cli("run", _config(tmp_path, dataset, srv.base_url), "--no-progress")
+    assert r.code == 0, r.err
+    again = cli("run", "--resume", r.run_dir, "--no-progress")
+    assert again.code == 0, again.err
+    assert "nothing to resume" in again.err
+    assert len(srv.requests) == 5

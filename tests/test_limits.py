@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import orjson
 import pytest
 from conftest import Reply, base_config, read_results, write_config
-
-from evalrun.run.limiter import DECREASE_ON_429, ModelLimiter
 
 
 def _rows(tmp_path: Path, n: int) -> Path:
@@ -70,40 +67,27 @@ def test_tpm_paces_by_tokens_and_corrects_from_usage(tmp_path, scripted, cli) ->
 
 
 @pytest.mark.real_waits
-def test_retry_after_blocks_the_whole_model(tmp_path, scripted, cli) -> None:
+def test_a_sporadic_retry_after_delays_only_its_own_request(tmp_path, scripted, cli) -> None:
     srv = scripted([Reply(429, headers={"Retry-After": "1"})])
     cfg = base_config(tmp_path, _rows(tmp_path, 6), srv.base_url)
     cfg["providers"]["sim"]["max_concurrency"] = 1
     r = cli("run", write_config(tmp_path, cfg), "--no-progress")
     assert r.code == 0, r.err
-    first = srv.times[0]
-    assert all(t - first >= 0.95 for t in srv.times[1:])
+    first = srv.requests[0]["messages"]
+    retried = [i for i, p in enumerate(srv.requests) if p["messages"] == first]
+    assert retried == [0, 6]  # the other five went while it waited; its retry came last
+    assert srv.times[6] - srv.times[0] >= 0.95  # and after the Retry-After
     assert len(read_results(r.run_dir)) == 6
 
 
-def test_adaptive_rate_drops_after_429_and_recovers() -> None:
-    lim = ModelLimiter(rpm=600, tpm=None)
-    lim.on_rate_limited(None)
-    assert lim.factor == pytest.approx(DECREASE_ON_429)
-    lim.on_rate_limited(None)
-    assert lim.factor == pytest.approx(DECREASE_ON_429**2)
-    for _ in range(200):
-        lim.on_success()
-    assert lim.factor == 1.0
-
-
-def test_adaptive_rate_without_configured_rpm() -> None:
-    async def scenario() -> float:
-        lim = ModelLimiter(rpm=None, tpm=None)
-        for _ in range(20):
-            assert await lim.acquire(1) < 0.01  # unlimited: no waiting
-            await asyncio.sleep(0.05)  # ≈1,200 requests a minute observed
-        lim.on_rate_limited(None)
-        t0 = asyncio.get_running_loop().time()
-        for _ in range(3):
-            await lim.acquire(1)
-        return asyncio.get_running_loop().time() - t0
-
-    # after a 429 a pacing rate of 70 % of the observed ≈1,200/min applies: ≈0.07 s apart
-    elapsed = asyncio.run(scenario())
-    assert 0.1 <= elapsed <= 0.5
+@pytest.mark.real_waits
+def test_a_full_window_blocks_the_whole_model_until_it_resets(tmp_path, scripted, cli) -> None:
+    full = {"Retry-After": "1", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}
+    srv = scripted([Reply(429, headers=full)])
+    cfg = base_config(tmp_path, _rows(tmp_path, 6), srv.base_url)
+    cfg["providers"]["sim"]["max_concurrency"] = 1
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress")
+    assert r.code == 0, r.err
+    first = srv.times[0]
+    assert len(srv.times) == 7 and all(t - first >= 0.95 for t in srv.times[1:])
+    assert len(read_results(r.run_dir)) == 6

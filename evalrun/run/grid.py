@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,10 +145,11 @@ class Plan:
     def total_requests(self) -> int:
         return len(self.cells) * self.dataset.rows * self.repeats
 
-    def specs(self) -> Iterator[RequestSpec]:
-        """Every request of the grid: repeat-major, then row, then cell (so models interleave)."""
+    def specs(self, cells: Sequence[Cell] | None = None) -> Iterator[RequestSpec]:
+        """Every request of the grid (or of `cells` only — the pool runs one stream per provider ×
+        model): repeat-major, then row, then cell (so models interleave)."""
         by_prompt: dict[str, list[Cell]] = {}
-        for cell in self.cells:
+        for cell in self.cells if cells is None else cells:
             by_prompt.setdefault(cell.prompt_id, []).append(cell)
         mapping = self.exp.config.dataset.params_from_columns
         for repeat in range(self.repeats):

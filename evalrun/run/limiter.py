@@ -1,10 +1,44 @@
-"""Client-side pacing per provider × model: requests per minute and tokens per minute.
+"""Rate control per provider × model: even pacing, what the server says, and AIMD by episodes.
 
-Each limit is a reservation schedule (GCRA): a request books the next free slot and sleeps
-until it, so sends are evenly spaced — never a burst that a server's sliding window would
-count against us. Token reservations use an estimate (prompt size + max output) and are
-corrected once the real usage is known. After a 429 the rate drops (multiplicatively) and
-recovers a little with every success; a Retry-After blocks the whole provider × model.
+Time comes from a `Clock` (monotonic seconds + sleep), so every rule below has a unit test on a
+fake clock. The pool takes a rate slot here *before* it takes a concurrency slot: a lane that
+waits on its rate never holds a connection another lane could use.
+
+Pacing (GCRA without burst credit). A limit of R requests a minute spaces sends 60/R·SPACING_MARGIN
+apart: waiters queue in order, and the one at the head sleeps until its slot and books it only
+then, at the pace in force at that moment — so a decrease or a block applies at once to everyone
+waiting, and sends are evenly spaced, never a burst that a server's window would count against us. Token limits work
+the same way with the request's estimated tokens (prompt + max output), corrected by `settle`
+once the usage is known. The pace in force is the lowest of: the configured `rpm`/`tpm`, the
+limits the server announces (`x-ratelimit-limit-requests` / `-tokens`, per minute as OpenAI
+documents them), and the adaptive rate below. With none of them the lane is unpaced and only
+`max_concurrency` bounds it.
+
+What a 429 means — decided once per 429 (`on_rate_limited`), from the evidence at hand:
+
+* window full: the server's window is exhausted. Evidence, strongest first:
+  `x-ratelimit-remaining-requests` / `-tokens` is 0; or, without such headers, 429s dominate what
+  this lane heard lately: the last WINDOW_RUN answers were all 429s *and* 429s are at least
+  WINDOW_SHARE of the answers within the last max(Retry-After, MIN_EPISODE_S) — a full window
+  rejects everything until it resets, while sporadic 429s come between successes (a run of 6
+  at a 30 % sporadic rate has odds of 0.07 %); or the lane is probing above a rate
+  it already learned and a 429 answers the probe. The whole lane then waits until the window
+  frees (`x-ratelimit-reset-*`, `retry-after-ms`, `Retry-After`, capped) and the rate decreases.
+  A 200 that says `remaining: 0` blocks the lane the same way, before any 429.
+* sporadic: anything else (`remaining` > 0, or 429s scattered among successes, which is what an
+  overloaded upstream behind a gateway produces). Only that request waits its Retry-After (the
+  retry loop does that); the lane's rate is untouched, so sporadic 429s at any rate cost their
+  own retries and nothing else.
+
+AIMD with episodes. A decrease sets the adaptive rate to DECREASE × the rate the server accepted
+over the last max(Retry-After, MIN_EPISODE_S) seconds (successes counted — when we over-send, that
+is the server's limit) and remembers that accepted rate as the lane's ceiling. It opens an
+episode lasting max(Retry-After, recent latency, MIN_EPISODE_S): window-full 429s inside it are
+answers to requests sent before the decrease, so they do not decrease again (at most one
+decrease per episode). Each episode that ends without one raises the rate by INCREASE × ceiling
+(additive), up to the ceiling; after PROBE_AFTER clean episodes at the ceiling, the ceiling
+itself is raised by INCREASE (the server may have raised its limit) — a 429 during such a probe
+counts as window full and brings the rate back down.
 """
 
 from __future__ import annotations
@@ -12,123 +46,298 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass
+from typing import Protocol
 
+from evalrun.run.ratelimits import RateHeaders
+
+# ---- every number in one place -------------------------------------------------------------
 # Sends are spaced a hair wider than 60/R so that network jitter can never put R+1 of them
 # in one 60 s window on the server's clock.
 SPACING_MARGIN = 1.002
-DECREASE_ON_429 = 0.7
-RECOVER_PER_SUCCESS = 1.02
-MIN_FACTOR = 0.05
-OBSERVED_WINDOW = 256  # sends remembered to estimate the current rate when no rpm is set
-MIN_OBSERVED = 8
+DECREASE = 0.9  # multiplicative decrease, of the accepted rate, once per episode
+INCREASE = 0.05  # additive increase per clean episode, as a fraction of the ceiling
+PROBE_AFTER = 20  # clean episodes at the ceiling before probing above it
+MIN_EPISODE_S = 1.0  # shortest episode, and the shortest span an accepted rate is measured over
+WINDOW_RUN = 6  # 429s in a row, the latest answers, before "window full" without headers
+WINDOW_SHARE = 0.5  # share of 429s among recent answers that means "window full"
+MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
+ANSWERS_KEPT = 1024  # recent answers remembered per lane (bounded memory)
+LATENCY_EWMA = 0.2
 
 
-@dataclass
-class LimiterState:
-    """What a limiter is waiting on right now, for the progress display."""
+class Clock(Protocol):
+    """Monotonic seconds and a sleep; the real one is `MONOTONIC`, tests pass a fake one."""
 
-    waiting_rpm: int = 0
-    waiting_tpm: int = 0
-    waiting_retry_after: int = 0
-    rate_limited: int = 0  # 429s seen
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The event loop's time and sleep."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+MONOTONIC = MonotonicClock()
 
 
 class ModelLimiter:
-    """RPM and TPM pacing for one provider × model."""
+    """Pacing and adaptive control for one provider × model (a "lane")."""
 
-    def __init__(self, rpm: int | None, tpm: int | None, state: LimiterState | None = None) -> None:
-        self.rpm = rpm
+    def __init__(
+        self, name: str, rpm: int | None, tpm: int | None, clock: Clock = MONOTONIC, block_cap_s: float = 120.0
+    ) -> None:
+        self.name = name
+        self.rpm = rpm  # configured
         self.tpm = tpm
-        self.factor = 1.0  # adaptive multiplier on both rates, lowered by 429s
-        self._adaptive_rpm: float | None = None  # set after a 429 when no rpm was configured
-        self._next_request = 0.0
+        self.clock = clock
+        self.block_cap_s = block_cap_s
+        self.header_rpm: int | None = None  # announced by the server
+        self.header_tpm: int | None = None
+        self.adaptive: float | None = None  # requests/s, set by the first window-full 429
+        self.ceiling: float | None = None  # the accepted rate at the last decrease
+        self.decreases = 0
+        self.rate_limited = 0  # 429s seen
+        self.window_full_429s = 0
+        self.blocked_until = 0.0
+        self.waiting = 0  # requests waiting here right now
+        self._episode_end = 0.0  # the episode of the last decrease
+        self._next_increase = 0.0
+        self._clean_at_ceiling = 0
+        self._probing = False
+        self._latency: float | None = None
+        self._last_request = -float("inf")
         self._next_token = 0.0
-        self._blocked_until = 0.0
-        self._sends: collections.deque[float] = collections.deque(maxlen=OBSERVED_WINDOW)
-        self.state = state or LimiterState()
+        self._queue = asyncio.Lock()  # FIFO: the waiter at its head sleeps until the slot
+        # (time, was_429) of recent answers, and times of recent successes
+        self._answers: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ANSWERS_KEPT)
 
-    def _request_interval(self) -> float | None:
-        rpm = self.rpm * self.factor if self.rpm else self._adaptive_rpm
-        return 60.0 / rpm * SPACING_MARGIN if rpm else None
+    # ---- the pace ----------------------------------------------------------------------------
+
+    def request_rate(self) -> float | None:
+        """Requests per second in force, or None (unpaced)."""
+        rates = [r / 60.0 for r in (self.rpm, self.header_rpm) if r]
+        if self.adaptive is not None:
+            rates.append(self.adaptive)
+        return min(rates) if rates else None
+
+    def token_rate(self) -> float | None:
+        rates = [r / 60.0 for r in (self.tpm, self.header_tpm) if r]
+        if rates and self.adaptive is not None and self.ceiling:
+            rates = [min(rates) * min(1.0, self.adaptive / self.ceiling)]  # slowed with the requests
+        return min(rates) if rates else None
+
+    def _ready_at(self) -> float:
+        """When the next request may go, at the pace in force now (not booked)."""
+        at = self.blocked_until
+        rate = self.request_rate()
+        if rate is not None:
+            at = max(at, self._last_request + SPACING_MARGIN / rate)
+        if self.token_rate() is not None:
+            at = max(at, self._next_token)
+        return at
+
+    def _take(self, at: float, est_tokens: int) -> None:
+        self._last_request = at
+        tok_rate = self.token_rate()
+        if tok_rate is not None:
+            self._next_token = max(at, self._next_token) + est_tokens * SPACING_MARGIN / tok_rate
+
+    def reserve(self, est_tokens: int) -> float:
+        """Book the next slot, however far; returns its clock time (for tests and planning —
+        the pool uses `acquire`, which books only when the slot has come)."""
+        at = max(self.clock.now(), self._ready_at())
+        self._take(at, est_tokens)
+        return at
+
+    def blocked(self) -> bool:
+        """Whether the server's window is full right now (a rate slot taken before that is void)."""
+        return self.blocked_until > self.clock.now()
+
+    def try_acquire(self, est_tokens: int) -> bool:
+        """Take a slot if one is free right now (nobody queued, pace allows); never waits."""
+        now = self.clock.now()
+        if not self._queue.locked() and self._ready_at() <= now:
+            self._take(now, est_tokens)
+            return True
+        return False
 
     async def acquire(self, est_tokens: int) -> float:
-        """Wait for a slot; returns the seconds waited."""
-        now = time.monotonic()
-        start = now
-        if self._blocked_until > now:
-            self.state.waiting_retry_after += 1
-            try:
-                await asyncio.sleep(self._blocked_until - now)
-            finally:
-                self.state.waiting_retry_after -= 1
-            now = time.monotonic()
-        interval = self._request_interval()
-        rpm_at = tok_at = now
-        if interval is not None:
-            rpm_at = max(now, self._next_request)
-            self._next_request = rpm_at + interval
-        if self.tpm:
-            tok_at = max(now, self._next_token)
-            self._next_token = tok_at + est_tokens * 60.0 / (self.tpm * self.factor) * SPACING_MARGIN
-        at = max(rpm_at, tok_at)
-        if at > now:
-            which = "waiting_tpm" if tok_at > rpm_at else "waiting_rpm"
-            setattr(self.state, which, getattr(self.state, which) + 1)
-            try:
-                await asyncio.sleep(at - now)
-            finally:
-                setattr(self.state, which, getattr(self.state, which) - 1)
-        self._sends.append(time.monotonic())
-        return time.monotonic() - start
+        """Wait for a slot; returns the seconds waited. Waiters queue in order and the head one
+        books its slot only when it comes, so a decrease or a block that happens meanwhile
+        applies to every waiter at once. Cancelling the calling task interrupts the wait —
+        that is how stops reach it."""
+        if self.try_acquire(est_tokens):
+            return 0.0
+        t0 = now = self.clock.now()
+        self.waiting += 1
+        try:
+            async with self._queue:
+                while (at := self._ready_at()) > (now := self.clock.now()):
+                    await self.clock.sleep(at - now)
+                self._take(now, est_tokens)
+        finally:
+            self.waiting -= 1
+        return now - t0
 
     def settle(self, est_tokens: int, actual_tokens: int | None) -> None:
         """Correct the token reservation with what the request really used."""
-        if self.tpm and actual_tokens is not None and actual_tokens != est_tokens:
-            self._next_token += (actual_tokens - est_tokens) * 60.0 / (self.tpm * self.factor) * SPACING_MARGIN
+        rate = self.token_rate()
+        if rate and actual_tokens is not None and actual_tokens != est_tokens:
+            self._next_token += (actual_tokens - est_tokens) * SPACING_MARGIN / rate
 
-    def on_success(self) -> None:
-        if self.factor < 1.0:
-            self.factor = min(1.0, self.factor * RECOVER_PER_SUCCESS)
-        if self._adaptive_rpm is not None:
-            self._adaptive_rpm *= RECOVER_PER_SUCCESS
-            observed = self._observed_rpm()
-            if observed is None or self._adaptive_rpm > observed * 4:
-                self._adaptive_rpm = None  # recovered well past what we were sending: unlimit
+    # ---- what the server said ------------------------------------------------------------------
 
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        """A 429: slow the whole provider × model down, and honour Retry-After for everyone."""
-        self.state.rate_limited += 1
-        self.factor = max(MIN_FACTOR, self.factor * DECREASE_ON_429)
-        if not self.rpm:
-            observed = self._observed_rpm()
-            if observed is not None:
-                current = min(self._adaptive_rpm or observed, observed)
-                self._adaptive_rpm = max(1.0, current * DECREASE_ON_429)
-        if retry_after:
-            self._blocked_until = max(self._blocked_until, time.monotonic() + retry_after)
+    def _learn(self, headers: RateHeaders | None, retry_after: float | None) -> bool:
+        """Take in the server's headers; True when they say the window is exhausted (lane blocked)."""
+        if headers is None:
+            return False
+        if headers.limit_requests:
+            self.header_rpm = headers.limit_requests
+        if headers.limit_tokens:
+            self.header_tpm = headers.limit_tokens
+        if not headers.window_full:
+            return False
+        wait = headers.reset_s()
+        if wait is None:
+            wait = headers.retry_after_ms if headers.retry_after_ms is not None else retry_after
+        self._block(wait if wait is not None else MIN_EPISODE_S)
+        return True
 
-    def _observed_rpm(self) -> float | None:
-        """The recent send rate; None when too few sends to tell (then Retry-After and backoff
-        alone slow us down)."""
-        if len(self._sends) < MIN_OBSERVED:
+    def _block(self, seconds: float) -> None:
+        until = self.clock.now() + min(seconds, self.block_cap_s)
+        if until > self.blocked_until:
+            self.blocked_until = until
+
+    def on_success(self, latency_s: float | None = None, headers: RateHeaders | None = None) -> None:
+        now = self.clock.now()
+        self._answers.append((now, False))
+        if latency_s is not None:
+            self._latency = (
+                latency_s if self._latency is None else self._latency + LATENCY_EWMA * (latency_s - self._latency)
+            )
+        self._learn(headers, None)
+        if self.adaptive is not None and now >= self._next_increase:
+            self._clean_episode(now)
+
+    def _clean_episode(self, now: float) -> None:
+        """An episode ended without a window-full 429: additive increase, then probing."""
+        assert self.adaptive is not None and self.ceiling is not None
+        self._next_increase = now + self._episode_len(None)
+        if self.adaptive < self.ceiling:
+            self.adaptive = min(self.ceiling, self.adaptive + INCREASE * self.ceiling)
+            return
+        self._clean_at_ceiling += 1
+        if self._clean_at_ceiling >= PROBE_AFTER:
+            self._clean_at_ceiling = 0
+            self._probing = True
+            self.adaptive = self.ceiling * (1 + INCREASE)
+
+    def on_rate_limited(self, retry_after: float | None = None, headers: RateHeaders | None = None) -> bool:
+        """A 429. Returns True when it means the server's window is full (the lane was slowed
+        and blocked), False when it was sporadic (only that request waits)."""
+        now = self.clock.now()
+        self.rate_limited += 1
+        self._answers.append((now, True))
+        if headers is not None and headers.retry_after_ms is not None:
+            retry_after = headers.retry_after_ms
+        if self._learn(headers, retry_after):
+            full = True
+        elif headers is not None and headers.window_open:
+            return False
+        else:
+            full = self._probing or self._dominated(now, retry_after)
+            if full:
+                self._block(retry_after if retry_after is not None else MIN_EPISODE_S)
+        if full:
+            self.window_full_429s += 1
+            if now >= self._episode_end:
+                self._decrease(now, retry_after)
+        return full
+
+    def _dominated(self, now: float, retry_after: float | None) -> bool:
+        span = max(retry_after or 0.0, MIN_EPISODE_S)
+        n = n429 = run = 0
+        for t, was_429 in reversed(self._answers):
+            if t < now - span:
+                break
+            n += 1
+            n429 += was_429
+            if run == n - 1 and was_429:
+                run += 1
+        return run >= WINDOW_RUN and n429 >= WINDOW_SHARE * n
+
+    def _decrease(self, now: float, retry_after: float | None) -> None:
+        span = max(retry_after or 0.0, MIN_EPISODE_S)
+        accepted = sum(1 for t, was_429 in self._answers if not was_429 and t >= now - span) / span
+        if self._probing and self.ceiling is not None:
+            accepted = max(accepted, self.ceiling)  # the probe failed: the old ceiling held
+        if accepted <= 0:  # nothing got through lately: what we offered is the best guess
+            accepted = sum(1 for t, _ in self._answers if t >= now - span) / span * DECREASE
+        current = self.request_rate()
+        base = accepted if current is None else min(current, accepted)
+        self.ceiling = max(MIN_RATE, accepted)
+        self.adaptive = max(MIN_RATE, base * DECREASE)
+        self._probing = False
+        self._clean_at_ceiling = 0
+        self.decreases += 1
+        self._episode_end = self._next_increase = now + self._episode_len(retry_after)
+
+    def _episode_len(self, retry_after: float | None) -> float:
+        return max(retry_after or 0.0, self._latency or 0.0, MIN_EPISODE_S)
+
+    # ---- for the progress line -----------------------------------------------------------------
+
+    def describe(self) -> str | None:
+        """What this lane is doing to its pace right now, in words; None when nothing."""
+        now = self.clock.now()
+        if self.blocked_until > now:
+            return f"{self.name}: server window full, resumes in {self.blocked_until - now:.1f} s"
+        rate = self.request_rate()
+        if self.adaptive is not None and rate == self.adaptive:
+            return f"{self.name}: slowed to {self.adaptive * 60:,.0f} rpm after 429s"
+        if not self.waiting:
             return None
-        span = self._sends[-1] - self._sends[0]
-        return (len(self._sends) - 1) / span * 60.0 if span > 0 else None
+        limits = []
+        for kind, mine, theirs in (("rpm", self.rpm, self.header_rpm), ("tpm", self.tpm, self.header_tpm)):
+            if mine and (not theirs or mine <= theirs):
+                limits.append(f"{kind} {mine:,}")
+            elif theirs:
+                limits.append(f"{kind} {theirs:,} (server's x-ratelimit headers)")
+        return f"{self.name}: {self.waiting} waiting on {', '.join(limits) or 'the pace'}"
 
 
 class Limiters:
     """One ModelLimiter per provider × model, created on first use."""
 
-    def __init__(self, limits: dict[str, tuple[int | None, int | None]]) -> None:
+    def __init__(
+        self, limits: dict[str, tuple[int | None, int | None]], clock: Clock = MONOTONIC, block_cap_s: float = 120.0
+    ) -> None:
         self._limits = limits
+        self._clock = clock
+        self._block_cap_s = block_cap_s
         self._by_key: dict[tuple[str, str], ModelLimiter] = {}
-        self.state = LimiterState()
 
     def get(self, provider: str, model: str) -> ModelLimiter:
         key = (provider, model)
         lim = self._by_key.get(key)
         if lim is None:
             rpm, tpm = self._limits.get(provider, (None, None))
-            lim = self._by_key[key] = ModelLimiter(rpm, tpm, self.state)
+            name = model if len(self._limits) <= 1 else f"{provider}/{model}"
+            lim = self._by_key[key] = ModelLimiter(name, rpm, tpm, self._clock, self._block_cap_s)
         return lim
+
+    def lanes(self) -> list[ModelLimiter]:
+        return list(self._by_key.values())
+
+    def describe(self) -> list[str]:
+        return [d for lim in self._by_key.values() if (d := lim.describe()) is not None]
+
+    @property
+    def rate_limited(self) -> int:
+        return sum(lim.rate_limited for lim in self._by_key.values())

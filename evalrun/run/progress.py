@@ -1,4 +1,9 @@
-"""Live progress on stderr: a rich bar on a terminal, periodic plain lines otherwise (CI)."""
+"""Live progress on stderr: a rich bar on a terminal, periodic plain lines otherwise (CI).
+
+The line always keeps done/total and the ETA; when a lane's pace is held back it says by
+what, in the limiter's words: a configured rpm/tpm, the server's announced limits, a full
+server window (and when it frees), or an adaptive slow-down after 429s.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,13 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from evalrun.run.limiter import LimiterState
+from evalrun.run.limiter import Limiters
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as Bar
+    from rich.progress import TaskID
 
 LOG_EVERY_S = 10.0
 
@@ -28,7 +38,7 @@ class RunStats:
     retries_by_type: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
-    def line(self, limiter: LimiterState | None = None, in_flight: int = 0) -> str:
+    def line(self, limiters: Limiters | None = None, in_flight: int = 0) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
@@ -41,18 +51,11 @@ class RunStats:
             f"retries {self.retries}" + (f" ({_top(self.retries_by_type)})" if self.retries else ""),
             f"in flight {in_flight}",
         ]
-        if limiter is not None:
-            waits = [
-                f"{n} on {w}"
-                for n, w in (
-                    (limiter.waiting_rpm, "RPM"),
-                    (limiter.waiting_tpm, "TPM"),
-                    (limiter.waiting_retry_after, "Retry-After"),
-                )
-                if n
-            ]
-            if waits:
-                parts.append("waiting " + ", ".join(waits))
+        if limiters is not None:
+            lanes = limiters.describe()
+            if lanes:
+                shown = "; ".join(lanes[:3]) + (f"; +{len(lanes) - 3} more" if len(lanes) > 3 else "")
+                parts.append(shown)
         parts.append(f"ETA {_duration(eta)}")
         return " · ".join(parts)
 
@@ -71,14 +74,14 @@ def _duration(s: float) -> str:
 class Progress:
     """Draws RunStats: a rich progress bar when stderr is a terminal, else a log line every 10 s."""
 
-    def __init__(self, stats: RunStats, limiter: LimiterState, label: str, enabled: bool = True) -> None:
+    def __init__(self, stats: RunStats, limiters: Limiters | None, label: str, enabled: bool = True) -> None:
         self.stats = stats
-        self.limiter = limiter
+        self.limiters = limiters
         self.label = label
         self.tty = enabled and sys.stderr.isatty()
         self.enabled = enabled
-        self._bar = None
-        self._task = None
+        self._bar: Bar | None = None
+        self._task: TaskID | None = None
         self._last_log = time.monotonic()
 
     def start(self) -> None:
@@ -103,14 +106,14 @@ class Progress:
     def update(self, in_flight: int = 0, force: bool = False) -> None:
         if not self.enabled:
             return
-        if self._bar is not None:
-            detail = self.stats.line(self.limiter, in_flight).split(" · ", 1)[1]
+        if self._bar is not None and self._task is not None:
+            detail = self.stats.line(self.limiters, in_flight).split(" · ", 1)[1]
             self._bar.update(self._task, completed=self.stats.done, detail=detail)
             return
         now = time.monotonic()
         if force or now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
-            print(f"[{self.label}] {self.stats.line(self.limiter, in_flight)}", file=sys.stderr, flush=True)
+            print(f"[{self.label}] {self.stats.line(self.limiters, in_flight)}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -40,6 +40,36 @@ class PromptEntry(Message, total=False):
     from_column: str
 
 
+class StreamOptions(TypedDict, total=False):
+    include_usage: bool
+
+
+class ChatRequest(TypedDict, total=False):
+    """The body of POST /chat/completions, as the provider documents it (../shared/api/README.md).
+    `extra_body` entries are merged in at the top level, so a provider extension may add keys."""
+
+    model: str
+    messages: list[Message]
+    stream: bool
+    stream_options: StreamOptions
+    max_tokens: int
+    max_completion_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    frequency_penalty: float | None
+    presence_penalty: float | None
+    stop: str | list[str]
+    n: int | None
+    reasoning_effort: str | None
+    seed: int | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    response_format: dict[str, Any]
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """One point of the grid: provider × model × resolved parameters × prompt variant."""

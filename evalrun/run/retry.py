@@ -1,5 +1,19 @@
 """What to do after a failed attempt: one pure `classify` function, Retry-After parsing and
-the backoff. The tenacity policy built from them lives in `pool.py`, where the attempts run.
+the wait before the next attempt. The one retry loop that uses them is `attempts.py`.
+
+The wait after failed attempt k (k = 1, 2, …):
+
+* the server's Retry-After (`retry-after-ms` when sent, else seconds or an HTTP date) when it
+  gave one, cut to `retry_after_max_s`. A Retry-After longer than that cap is not honoured in
+  full: the next attempt goes at the cap, and the request's time budget (`max_total_s`) still
+  applies — if the wait would take the request past it, the request ends at once with its
+  last error (recorded; `--resume --retry-errors` sends it again later). So a server asking
+  for an hour (a daily quota, typically) costs one capped wait, not an hour per request.
+* otherwise capped exponential backoff, step = min(backoff_max_s, backoff_initial_s · 2^(k−1)),
+  jittered within [JITTER_LOW·step, step] as openai-python does: the jitter spreads retries
+  apart, and with JITTER_LOW > 0.5 each wait stays longer than the previous one until the cap
+  (full jitter can make consecutive waits shrink, which servers read as retrying at a fixed
+  interval).
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ from evalrun.run.errors import (
 
 # ---- every number in one place -------------------------------------------------------------
 BAD_RESPONSE_MAX_ATTEMPTS = 3  # a malformed 200 is usually transient, but don't pay for it forever
-JITTER_LOW = 0.5  # backoff is drawn uniformly from [JITTER_LOW·d, d]
+JITTER_LOW = 0.75  # backoff is drawn uniformly from [JITTER_LOW·step, step]
 SERVICE_UNAVAILABLE_DEFAULT_S = 5.0  # a 503 without Retry-After
 
 
@@ -38,14 +52,14 @@ class Decision:
     reason: str  # a short stable name, also the error_type column
     wait_s: float | None = None  # what the server asked for (Retry-After), uncapped
     max_attempts: int | None = None  # a tighter cap than the configured one
-    rate_limited: bool = False  # the limiter should slow this provider × model down
+    rate_limited: bool = False  # a 429: the limiter decides whether the server's window is full
     counts_for_fallback: bool = False  # a sign the base URL is unhealthy
 
 
 def classify(exc: BaseException) -> Decision:
     """The single place that maps a failed attempt to what happens next."""
     if isinstance(exc, APIStatusError):
-        status = exc.status_code
+        status = exc.status_code or 0  # always set on an APIStatusError
         if is_quota_error(status, exc.code, exc.kind, exc.body):
             return Decision(Action.STOP_PROVIDER, "insufficient_quota")
         if status == 429:
@@ -96,8 +110,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def backoff(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
     """Capped exponential backoff with jitter, for the wait after failed attempt number `attempt`."""
-    ceiling = min(maximum, initial * (2 ** max(0, attempt - 1)))
-    r = (rng or random).random()
+    ceiling = min(maximum, initial * 2.0 ** max(0, attempt - 1))
+    r = rng.random() if rng is not None else random.random()
     return ceiling * (JITTER_LOW + (1 - JITTER_LOW) * r)
 
 

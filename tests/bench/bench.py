@@ -67,9 +67,9 @@ ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 PYCACHE = Path(tempfile.gettempdir()) / "evalrun-bench-pycache"
 ENV["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
 WARM = (
-    "import evalrun.cli, evalrun.run.runner, evalrun.run.store, evalrun.run.pool, evalrun.run.client, evalrun.analysis.summary, "
+    "import evalrun.cli, evalrun.run.runner, evalrun.run.store, evalrun.run.pool, evalrun.run.attempts, evalrun.run.client, evalrun.analysis.summary, "
     "evalrun.config.load, evalrun.run.grid, evalrun.sim, evalrun.sim.server, pandas, pyarrow.parquet, aiohttp, "
-    "rich.table, uvloop, tenacity, yaml"
+    "rich.table, uvloop, yaml"
 )
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -1,0 +1,213 @@
+"""The run context: everything a run needs, built once, before a run directory or a request exists.
+
+`build_context` does all that can fail on bad input — the config, the plan (grid + dataset),
+the scorers (through the analysis stage's factory), the prices and budget, the API keys, the
+resume checks — so a mistake costs nothing. The result is a frozen `RunContext` that the rest
+of the run reads and never rebuilds (prices are loaded once, scorers compiled once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from evalrun import __version__
+from evalrun.config.load import Experiment, load_experiment
+from evalrun.config.prices import Pricing, load_pricing
+from evalrun.errors import ConfigError
+from evalrun.run.grid import Plan, build_plan
+from evalrun.run.journal import JOURNAL, journal_state, repair_journal
+from evalrun.run.rundir import check_run_dir, grid_changed, read_manifest
+from evalrun.run.secrets import checked_key, use_keys
+from evalrun.run.store import RowHook
+
+# A request whose last row is one of these errors was stopped by the provider, not judged by
+# it: a plain --resume sends it again (--retry-errors re-sends every error).
+RESEND_ON_RESUME = frozenset({"insufficient_quota", "authentication", "permission"})
+
+
+class Evaluator(RowHook, Protocol):
+    """What the analysis stage does while results.parquet is written (see analysis.evaluation)."""
+
+    def write_summary(self, run_dir: Path) -> Any: ...
+
+
+@dataclass
+class RunOptions:
+    """What `evalrun run` was asked on the command line."""
+
+    overrides: list[str] = field(default_factory=list)
+    limit: int | None = None
+    run_dir: Path | None = None
+    resume: Path | None = None
+    retry_errors: bool = False
+    force: bool = False
+    max_requests: int | None = None
+    max_cost: float | None = None
+    progress: bool = True
+    # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
+    evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """One run, decided: what to send, where it goes, what it may cost, where it is written."""
+
+    plan: Plan
+    run_dir: Path
+    run_id: str
+    manifest: dict[str, Any]  # what manifest.json says so far (the runner adds to it)
+    done: frozenset[str]  # request ids that already have a row (resume)
+    keys: Mapping[str, str | None]  # provider → API key (None: the provider needs none)
+    pricing: Pricing | None
+    max_requests: int | None
+    max_cost: float | None
+    evaluator: Evaluator | None  # built once; fed while results.parquet is written
+    resumed: bool
+    retry_errors: bool
+    progress: bool
+
+    @property
+    def exp(self) -> Experiment:
+        return self.plan.exp
+
+    @property
+    def to_send(self) -> int:
+        return self.plan.total_requests - len(self.done)
+
+
+def build_context(config: Path | None, opts: RunOptions) -> RunContext:
+    """Everything that can fail on bad input, before a run directory or a request exists."""
+    manifest: dict[str, Any] = {}
+    overrides, limit = list(opts.overrides), opts.limit
+    if opts.resume is not None:
+        manifest = read_manifest(opts.resume, config)  # a damaged one: rebuilt, or refused in one line
+        config = config or Path(manifest["config_path"])
+        overrides = overrides or list(manifest.get("overrides") or [])
+        limit = limit if limit is not None else manifest.get("limit")
+    if config is None:
+        raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
+    exp = load_experiment(config, overrides)
+    plan = build_plan(exp, limit)
+    evaluator = opts.evaluator(exp, plan.dataset.columns) if opts.evaluator is not None else None
+    max_cost = opts.max_cost or exp.config.budget.max_cost
+    pricing = _pricing(plan, max_cost)
+    keys = api_keys(exp)
+    fingerprint = grid_fingerprint(plan)
+    done: set[str] = set()
+    if opts.resume is not None:
+        changed = grid_changed(manifest, fingerprint, (s.request_id for s in plan.specs()), opts.resume / JOURNAL)
+        manifest["grid_changed"] = changed
+        if changed and not opts.force:
+            raise ConfigError(
+                f"--resume {opts.resume}: the experiment's grid changed since that run (config, dataset, "
+                "limit or repeats); resuming would mix two experiments. Start a new run, or pass --force"
+            )
+        run_dir = opts.resume
+        run_id = manifest["run_id"]
+        repair_journal(run_dir / JOURNAL)
+        for rid, (status, etype) in journal_state(run_dir / JOURNAL).items():
+            if status == "ok" or (not opts.retry_errors and etype not in RESEND_ON_RESUME):
+                done.add(rid)
+    elif opts.run_dir is not None:
+        run_dir = opts.run_dir
+        if (run_dir / JOURNAL).exists():
+            raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
+        run_id = run_dir.name
+    else:
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        run_dir = Path(exp.config.reports_dir) / exp.name / run_id
+    check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
+    manifest.update(
+        {
+            "run_id": run_id,
+            "experiment": exp.name,
+            "config_path": str(exp.path.resolve()),
+            "overrides": overrides,
+            "limit": limit,
+            "grid_fingerprint": fingerprint,
+        }
+    )
+    return RunContext(
+        plan=plan,
+        run_dir=run_dir,
+        run_id=run_id,
+        manifest=manifest,
+        done=frozenset(done),
+        keys=keys,
+        pricing=pricing,
+        max_requests=opts.max_requests or exp.config.budget.max_requests,
+        max_cost=max_cost,
+        evaluator=evaluator,
+        resumed=opts.resume is not None,
+        retry_errors=opts.retry_errors,
+        progress=opts.progress,
+    )
+
+
+def grid_fingerprint(plan: Plan) -> str:
+    """Changes exactly when the set of requests changes: cells, dataset content, limit, repeats."""
+    h = hashlib.blake2b(digest_size=12)
+    for cid in sorted(c.cell_id for c in plan.cells):
+        h.update(cid.encode())
+    with plan.dataset.path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    h.update(f"|{plan.dataset.rows}|{plan.repeats}|{plan.dataset.id_column}".encode())
+    return h.hexdigest()
+
+
+def api_keys(exp: Experiment) -> dict[str, str | None]:
+    """provider → key from its environment variable. A missing key is a usage error (exit 2)."""
+    keys: dict[str, str | None] = {}
+    used = {exp.provider_of(m) for m in exp.config.models}
+    for name in sorted(used):
+        env = exp.providers[name].api_key_env
+        if env is None:
+            keys[name] = None
+            continue
+        line = exp.lines.get(("providers", name, "api_key_env")) or exp.lines.get(("providers", name))
+        where = f"{exp.path}:{line}" if line else str(exp.path)
+        value = checked_key(env, os.environ.get(env), f"{where}: providers.{name}.api_key_env")
+        if not value:
+            raise ConfigError(
+                f"{where}: providers.{name}.api_key_env: the environment variable {env} is not set; "
+                f"export {env}=<your key> (or try the config on the simulator: --set provider=simulator)"
+            )
+        keys[name] = value
+    use_keys([k for k in keys.values() if k])  # masked in all this run writes
+    return keys
+
+
+def _pricing(plan: Plan, max_cost: float | None) -> Pricing | None:
+    """The run's prices; with a cost budget every model must have one (else it is unbounded)."""
+    exp = plan.exp
+    pricing = load_pricing(exp.config.prices, exp.path)
+    if max_cost is not None:
+        missing = sorted({c.model for c in plan.cells if pricing is None or not pricing.known(c.model)})
+        if missing:
+            raise ConfigError(
+                f"{exp.where('budget')}: a cost budget needs a price for every model; none for {', '.join(missing)} "
+                f"(add them under prices: in {exp.path}, or to {pricing.source if pricing else 'prices.yaml beside it'})"
+            )
+    return pricing
+
+
+def versions() -> dict[str, str]:
+    """The versions of evalrun and of what it runs on, for the manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"evalrun": __version__, "python": platform.python_version()}
+    for dist in ("aiohttp", "pyarrow", "pandas", "pydantic", "orjson", "uvloop"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,333 @@
+"""Rate-control benchmark (issue 16): sporadic 429s, head-of-line blocking, an unannounced server
+window, stop latency. Real `evalrun run` subprocesses against tests/bench/gateway.py on 127.0.0.1.
+
+    python tests/bench/rate_bench.py [--reps 3] [--only sporadic,hol,window,stop] [--out FILE]
+
+Figures are medians over --reps runs (min–max after them). Not collected by pytest. What each
+case measures, and how, is printed beside its figures (see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+ENV["PYTHONUNBUFFERED"] = "1"
+
+
+class Gateway:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [PY, str(HERE / "gateway.py"), "--port", "0", *args], stdout=subprocess.PIPE, text=True, env=ENV
+        )
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        assert "listening on" in line, line
+        self.url = line.split()[-1]
+
+    def log(self) -> list[tuple[float, str, str, int]]:
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/stats", timeout=10) as r:
+            return [tuple(x) for x in json.loads(r.read())]  # type: ignore[misc]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def dataset(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"r{i}", "q": f"{i} + {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def config(work: Path, data: Path, providers: dict[str, Any], models: list[Any], **extra: Any) -> Path:
+    cfg = {
+        "experiment": "bench",
+        "provider": next(iter(providers)),
+        "providers": providers,
+        "models": models,
+        "params": {"max_tokens": 8},
+        "prompts": {"p": [{"role": "user", "content": "What is {q}?"}]},
+        "dataset": {"path": str(data)},
+        "reports_dir": str(work / "reports"),
+        **extra,
+    }
+    path = work / f"exp-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def evalrun(cfg: Path, run_dir: Path, timeout: float = 300) -> tuple[float, int, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [PY, "-m", "evalrun", "run", str(cfg), "--run-dir", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+    return time.perf_counter() - t0, p.returncode, p.stderr
+
+
+def ok_rows(run_dir: Path) -> int:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run_dir / "results.parquet", columns=["status"]).to_pylist()
+    return sum(1 for r in t if r["status"] == "ok")
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def med(xs: list[float]) -> str:
+    m = statistics.median(xs)
+    return f"{m:.3g}" + (f" ({min(xs):.3g}–{max(xs):.3g})" if len(xs) > 1 else "")
+
+
+# ---- cases -------------------------------------------------------------------------------------
+
+
+def firsts_phase(log: list[tuple[float, str, str, int]]) -> tuple[float, int, int]:
+    """(first arrival → last first attempt (s), first attempts answered 200, retries)."""
+    seen: set[str] = set()
+    t0, last, ok, retries = log[0][0], log[0][0], 0, 0
+    for t, _m, key, status in log:
+        if key in seen:
+            retries += 1
+            continue
+        seen.add(key)
+        last = t
+        ok += status == 200
+    return last - t0, ok, retries
+
+
+def case_sporadic(work: Path, reps: int, rows: list[str]) -> None:
+    for n in (300, 3000):
+        _sporadic(work, reps, rows, n)
+
+
+def _sporadic(work: Path, reps: int, rows: list[str], n: int) -> None:
+    conc = 100
+    data = dataset(work / f"sporadic-{n}.jsonl", n)
+    results: dict[float, list[dict[str, float]]] = {}
+    for p in (0.0, 0.05, 0.15, 0.30):
+        for rep in range(reps):
+            gw = Gateway("--p429", str(p), "--seed", str(rep + 1))
+            try:
+                cfg = config(
+                    work,
+                    data,
+                    {"gw": {"base_urls": [gw.url], "max_concurrency": conc}},
+                    ["m"],
+                    retry={"max_attempts": 10, "max_total_s": 120},
+                )
+                run_dir = work / f"sporadic-{n}-{p}-{rep}"
+                wall, rc, err = evalrun(cfg, run_dir)
+                assert rc == 0, err
+                log = gw.log()
+            finally:
+                gw.close()
+            phase, ok_first, retries = firsts_phase(log)
+            span = log[-1][0] - log[0][0]
+            results.setdefault(p, []).append(
+                {
+                    "phase": phase,
+                    "goodput": ok_first / phase if phase > 0 else float("inf"),
+                    "ok": ok_rows(run_dir),
+                    "wall": wall,
+                    "span": span,
+                    "n429": sum(1 for x in log if x[3] == 429),
+                    "retries": retries,
+                }
+            )
+    base = statistics.median(r["goodput"] for r in results[0.0])
+    for p, rs in results.items():
+        g = [r["goodput"] for r in rs]
+        target = 0.8 * (1 - p) * base
+        verdict = "" if p == 0 else ("PASS" if statistics.median(g) >= target else "**MISS**")
+        rows.append(
+            f"| sporadic 429 p={p:.0%}, N={n:,} | {med(g)} req/s | {med([r['phase'] for r in rs])} s | "
+            f"{med([r['span'] for r in rs])} s | {med([r['wall'] for r in rs])} s | {med([r['ok'] for r in rs])} | "
+            f"{med([r['n429'] for r in rs])} | {'—' if p == 0 else f'≥ {target:,.0f}'} | {verdict} |"
+        )
+
+
+def case_hol(work: Path, reps: int, rows: list[str]) -> None:
+    n, conc = 500, 50
+    data = dataset(work / "hol.jsonl", n)
+    alone, mixed = [], []
+    for rep in range(reps):
+        for mode in ("alone", "mixed"):
+            gw = Gateway("--latency-ms", "100")
+            try:
+                providers = {"fast": {"base_urls": [gw.url], "max_concurrency": conc}}
+                models: list[Any] = ["fast-model"]
+                if mode == "mixed":
+                    providers["slow"] = {"base_urls": [gw.url], "max_concurrency": conc, "rpm": 30}
+                    models = [{"name": "slow-model", "provider": "slow"}, "fast-model"]
+                cfg = config(work, data, providers, models)
+                run_dir = work / f"hol-{mode}-{rep}"
+                proc = subprocess.Popen(
+                    [PY, "-m", "evalrun", "run", str(cfg), "--run-dir", str(run_dir), "--no-progress"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=ENV,
+                )
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    log = gw.log()
+                    if sum(1 for x in log if x[1] == "fast-model") >= n:
+                        break
+                    time.sleep(0.2)
+                if mode == "mixed":
+                    time.sleep(0.3)
+                    proc.send_signal(signal.SIGINT)  # the 30-rpm model would take 1,000 s more
+                proc.communicate(timeout=60)
+                log = gw.log()
+            finally:
+                gw.close()
+            t0 = log[0][0]
+            fast_done = max(t for t, m, _k, _s in log if m == "fast-model") + 0.1 - t0
+            (alone if mode == "alone" else mixed).append(fast_done)
+    ratio = statistics.median(mixed) / statistics.median(alone)
+    rows.append(
+        f"| 30-rpm model + unlimited model | unlimited model's {n} requests: alone {med(alone)} s, "
+        f"beside the 30-rpm model {med(mixed)} s | ratio {ratio:.3f} | ≤ 1.1 | {'PASS' if ratio <= 1.1 else '**MISS**'} |"
+    )
+
+
+def case_window(work: Path, reps: int, rows: list[str]) -> None:
+    n, conc, rpm = 300, 100, 600
+    ideal = n / rpm * 60
+    data = dataset(work / "window.jsonl", n)
+    for label, args, told in (
+        ("told nothing, Retry-After only", [], False),
+        ("told nothing, x-ratelimit headers", ["--headers"], False),
+        ("told rpm: 600", [], True),
+    ):
+        phases, n429, late429, walls = [], [], [], []
+        for rep in range(reps):
+            gw = Gateway("--window-limit", "10", "--window-s", "1", *args)
+            try:
+                prov: dict[str, Any] = {"base_urls": [gw.url], "max_concurrency": conc}
+                if told:
+                    prov["rpm"] = rpm
+                cfg = config(work, data, {"gw": prov}, ["m"], retry={"max_attempts": 20, "max_total_s": 300})
+                run_dir = work / f"window-{len(args)}-{told}-{rep}"
+                wall, rc, err = evalrun(cfg, run_dir)
+                assert rc == 0, err
+                log = gw.log()
+            finally:
+                gw.close()
+            t0 = log[0][0]
+            phases.append(log[-1][0] - t0)
+            walls.append(wall)
+            n429.append(sum(1 for x in log if x[3] == 429))
+            # after the first episode: from the end of the first window plus its Retry-After on
+            after = [x for x in log if x[0] >= t0 + 2.0]
+            late429.append(100.0 * sum(1 for x in after if x[3] == 429) / max(1, len(after)))
+        if told:
+            verdict = (
+                "PASS" if statistics.median(n429) == 0 and statistics.median(phases) <= 1.02 * ideal else "**MISS**"
+            )
+            target = f"0 × 429, phase ≤ {1.02 * ideal:.1f} s"
+        else:
+            ok = statistics.median(late429) <= 5 and statistics.median(phases) <= 1.1 * ideal
+            verdict = "PASS" if ok else "**MISS**"
+            target = f"≤ 5 % 429 after the first episode, phase ≤ {1.1 * ideal:.1f} s"
+        rows.append(
+            f"| window 10/1 s (= 600 rpm), N={n}, {label} | 429s {med(n429)}; after the first episode {med(late429)} % "
+            f"| request phase {med(phases)} s (N/RPM = {ideal:.0f} s); wall {med(walls)} s | {target} | {verdict} |"
+        )
+
+
+def case_stop(work: Path, reps: int, rows: list[str]) -> None:
+    data = dataset(work / "stop.jsonl", 1000)
+    took = []
+    for rep in range(reps):
+        gw = Gateway()
+        try:
+            cfg = config(work, data, {"gw": {"base_urls": [gw.url], "max_concurrency": 100, "rpm": 6}}, ["m"])
+            proc = subprocess.Popen(
+                [PY, "-m", "evalrun", "run", str(cfg), "--run-dir", str(work / f"stop-{rep}"), "--no-progress"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=ENV,
+            )
+            deadline = time.monotonic() + 60
+            while not gw.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # 100+ workers now wait on the limiter (the next slot is 10 s away)
+            t0 = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            took.append(time.perf_counter() - t0)
+            assert proc.returncode == 130, err
+        finally:
+            gw.close()
+    m = statistics.median(took)
+    rows.append(
+        f"| Ctrl-C with 100+ workers waiting on the limiter (rpm 6) | SIGINT → process exit {med(took)} s "
+        f"(includes writing results.parquet and the summary) | ≤ 0.5 s | {'PASS' if m <= 0.5 else '**MISS**'} |"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="sporadic,hol,window,stop")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load0 = load()
+    t_start = time.monotonic()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    sections: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="evalrun-ratebench-") as tmp:
+        work = Path(tmp)
+        if "sporadic" in only:
+            rows = [
+                "| case | goodput: first attempts answered 200 / (first arrival → last first attempt) | that phase | "
+                "whole request phase (retries included) | wall | ok rows | 429s | target (0.8 × (1−p) × fault-free) | result |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            case_sporadic(work, a.reps, rows)
+            sections.append("\n".join(rows))
+        for name, fn in (("hol", case_hol), ("window", case_window), ("stop", case_stop)):
+            if name in only:
+                rows = ["| case | measured | | target | result |", "|---|---|---|---|---|"]
+                fn(work, a.reps, rows)
+                sections.append("\n".join(rows))
+    minutes = (time.monotonic() - t_start) / 60
+    text = (
+        f"- date: {started}; {minutes:.1f} min; commit {head} (the working tree as is); {a.reps} runs per figure, "
+        f"median (min–max)\n- load (1-min average): {load0} at start, {load()} at end; other engineers' test runs "
+        "share the 2 cores\n\n" + "\n\n".join(sections) + "\n"
+    )
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

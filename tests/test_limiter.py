@@ -1,0 +1,196 @@
+"""The limiter's rules on a fake clock: pacing, window-full vs sporadic 429s, AIMD by episodes,
+what x-ratelimit-* headers teach. Milliseconds each; no network."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from conftest import FakeClock
+
+from evalrun.run.limiter import (
+    DECREASE,
+    INCREASE,
+    MIN_EPISODE_S,
+    PROBE_AFTER,
+    SPACING_MARGIN,
+    Limiters,
+    ModelLimiter,
+)
+from evalrun.run.ratelimits import RateHeaders, parse_duration, parse_rate_headers
+
+
+def lane(rpm: int | None = None, tpm: int | None = None) -> tuple[ModelLimiter, FakeClock]:
+    clock = FakeClock()
+    return ModelLimiter("m", rpm, tpm, clock), clock
+
+
+def test_rpm_books_evenly_spaced_slots() -> None:
+    lim, clock = lane(rpm=600)
+    slots = [lim.reserve(1) for _ in range(5)]
+    assert slots == pytest.approx([i * 0.1 * SPACING_MARGIN for i in range(5)])
+    clock.t = 10.0  # idle for a while: no burst credit is saved up beyond "now"
+    assert lim.reserve(1) == 10.0 and lim.reserve(1) == pytest.approx(10.0 + 0.1 * SPACING_MARGIN)
+
+
+def test_unpaced_lane_never_waits() -> None:
+    lim, _ = lane()
+    assert all(lim.reserve(10_000) == 0.0 for _ in range(1000))
+    assert lim.request_rate() is None and lim.describe() is None
+
+
+def test_tpm_books_by_tokens_and_settles_with_real_usage() -> None:
+    lim, _ = lane(tpm=6000)  # 100 tokens a second
+    assert lim.reserve(50) == 0.0
+    assert lim.reserve(50) == pytest.approx(0.5 * SPACING_MARGIN)
+    lim.settle(50, 150)  # the second used 100 more than booked: the next slot moves 1 s later
+    assert lim.reserve(50) == pytest.approx((1.0 + 1.0 + 0.0) * SPACING_MARGIN, rel=1e-3)
+
+
+def _burst(lim: ModelLimiter, ok: int, rejected: int, retry_after: float | None = 1.0) -> list[bool]:
+    for _ in range(ok):
+        lim.on_success(0.0)
+    return [lim.on_rate_limited(retry_after) for _ in range(rejected)]
+
+
+def test_a_full_window_slows_the_lane_to_what_the_server_accepted_once_per_episode() -> None:
+    lim, clock = lane()
+    full = _burst(lim, ok=10, rejected=90)  # 10 accepted, then the window is full
+    assert full.index(True) == 9  # the 10th 429 makes 429s half of what was heard: window full
+    assert lim.decreases == 1  # 81 more window-full 429s in the same episode: no more decreases
+    assert lim.ceiling == pytest.approx(10 / MIN_EPISODE_S)
+    assert lim.adaptive == pytest.approx(DECREASE * 10)
+    assert lim.blocked_until == pytest.approx(1.0)
+    assert lim.reserve(1) == pytest.approx(1.0)  # the whole lane waits for the window
+    assert "server window full" in (lim.describe() or "")
+    clock.t = 1.5
+    assert (lim.describe() or "").split(": ", 1)[1] == "slowed to 540 rpm after 429s"
+
+
+def test_sporadic_429s_never_slow_the_lane() -> None:
+    for p in (0.05, 0.15, 0.30):
+        lim, clock = lane()
+        rng = random.Random(1)
+        for i in range(3000):  # 1,000 answers a second, p of them 429 (an upstream's, not a window)
+            clock.t = i / 1000
+            if rng.random() < p:
+                assert lim.on_rate_limited(1.0) is False
+            else:
+                lim.on_success(0.0)
+        assert (lim.decreases, lim.adaptive, lim.blocked_until) == (0, None, 0.0), p
+        assert lim.reserve(1) == clock.t  # no wait for anyone
+
+
+def test_a_burst_after_a_quiet_spell_opening_with_429s_is_not_a_full_window() -> None:
+    # retries of a 30 %-sporadic server coming back together after their Retry-After: the first
+    # answers of the burst may be 429s by chance; that is no evidence of a window
+    lim, clock = lane()
+    for _ in range(50):
+        lim.on_success(0.0)
+    clock.t = 5.0
+    assert [lim.on_rate_limited(1.0) for _ in range(5)] == [False] * 5
+    lim.on_success(0.0)
+    assert lim.on_rate_limited(1.0) is False
+    assert (lim.decreases, lim.adaptive, lim.blocked_until) == (0, None, 0.0)
+
+
+def test_a_429_saying_the_window_has_room_is_sporadic_even_in_a_crowd() -> None:
+    lim, _ = lane()
+    room = RateHeaders(limit_requests=600, remaining_requests=42)
+    assert not any(lim.on_rate_limited(1.0, room) for _ in range(50))
+    assert lim.decreases == 0 and lim.header_rpm == 600
+
+
+def test_remaining_zero_blocks_until_reset_even_on_a_success() -> None:
+    lim, clock = lane()
+    clock.t = 5.0
+    lim.on_success(0.01, RateHeaders(limit_requests=600, remaining_requests=0, reset_requests_s=0.25))
+    assert lim.blocked_until == pytest.approx(5.25)
+    assert lim.reserve(1) == pytest.approx(5.25)
+    lim.on_rate_limited(30.0, RateHeaders(remaining_tokens=0, reset_tokens_s=2.0))  # reset beats Retry-After
+    assert lim.blocked_until == pytest.approx(7.0)
+
+
+def test_retry_after_ms_is_the_block_when_no_reset_is_given() -> None:
+    lim, _ = lane()
+    lim.on_rate_limited(3.0, RateHeaders(remaining_requests=0, retry_after_ms=0.4))
+    assert lim.blocked_until == pytest.approx(0.4)
+
+
+def test_announced_limit_paces_before_any_429() -> None:
+    lim, _ = lane()
+    lim.on_success(0.01, RateHeaders(limit_requests=600, remaining_requests=599))
+    assert lim.request_rate() == pytest.approx(10.0)
+    lim2, _ = lane(rpm=120)  # a lower configured limit wins
+    lim2.on_success(0.01, RateHeaders(limit_requests=600, remaining_requests=599))
+    assert lim2.request_rate() == pytest.approx(2.0)
+
+
+def test_additive_increase_per_clean_episode_up_to_the_ceiling_then_a_probe() -> None:
+    lim, clock = lane()
+    _burst(lim, ok=10, rejected=20)
+    rates = []
+    for step in range(1, 40):  # one success per episode
+        clock.t = step * (MIN_EPISODE_S + 0.01)
+        lim.on_success(0.01)
+        rates.append(lim.adaptive)
+    assert rates[0] == pytest.approx(DECREASE * 10 + INCREASE * 10)
+    assert rates[1] == pytest.approx(10.0)  # back at the ceiling, not above
+    assert all(r == pytest.approx(10.0) for r in rates[1 : 1 + PROBE_AFTER])
+    assert rates[1 + PROBE_AFTER] == pytest.approx(10 * (1 + INCREASE))  # the probe
+    # a single 429 answering the probe counts as window full: back under the old ceiling
+    assert lim.on_rate_limited(0.5) is True
+    assert lim.adaptive == pytest.approx(DECREASE * 10) and lim.decreases == 2
+
+
+def test_a_block_that_starts_while_waiting_is_waited_out() -> None:
+    async def scenario(lim: ModelLimiter, clock: FakeClock) -> float:
+        async def later() -> None:
+            await clock.sleep(0.05)
+            lim.on_rate_limited(2.0, RateHeaders(remaining_requests=0, reset_requests_s=2.0))
+
+        first = await lim.acquire(1)
+        assert first == 0.0
+        blocker = asyncio.ensure_future(later())
+        waited = await lim.acquire(1)  # booked for 0.1 s; the block from 0.05 s moves it to 2.05 s
+        await blocker
+        return waited
+
+    lim, clock = lane(rpm=600)
+    waited = asyncio.run(clock.run(scenario(lim, clock)))
+    assert waited >= 2.05 - 1e-9  # the block (and the decrease that came with it) applied to the waiter
+    assert lim.decreases == 1 and lim.waiting == 0
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5", 0.5), ("soon", None), ("-1", None)],
+)
+def test_parse_duration(value: str, seconds: float | None) -> None:
+    assert parse_duration(value) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_parse_rate_headers() -> None:
+    assert parse_rate_headers({}) is None
+    h = parse_rate_headers(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "250ms",
+            "retry-after-ms": "1500",
+        }
+    )
+    assert h == RateHeaders(600, 0, 0.25, None, None, None, 1.5)
+    assert h is not None and h.window_full and h.reset_s() == 0.25
+
+
+def test_progress_words_say_what_holds_the_pace() -> None:
+    limiters = Limiters({"p": (600, None)}, clock=FakeClock())
+    lim = limiters.get("p", "m")
+    assert limiters.describe() == []
+    lim.waiting = 3
+    assert limiters.describe() == ["m: 3 waiting on rpm 600"]
+    unlimited = Limiters({"p": (None, None)}, clock=FakeClock()).get("p", "m")
+    unlimited.waiting = 3
+    assert "rpm" not in (unlimited.describe() or "")  # no rpm was configured: never "waiting on RPM"
