@@ -256,12 +256,21 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from evalrun.analysis.evaluation import rescore_run
+    from evalrun.analysis.evaluation import for_experiment, has_judges, rescore_run
+    from evalrun.run.runner import RunOptions, run
 
-    summary, title = rescore_run(args.run_dir, args.config)
+    code = 0
+    if has_judges(args.run_dir, args.config):  # a resume sends only the judge requests not yet answered
+        outcome = run(args.config, RunOptions(resume=args.run_dir, progress=False, evaluator=for_experiment))
+        summary, title = outcome.summary, f"{args.run_dir.name}: rescored ({outcome.status})"
+        code = outcome.exit_code
+        for msg in outcome.messages:
+            print(f"evalrun: {msg}", file=sys.stderr)
+    else:
+        summary, title = rescore_run(args.run_dir, args.config)
     _print_summary(summary, title)
     print(args.run_dir)
-    return 0
+    return code
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.analysis.judges import Judges, compile_judges
-from evalrun.analysis.scoring import Scorers, load_scorers
+from evalrun.analysis.scoring import JUDGES, Scorers, load_scorers
 from evalrun.analysis.summary import SummaryBuilder, write_summary
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import RequestSpec
@@ -58,11 +58,14 @@ class Evaluation:
             self.judges.load(run_dir, _latest_rows(run_dir))
             self._loaded = True
 
-    def judge_requests(self, run_dir: Path) -> Iterator[RequestSpec]:
-        """The judge requests of this run that have no answer yet, lazily."""
+    def judge_lanes(self) -> set[tuple[str, str]]:
+        return {(j.cell.provider, j.cell.model) for j in self.judges.judges}
+
+    def judge_requests(self, run_dir: Path, lane: tuple[str, str] | None = None) -> Iterator[RequestSpec]:
+        """The judge requests of this run that have no answer yet (of one provider × model), lazily."""
         if self.judges:
             self._load(run_dir)
-            yield from self.judges.requests(_latest_rows(run_dir))
+            yield from self.judges.requests(_latest_rows(run_dir), lane)
             self._loaded = False  # answers arrive in the judge journal meanwhile: read it again
 
     def on_batch(self, rows: list[dict[str, Any]]) -> None:
@@ -86,6 +89,16 @@ def for_experiment(exp: Experiment, data_columns: tuple[str, ...]) -> Evaluation
     where = f"{exp.path}: scorers"
     judges = compile_judges(configs, exp.default_provider, [m.name for m in exp.config.models], where)
     return Evaluation(scorers, judges)
+
+
+def has_judges(run_dir: Path, config: Path | None) -> bool:
+    """Whether the scorers of `config` (default: the run's own) include model judges."""
+    from evalrun.config.load import load_experiment
+    from evalrun.run.store import require_finished
+
+    manifest = require_finished(run_dir)
+    exp = load_experiment(config or Path(manifest["config_path"]), manifest.get("overrides") or [])
+    return any(isinstance(s, JUDGES) for s in exp.config.scorers)
 
 
 def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]], str]:

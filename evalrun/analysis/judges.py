@@ -269,13 +269,15 @@ class Judges:
 
     # ---- what to send -------------------------------------------------------------------------
 
-    def requests(self, rows: Iterable[dict[str, Any]]) -> Iterator[RequestSpec]:
+    def requests(self, rows: Iterable[dict[str, Any]], lane: tuple[str, str] | None = None) -> Iterator[RequestSpec]:
         """The judge requests for these report rows that have no answer yet (errors are asked
-        again: a judge that failed leaves a null score, and a resume should fill it)."""
+        again: a judge that failed leaves a null score, and a resume should fill it); only the
+        judges of one provider × model `lane` when given."""
+        judges = [j for j in self.judges if lane is None or (j.cell.provider, j.cell.model) == lane]
         for row in rows:
             if row.get("status") != "ok":
                 continue
-            for j in self.judges:
+            for j in judges:
                 for jid, messages in j.questions(row, self._baseline_of(j, row)):
                     known = self._answers.get(jid)
                     if known is not None and known.ok:

@@ -53,7 +53,9 @@ class SummaryBuilder:
                     "started": row.get("started_at"),
                     **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
                     **{f"passes_{n}": 0 for n in self.scorers},
+                    **{f"graded_{n}": 0 for n in self.scorers},
                     **{f"scores_{n}": [] for n in self.scorers},
+                    "judge_cost": None,
                 }
                 self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
             else:
@@ -67,7 +69,14 @@ class SummaryBuilder:
                 c["truncated"] += row.get("finish_reason") == "length"
                 c["empty"] += _empty(row)
             for n in self.scorers:
-                c[f"passes_{n}"] += bool(row.get(f"pass_{n}"))
+                passed = row.get(f"pass_{n}")
+                # a judge that could not grade (it failed, or this is the pairwise baseline) leaves
+                # pass null: that row is not graded, and not counted as a failure
+                c[f"graded_{n}"] += passed is not None
+                c[f"passes_{n}"] += bool(passed)
+                jc = row.get(f"judge_cost_{n}")
+                if jc is not None:
+                    c["judge_cost"] = jc if c["judge_cost"] is None else c["judge_cost"] + jc
                 score = row.get(f"score_{n}")
                 if score is not None:
                     c[f"scores_{n}"].append(score)
@@ -117,11 +126,14 @@ class SummaryBuilder:
             row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
             row["rows"] = c["rows"]
             row["truncated_answers"], row["empty_answers"] = c["truncated"], c["empty"]
+            row["judge_cost"] = c["judge_cost"]  # what grading this cell's answers cost (model judges)
             for n in self.scorers:
-                passes, scores = c[f"passes_{n}"], c[f"scores_{n}"]
-                lo, hi = wilson_interval(passes, c["rows"])
-                row[f"pass_rate_{n}"] = passes / c["rows"] if c["rows"] else None
+                passes, scores, graded = c[f"passes_{n}"], c[f"scores_{n}"], c[f"graded_{n}"]
+                lo, hi = wilson_interval(passes, graded) if graded else (None, None)
+                row[f"pass_rate_{n}"] = passes / graded if graded else None
                 row[f"pass_ci_low_{n}"], row[f"pass_ci_high_{n}"] = lo, hi
+                if graded < c["rows"]:
+                    row[f"ungraded_{n}"] = c["rows"] - graded
                 row[f"mean_score_{n}"] = sum(scores) / len(scores) if scores else None
                 # what one correct answer costs: the cell's whole cost over its passes
                 row[f"cost_per_pass_{n}"] = None if c["cost_total"] is None or not passes else c["cost_total"] / passes
@@ -171,7 +183,7 @@ def summary_from_file(path: Path) -> list[dict[str, Any]]:
 
     source = pq.ParquetFile(path)
     schema = source.schema_arrow.names
-    names = [n for n in schema if n not in UNSUMMARIZED and not n.startswith("data_")]
+    names = [n for n in schema if n not in UNSUMMARIZED and not n.startswith(("data_", "judge_reasoning_"))]
     text = [n for n in ("content", "tool_calls") if n in schema]
     builder = SummaryBuilder()
     for batch in source.iter_batches(batch_size=16_384, columns=names + text):

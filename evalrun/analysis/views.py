@@ -116,7 +116,7 @@ def table(title: str, columns: list[Column], rows: list[dict[str, str]], width: 
 # --------------------------------------------------------------------------- the summary
 
 IDENTITY = ("cell_id", "provider", "model", "prompt_id")
-SCORED = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_")
+SCORED = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_", "ungraded_")
 NOT_PARAMS = {
     "requests",
     "errors",
@@ -134,6 +134,7 @@ NOT_PARAMS = {
     "visible_output_tokens",
     "reasoning_share",
     "cost_per_request",
+    "judge_cost",
     *COST_COLUMNS,
 }
 
@@ -162,6 +163,8 @@ def summary_columns(summary: list[dict[str, Any]], short: bool = False) -> list[
     priced = any(not missing(r.get("cost_total")) for r in summary)
     if priced:
         cols.append(Column("cost_total", "cost", 80))
+        if any(not missing(r.get("judge_cost")) for r in summary):
+            cols.append(Column("judge_cost", "judge cost", 75))
         if scorers:
             label = "cost/pass" + (f" {scorers[0]}" if len(scorers) > 1 else "")  # one scorer: no doubt which
             cols.append(Column(f"cost_per_pass_{scorers[0]}", label, 50))

@@ -13,7 +13,7 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
 from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
+from evalrun.run.records import RequestSpec
 from evalrun.run.rundir import check_run_dir, grid_changed, read_manifest
 from evalrun.run.secrets import checked_key, use_keys
 from evalrun.run.store import RowHook
@@ -34,7 +35,21 @@ RESEND_ON_RESUME = frozenset({"insufficient_quota", "authentication", "permissio
 
 
 class Evaluator(RowHook, Protocol):
-    """What the analysis stage does while results.parquet is written (see analysis.evaluation)."""
+    """What the analysis stage does while results.parquet is written (see analysis.evaluation),
+    and the judge requests it wants sent once the experiment's own requests are answered."""
+
+    @property
+    def judge_providers(self) -> set[str]: ...
+
+    def judge_requests(self, run_dir: Path, lane: tuple[str, str] | None = None) -> Iterator[RequestSpec]:
+        """The judge requests still unanswered (of one provider × model lane, or all), lazily."""
+        ...
+
+    def judge_lanes(self) -> set[tuple[str, str]]: ...
+
+    def prepare(self, run_dir: Path) -> None:
+        """Read what the judges answered, before results.parquet is written."""
+        ...
 
     def write_summary(self, run_dir: Path) -> Any: ...
 
@@ -99,7 +114,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     evaluator = opts.evaluator(exp, plan.dataset.columns) if opts.evaluator is not None else None
     max_cost = opts.max_cost or exp.config.budget.max_cost
     pricing = _pricing(plan, max_cost)
-    keys = api_keys(exp)
+    keys = api_keys(exp, evaluator.judge_providers if evaluator is not None else set())
     fingerprint = grid_fingerprint(plan)
     done: set[str] = set()
     if opts.resume is not None:
@@ -164,10 +179,11 @@ def grid_fingerprint(plan: Plan) -> str:
     return h.hexdigest()
 
 
-def api_keys(exp: Experiment) -> dict[str, str | None]:
-    """provider → key from its environment variable. A missing key is a usage error (exit 2)."""
+def api_keys(exp: Experiment, judges: set[str] | None = None) -> dict[str, str | None]:
+    """provider → key from its environment variable (the models' providers and the judges').
+    A missing key is a usage error (exit 2)."""
     keys: dict[str, str | None] = {}
-    used = {exp.provider_of(m) for m in exp.config.models}
+    used = {exp.provider_of(m) for m in exp.config.models} | (judges or set())
     for name in sorted(used):
         env = exp.providers[name].api_key_env
         if env is None:

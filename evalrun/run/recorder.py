@@ -28,6 +28,7 @@ class Recorder:
         stats: RunStats,
         pricing: Pricing | None,
         budget: CostBudget | None,
+        journal: str = JOURNAL,  # JUDGE_JOURNAL for the judge requests of the run
     ) -> None:
         self.run_id = run_id
         self.experiment = experiment
@@ -35,7 +36,7 @@ class Recorder:
         self.stats = stats
         self.pricing = pricing
         self.budget = budget
-        self.journal = Journal(run_dir / JOURNAL)
+        self.journal = Journal(run_dir / journal)
 
     def __enter__(self) -> Recorder:
         return self

@@ -17,17 +17,21 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evalrun import __version__
 from evalrun.config.prices import CostBudget
 from evalrun.run.context import RunContext, RunOptions, build_context, versions
+from evalrun.run.journal import JUDGE_JOURNAL
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
 from evalrun.run.records import Cell, RequestSpec
 from evalrun.run.rundir import holding_run_dirs, lock_run_dir
 from evalrun.run.stops import PoolOutcome
 from evalrun.run.store import MANIFEST, now_iso, write_json, write_results
+
+if TYPE_CHECKING:
+    from evalrun.run.pool import Pool
 
 __all__ = ["EXIT_INTERRUPTED", "RunOptions", "RunOutcome", "run"]
 
@@ -60,14 +64,18 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     stats = RunStats(total=ctx.to_send, currency=pricing.currency if pricing else None)
     budget = CostBudget(ctx.max_cost, pricing, spent(ctx.run_dir)) if ctx.max_cost and pricing else None
     messages: list[str] = []
-    if ctx.to_send == 0:
+    judging = _judges_pending(ctx)
+    if ctx.to_send == 0 and not judging:
         outcome = PoolOutcome()
         if ctx.resumed:
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
         columns = ctx.plan.dataset.columns
-        with Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, columns, stats, pricing, budget) as recorder:
-            outcome = _run_loop(ctx, recorder, stats, budget)
+        judges = Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, (), stats, pricing, budget, JUDGE_JOURNAL)
+        with Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, columns, stats, pricing, budget) as recorder, judges:
+            outcome = _run_loop(
+                ctx, recorder, judges if ctx.evaluator and ctx.evaluator.judge_lanes() else None, stats, budget
+            )
     status = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "completed"
     reason = outcome.run_reason or outcome.budget_reason
     if reason and not outcome.interrupted:
@@ -121,7 +129,15 @@ def _start_manifest(ctx: RunContext) -> None:
     write_json(ctx.run_dir / MANIFEST, manifest)
 
 
-def _run_loop(ctx: RunContext, recorder: Recorder, stats: RunStats, budget: CostBudget | None) -> PoolOutcome:
+def _judges_pending(ctx: RunContext) -> bool:
+    """Whether judge requests of this run are still unanswered (a resume after a kill while judging)."""
+    ev = ctx.evaluator
+    return ev is not None and bool(ev.judge_lanes()) and next(iter(ev.judge_requests(ctx.run_dir)), None) is not None
+
+
+def _run_loop(
+    ctx: RunContext, recorder: Recorder, judges: Recorder | None, stats: RunStats, budget: CostBudget | None
+) -> PoolOutcome:
     try:
         import uvloop  # ~2× less event-loop overhead per request
 
@@ -137,7 +153,7 @@ def _run_loop(ctx: RunContext, recorder: Recorder, stats: RunStats, budget: Cost
     gc.set_threshold(100_000, 50, 1000)
     try:
         with runner:
-            return runner.run(_run_async(ctx, recorder, stats, budget))
+            return runner.run(_run_async(ctx, recorder, judges, stats, budget))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -156,7 +172,9 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
     return out
 
 
-async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budget: CostBudget | None) -> PoolOutcome:
+async def _run_async(
+    ctx: RunContext, recorder: Recorder, judges: Recorder | None, stats: RunStats, budget: CostBudget | None
+) -> PoolOutcome:
     import aiohttp
 
     from evalrun.run.attempts import Admission, Attempts, Lane
@@ -167,7 +185,8 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
     from evalrun.run.stops import Stops
 
     exp = ctx.exp
-    used = sorted({c.provider for c in ctx.plan.cells})
+    judge_providers = ctx.evaluator.judge_providers if ctx.evaluator is not None else set()
+    used = sorted({c.provider for c in ctx.plan.cells} | judge_providers)
     providers = {n: exp.providers[n] for n in used}
     loop = asyncio.get_running_loop()
     stops = Stops()
@@ -247,15 +266,30 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
             )
             pool = Pool(lanes, attempts, recorder.record)
             progress = Progress(stats, limiters, exp.name, enabled=ctx.progress)
-            if stops.run_reason is None:  # a Ctrl-C during start-up: send nothing
-                task = asyncio.ensure_future(pool.run())
             progress.start()
             try:
-                while task is not None and not task.done():
-                    await asyncio.wait([task], timeout=0.25 if progress.tty else 1.0)
-                    progress.update(pool.in_flight)
-                if task is not None:
-                    await task
+                if stops.run_reason is None:  # a Ctrl-C during start-up: send nothing
+                    task = asyncio.ensure_future(pool.run())
+                await _drive(task, pool, progress)
+                if judges is not None and ctx.evaluator is not None and not stops.outcome().stopped:
+                    # the judges' turn: the same clients, limiters, slots, retries and stops
+                    ev = ctx.evaluator
+                    stats.total += sum(1 for _ in ev.judge_requests(ctx.run_dir))
+                    lanes = [
+                        Lane(
+                            p,
+                            m,
+                            ev.judge_requests(ctx.run_dir, (p, m)),
+                            clients[p],
+                            limiters.get(p, m),
+                            slots[p],
+                            providers[p].max_concurrency,
+                        )
+                        for p, m in sorted(ev.judge_lanes())
+                    ]
+                    pool = Pool(lanes, attempts, judges.record)
+                    task = asyncio.ensure_future(pool.run())
+                    await _drive(task, pool, progress)
             except asyncio.CancelledError:
                 pass
             finally:
@@ -271,11 +305,22 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
     return stops.outcome()
 
 
+async def _drive(task: asyncio.Future[PoolOutcome] | None, pool: Pool, progress: Progress) -> None:
+    """Wait for a pool run, updating the progress display meanwhile."""
+    while task is not None and not task.done():
+        await asyncio.wait([task], timeout=0.25 if progress.tty else 1.0)
+        progress.update(pool.in_flight)
+    if task is not None:
+        await task
+
+
 def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) -> RunOutcome:
     plan, run_dir, manifest, evaluator = ctx.plan, ctx.run_dir, ctx.manifest, ctx.evaluator
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+    if evaluator is not None:
+        evaluator.prepare(run_dir)  # what the judges answered
     counts = write_results(
         run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
     )

@@ -326,8 +326,9 @@ def _write_batch(
     # The report columns are converted before the hook sees the rows, so that a row the schema
     # cannot take (a damaged journal, an older evalrun) is made an error row first — the scorers
     # and the summary's sums never see a value the report does not hold. The score columns the
-    # hook adds come last in the schema and are appended as arrays.
-    n_scores = 2 * len(hook.score_names) if hook is not None else 0
+    # hook adds (score_/pass_ per scorer, then its extra columns) come last in the schema and
+    # are appended as arrays.
+    n_scores = 2 * len(hook.score_names) + len(hook.extra_columns) if hook is not None else 0
     base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
     try:
         batch = pa.RecordBatch.from_pylist(rows, schema=base)
