@@ -1,7 +1,5 @@
 """Command line: parse arguments, call one function per command, map errors to exit codes.
-
-Heavy imports (pydantic, pyarrow, pandas, aiohttp) happen inside the commands so that
-`evalrun --help` stays instant.
+Heavy imports (pydantic, pyarrow, pandas, aiohttp) happen inside the commands: `--help` stays instant.
 """
 
 from __future__ import annotations
@@ -73,6 +71,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--run-dir", type=Path, help="write the report exactly here")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run: send only what has no row")
+    s.add_argument("--reuse", metavar="RUN_DIR", help="take unchanged requests' answers from a run (or latest)")
     s.add_argument(
         "--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error"
     )
@@ -221,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_cost=args.max_cost,
         progress=not args.no_progress,
+        reuse=args.reuse,
         evaluator=preflight(for_experiment, args.max_cost, notes.append),
     )
     outcome = run(args.config, opts)

@@ -123,7 +123,32 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
         "notes": simulator_misses(plan),
+        "cache": cache_hits(plan),
     }
+
+
+def cache_hits(plan: Plan) -> dict[str, Any] | None:
+    """With `cache:` set: how many requests its answers would serve, and what they cost once."""
+    from evalrun.run.cache import Keyer, ResponseCache, endpoint_identity
+    from evalrun.run.context import cache_file
+
+    path = cache_file(plan.exp)
+    if path is None:
+        return None
+    out: dict[str, Any] = {"path": str(path), "hits": 0, "saved": 0.0}
+    if not path.is_file():
+        return out
+    cache = ResponseCache(path, readonly=True)
+    keyers = {c.provider: Keyer(endpoint_identity(plan.exp.providers[c.provider])) for c in plan.cells}
+    try:
+        for spec in plan.specs():
+            hit = cache.get(keyers[spec.cell.provider](spec))
+            if hit is not None:
+                out["hits"] += 1
+                out["saved"] += hit.cost or 0.0
+    finally:
+        cache.close()
+    return out
 
 
 def format_plan(report: dict[str, Any]) -> str:
@@ -146,6 +171,11 @@ def format_plan(report: dict[str, Any]) -> str:
     else:
         lines.append("cost         no price table (set prices: or put prices.yaml beside the config)")
     lines += [wrapped("note         " + n, " " * 13) for n in report.get("notes") or []]
+    if (cache := report.get("cache")) is not None:
+        saved = f", {cache['saved']:.4f} {report['currency']} saved" if report["currency"] else ""
+        lines.append(
+            f"cache        {cache['hits']:,} of {report['requests']:,} requests answered by {cache['path']}{saved}"
+        )
     if report["shortest_duration_s"]:
         lines.append(f"duration     ≥ {_dur(report['shortest_duration_s'])} (rate limits)")
     else:

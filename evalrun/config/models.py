@@ -243,6 +243,11 @@ class ExperimentConfig(_Strict):
     scorers: list[ScorerConfig] = Field(default_factory=list)
     gate: GateConfig = Field(default_factory=GateConfig)
     reports_dir: str = "reports"
+    cache: bool | str | None = Field(
+        None,
+        description="keep successful answers and serve an identical request from them: true "
+        "(under reports_dir/cache) or a folder",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

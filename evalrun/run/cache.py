@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+
+from evalrun.config.models import ProviderConfig
+from evalrun.run.client import Payloads
+from evalrun.run.journal import read_journal
+from evalrun.run.records import RequestSpec
 
 CACHE_FILE = "responses.sqlite"
 BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait this long, then fail loudly
@@ -35,6 +40,31 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 # columns of a cached row that describe where and when it was recorded, not the answer
 PER_RUN = ("run_id", "experiment", "request_id", "cell_id", "row_id", "repeat", "started_at")
+
+
+# simulator knobs that change when or whether it answers, never what a successful answer says
+_SIM_TIMING = ("latency_ms", "per_token_ms", "latency_scale", "hang_s", "rate_hang")
+
+
+def endpoint_identity(provider: ProviderConfig) -> str:
+    """Who answers: the base URLs of an API (never its key), or the simulator's answer-shaping
+    options (its seed, its models; not its latency)."""
+    if provider.kind == "simulator":
+        opts = provider.simulator.model_dump(mode="json", exclude=set(_SIM_TIMING))
+        return "simulator:" + orjson.dumps(opts, option=orjson.OPT_SORT_KEYS).decode()
+    return "openai:" + ",".join(provider.base_urls)
+
+
+class Keyer:
+    """The cache key of every request of one provider, from the body the client would send."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._payloads = Payloads()
+
+    def __call__(self, spec: RequestSpec) -> str:
+        body = orjson.dumps(self._payloads.payload(spec), option=orjson.OPT_SORT_KEYS)
+        return request_key(body, self.endpoint, spec.repeat)
 
 
 def request_key(body: bytes, endpoint: str, repeat: int) -> str:
@@ -127,3 +157,92 @@ def cached_rows(answer: CachedAnswer, fresh: dict[str, Any]) -> Iterator[dict[st
             if k.startswith("cost_") and out[k] is not None:
                 out[k] = 0.0
         yield out
+
+
+def serve_from(
+    caches: list[ResponseCache],
+    specs: Iterator[RequestSpec],
+    keyer: Callable[[RequestSpec], str],
+    on_hit: Callable[[RequestSpec, str, CachedAnswer], None],
+    on_miss: Callable[[RequestSpec, str], None],
+) -> Iterator[RequestSpec]:
+    """The lane's requests that no cache answers; the answered ones go to `on_hit`, unsent."""
+    for spec in specs:
+        key = keyer(spec)
+        hit = next((a for c in caches if (a := c.get(key)) is not None), None)
+        if hit is None:
+            on_miss(spec, key)
+            yield spec
+        else:
+            on_hit(spec, key, hit)
+
+
+def load_run(cache: ResponseCache, journal_entries: Iterable[dict[str, Any]], source_run: str) -> int:
+    """Put an earlier run's successful answers (those recorded with their request key) in `cache`."""
+
+    def items() -> Iterator[tuple[str, list[dict[str, Any]], str | None, float | None]]:
+        for entry in journal_entries:
+            rows = entry.get("rows") or []
+            key = rows[0].get("request_key") if rows else None
+            if entry.get("status") == "ok" and key:
+                first = rows[0]  # an answer the earlier run itself took from a cache keeps its origin
+                if first.get("cached"):
+                    yield key, rows, first.get("cache_source_run"), first.get("cached_cost_total")
+                else:
+                    yield key, rows, source_run, first.get("cost_total")
+
+    return cache.put_many(items())
+
+
+REUSE_FILE = "reuse.sqlite"  # an earlier run's answers, loaded for `--reuse`; removed when the run ends
+
+
+class Recording(Protocol):
+    """What the cache layer tells the recorder (see run/recorder.py)."""
+
+    def record_cached(self, spec: RequestSpec, key: str, hit: CachedAnswer) -> None: ...
+
+    def remember_key(self, spec: RequestSpec, key: str) -> None: ...
+
+
+@dataclass
+class Caches:
+    """The request keys of a run, and the caches it asks before sending (--reuse first)."""
+
+    keyers: dict[str, Keyer]  # provider → its request keys
+    lookup: list[ResponseCache]
+    store: ResponseCache | None  # where this run's answers are kept (the experiment's cache)
+    reuse_file: Path | None = None
+
+    def serve(self, provider: str, specs: Iterator[RequestSpec], recorder: Recording) -> Iterator[RequestSpec]:
+        """A lane's requests minus those a cache answers (recorded at once, unsent)."""
+        if not self.lookup:
+            return specs
+        return serve_from(self.lookup, specs, self.keyers[provider], recorder.record_cached, recorder.remember_key)
+
+    def close(self) -> None:
+        for c in {id(c): c for c in [*self.lookup, *([self.store] if self.store else [])]}.values():
+            c.close()
+        if self.reuse_file is not None:
+            self.reuse_file.unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.reuse_file}{suffix}").unlink(missing_ok=True)
+
+
+def open_caches(
+    providers: Mapping[str, ProviderConfig], cache: Path | None, reuse: Path | None, run_dir: Path
+) -> Caches:
+    """Keyers for every provider; the experiment's cache; an earlier run's answers for --reuse."""
+    keyers = {name: Keyer(endpoint_identity(p)) for name, p in providers.items()}
+    lookup: list[ResponseCache] = []
+    reuse_file = None
+    if reuse is not None:
+        reuse_file = run_dir / REUSE_FILE
+        reused = ResponseCache(reuse_file)
+        for journal in ("journal.jsonl", "judge_journal.jsonl"):
+            load_run(reused, read_journal(reuse / journal), reuse.name)
+        lookup.append(reused)
+    store = ResponseCache(cache) if cache is not None else None
+    if store is not None:
+        lookup.append(store)
+    return Caches(keyers, lookup, store, reuse_file)

@@ -49,6 +49,27 @@ class Sent:
     rate: RateHeaders | None = None  # the server's x-ratelimit-* / retry-after-ms, if sent
 
 
+class Payloads:
+    """Request bodies as they go on the wire (the response cache keys requests by them too)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[str, ChatRequest] = {}  # cell_id → payload without messages
+
+    def payload(self, spec: RequestSpec) -> ChatRequest:
+        """The request body: the cell's body (built once per cell), the row's own parameters
+        on top when the dataset supplies some, and the messages."""
+        base: ChatRequest | None
+        if spec.row_params:
+            base = _body(spec.cell.model, spec.params)
+        else:
+            base = self._bodies.get(spec.cell.cell_id)
+            if base is None:
+                base = self._bodies[spec.cell.cell_id] = _body(spec.cell.model, spec.cell.params)
+        body = base.copy()
+        body["messages"] = spec.messages
+        return body
+
+
 class ProviderClient:
     """Sends requests to one provider, falling back along its base URLs when one is unhealthy."""
 
@@ -74,7 +95,7 @@ class ProviderClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
-        self._bodies: dict[str, ChatRequest] = {}  # cell_id → payload without messages
+        self._payloads = Payloads()
         # The repeat index lets a deterministic local server (the simulator) vary its answer per
         # repeat; a remote API never sees this header.
         self._send_repeat = all(is_loopback(urlsplit(u).hostname or "") for u in base_urls)
@@ -102,18 +123,7 @@ class ProviderClient:
             self._failures[url] = 0
 
     def payload(self, spec: RequestSpec) -> ChatRequest:
-        """The request body: the cell's body (built once per cell), the row's own parameters
-        on top when the dataset supplies some, and the messages."""
-        base: ChatRequest | None
-        if spec.row_params:
-            base = _body(spec.cell.model, spec.params)
-        else:
-            base = self._bodies.get(spec.cell.cell_id)
-            if base is None:
-                base = self._bodies[spec.cell.cell_id] = _body(spec.cell.model, spec.cell.params)
-        body = base.copy()
-        body["messages"] = spec.messages
-        return body
+        return self._payloads.payload(spec)
 
     async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
         """One attempt to `base_url` (default: the current one). Never raises a RequestError:

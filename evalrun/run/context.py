@@ -22,10 +22,11 @@ from evalrun import __version__
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
+from evalrun.run.cache import CACHE_FILE
 from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
 from evalrun.run.records import RequestSpec
-from evalrun.run.rundir import check_run_dir, grid_changed, read_manifest
+from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
 from evalrun.run.secrets import checked_key, use_keys
 from evalrun.run.store import RowHook
 
@@ -67,6 +68,7 @@ class RunOptions:
     max_requests: int | None = None
     max_cost: float | None = None
     progress: bool = True
+    reuse: str | None = None  # an earlier run directory, or "latest": its unchanged requests are not sent
     # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
     evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
 
@@ -88,6 +90,8 @@ class RunContext:
     resumed: bool
     retry_errors: bool
     progress: bool
+    cache: Path | None = None  # the response cache file, when the experiment keeps one
+    reuse: Path | None = None  # an earlier run whose answers this one takes
 
     @property
     def exp(self) -> Experiment:
@@ -164,7 +168,43 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         resumed=opts.resume is not None,
         retry_errors=opts.retry_errors,
         progress=opts.progress,
+        cache=cache_file(exp),
+        reuse=_reuse_dir(exp, opts.reuse, run_dir),
     )
+
+
+def cache_file(exp: Experiment) -> Path | None:
+    """The experiment's response cache: `cache: true` → reports_dir/cache, or the folder given."""
+    cache = exp.config.cache
+    if cache is None or cache is False:
+        return None
+    folder = Path(exp.config.reports_dir) / "cache" if cache is True else Path(cache)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{exp.where('cache')}: cache: {folder} is a file; give a folder (or true)")
+    return folder / CACHE_FILE
+
+
+def _reuse_dir(exp: Experiment, reuse: str | None, run_dir: Path) -> Path | None:
+    """`--reuse RUN_DIR|latest`: the earlier run whose answers this one takes (checked here, before sending)."""
+    if reuse is None:
+        return None
+    if reuse == "latest":
+        folder = Path(exp.config.reports_dir) / exp.name
+        finished = {}
+        for d in folder.glob("*"):
+            try:
+                m = manifest_if_any(d)
+            except ConfigError:  # a damaged run is no baseline
+                continue
+            if d != run_dir and m.get("status") == "completed":
+                finished[d] = str(m.get("finished_at") or "")
+        if not finished:
+            raise ConfigError(f"--reuse latest: no completed run of {exp.name!r} under {folder}")
+        return max(finished, key=lambda d: finished[d])
+    path = Path(reuse)
+    if not (path / JOURNAL).is_file():
+        raise ConfigError(f"--reuse {reuse}: no {JOURNAL} there; give a run directory (or latest)")
+    return path
 
 
 def grid_fingerprint(plan: Plan) -> str:

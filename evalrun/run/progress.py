@@ -34,6 +34,8 @@ class RunStats:
     errors: int = 0
     retries: int = 0
     tokens: int = 0
+    cached: int = 0  # answers served from a cache (unsent)
+    saved: float = 0.0  # what those answers cost when they were first asked
     errors_by_type: Counter[str] = field(default_factory=Counter)
     retries_by_type: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)

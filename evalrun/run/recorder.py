@@ -6,14 +6,20 @@ durable (flushed to the OS) before it counts as done; the pool hands it each Res
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
 from evalrun.config.prices import CostBudget, Pricing
+from evalrun.run.cache import CachedAnswer, ResponseCache, cached_rows
 from evalrun.run.journal import JOURNAL, Journal, read_journal
 from evalrun.run.progress import RunStats
-from evalrun.run.records import Result
+from evalrun.run.records import RequestSpec, Result
 from evalrun.run.store import result_rows
+
+# the columns of a request that describe it in this run; a cached answer takes them from here
+IDENTITY = ("status", "http_status", "error_type", "error_message")
 
 
 class Recorder:
@@ -29,6 +35,8 @@ class Recorder:
         pricing: Pricing | None,
         budget: CostBudget | None,
         journal: str = JOURNAL,  # JUDGE_JOURNAL for the judge requests of the run
+        keyers: Mapping[str, Callable[[RequestSpec], str]] | None = None,  # provider → request key
+        cache: ResponseCache | None = None,  # where successful answers are kept for later runs
     ) -> None:
         self.run_id = run_id
         self.experiment = experiment
@@ -37,6 +45,9 @@ class Recorder:
         self.pricing = pricing
         self.budget = budget
         self.journal = Journal(run_dir / journal)
+        self.keyers = keyers or {}
+        self.cache = cache
+        self._keys: dict[str, str] = {}  # request id → key, computed when the cache was asked
 
     def __enter__(self) -> Recorder:
         return self
@@ -46,12 +57,18 @@ class Recorder:
 
     def record(self, result: Result) -> None:
         """Write one request's rows, then count it. Raises if the journal cannot be written."""
+        spec = result.spec
         rows = result_rows(result, self.run_id, self.experiment, self.data_columns)
         cost = None
         if self.pricing is not None:  # usage sits on the first row: so does the request's cost
-            rows[0].update(self.pricing.cost(result.spec.cell.model, rows[0]))
+            rows[0].update(self.pricing.cost(spec.cell.model, rows[0]))
             cost = rows[0]["cost_total"]
-        self.journal.append(result.spec.request_id, "ok" if result.ok else "error", result.error_type, rows)
+        key = self._key(spec)
+        if key is not None:  # what `--reuse` and the cache find this answer by
+            rows[0]["request_key"] = key
+        self.journal.append(spec.request_id, "ok" if result.ok else "error", result.error_type, rows)
+        if self.cache is not None and key is not None and result.ok:
+            self.cache.put(key, rows, self.run_id, cost)
         if self.budget is not None:
             self.budget.settle(result.spec.request_id, cost)
         stats = self.stats
@@ -66,6 +83,29 @@ class Recorder:
         if result.retry_types:
             stats.retries += len(result.retry_types)
             stats.retries_by_type.update(result.retry_types)
+
+    def _key(self, spec: RequestSpec) -> str | None:
+        key = self._keys.pop(spec.request_id, None)
+        if key is None and (keyer := self.keyers.get(spec.cell.provider)) is not None:
+            key = keyer(spec)
+        return key
+
+    def record_cached(self, spec: RequestSpec, key: str, hit: CachedAnswer) -> None:
+        """An answer served from a cache: recorded like any, unsent, at no cost to this run."""
+        fresh = result_rows(Result(spec, time.time(), None, 0, None), self.run_id, self.experiment, self.data_columns)
+        identity = {k: v for k, v in fresh[0].items() if k not in IDENTITY}
+        rows = list(cached_rows(hit, identity))
+        rows[0]["request_key"] = key
+        self.journal.append(spec.request_id, "ok", None, rows)
+        stats = self.stats
+        stats.done += 1
+        stats.ok += 1
+        stats.cached += 1
+        stats.saved += hit.cost or 0.0
+
+    def remember_key(self, spec: RequestSpec, key: str) -> None:
+        """The key a cache lookup computed for a request that is now sent (saves computing it again)."""
+        self._keys[spec.request_id] = key
 
 
 def spent(run_dir: Path) -> float:

@@ -11,6 +11,7 @@ Also resume: the journal says which requests already have a row; only the others
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun import __version__
+from evalrun.config.models import ProviderConfig
 from evalrun.config.prices import CostBudget
+from evalrun.run.cache import Caches, open_caches
 from evalrun.run.context import RunContext, RunOptions, build_context, versions
 from evalrun.run.journal import JUDGE_JOURNAL
 from evalrun.run.progress import Progress, RunStats
@@ -70,11 +73,29 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         if ctx.resumed:
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
-        columns = ctx.plan.dataset.columns
-        judges = Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, (), stats, pricing, budget, JUDGE_JOURNAL)
-        with Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, columns, stats, pricing, budget) as recorder, judges:
-            outcome = _run_loop(
-                ctx, recorder, judges if ctx.evaluator and ctx.evaluator.judge_lanes() else None, stats, budget
+        columns, name = ctx.plan.dataset.columns, ctx.exp.name
+        caches = open_caches(_providers(ctx), ctx.cache, ctx.reuse, ctx.run_dir)
+        keyers, store = caches.keyers, caches.store
+        judging_on = ctx.evaluator is not None and bool(ctx.evaluator.judge_lanes())
+        try:
+            main = Recorder(ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store)
+            with main as recorder, contextlib.ExitStack() as stack:
+                judges = (
+                    stack.enter_context(
+                        Recorder(
+                            ctx.run_dir, ctx.run_id, name, (), stats, pricing, budget, JUDGE_JOURNAL, keyers, store
+                        )
+                    )
+                    if judging_on
+                    else None
+                )
+                outcome = _run_loop(ctx, recorder, judges, caches, stats, budget)
+        finally:
+            caches.close()
+        if stats.cached:
+            messages.append(
+                f"{stats.cached:,} answers came from the cache, unsent"
+                + (f" (first asked for {stats.saved:,.4f} {pricing.currency})" if pricing else "")
             )
     status = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "completed"
     reason = outcome.run_reason or outcome.budget_reason
@@ -135,8 +156,19 @@ def _judges_pending(ctx: RunContext) -> bool:
     return ev is not None and bool(ev.judge_lanes()) and next(iter(ev.judge_requests(ctx.run_dir)), None) is not None
 
 
+def _providers(ctx: RunContext) -> dict[str, ProviderConfig]:
+    """The providers this run talks to: its models' and its judges'."""
+    judges = ctx.evaluator.judge_providers if ctx.evaluator is not None else set()
+    return {n: ctx.exp.providers[n] for n in sorted({c.provider for c in ctx.plan.cells} | judges)}
+
+
 def _run_loop(
-    ctx: RunContext, recorder: Recorder, judges: Recorder | None, stats: RunStats, budget: CostBudget | None
+    ctx: RunContext,
+    recorder: Recorder,
+    judges: Recorder | None,
+    caches: Caches,
+    stats: RunStats,
+    budget: CostBudget | None,
 ) -> PoolOutcome:
     try:
         import uvloop  # ~2× less event-loop overhead per request
@@ -153,7 +185,7 @@ def _run_loop(
     gc.set_threshold(100_000, 50, 1000)
     try:
         with runner:
-            return runner.run(_run_async(ctx, recorder, judges, stats, budget))
+            return runner.run(_run_async(ctx, recorder, judges, caches, stats, budget))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -173,7 +205,12 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
 
 
 async def _run_async(
-    ctx: RunContext, recorder: Recorder, judges: Recorder | None, stats: RunStats, budget: CostBudget | None
+    ctx: RunContext,
+    recorder: Recorder,
+    judges: Recorder | None,
+    caches: Caches,
+    stats: RunStats,
+    budget: CostBudget | None,
 ) -> PoolOutcome:
     import aiohttp
 
@@ -185,9 +222,7 @@ async def _run_async(
     from evalrun.run.stops import Stops
 
     exp = ctx.exp
-    judge_providers = ctx.evaluator.judge_providers if ctx.evaluator is not None else set()
-    used = sorted({c.provider for c in ctx.plan.cells} | judge_providers)
-    providers = {n: exp.providers[n] for n in used}
+    providers = _providers(ctx)
     loop = asyncio.get_running_loop()
     stops = Stops()
     task: asyncio.Future[PoolOutcome] | None = None
@@ -250,7 +285,7 @@ async def _run_async(
                 Lane(
                     prov,
                     model,
-                    specs,
+                    caches.serve(prov, specs, recorder),
                     clients[prov],
                     limiters.get(prov, model),
                     slots[prov],
@@ -279,7 +314,7 @@ async def _run_async(
                         Lane(
                             p,
                             m,
-                            ev.judge_requests(ctx.run_dir, (p, m)),
+                            caches.serve(p, ev.judge_requests(ctx.run_dir, (p, m)), judges),
                             clients[p],
                             limiters.get(p, m),
                             slots[p],

@@ -116,6 +116,11 @@ def results_schema(
         ("error_message", pa.string()),
         ("response_id", pa.string()),
         *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
+        # what the response cache knows a request by, and whether this answer came from it
+        ("request_key", pa.string()),
+        ("cached", pa.bool_()),
+        ("cache_source_run", pa.string()),
+        ("cached_cost_total", pa.float64()),
         *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
         *[(name, kinds[kind]) for name, kind in extra],
     ]
