@@ -42,6 +42,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from evalrun.cli_many import add_merge_parser, add_run_arguments
+
     p = _Parser(
         prog="evalrun",
         description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
@@ -85,6 +87,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_run_arguments(s)
+    add_merge_parser(sub)
 
     s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
     s.add_argument("run_dir", type=Path)
@@ -181,8 +185,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
+    from evalrun.cli_many import run_workers_cmd, shard_option, wants_workers
     from evalrun.run.runner import RunOptions, run
 
+    if wants_workers(args):
+        return run_workers_cmd(args)
     if (args.retry_errors or args.force) and args.resume is None:
         raise_usage("--retry-errors and --force go with --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
@@ -198,6 +205,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_cost=args.max_cost,
         progress=not args.no_progress,
         evaluator=for_experiment,
+        shard=shard_option(args),
+        rate_share=args.rate_share,
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
@@ -406,4 +415,11 @@ COMMANDS = {
     "report": cmd_report,
     "compare": cmd_compare,
     "serve-sim": cmd_serve_sim,
+    "merge": lambda args: _many().cmd_merge(args),
 }
+
+
+def _many():  # type: ignore[no-untyped-def]
+    import evalrun.cli_many
+
+    return evalrun.cli_many

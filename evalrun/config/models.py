@@ -31,6 +31,28 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "x-goog-api-key"}
 
 
+def check_limiter_url(url: str) -> str:
+    """redis://HOST:PORT/DB (or rediss:// for TLS); the error names what is allowed."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    db = parts.path.lstrip("/")
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or port == -1
+        or (db and not db.isdigit())
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"{url!r} is not a Redis URL; expected redis://HOST:PORT/DB (or rediss:// for TLS)")
+    if parts.password or parts.username:
+        raise ValueError("a password in the limiter URL would put a secret in the config; use REDIS_PASSWORD")
+    return url
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,8 +71,14 @@ class ProviderConfig(_Strict):
     rpm: int | None = Field(None, ge=1, description="requests per minute per model")
     tpm: int | None = Field(None, ge=1, description="tokens per minute per model")
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
+    limiter: str | None = Field(None, description="redis://HOST:PORT/DB: share rpm/tpm with every process using it")
     allow_insecure_http: bool = False
     simulator: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("limiter")
+    @classmethod
+    def _limiter(cls, v: str | None) -> str | None:
+        return None if v is None else check_limiter_url(v)
 
     @field_validator("api_key_env")
     @classmethod
@@ -232,6 +260,20 @@ class ExperimentConfig(_Strict):
     scorers: list[ScorerConfig] = Field(default_factory=list)
     gate: GateConfig = Field(default_factory=GateConfig)
     reports_dir: str = "reports"
+    limiter: str | None = Field(None, description="redis://HOST:PORT/DB for every provider without its own")
+
+    @field_validator("limiter")
+    @classmethod
+    def _limiter(cls, v: str | None) -> str | None:
+        return None if v is None else check_limiter_url(v)
+
+    @model_validator(mode="after")
+    def _default_limiter(self) -> ExperimentConfig:
+        if self.limiter:
+            for p in self.providers.values():
+                if p.limiter is None:
+                    p.limiter = self.limiter
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

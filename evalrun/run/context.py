@@ -24,6 +24,7 @@ from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
 from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
+from evalrun.run.shards import Shard, shard_from_manifest
 from evalrun.run.store import MANIFEST, RowHook
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
@@ -50,6 +51,8 @@ class RunOptions:
     max_requests: int | None = None
     max_cost: float | None = None
     progress: bool = True
+    shard: Shard | None = None  # --shard I/N: only this shard's requests
+    rate_share: int = 1  # --workers K without a shared limiter: this process paces at rpm/K, tpm/K
     # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
     evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
 
@@ -71,14 +74,22 @@ class RunContext:
     resumed: bool
     retry_errors: bool
     progress: bool
+    shard: Shard | None = None
+    shard_requests: int | None = None  # how many requests the shard holds (None: no shard)
+    rate_share: int = 1
 
     @property
     def exp(self) -> Experiment:
         return self.plan.exp
 
     @property
+    def total(self) -> int:
+        """The requests this process answers for: the grid's, or its shard's."""
+        return self.plan.total_requests if self.shard_requests is None else self.shard_requests
+
+    @property
     def to_send(self) -> int:
-        return self.plan.total_requests - len(self.done)
+        return self.total - len(self.done)
 
 
 def build_context(config: Path | None, opts: RunOptions) -> RunContext:
@@ -95,6 +106,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         config = config or Path(manifest["config_path"])
         overrides = overrides or list(manifest.get("overrides") or [])
         limit = limit if limit is not None else manifest.get("limit")
+    shard = _resumed_shard(opts, manifest)
     if config is None:
         raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
     exp = load_experiment(config, overrides)
@@ -126,6 +138,8 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         run_id = run_dir.name
     else:
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        if shard is not None:
+            run_id += f"-shard{shard.label}"
         run_dir = Path(exp.config.reports_dir) / exp.name / run_id
     manifest.update(
         {
@@ -137,6 +151,8 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
             "grid_fingerprint": fingerprint,
         }
     )
+    if shard is not None:
+        manifest["shard"] = shard.to_json()
     return RunContext(
         plan=plan,
         run_dir=run_dir,
@@ -151,7 +167,23 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         resumed=opts.resume is not None,
         retry_errors=opts.retry_errors,
         progress=opts.progress,
+        shard=shard,
+        shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
+        rate_share=opts.rate_share,
     )
+
+
+def _resumed_shard(opts: RunOptions, manifest: dict[str, Any]) -> Shard | None:
+    """The shard of this run: --shard, or on --resume the one its manifest recorded."""
+    if opts.resume is None:
+        return opts.shard
+    recorded = shard_from_manifest(manifest)
+    if opts.shard is not None and opts.shard != recorded:
+        raise ConfigError(
+            f"--resume {opts.resume}: that run is shard {recorded or 'none (the whole grid)'}, not --shard {opts.shard}; "
+            "drop --shard to resume it as it was"
+        )
+    return recorded
 
 
 def grid_fingerprint(plan: Plan) -> str:

@@ -95,6 +95,7 @@ def _start_manifest(ctx: RunContext) -> None:
                 "requests": plan.total_requests,
                 "dataset": str(plan.dataset.path),
             },
+            "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
             "cells": [
                 {
                     "cell_id": c.cell_id,
@@ -143,7 +144,7 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
     done = ctx.done
     out: dict[tuple[str, str], Iterator[RequestSpec]] = {}
     for key, group in cells.items():
-        specs = ctx.plan.specs(group)
+        specs = ctx.plan.specs(group) if ctx.shard is None else ctx.shard.filter(ctx.plan.specs(group))
         out[key] = (s for s in specs if s.request_id not in done) if done else specs
     return out
 
@@ -157,6 +158,7 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
     from evalrun.run.pool import Pool
     from evalrun.run.slots import Slots
     from evalrun.run.stops import Stops
+    from evalrun.run.workers import share_limits
 
     exp = ctx.exp
     used = sorted({c.provider for c in ctx.plan.cells})
@@ -216,7 +218,8 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
                 for n, p in providers.items()
             }
             limiters = Limiters(
-                {n: (p.rpm, p.tpm) for n, p in providers.items()}, block_cap_s=exp.config.retry.retry_after_max_s
+                {n: share_limits(p.rpm, p.tpm, ctx.rate_share) for n, p in providers.items()},
+                block_cap_s=exp.config.retry.retry_after_max_s,
             )
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
@@ -269,6 +272,8 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+    if keep is not None and ctx.shard is not None:
+        keep = {rid for rid in keep if ctx.shard.holds(rid)}
     counts = write_results(
         run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
     )
@@ -279,7 +284,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
         )
     summary = evaluator.write_summary(run_dir) if evaluator is not None else None
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
-    missing = plan.total_requests - recorded
+    missing = ctx.total - recorded
     if status == "completed" and missing:
         status = "stopped"
     manifest.update(
@@ -288,7 +293,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
             "finished_at": now_iso(),
             "messages": messages,
             "counts": {
-                "requests": plan.total_requests,
+                "requests": ctx.total,
                 "recorded": recorded,
                 "missing": missing,
                 "ok": recorded - errors,
@@ -310,8 +315,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
         messages.append("retries by type: " + ", ".join(f"{k} {v}" for k, v in stats.retries_by_type.most_common()))
     if missing:
         messages.append(
-            f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
-            f"continue with: evalrun run --resume {run_dir}"
+            f"{missing:,} of {ctx.total:,} requests have no row yet; continue with: evalrun run --resume {run_dir}"
         )
     code = EXIT_OK if status == "completed" else EXIT_INTERRUPTED if status == "interrupted" else EXIT_INCOMPLETE
     if code == EXIT_OK and recorded and errors == recorded:
