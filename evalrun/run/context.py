@@ -115,6 +115,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     max_cost = opts.max_cost or exp.config.budget.max_cost
     pricing = _pricing(plan, max_cost)
     keys = api_keys(exp)
+    _check_limiters(plan)
     fingerprint = grid_fingerprint(plan)
     done: set[str] = set()
     if opts.resume is not None:
@@ -217,6 +218,15 @@ def api_keys(exp: Experiment) -> dict[str, str | None]:
             )
         keys[name] = value
     return keys
+
+
+def _check_limiters(plan: Plan) -> None:
+    """A shared limiter must answer before anything is sent (exit 2 otherwise)."""
+    urls = {n: p.limiter for n, p in plan.exp.providers.items() if p.limiter and n in {c.provider for c in plan.cells}}
+    if urls:
+        from evalrun.run.shared_limiter import check_reachable
+
+        check_reachable(urls)
 
 
 def _pricing(plan: Plan, max_cost: float | None) -> Pricing | None:

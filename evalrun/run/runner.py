@@ -154,11 +154,10 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
 
     from evalrun.run.attempts import Admission, Attempts, Lane
     from evalrun.run.client import ProviderClient
-    from evalrun.run.limiter import Limiters
     from evalrun.run.pool import Pool
+    from evalrun.run.shared_limiter import make_limiters
     from evalrun.run.slots import Slots
     from evalrun.run.stops import Stops
-    from evalrun.run.workers import share_limits
 
     exp = ctx.exp
     used = sorted({c.provider for c in ctx.plan.cells})
@@ -217,9 +216,13 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
                 )
                 for n, p in providers.items()
             }
-            limiters = Limiters(
-                {n: share_limits(p.rpm, p.tpm, ctx.rate_share) for n, p in providers.items()},
-                block_cap_s=exp.config.retry.retry_after_max_s,
+            limiters = make_limiters(
+                providers,
+                base_urls,
+                ctx.keys,
+                ctx.rate_share,
+                ctx.shard.count if ctx.shard else 1,
+                exp.config.retry.retry_after_max_s,
             )
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
@@ -256,6 +259,7 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
                 pass
             finally:
                 progress.stop()
+                await limiters.aclose()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -79,7 +79,7 @@ def child_argv(plan: WorkersPlan, shard: Shard, resume: bool) -> list[str]:
         if plan.limit is not None:
             argv += ["--limit", str(plan.limit)]
     argv.append("--no-progress")
-    if not plan.shared_limiter and plan.workers > 1:
+    if plan.workers > 1:  # the 1/K share, or with a shared limiter the floor of its fallback share
         argv += ["--rate-share", str(plan.workers)]
     if plan.max_requests is not None:
         argv += ["--max-requests", str(max(1, plan.max_requests // plan.workers))]
