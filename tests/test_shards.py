@@ -13,7 +13,7 @@ import orjson
 import pandas as pd
 import pytest
 from conftest import Reply, base_config, read_results, write_config
-from many import Gateway, children, evalrun_proc, finish, gateway, journal_lines, wait_for  # noqa: F401
+from many import Gateway, children, evalrun_proc, finish, gateway, journal_lines, wait_for
 
 from evalrun.analysis.compare import latest_baseline
 from evalrun.config.load import load_experiment
@@ -178,7 +178,7 @@ def test_resume_of_a_shard_keeps_its_shard(tmp_path: Path, cli: Any, scripted: A
     assert {p["messages"][-1]["content"] for p in server.requests} <= set(answered)
 
 
-def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gateway) -> None:  # noqa: F811
+def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gateway) -> None:
     cfg = base_config(tmp_path, many_rows(tmp_path, 24), gateway.base_url)
     cfg["providers"]["sim"].update(rpm=600)  # the gateway's 10 per 1-s window; each worker gets 200 rpm
     config = write_config(tmp_path, cfg)
@@ -196,7 +196,7 @@ def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gate
         assert shard_manifest["argv"][-2:] == ["--rate-share", "3"]
 
 
-def test_workers_resume_after_a_shard_is_killed(tmp_path: Path, gateway: Gateway) -> None:  # noqa: F811
+def test_workers_resume_after_a_shard_is_killed(tmp_path: Path, gateway: Gateway) -> None:
     cfg = base_config(tmp_path, many_rows(tmp_path, 30), gateway.base_url)
     cfg["providers"]["sim"].update(rpm=360)  # 2 requests/s per worker: slow enough to kill one midway
     config = write_config(tmp_path, cfg)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import base_config, read_results, write_config
-from many import (  # noqa: F401
+from many import (
     Gateway,
     RedisServer,
     evalrun_proc,
@@ -77,7 +77,7 @@ def test_bad_limiter_url_is_refused_at_validate(tmp_path: Path, cli: Any, script
 
 def test_unreachable_redis_stops_before_sending(
     tmp_path: Path, cli: Any, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: F811
+) -> None:
     monkeypatch.setenv("SHARED_TEST_KEY", KEY)
     config = shared_config(tmp_path, gateway, f"redis://127.0.0.1:{free_port()}/0", 3)
     res = cli("run", config, "--no-progress")
@@ -85,7 +85,7 @@ def test_unreachable_redis_stops_before_sending(
     assert gateway.arrivals == [] and not (tmp_path / "reports").exists()
 
 
-def test_three_shards_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_server: RedisServer) -> None:  # noqa: F811
+def test_three_shards_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_server: RedisServer) -> None:
     config = shared_config(tmp_path, gateway, redis_server.url, 45)
     env = {"SHARED_TEST_KEY": KEY}
     procs = [evalrun_proc("run", config, "--shard", f"{i}/3", "--no-progress", env=env) for i in (1, 2, 3)]
@@ -109,7 +109,7 @@ def test_three_shards_share_one_redis_budget(tmp_path: Path, gateway: Gateway, r
     assert r.zcard(next(k for k in keys if k.endswith(":peers"))) == 3  # the three processes shared it
 
 
-def test_workers_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_server: RedisServer) -> None:  # noqa: F811
+def test_workers_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_server: RedisServer) -> None:
     config = shared_config(tmp_path, gateway, redis_server.url, 45)
     code, out, err = finish(
         evalrun_proc("run", config, "--workers", "3", "--no-progress", env={"SHARED_TEST_KEY": KEY})
@@ -122,7 +122,7 @@ def test_workers_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_
 
 def test_redis_lost_mid_run_falls_back_to_a_local_share(
     tmp_path: Path, gateway: Gateway, redis_server: RedisServer
-) -> None:  # noqa: F811
+) -> None:
     config = shared_config(tmp_path, gateway, redis_server.url, 75)
     env = {"SHARED_TEST_KEY": KEY}
     procs = [evalrun_proc("run", config, "--shard", f"{i}/3", "--no-progress", env=env) for i in (1, 2, 3)]
@@ -144,7 +144,7 @@ def test_redis_lost_mid_run_falls_back_to_a_local_share(
         assert worst <= 10 * w + 3, (w, worst)
 
 
-def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server: RedisServer) -> None:  # noqa: F811
+def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         client_a, client_b = _client(redis_server.url), _client(redis_server.url)
         key = budget_key("http://127.0.0.1:1/v1", KEY, "m")
