@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.verbose)
     try:
+        _many().localize(args)  # run directories on object storage → local copies
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"evalrun: error: {exc}", file=sys.stderr)
@@ -212,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
     for msg in outcome.messages:
         print(f"evalrun: {msg}", file=sys.stderr)
-    print(outcome.run_dir)
+    print(outcome.location or outcome.run_dir)
     return outcome.exit_code
 
 

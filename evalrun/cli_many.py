@@ -133,11 +133,85 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from evalrun.run.merge import merge_runs
 
     manifest = merge_runs(args.run_dirs, args.out, evaluator_factory())
+    target = getattr(args, "publish_to", None)
+    if target:
+        from evalrun.run.storage import publish_run
+
+        publish_run(args.out, target)
     c = manifest["counts"]
     print(
         f"evalrun: merged {len(args.run_dirs)} shards: {c['recorded']:,} of {c['requests']:,} requests "
         f"({c['errors']:,} errors); {manifest['status']}",
         file=sys.stderr,
     )
-    print(args.out)
+    print(target or args.out)
     return 0 if manifest["status"] == "completed" else 1
+
+
+def localize(args: argparse.Namespace) -> None:
+    """Run directories given as URLs (s3://…) → local copies, so every command reads files.
+
+    `run --resume URL` continues in the run's local staging directory (its journal is fetched
+    when this machine has none) and publishes to URL again at the end; the reading commands get
+    a cached copy of manifest, results and summary; `merge --out URL` merges locally, then
+    publishes."""
+    from evalrun.run import storage
+
+    cmd = args.command
+    if cmd == "run":
+        if args.run_dir is not None and storage.is_url(args.run_dir):
+            raise ConfigError("--run-dir takes a local path; for object storage set reports_dir: s3://bucket/folder")
+        if args.resume is not None and storage.is_url(args.resume):
+            url = storage.as_location(args.resume)
+            staging = storage.staging_dir(url)
+            if not (staging / "journal.jsonl").is_file():
+                storage.fetch_run(url, ("manifest.json", "journal.jsonl"), into=staging)
+            args.resume = staging
+    elif cmd in ("summary", "cost", "report", "score") and storage.is_url(args.run_dir):
+        args.run_dir = storage.fetch_run(storage.as_location(args.run_dir))
+        if cmd == "report" and args.out is None:
+            args.out = args.run_dir / "report.html"
+    if cmd == "report" and args.compare is not None and storage.is_url(args.compare):
+        args.compare = storage.fetch_run(storage.as_location(args.compare))
+    elif cmd == "compare":
+        urls = [storage.as_location(r) for r in args.runs]
+        if args.baseline == "latest" and len(urls) == 1 and storage.is_url(urls[0]):
+            urls = [_latest_remote(urls[0]), urls[0]]
+            args.baseline = None
+        args.runs = [storage.fetch_run(u) if storage.is_url(u) else Path(u) for u in urls]
+    elif cmd == "merge":
+        reads = ("manifest.json", "journal.jsonl", "results.parquet")
+        args.run_dirs = [
+            storage.fetch_run(storage.as_location(d), reads) if storage.is_url(d) else d for d in args.run_dirs
+        ]
+        if storage.is_url(args.out):
+            args.publish_to = storage.as_location(args.out)
+            args.out = storage.staging_dir(args.publish_to)
+
+
+def _latest_remote(new_url: str) -> str:
+    """--baseline latest for a run on object storage: the sibling run that started last before it."""
+    import orjson
+
+    from evalrun.run import storage
+
+    parent = new_url.rstrip("/").rsplit("/", 1)[0]
+    new = orjson.loads((storage.fetch_run(new_url, ("manifest.json",)) / "manifest.json").read_bytes())
+    best: tuple[str, str] | None = None
+    for url in storage.list_runs(parent):
+        if url.rstrip("/") == new_url.rstrip("/"):
+            continue
+        try:
+            local = storage.fetch_run(url, ("manifest.json", "results.parquet"))
+        except ConfigError:
+            continue  # not a run directory (or not finished)
+        if not (local / "results.parquet").is_file():
+            continue
+        m = orjson.loads((local / "manifest.json").read_bytes())
+        if m.get("shard") or m.get("experiment") != new.get("experiment"):
+            continue
+        if m.get("started_at", "") < new.get("started_at", "") and (best is None or m["started_at"] > best[0]):
+            best = (m["started_at"], url)
+    if best is None:
+        raise ConfigError(f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {parent}")
+    return best[1]

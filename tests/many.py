@@ -188,3 +188,67 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.02)
+
+
+@dataclass
+class S3Server:
+    """moto's standalone S3 server, a child process of the test."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+    def objects(self, bucket: str) -> dict[str, bytes]:
+        c = self.client()
+        keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        return {k: c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+AWS_SECRET = "testing-SECRET-value-9f3c"
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Server]:
+    """moto_server on a free 127.0.0.1 port with a bucket `evals`; the AWS environment points at
+    it (for the test's own process and every evalrun child), as a user's would point at AWS."""
+    pytest.importorskip("moto")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "EVALRUN_CACHE": str(tmp_path / "cache"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    server = S3Server(port, proc, env)
+    for _ in range(300):  # bounded: 15 s
+        try:
+            server.client().create_bucket(Bucket="evals")
+            break
+        except Exception:
+            time.sleep(0.05)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+        pytest.fail("moto_server did not start")
+    yield server
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)

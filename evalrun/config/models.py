@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
+from evalrun.config.locations import check_location
 from evalrun.config.params import PARAM_NAMES, RequestParams
 from evalrun.config.prices import PricesConfig
 from evalrun.config.scorers import GateConfig, ScorerConfig
@@ -214,6 +215,11 @@ class DatasetConfig(_Strict):
         default_factory=dict, description="request parameter → the column holding each row's value"
     )
 
+    @field_validator("path")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        return check_location(v, "dataset")
+
     @field_validator("params_from_columns")
     @classmethod
     def _parameters(cls, v: dict[str, str]) -> dict[str, str]:
@@ -266,6 +272,11 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _limiter(cls, v: str | None) -> str | None:
         return None if v is None else check_limiter_url(v)
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _reports_location(cls, v: str) -> str:
+        return check_location(v, "reports_dir")
 
     @model_validator(mode="after")
     def _default_limiter(self) -> ExperimentConfig:

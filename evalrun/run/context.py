@@ -25,6 +25,7 @@ from evalrun.errors import ConfigError
 from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
 from evalrun.run.shards import Shard, shard_from_manifest
+from evalrun.run.storage import check_writable, is_url, join, staging_dir
 from evalrun.run.store import MANIFEST, RowHook
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
@@ -142,6 +143,10 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         if shard is not None:
             run_id += f"-shard{shard.label}"
         run_dir = Path(exp.config.reports_dir) / exp.name / run_id
+        if is_url(exp.config.reports_dir):  # the journal stays local; the rest is published at the end
+            manifest["location"] = join(exp.config.reports_dir, exp.name, run_id)
+            check_writable(manifest["location"])  # credentials, bucket: before anything is sent
+            run_dir = staging_dir(manifest["location"])
     manifest.update(
         {
             "run_id": run_id,

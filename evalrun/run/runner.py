@@ -42,6 +42,7 @@ class RunOutcome:
     exit_code: int
     messages: list[str]
     summary: Any = None
+    location: str | None = None  # where the run was published (reports_dir on object storage)
 
 
 def run(config: Path | None, opts: RunOptions) -> RunOutcome:
@@ -66,7 +67,13 @@ def run(config: Path | None, opts: RunOptions) -> RunOutcome:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
-    return _finish(ctx, stats, status, messages)
+    result = _finish(ctx, stats, status, messages)
+    if ctx.manifest.get("location"):
+        from evalrun.run.storage import publish_run
+
+        result.location = ctx.manifest["location"]
+        publish_run(ctx.run_dir, result.location)
+    return result
 
 
 def _start_manifest(ctx: RunContext) -> None:
