@@ -86,7 +86,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
         code, messages = run_workers(plan, evaluator_factory(), resume)
     for msg in messages:
         print(f"evalrun: {msg}", file=sys.stderr)
-    print(plan.run_dir)
+    print(plan.location or plan.run_dir)
     return code
 
 
@@ -95,6 +95,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
     import time
 
     from evalrun.config.load import load_experiment
+    from evalrun.run import storage
     from evalrun.run.grid import build_plan
     from evalrun.run.workers import MAX_WORKERS, WorkersPlan, start_manifest
 
@@ -111,9 +112,14 @@ def _new_plan(args: argparse.Namespace) -> Any:
         run_dir = args.run_dir
         if (run_dir / "manifest.json").exists():
             raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
-    else:
+    location = None
+    if args.run_dir is None:
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(exp.config.reports_dir) / exp.name / run_id
+        if storage.is_url(exp.config.reports_dir):  # shards and journals local; the merged run published
+            location = storage.join(exp.config.reports_dir, exp.name, run_id)
+            storage.check_writable(location)
+            run_dir = storage.staging_dir(location)
     wplan = WorkersPlan(
         config=args.config,
         workers=args.workers,
@@ -124,6 +130,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
         max_cost=args.max_cost,
         shared_limiter=shared,
         limited=limited,
+        location=location,
     )
     start_manifest(wplan, exp.name)
     return wplan

@@ -58,6 +58,7 @@ class WorkersPlan:
     shared_limiter: bool = False  # every used provider has a Redis limiter: no 1/K share
     retry_errors: bool = False
     limited: bool = True  # some provider has rpm or tpm (else there is no budget to share)
+    location: str | None = None  # reports_dir on object storage: the merged run is published there
 
 
 def shard_dir(run_dir: Path, shard: Shard) -> Path:
@@ -104,6 +105,8 @@ def start_manifest(plan: WorkersPlan, experiment: str) -> None:
             "workers": {"count": plan.workers, "shared_limiter": plan.shared_limiter},
         }
     )
+    if plan.location:
+        manifest["location"] = plan.location
     manifest.setdefault("started_at", now_iso())
     write_json(path, manifest)
 
@@ -122,25 +125,33 @@ def plan_from_manifest(run_dir: Path, retry_errors: bool) -> WorkersPlan | None:
         limit=manifest.get("limit"),
         shared_limiter=bool(workers.get("shared_limiter")),
         retry_errors=retry_errors,
+        location=manifest.get("location"),
     )
+
+
+def share_messages(plan: WorkersPlan) -> list[str]:
+    if not plan.shared_limiter and plan.workers > 1 and plan.limited:
+        return [
+            f"no shared limiter: each of the {plan.workers} workers paces at 1/{plan.workers} of rpm and tpm "
+            "(set limiter: redis://HOST:PORT/DB to share one budget)"
+        ]
+    return []
+
+
+def pending_shards(plan: WorkersPlan, resume: bool) -> list[Shard]:
+    """The shards to run: all of them, or on resume those that did not complete."""
+    shards = [Shard(i, plan.workers) for i in range(1, plan.workers + 1)]
+    return [s for s in shards if not (resume and _completed(shard_dir(plan.run_dir, s)))]
 
 
 def run_workers(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: bool = False) -> tuple[int, list[str]]:
     """Run (or resume) the K shards as child processes, then merge. Returns (exit code, messages)."""
     if not 1 <= plan.workers <= MAX_WORKERS:
         raise ConfigError(f"--workers {plan.workers}: from 1 to {MAX_WORKERS}")
-    messages: list[str] = []
-    if not plan.shared_limiter and plan.workers > 1 and plan.limited:
-        messages.append(
-            f"no shared limiter: each of the {plan.workers} workers paces at 1/{plan.workers} of rpm and tpm "
-            "(set limiter: redis://HOST:PORT/DB to share one budget)"
-        )
-    shards = [Shard(i, plan.workers) for i in range(1, plan.workers + 1)]
+    messages = share_messages(plan)
     children: list[tuple[Shard, subprocess.Popen[bytes]]] = []
-    for shard in shards:
+    for shard in pending_shards(plan, resume):  # a shard that finished is not run again
         d = shard_dir(plan.run_dir, shard)
-        if resume and _completed(d):
-            continue  # a shard that finished is not run again
         d.parent.mkdir(parents=True, exist_ok=True)
         # the child's stdout is its run dir (we know it); its stderr is the user's, line by line
         child = subprocess.Popen(child_argv(plan, shard, resume), stdout=subprocess.DEVNULL)
@@ -156,23 +167,37 @@ def run_workers(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: b
                 child.send_signal(signal.SIGINT)
         for shard, child in children:
             codes[str(shard)] = child.wait()
+    return finish_workers(plan, codes, evaluator, messages)
+
+
+def finish_workers(
+    plan: WorkersPlan, codes: dict[str, int], evaluator: EvaluatorFactory | None, messages: list[str]
+) -> tuple[int, list[str]]:
+    """After the shards ended (exit code by shard): merge them into the run directory."""
+    shards = [Shard(i, plan.workers) for i in range(1, plan.workers + 1)]
     failed = {s: c for s, c in codes.items() if c != 0}
     for s, c in failed.items():
         messages.append(f"shard {s} ended with exit code {c}" + (" (killed)" if c < 0 else ""))
     dirs = [shard_dir(plan.run_dir, s) for s in shards]
     present = [d for d in dirs if (d / MANIFEST).is_file() and (d / JOURNAL).exists()]
     if len(present) < len(dirs):
-        messages.append(f"continue with: evalrun run --resume {plan.run_dir}")
+        messages.append(f"continue with: evalrun run --resume {plan.location or plan.run_dir}")
         return 1, messages
     workers_info = read_manifest(plan.run_dir).get("workers")
     merged = merge_runs(dirs, plan.run_dir, evaluator)
     merged["workers"] = workers_info
+    if plan.location:
+        merged["location"] = plan.location
     write_json(plan.run_dir / MANIFEST, merged)
+    if plan.location:
+        from evalrun.run.storage import publish_run
+
+        publish_run(plan.run_dir, plan.location)
     missing = merged["counts"]["missing"]
     if merged["status"] != "completed":
         messages.append(
             f"{missing:,} of {merged['counts']['requests']:,} requests have no row yet; "
-            f"continue with: evalrun run --resume {plan.run_dir}"
+            f"continue with: evalrun run --resume {plan.location or plan.run_dir}"
         )
         return (130 if any(c in (130, -signal.SIGINT) for c in codes.values()) else 1), messages
     return (1 if failed else 0), messages
