@@ -180,7 +180,10 @@ def test_resume_of_a_shard_keeps_its_shard(tmp_path: Path, cli: Any, scripted: A
 
 def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gateway) -> None:
     cfg = base_config(tmp_path, many_rows(tmp_path, 24), gateway.base_url)
-    cfg["providers"]["sim"].update(rpm=600)  # the gateway's 10 per 1-s window; each worker gets 200 rpm
+    # each worker paces at 100 rpm (one send per 0.6 s): at most 2 per 1-s window each, 6 < 10
+    # together. (Three pacers on three clocks keep a per-minute budget, not a 1-s window's: at
+    # 200 rpm each a window could get 3 × 4 = 12; a shared limiter paces them as one.)
+    cfg["providers"]["sim"].update(rpm=300)
     config = write_config(tmp_path, cfg)
     code, out, err = finish(evalrun_proc("run", config, "--workers", "3", "--no-progress"))
     assert code == 0, err
@@ -188,11 +191,15 @@ def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gate
     run_dir = Path(out.strip().splitlines()[-1])
     assert sorted(rows(run_dir).request_id) == sorted(grid_ids(config))
     assert gateway.statuses.count(429) == 0 and len(gateway.arrivals) == 24
+    # the share is applied: the largest shard's sends cannot be closer than 0.6 s apart
+    biggest = max(sum(Shard(i, 3).holds(r) for r in grid_ids(config)) for i in (1, 2, 3))
+    times = [t for t, _, _ in gateway.arrivals]
+    assert max(times) - min(times) >= (biggest - 1) * 0.6 * 0.99
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["workers"]["count"] == 3 and len(manifest["shards"]) == 3
     for s in manifest["shards"]:
         shard_manifest = orjson.loads((Path(s["run_dir"]) / "manifest.json").read_bytes())
-        assert shard_manifest["providers"]["sim"]["rpm"] == 600  # the config, untouched
+        assert shard_manifest["providers"]["sim"]["rpm"] == 300  # the config, untouched
         assert shard_manifest["argv"][-2:] == ["--rate-share", "3"]
 
 

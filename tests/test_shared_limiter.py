@@ -171,3 +171,33 @@ def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server
             await c.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_shard_killed_and_resumed_keeps_to_the_shared_budget(
+    tmp_path: Path, gateway: Gateway, redis_server: RedisServer
+) -> None:
+    import os
+    import signal
+
+    from many import journal_lines
+
+    config = shared_config(tmp_path, gateway, redis_server.url, 45)
+    env = {"SHARED_TEST_KEY": KEY}
+    dirs = [tmp_path / f"s{i}" for i in (1, 2, 3)]
+    procs = [
+        evalrun_proc("run", config, "--shard", f"{i}/3", "--run-dir", d, "--no-progress", env=env)
+        for i, d in zip((1, 2, 3), dirs)
+    ]
+    wait_for(lambda: journal_lines(dirs[1]) >= 3)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    assert procs[1].wait(30) == -signal.SIGKILL
+    assert [finish(p)[0] for p in (procs[0], procs[2])] == [0, 0]
+    assert journal_lines(dirs[1]) < 15  # killed before it finished its shard
+    code, _, err = finish(evalrun_proc("run", "--resume", dirs[1], "--no-progress", env=env))
+    assert code == 0, err
+    code, _, err = finish(evalrun_proc("merge", *dirs, "--out", tmp_path / "merged"))
+    assert code == 0, err
+    assert sorted(read_results(tmp_path / "merged").request_id) == grid_ids(config)
+    texts = [t for _, s, t in gateway.arrivals if s == 200]
+    assert len(texts) - len(set(texts)) <= 1  # resumed, not re-run: at most the one on the wire twice
+    assert gateway.statuses.count(429) == 0 and gateway.max_per_window() <= 10
