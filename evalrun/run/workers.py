@@ -161,10 +161,9 @@ def run_workers(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: b
     try:
         for shard, child in children:
             codes[str(shard)] = child.wait()
-    except KeyboardInterrupt:  # the children got the same Ctrl-C (one process group): let them finish
-        for _, child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        # the children got the same Ctrl-C (one process group) and are finishing what is on the
+        # wire; another SIGINT from here would be their "exit now", so only wait for them
         for shard, child in children:
             codes[str(shard)] = child.wait()
     return finish_workers(plan, codes, evaluator, messages)

@@ -47,7 +47,7 @@ def wait_port(port: int) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def case(name: str, tmp: Path, n: int, argvs: list[list[str]]) -> dict[str, object]:
+def case(name: str, tmp: Path, n: int, argvs: list[list[str]], shared: bool = True) -> dict[str, object]:
     gport, rport = free_port(), free_port()
     gw = start([sys.executable, "tests/bench/gateway.py", "--port", str(gport), "--window-limit", "10"],
                stdout=subprocess.DEVNULL)  # fmt: skip
@@ -56,13 +56,15 @@ def case(name: str, tmp: Path, n: int, argvs: list[list[str]]) -> dict[str, obje
     try:
         wait_port(gport)
         wait_port(rport)
-        data = tmp / f"{name}.jsonl"
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        data = tmp / f"{slug}.jsonl"
         data.write_text("".join(json.dumps({"id": f"q{i}", "q": f"{i}+{i}"}) + "\n" for i in range(n)))
-        cfg = tmp / f"{name}.yaml"
+        cfg = tmp / f"{slug}.yaml"
         cfg.write_text(
             f"experiment: bench\nprovider: gw\nproviders:\n  gw:\n    base_urls: [http://127.0.0.1:{gport}/v1]\n"
-            f"    rpm: {RPM}\n    max_concurrency: 16\n    limiter: redis://127.0.0.1:{rport}/0\n"
-            f"models: [m]\nparams: {{max_tokens: 8}}\nprompts:\n  p: [{{role: user, content: 'What is {{q}}?'}}]\n"
+            f"    rpm: {RPM}\n    max_concurrency: 16\n"
+            + (f"    limiter: redis://127.0.0.1:{rport}/0\n" if shared else "")
+            + f"models: [m]\nparams: {{max_tokens: 8}}\nprompts:\n  p: [{{role: user, content: 'What is {{q}}?'}}]\n"
             f"dataset: {{path: {data}}}\nreports_dir: {tmp / 'reports'}\n"
         )
         t0 = time.monotonic()
@@ -92,6 +94,8 @@ def main() -> None:
         rows = [
             case("shards", tmp, a.requests, [["--shard", f"{i}/3"] for i in (1, 2, 3)]),
             case("workers", tmp, a.requests, [["--workers", "3"]]),
+            # before issue 11: three processes on one key, each told the key's whole rpm
+            case("shards, no limiter", tmp, a.requests, [["--shard", f"{i}/3"] for i in (1, 2, 3)], shared=False),
         ]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     lines = [
@@ -103,6 +107,8 @@ def main() -> None:
         f"- gateway: 10 requests per fixed 1-s window (= {RPM} rpm), 429 + Retry-After above it; "
         f"redis-server, persistence off; each evalrun process `rpm: {RPM}`, `limiter: redis://…`",
         "- request phase = first → last arrival at the gateway; ideal = N/RPM; target phase ≤ 1.05 × ideal, zero 429s",
+        "- `shards, no limiter`: the same three processes without `limiter:` (each told the key's whole rpm), "
+        "for comparison: what issue 11 was filed about",
         "",
         "| case | exit codes | requests at gateway | 429s | request phase (s) | ideal N/RPM (s) | ratio | whole wall (s) |",
         "|---|---|---|---|---|---|---|---|",
