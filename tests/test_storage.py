@@ -146,3 +146,34 @@ def test_a_bucket_that_cannot_be_written_stops_before_sending(
     assert res.code == 2 and "reports_dir: cannot write to s3://no-such-bucket/evals/t/" in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1 and AWS_SECRET not in res.err
     assert server.requests == []
+
+
+def test_shards_and_workers_on_s3_merge_there(tmp_path: Path, dataset: Path, cli: Any, s3_server: S3Server) -> None:
+    config = s3_config(tmp_path, dataset)
+    want = sorted(s.request_id for s in build_plan(load_experiment(config, [])).specs())
+    urls = []
+    for i in (1, 2):
+        res = cli("run", config, "--shard", f"{i}/2", "--no-progress")
+        assert res.code == 0, res.err
+        urls.append(run_url(res))
+    res = cli("merge", *urls, "--out", "s3://evals/team/t/merged")
+    assert res.code == 0 and run_url(res) == "s3://evals/team/t/merged", res.err
+    import io
+
+    import pandas as pd
+
+    objects = s3_server.objects("evals")
+    assert sorted(pd.read_parquet(io.BytesIO(objects["team/t/merged/results.parquet"])).request_id) == want
+    manifest = orjson.loads(objects["team/t/merged/manifest.json"])
+    assert [s["shard"] for s in manifest["shards"]] == ["1/2", "2/2"]
+    # --workers with reports_dir on S3: shards local, the merged run published
+    from many import evalrun_proc, finish
+
+    code, out, err = finish(evalrun_proc("run", config, "--workers", "2", "--no-progress"))
+    assert code == 0, err
+    url = out.strip().splitlines()[-1]
+    assert url.startswith("s3://evals/team/t/")
+    prefix = url.removeprefix("s3://evals/")
+    objects = s3_server.objects("evals")
+    assert sorted(pd.read_parquet(io.BytesIO(objects[f"{prefix}/results.parquet"])).request_id) == want
+    assert orjson.loads(objects[f"{prefix}/manifest.json"])["workers"]["count"] == 2
