@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 
@@ -420,7 +420,7 @@ COMMANDS = {
 }
 
 
-def _many():  # type: ignore[no-untyped-def]
+def _many() -> Any:  # the many-process commands, imported only when used
     import evalrun.cli_many
 
     return evalrun.cli_many
