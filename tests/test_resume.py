@@ -312,8 +312,9 @@ def test_ctrl_c_at_random_moments_never_records_a_broken_row_and_resume_is_exact
     slow_sim.options(rate_500=0.1)  # some requests are between retries when the signal comes
     tries = int(os.environ.get("EVALRUN_CTRL_C_TRIES", "6"))
     rng = random.Random(int(os.environ.get("EVALRUN_TEST_SEED", "11")))
-    config = _config(tmp_path, slow_sim.url, rows=15)
+    config = _config(tmp_path, slow_sim.url, rows=30)
     expected = _grid_ids(config)
+    interrupted = 0
     for i in range(tries):
         run_dir = tmp_path / f"run{i}"
         before = slow_sim.stats()["requests"]
@@ -331,7 +332,9 @@ def test_ctrl_c_at_random_moments_never_records_a_broken_row_and_resume_is_exact
         assert not any(etype == "internal_error" for _, etype in states.values())
         if proc.returncode == 130 and (run_dir / "manifest.json").exists():
             manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
-            assert manifest["status"] in ("interrupted", "running"), manifest["status"]  # running: cut in start-up
+            # running: cut in start-up or while writing Parquet; completed: the signal came just after
+            assert manifest["status"] in ("interrupted", "running", "completed"), manifest["status"]
+            interrupted += manifest["status"] == "interrupted"
         if not (run_dir / "manifest.json").exists():
             continue  # interrupted before the run existed: nothing to resume
         r = subprocess.run(
@@ -347,6 +350,7 @@ def test_ctrl_c_at_random_moments_never_records_a_broken_row_and_resume_is_exact
         sent = slow_sim.stats()["requests"] - before
         attempts = int(df.attempts.sum())
         assert sent >= attempts  # every attempt recorded was sent; interrupted ones were resent
+    assert interrupted >= tries // 3  # most signals landed while requests were going out
 
 
 def test_ctrl_c_with_workers_waiting_on_the_limiter_exits_at_once(tmp_path, slow_sim) -> None:

@@ -24,7 +24,7 @@ from evalrun.config.prices import CostBudget
 from evalrun.run.context import RunContext, RunOptions, build_context, versions
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
-from evalrun.run.records import RequestSpec
+from evalrun.run.records import Cell, RequestSpec
 from evalrun.run.stops import PoolOutcome
 from evalrun.run.store import MANIFEST, now_iso, write_json, write_results
 
@@ -145,7 +145,7 @@ def _run_loop(ctx: RunContext, recorder: Recorder, stats: RunStats, budget: Cost
 
 def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
     """(provider, model) → the lazy stream of that lane's requests still to send."""
-    cells: dict[tuple[str, str], list[Any]] = {}
+    cells: dict[tuple[str, str], list[Cell]] = {}
     for c in ctx.plan.cells:
         cells.setdefault((c.provider, c.model), []).append(c)
     done = ctx.done
@@ -172,8 +172,8 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
     loop = asyncio.get_running_loop()
     stops = Stops()
     task: asyncio.Future[PoolOutcome] | None = None
+    pool: Pool | None = None
     interrupts = 0
-    in_flight = [lambda: 0]
 
     def on_signal() -> None:
         nonlocal interrupts
@@ -181,7 +181,7 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
         if interrupts == 1:
             stops.stop_run("interrupted", interrupted=True)
             print(
-                f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {in_flight[0]()} requests on the wire "
+                f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {pool.in_flight if pool else 0} requests on the wire "
                 "(Ctrl-C again to exit now)",
                 file=sys.stderr,
                 flush=True,
@@ -251,7 +251,6 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
                 {n: p.api_key_env for n, p in providers.items()},
             )
             pool = Pool(lanes, attempts, recorder.record)
-            in_flight[0] = lambda: pool.in_flight
             progress = Progress(stats, limiters, exp.name, enabled=ctx.progress)
             if stops.run_reason is None:  # a Ctrl-C during start-up: send nothing
                 task = asyncio.ensure_future(pool.run())
