@@ -155,8 +155,9 @@ def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server
         a.settle(100, 1100)  # used 1,000 tokens more than booked: the token slot moves for everyone
         await a.aclose()
         assert float(await client_a.hget(key, "tok")) == pytest.approx(tok0 + 1000 * 1.002 / 1000)
-        # a full window heard by A (remaining 0, reset in 1.5 s) blocks B as well
-        a.on_rate_limited(None, RateHeaders(remaining_requests=0, reset_requests_s=1.5))
+        # a full window heard by A (remaining 0, reset in 2.5 s) blocks B as well (the token slot
+        # is only ~1.1 s ahead)
+        a.on_rate_limited(None, RateHeaders(remaining_requests=0, reset_requests_s=2.5))
         await a.aclose()
         assert float(await client_b.hget(key, "blocked")) > 0
         # A's decrease is B's pace too, and B's 429 in the same episode does not decrease again
@@ -166,7 +167,7 @@ def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server
         await b.aclose()
         assert float(await client_b.hget(key, "adaptive")) == adaptive
         waited = await b.acquire(1)  # blocked until A's window resets
-        assert waited >= 1.0 and b.fallen_back is None and b.adaptive == adaptive
+        assert waited >= 2.0 and b.fallen_back is None and b.adaptive == adaptive
         for c in (client_a, client_b):
             await c.aclose()
 
@@ -201,3 +202,27 @@ def test_a_shard_killed_and_resumed_keeps_to_the_shared_budget(
     texts = [t for _, s, t in gateway.arrivals if s == 200]
     assert len(texts) - len(set(texts)) <= 1  # resumed, not re-run: at most the one on the wire twice
     assert gateway.statuses.count(429) == 0 and gateway.max_per_window() <= 10
+
+
+def test_a_clean_episode_raises_the_shared_rate_for_everyone(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        client = _client(redis_server.url)
+        key = budget_key("http://127.0.0.1:1/v1", KEY, "m2")
+        a = SharedLimiter("m2", 600, None, client, key, redis_server.url)
+        b = SharedLimiter("m2", 600, None, client, key, redis_server.url)
+        a._decrease(a.clock.now(), None)  # rate 10/s → 9/s (÷ the spacing margin), ceiling 10/s
+        await a.aclose()
+        low = float(await client.hget(key, "adaptive"))
+        await asyncio.sleep(1.05)  # the episode (MIN_EPISODE_S) ends on Redis's clock
+        b.on_success(0.01)  # B has not heard of the decrease yet: it learns it from its next booking
+        await b.acquire(1)
+        b.on_success(0.01)  # a success after the episode: one additive increase, for everyone
+        await b.aclose()
+        high = float(await client.hget(key, "adaptive"))
+        ceiling = float(await client.hget(key, "ceiling"))
+        assert high == pytest.approx(min(ceiling, low + 0.05 * ceiling))
+        await a.acquire(1)
+        assert a.adaptive == pytest.approx(high)
+        await client.aclose()
+
+    asyncio.run(scenario())
