@@ -226,3 +226,15 @@ def test_a_clean_episode_raises_the_shared_rate_for_everyone(redis_server: Redis
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_experiments_limiter_is_every_providers_default(tmp_path: Path, cli: Any) -> None:
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "question": "1+1", "answer": 2}\n')
+    cfg = base_config(tmp_path, tmp_path / "d.jsonl", "http://127.0.0.1:9/v1", limiter="redis://127.0.0.1:7000/1")
+    cfg["providers"]["own"] = {"base_urls": ["http://127.0.0.1:9/v1"], "limiter": "redis://127.0.0.1:7001/0"}
+    exp = load_experiment(write_config(tmp_path, cfg), [])
+    assert exp.providers["sim"].limiter == "redis://127.0.0.1:7000/1"
+    assert exp.providers["own"].limiter == "redis://127.0.0.1:7001/0"  # its own wins
+    bad = write_config(tmp_path, {**cfg, "limiter": "memcached://127.0.0.1:1"}, "bad.yaml")
+    res = cli("validate", bad)
+    assert res.code == 2 and "bad.yaml:" in res.err and "limiter" in res.err and "redis://HOST:PORT/DB" in res.err
