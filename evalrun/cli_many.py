@@ -74,6 +74,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
         plan = plan_from_manifest(args.resume, args.retry_errors)
         assert plan is not None
         plan.max_requests, plan.max_cost = args.max_requests, args.max_cost
+        plan.progress = not args.no_progress
         resume = True
     else:
         plan = _new_plan(args)
@@ -131,6 +132,8 @@ def _new_plan(args: argparse.Namespace) -> Any:
         shared_limiter=shared,
         limited=limited,
         location=location,
+        progress=not args.no_progress,
+        total=plan.total_requests,
     )
     start_manifest(wplan, exp.name)
     return wplan

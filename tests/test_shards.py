@@ -226,3 +226,18 @@ def test_workers_resume_after_a_shard_is_killed(tmp_path: Path, gateway: Gateway
     # only the killed shard's unfinished requests were sent again (at most the one on the wire twice)
     assert len(texts) - len(set(texts)) <= 1 and set(texts) >= before
     assert gateway.statuses.count(429) == 0
+
+
+def test_workers_print_what_the_shards_recorded(
+    tmp_path: Path, cli: Any, scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("evalrun.run.workers.PROGRESS_EVERY_S", 0.3)
+    server = scripted()
+    cfg = base_config(tmp_path, many_rows(tmp_path, 6), server.base_url)
+    cfg["providers"]["sim"].update(rpm=120)  # 60 rpm per worker: a few seconds, several progress lines
+    res = cli("run", write_config(tmp_path, cfg), "--workers", "2")
+    assert res.code == 0, res.err
+    lines = [line for line in res.err.splitlines() if line.startswith("[workers] ")]
+    assert lines and all(line.endswith("running") for line in lines)
+    assert "/6 recorded (1/2 " in lines[-1] and ", 2/2 " in lines[-1]
+    assert len(server.requests) == 6

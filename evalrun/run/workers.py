@@ -19,6 +19,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 MAX_WORKERS = 256
+PROGRESS_EVERY_S = 10.0  # how often the parent prints what the shards have recorded
+POLL_S = 0.2
 
 
 def share_limits(rpm: int | None, tpm: int | None, share: int) -> tuple[int | None, int | None]:
@@ -59,6 +62,8 @@ class WorkersPlan:
     retry_errors: bool = False
     limited: bool = True  # some provider has rpm or tpm (else there is no budget to share)
     location: str | None = None  # reports_dir on object storage: the merged run is published there
+    progress: bool = True  # print the shards' progress to stderr every PROGRESS_EVERY_S
+    total: int | None = None  # requests in the grid, when known
 
 
 def shard_dir(run_dir: Path, shard: Shard) -> Path:
@@ -159,6 +164,7 @@ def run_workers(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: b
         children.append((shard, child))
     codes: dict[str, int] = {}
     try:
+        _watch(plan, children)
         for shard, child in children:
             codes[str(shard)] = child.wait()
     except KeyboardInterrupt:
@@ -167,6 +173,42 @@ def run_workers(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: b
         for shard, child in children:
             codes[str(shard)] = child.wait()
     return finish_workers(plan, codes, evaluator, messages)
+
+
+def _watch(plan: WorkersPlan, children: list[tuple[Shard, subprocess.Popen[bytes]]]) -> None:
+    """Wait for the children; meanwhile, every PROGRESS_EVERY_S, one line of what they recorded
+    (counted from their journals: one line per finished request)."""
+    counter = JournalCounter()
+    last = time.monotonic()
+    while any(child.poll() is None for _, child in children):
+        time.sleep(POLL_S)
+        if plan.progress and time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            per = {s: counter.count(shard_dir(plan.run_dir, s) / JOURNAL) for s, _ in children}
+            done = sum(per.values())
+            of = f"/{plan.total:,}" if plan.total else ""
+            running = sum(1 for _, c in children if c.poll() is None)
+            detail = ", ".join(f"{s} {n:,}" for s, n in per.items())
+            print(f"[workers] {done:,}{of} recorded ({detail}); {running} running", file=sys.stderr, flush=True)
+
+
+class JournalCounter:
+    """Journal lines so far, reading only what was appended since the last look."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[int, int]] = {}  # path → (bytes read, lines)
+
+    def count(self, path: Path) -> int:
+        offset, lines = self._seen.get(path, (0, 0))
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            return lines
+        lines += chunk.count(b"\n")
+        self._seen[path] = (offset + len(chunk), lines)
+        return lines
 
 
 def finish_workers(
