@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from evalrun.cli_many import add_merge_parser, add_run_arguments
+
     p = _Parser(
         prog="evalrun",
         description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
@@ -84,6 +86,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_run_arguments(s)
+    add_merge_parser(sub)
 
     s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
     s.add_argument("run_dir", type=Path)
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.verbose)
     try:
+        _many().localize(args)  # run directories on object storage → local copies
         return COMMANDS[args.command](args)
     except (ConfigError, StorageError) as exc:  # StorageError: the disk filled up; resumable, so exit 1
         print(f"evalrun: error: {exc}", file=sys.stderr)
@@ -201,10 +206,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
+    from evalrun.cli_many import run_workers_cmd, shard_option, wants_workers
     from evalrun.errors import ConfigError
     from evalrun.plan import preflight, wrapped
     from evalrun.run.runner import RunOptions, run
 
+    if wants_workers(args):
+        return run_workers_cmd(args)
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force go with --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
@@ -222,6 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         reuse=args.reuse,
         evaluator=preflight(for_experiment, args.max_cost, notes.append),
+        shard=shard_option(args),
+        rate_share=args.rate_share,
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
@@ -229,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(wrapped(f"evalrun: note: {note}", "  "), file=sys.stderr)
     for msg in outcome.messages:
         print(f"evalrun: {msg}", file=sys.stderr)
-    print(outcome.run_dir)
+    print(outcome.location or outcome.run_dir)
     return outcome.exit_code
 
 
@@ -396,4 +406,11 @@ COMMANDS = {
     "compare": cmd_compare,
     "init": cmd_init,
     "serve-sim": cmd_serve_sim,
+    "merge": lambda args: _many().cmd_merge(args),
 }
+
+
+def _many() -> Any:  # the many-process commands, imported only when used
+    import evalrun.cli_many
+
+    return evalrun.cli_many

@@ -98,6 +98,8 @@ def latest_baseline(new_dir: Path) -> Path:
         if sibling == new_dir or not (sibling / RESULTS).is_file() or not (sibling / MANIFEST).is_file():
             continue
         m = orjson.loads((sibling / MANIFEST).read_bytes())
+        if m.get("shard"):  # one shard of a sharded run is not a whole run
+            continue
         started = m.get("started_at") or ""
         if m.get("experiment") != new.get("experiment") or started >= (new.get("started_at") or ""):
             continue

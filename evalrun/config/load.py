@@ -248,7 +248,8 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
         if name in providers:
             continue
         if name in PRESETS:
-            providers[name] = ProviderConfig.model_validate(PRESETS[name])
+            extra = {"limiter": cfg.limiter} if cfg.limiter else {}  # the experiment's shared limiter
+            providers[name] = ProviderConfig.model_validate({**PRESETS[name], **extra})
             continue
         known = sorted(set(providers) | set(PRESETS))
         hint = did_you_mean(name, known)

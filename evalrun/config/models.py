@@ -24,6 +24,7 @@ from pydantic import (
 from evalrun.config.credentials import header_problem, is_credential_header, looks_like_key
 from evalrun.config.diagnostics import NAME_PATTERN, did_you_mean
 from evalrun.config.grid import GridConfig
+from evalrun.config.locations import check_location
 from evalrun.config.params import PARAM_NAMES, RequestParams
 from evalrun.config.prices import PricesConfig
 from evalrun.config.scorers import GateConfig, ScorerConfig
@@ -31,6 +32,28 @@ from evalrun.sim.options import SimOptions
 
 _NAME = NAME_PATTERN
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_limiter_url(url: str) -> str:
+    """redis://HOST:PORT/DB (or rediss:// for TLS); the error names what is allowed."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    db = parts.path.lstrip("/")
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or port == -1
+        or (db and not db.isdigit())
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"{url!r} is not a Redis URL; expected redis://HOST:PORT/DB (or rediss:// for TLS)")
+    if parts.password or parts.username:
+        raise ValueError("a password in the limiter URL would put a secret in the config; use REDIS_PASSWORD")
+    return url
 
 
 class _Strict(BaseModel):
@@ -51,9 +74,15 @@ class ProviderConfig(_Strict):
     rpm: int | None = Field(None, ge=1, le=10**9, description="requests per minute per model")
     tpm: int | None = Field(None, ge=1, le=10**12, description="tokens per minute per model")
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
+    limiter: str | None = Field(None, description="redis://HOST:PORT/DB: share rpm/tpm with every process using it")
     allow_insecure_http: bool = False
     # the simulator owns its knobs' schema; embedded here, its errors name the exact key and line
     simulator: SimOptions = Field(default_factory=SimOptions)
+
+    @field_validator("limiter")
+    @classmethod
+    def _limiter(cls, v: str | None) -> str | None:
+        return None if v is None else check_limiter_url(v)
 
     @field_validator("api_key_env")
     @classmethod
@@ -197,6 +226,11 @@ class DatasetConfig(_Strict):
         default_factory=dict, description="request parameter → the column holding each row's value"
     )
 
+    @field_validator("path")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        return check_location(v, "dataset")
+
     @field_validator("params_from_columns")
     @classmethod
     def _parameters(cls, v: dict[str, str]) -> dict[str, str]:
@@ -248,6 +282,25 @@ class ExperimentConfig(_Strict):
         description="keep successful answers and serve an identical request from them: true "
         "(under reports_dir/cache) or a folder",
     )
+    limiter: str | None = Field(None, description="redis://HOST:PORT/DB for every provider without its own")
+
+    @field_validator("limiter")
+    @classmethod
+    def _limiter(cls, v: str | None) -> str | None:
+        return None if v is None else check_limiter_url(v)
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _reports_location(cls, v: str) -> str:
+        return check_location(v, "reports_dir")
+
+    @model_validator(mode="after")
+    def _default_limiter(self) -> ExperimentConfig:
+        if self.limiter:
+            for p in self.providers.values():
+                if p.limiter is None:
+                    p.limiter = self.limiter
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

@@ -28,6 +28,8 @@ from evalrun.run.journal import JOURNAL, journal_state, repair_journal
 from evalrun.run.records import RequestSpec
 from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
 from evalrun.run.secrets import checked_key, use_keys
+from evalrun.run.shards import Shard, shard_from_manifest
+from evalrun.run.storage import check_writable, is_url, join, staging_dir
 from evalrun.run.store import RowHook
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
@@ -69,6 +71,8 @@ class RunOptions:
     max_cost: float | None = None
     progress: bool = True
     reuse: str | None = None  # an earlier run directory, or "latest": its unchanged requests are not sent
+    shard: Shard | None = None  # --shard I/N: only this shard's requests
+    rate_share: int = 1  # --workers K without a shared limiter: this process paces at rpm/K, tpm/K
     # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
     evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
 
@@ -92,14 +96,22 @@ class RunContext:
     progress: bool
     cache: Path | None = None  # the response cache file, when the experiment keeps one
     reuse: Path | None = None  # an earlier run whose answers this one takes
+    shard: Shard | None = None
+    shard_requests: int | None = None  # how many requests the shard holds (None: no shard)
+    rate_share: int = 1
 
     @property
     def exp(self) -> Experiment:
         return self.plan.exp
 
     @property
+    def total(self) -> int:
+        """The requests this process answers for: the grid's, or its shard's."""
+        return self.plan.total_requests if self.shard_requests is None else self.shard_requests
+
+    @property
     def to_send(self) -> int:
-        return self.plan.total_requests - len(self.done)
+        return self.total - len(self.done)
 
 
 def build_context(config: Path | None, opts: RunOptions) -> RunContext:
@@ -111,6 +123,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         config = config or Path(manifest["config_path"])
         overrides = overrides or list(manifest.get("overrides") or [])
         limit = limit if limit is not None else manifest.get("limit")
+    shard = _resumed_shard(opts, manifest)
     if config is None:
         raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
     exp = load_experiment(config, overrides)
@@ -119,6 +132,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     max_cost = opts.max_cost or exp.config.budget.max_cost
     pricing = _pricing(plan, max_cost)
     keys = api_keys(exp, evaluator.judge_providers if evaluator is not None else set())
+    _check_limiters(plan)
     fingerprint = grid_fingerprint(plan)
     done: set[str] = set()
     if opts.resume is not None:
@@ -142,7 +156,13 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         run_id = run_dir.name
     else:
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        if shard is not None:
+            run_id += f"-shard{shard.label}"
         run_dir = Path(exp.config.reports_dir) / exp.name / run_id
+        if is_url(exp.config.reports_dir):  # the journal stays local; the rest is published at the end
+            manifest["location"] = join(exp.config.reports_dir, exp.name, run_id)
+            check_writable(manifest["location"])  # credentials, bucket: before anything is sent
+            run_dir = staging_dir(manifest["location"])
     check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
     manifest.update(
         {
@@ -154,6 +174,8 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
             "grid_fingerprint": fingerprint,
         }
     )
+    if shard is not None:
+        manifest["shard"] = shard.to_json()
     return RunContext(
         plan=plan,
         run_dir=run_dir,
@@ -170,6 +192,9 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         progress=opts.progress,
         cache=cache_file(exp),
         reuse=_reuse_dir(exp, opts.reuse, run_dir),
+        shard=shard,
+        shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
+        rate_share=opts.rate_share,
     )
 
 
@@ -207,6 +232,19 @@ def _reuse_dir(exp: Experiment, reuse: str | None, run_dir: Path) -> Path | None
     return path
 
 
+def _resumed_shard(opts: RunOptions, manifest: dict[str, Any]) -> Shard | None:
+    """The shard of this run: --shard, or on --resume the one its manifest recorded."""
+    if opts.resume is None:
+        return opts.shard
+    recorded = shard_from_manifest(manifest)
+    if opts.shard is not None and opts.shard != recorded:
+        raise ConfigError(
+            f"--resume {opts.resume}: that run is shard {recorded or 'none (the whole grid)'}, not --shard {opts.shard}; "
+            "drop --shard to resume it as it was"
+        )
+    return recorded
+
+
 def grid_fingerprint(plan: Plan) -> str:
     """Changes exactly when the set of requests changes: cells, dataset content, limit, repeats."""
     h = hashlib.blake2b(digest_size=12)
@@ -240,6 +278,15 @@ def api_keys(exp: Experiment, judges: set[str] | None = None) -> dict[str, str |
         keys[name] = value
     use_keys([k for k in keys.values() if k])  # masked in all this run writes
     return keys
+
+
+def _check_limiters(plan: Plan) -> None:
+    """A shared limiter must answer before anything is sent (exit 2 otherwise)."""
+    urls = {n: p.limiter for n, p in plan.exp.providers.items() if p.limiter and n in {c.provider for c in plan.cells}}
+    if urls:
+        from evalrun.run.shared_limiter import check_reachable
+
+        check_reachable(urls)
 
 
 def _pricing(plan: Plan, max_cost: float | None) -> Pricing | None:

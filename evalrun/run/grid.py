@@ -35,6 +35,7 @@ from evalrun.run.datasets import (
     row_params,
 )
 from evalrun.run.records import Cell, PromptEntry, RequestSpec
+from evalrun.run.storage import fetch_dataset, is_url
 
 MAX_CELLS = 100_000
 # The parameters RequestParams' combination rules pair up (top_logprobs needs logprobs,
@@ -173,7 +174,7 @@ def build_plan(exp: Experiment, limit: int | None = None) -> Plan:
     templates = prompt_templates(exp)
     needed = {name: placeholders(msgs) for name, msgs in templates.items()}
     ds = exp.config.dataset
-    path = resolve_path(ds.path, exp.path)
+    path = fetch_dataset(ds.path) if is_url(ds.path) else resolve_path(ds.path, exp.path)
     lim = limit if limit is not None else ds.limit
     try:
         info = check_dataset(path, ds.format, ds.id_column, lim, needed, _row_checker(exp, cells, templates))

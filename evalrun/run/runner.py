@@ -50,6 +50,7 @@ class RunOutcome:
     exit_code: int
     messages: list[str]
     summary: Any = None
+    location: str | None = None  # where the run was published (reports_dir on object storage)
 
 
 def run(config: Path | None, opts: RunOptions) -> RunOutcome:
@@ -103,7 +104,13 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
-    return _finish(ctx, stats, status, messages)
+    result = _finish(ctx, stats, status, messages)
+    if ctx.manifest.get("location"):
+        from evalrun.run.storage import publish_run
+
+        result.location = ctx.manifest["location"]
+        publish_run(ctx.run_dir, result.location)
+    return result
 
 
 def _start_manifest(ctx: RunContext) -> None:
@@ -132,6 +139,7 @@ def _start_manifest(ctx: RunContext) -> None:
                 "requests": plan.total_requests,
                 "dataset": str(plan.dataset.path),
             },
+            "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
             "cells": [
                 {
                     "cell_id": c.cell_id,
@@ -199,7 +207,7 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
     done = ctx.done
     out: dict[tuple[str, str], Iterator[RequestSpec]] = {}
     for key, group in cells.items():
-        specs = ctx.plan.specs(group)
+        specs = ctx.plan.specs(group) if ctx.shard is None else ctx.shard.filter(ctx.plan.specs(group))
         out[key] = (s for s in specs if s.request_id not in done) if done else specs
     return out
 
@@ -216,8 +224,8 @@ async def _run_async(
 
     from evalrun.run.attempts import Admission, Attempts, Lane
     from evalrun.run.client import ProviderClient
-    from evalrun.run.limiter import Limiters
     from evalrun.run.pool import Pool
+    from evalrun.run.shared_limiter import make_limiters
     from evalrun.run.slots import Slots
     from evalrun.run.stops import Stops
 
@@ -277,8 +285,13 @@ async def _run_async(
                 )
                 for n, p in providers.items()
             }
-            limiters = Limiters(
-                {n: (p.rpm, p.tpm) for n, p in providers.items()}, block_cap_s=exp.config.retry.retry_after_max_s
+            limiters = make_limiters(
+                providers,
+                base_urls,
+                ctx.keys,
+                ctx.rate_share,
+                ctx.shard.count if ctx.shard else 1,
+                exp.config.retry.retry_after_max_s,
             )
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
@@ -329,6 +342,7 @@ async def _run_async(
                 pass
             finally:
                 progress.stop()
+                await limiters.aclose()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -354,6 +368,8 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
     # after a forced resume of a changed grid, rows of requests no longer in it stay in the
     # journal but not in the report
     keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+    if keep is not None and ctx.shard is not None:
+        keep = {rid for rid in keep if ctx.shard.holds(rid)}
     if evaluator is not None:
         evaluator.prepare(run_dir)  # what the judges answered
     counts = write_results(
@@ -366,7 +382,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
         )
     summary = evaluator.write_summary(run_dir) if evaluator is not None else None
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
-    missing = plan.total_requests - recorded
+    missing = ctx.total - recorded
     if status == "completed" and missing:
         status = "stopped"
     manifest.update(
@@ -375,7 +391,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
             "finished_at": now_iso(),
             "messages": messages,
             "counts": {
-                "requests": plan.total_requests,
+                "requests": ctx.total,
                 "recorded": recorded,
                 "missing": missing,
                 "ok": recorded - errors,
@@ -397,8 +413,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) 
         messages.append("retries by type: " + ", ".join(f"{k} {v}" for k, v in stats.retries_by_type.most_common()))
     if missing:
         messages.append(
-            f"{missing:,} of {plan.total_requests:,} requests have no row yet; "
-            f"continue with: evalrun run --resume {run_dir}"
+            f"{missing:,} of {ctx.total:,} requests have no row yet; continue with: evalrun run --resume {run_dir}"
         )
     code = EXIT_OK if status == "completed" else EXIT_INTERRUPTED if status == "interrupted" else EXIT_INCOMPLETE
     if code == EXIT_OK and recorded and errors == recorded:

@@ -1,0 +1,230 @@
+"""The command line of many processes: `run --shard I/N`, `run --workers K [--engine ray]` and
+`merge`. Kept apart from cli.py so that cli.py stays one function per single-process command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from evalrun.errors import ConfigError
+
+
+def add_run_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--shard", metavar="I/N", help="run only shard I of N (by request id); merge with evalrun merge")
+    s.add_argument("--workers", type=int, metavar="K", help="run K shard processes sharing the budget, then merge")
+    s.add_argument("--engine", choices=["local", "ray"], default="local", help="with --workers: where shards run")
+    # set by --workers on its children: pace at 1/K of rpm/tpm (no shared limiter)
+    s.add_argument("--rate-share", type=int, default=1, help=argparse.SUPPRESS)
+
+
+def add_merge_parser(sub: Any) -> None:
+    s = sub.add_parser("merge", help="merge the run directories of a sharded run into one run directory")
+    s.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the merged run directory")
+
+
+def evaluator_factory() -> Any:
+    """manifest → the analysis stage's scorers for the run's config (summary.parquet of a merge)."""
+
+    def build(manifest: dict[str, Any], out: Path) -> Any:
+        from evalrun.analysis.evaluation import for_experiment
+        from evalrun.config.load import load_experiment
+
+        exp = load_experiment(Path(manifest["config_path"]), list(manifest.get("overrides") or []))
+        return for_experiment(exp, tuple(manifest.get("data_columns") or ()))
+
+    return build
+
+
+def shard_option(args: argparse.Namespace) -> Any:
+    """--shard, parsed and checked against the other options (a ConfigError is exit 2)."""
+    from evalrun.run.shards import parse_shard
+
+    if args.shard is None:
+        return None
+    if args.workers is not None:
+        raise ConfigError("--shard and --workers: pick one (--workers K runs shards 1/K … K/K itself)")
+    return parse_shard(args.shard)
+
+
+def wants_workers(args: argparse.Namespace) -> bool:
+    """Whether `run` is a --workers run, or the --resume of one."""
+    if args.workers is not None:
+        if args.shard is not None:
+            raise ConfigError("--shard and --workers: pick one (--workers K runs shards 1/K … K/K itself)")
+        return True
+    if args.engine != "local":
+        raise ConfigError(f"--engine {args.engine} goes with --workers K")
+    if args.resume is not None and (args.resume / "manifest.json").is_file():
+        from evalrun.run.rundir import manifest_if_any
+
+        try:
+            return isinstance(manifest_if_any(args.resume).get("workers"), dict)
+        except ConfigError:  # damaged: the single-process path rebuilds it or says so in one line
+            return False
+    return False  # the single-process path says what is wrong with a --resume
+
+
+def run_workers_cmd(args: argparse.Namespace) -> int:
+    """`run --workers K` / `run --resume DIR` of a --workers run."""
+    from evalrun.run.workers import plan_from_manifest, run_workers
+
+    if args.resume is not None:
+        if args.workers is not None or args.config is not None:
+            raise ConfigError("--resume of a --workers run takes its config and workers from the run; drop them")
+        plan = plan_from_manifest(args.resume, args.retry_errors)
+        assert plan is not None
+        plan.max_requests, plan.max_cost = args.max_requests, args.max_cost
+        plan.progress = not args.no_progress
+        resume = True
+    else:
+        plan = _new_plan(args)
+        resume = False
+    if args.engine == "ray":
+        from evalrun.run.engine_ray import run_on_ray
+
+        code, messages = run_on_ray(plan, evaluator_factory(), resume)
+    else:
+        code, messages = run_workers(plan, evaluator_factory(), resume)
+    for msg in messages:
+        print(f"evalrun: {msg}", file=sys.stderr)
+    print(plan.location or plan.run_dir)
+    return code
+
+
+def _new_plan(args: argparse.Namespace) -> Any:
+    import secrets
+    import time
+
+    from evalrun.config.load import load_experiment
+    from evalrun.run import storage
+    from evalrun.run.grid import build_plan
+    from evalrun.run.workers import MAX_WORKERS, WorkersPlan, start_manifest
+
+    if args.config is None:
+        raise ConfigError("evalrun run --workers K needs a CONFIG file")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {args.workers}: from 1 to {MAX_WORKERS}")
+    exp = load_experiment(args.config, args.overrides)
+    plan = build_plan(exp, args.limit)  # every check before a process starts or a request is sent
+    used = {c.provider for c in plan.cells}
+    shared = all(exp.providers[n].limiter for n in used)
+    limited = any(exp.providers[n].rpm or exp.providers[n].tpm for n in used)
+    if args.run_dir is not None:
+        run_dir = args.run_dir
+        if (run_dir / "manifest.json").exists():
+            raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
+    location = None
+    if args.run_dir is None:
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        run_dir = Path(exp.config.reports_dir) / exp.name / run_id
+        if storage.is_url(exp.config.reports_dir):  # shards and journals local; the merged run published
+            location = storage.join(exp.config.reports_dir, exp.name, run_id)
+            storage.check_writable(location)
+            run_dir = storage.staging_dir(location)
+    wplan = WorkersPlan(
+        config=args.config,
+        workers=args.workers,
+        run_dir=run_dir,
+        overrides=list(args.overrides),
+        limit=args.limit,
+        max_requests=args.max_requests,
+        max_cost=args.max_cost,
+        shared_limiter=shared,
+        limited=limited,
+        location=location,
+        progress=not args.no_progress,
+        total=plan.total_requests,
+    )
+    start_manifest(wplan, exp.name)
+    return wplan
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from evalrun.run.merge import merge_runs
+
+    manifest = merge_runs(args.run_dirs, args.out, evaluator_factory())
+    target = getattr(args, "publish_to", None)
+    if target:
+        from evalrun.run.storage import publish_run
+
+        publish_run(args.out, target)
+    c = manifest["counts"]
+    print(
+        f"evalrun: merged {len(args.run_dirs)} shards: {c['recorded']:,} of {c['requests']:,} requests "
+        f"({c['errors']:,} errors); {manifest['status']}",
+        file=sys.stderr,
+    )
+    print(target or args.out)
+    return 0 if manifest["status"] == "completed" else 1
+
+
+def localize(args: argparse.Namespace) -> None:
+    """Run directories given as URLs (s3://…) → local copies, so every command reads files.
+
+    `run --resume URL` continues in the run's local staging directory (its journal is fetched
+    when this machine has none) and publishes to URL again at the end; the reading commands get
+    a cached copy of manifest, results and summary; `merge --out URL` merges locally, then
+    publishes."""
+    from evalrun.run import storage
+
+    cmd = args.command
+    if cmd == "run":
+        if args.run_dir is not None and storage.is_url(args.run_dir):
+            raise ConfigError("--run-dir takes a local path; for object storage set reports_dir: s3://bucket/folder")
+        if args.resume is not None and storage.is_url(args.resume):
+            url = storage.as_location(args.resume)
+            staging = storage.staging_dir(url)
+            if not (staging / "journal.jsonl").is_file():
+                storage.fetch_run(url, ("manifest.json", "journal.jsonl"), into=staging)
+            args.resume = staging
+    elif cmd in ("summary", "cost", "report", "score") and storage.is_url(args.run_dir):
+        args.run_dir = storage.fetch_run(storage.as_location(args.run_dir))
+        if cmd == "report" and args.out is None:
+            args.out = args.run_dir / "report.html"
+    if cmd == "report" and args.compare is not None and storage.is_url(args.compare):
+        args.compare = storage.fetch_run(storage.as_location(args.compare))
+    elif cmd == "compare":
+        urls = [storage.as_location(r) for r in args.runs]
+        if args.baseline == "latest" and len(urls) == 1 and storage.is_url(urls[0]):
+            urls = [_latest_remote(urls[0]), urls[0]]
+            args.baseline = None
+        args.runs = [storage.fetch_run(u) if storage.is_url(u) else Path(u) for u in urls]
+    elif cmd == "merge":
+        reads = ("manifest.json", "journal.jsonl", "results.parquet")
+        args.run_dirs = [
+            storage.fetch_run(storage.as_location(d), reads) if storage.is_url(d) else d for d in args.run_dirs
+        ]
+        if storage.is_url(args.out):
+            args.publish_to = storage.as_location(args.out)
+            args.out = storage.staging_dir(args.publish_to)
+
+
+def _latest_remote(new_url: str) -> str:
+    """--baseline latest for a run on object storage: the sibling run that started last before it."""
+    import orjson
+
+    from evalrun.run import storage
+
+    parent = new_url.rstrip("/").rsplit("/", 1)[0]
+    new = orjson.loads((storage.fetch_run(new_url, ("manifest.json",)) / "manifest.json").read_bytes())
+    best: tuple[str, str] | None = None
+    for url in storage.list_runs(parent):
+        if url.rstrip("/") == new_url.rstrip("/"):
+            continue
+        try:
+            local = storage.fetch_run(url, ("manifest.json", "results.parquet"))
+        except ConfigError:
+            continue  # not a run directory (or not finished)
+        if not (local / "results.parquet").is_file():
+            continue
+        m = orjson.loads((local / "manifest.json").read_bytes())
+        if m.get("shard") or m.get("experiment") != new.get("experiment"):
+            continue
+        if m.get("started_at", "") < new.get("started_at", "") and (best is None or m["started_at"] > best[0]):
+            best = (m["started_at"], url)
+    if best is None:
+        raise ConfigError(f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {parent}")
+    return best[1]
