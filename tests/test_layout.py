@@ -24,7 +24,7 @@ ALLOWED = {
     "report": {"foundation", "config", "run", "analysis", "report"},
 }
 FOUNDATION = {"evalrun.errors", "evalrun.logs", "evalrun.quantiles", "evalrun"}
-TOP = {"evalrun.cli", "evalrun.cli_many", "evalrun.plan", "evalrun.__main__"}
+TOP = {"evalrun.cli", "evalrun.cli_parser", "evalrun.cli_many", "evalrun.plan", "evalrun.__main__"}
 # what analysis and report may read of the run stage: the stored schema and file names
 RUN_SCHEMA = {"evalrun.run.store", "evalrun.run.journal", "evalrun.run.records"}
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, rea
 from evalrun.run.secrets import checked_key, use_keys
 from evalrun.run.shards import Shard, shard_from_manifest
 from evalrun.run.storage import check_writable, is_url, join, staging_dir
-from evalrun.run.store import RowHook
+from evalrun.run.store import MANIFEST, RowHook, now_iso, write_json
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
 # it: a plain --resume sends it again (--retry-errors re-sends every error).
@@ -314,3 +315,49 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def start_manifest(ctx: RunContext) -> None:
+    """manifest.json as the run starts: what it is, with what, and its cells (status running)."""
+    plan, exp, manifest, pricing = ctx.plan, ctx.exp, ctx.manifest, ctx.pricing
+    manifest.setdefault("started_at", now_iso())
+    manifest.update(
+        {
+            "status": "running",
+            "evalrun_version": __version__,
+            "versions": versions(),
+            "argv": sys.argv[1:],
+            "config": exp.raw,
+            "prices": {
+                "source": pricing.source,
+                "currency": pricing.currency,
+                "as_of": pricing.table.as_of,
+                "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()},
+            }
+            if pricing
+            else None,
+            "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
+            "grid": {
+                "cells": len(plan.cells),
+                "rows": plan.dataset.rows,
+                "repeats": plan.repeats,
+                "requests": plan.total_requests,
+                "dataset": str(plan.dataset.path),
+            },
+            "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
+            "cells": [
+                {
+                    "cell_id": c.cell_id,
+                    "provider": c.provider,
+                    "model": c.model,
+                    "prompt_id": c.prompt_id,
+                    "params": c.params,
+                }
+                for c in plan.cells
+            ],
+        }
+    )
+    manifest.setdefault("resumes", [])
+    if ctx.resumed:
+        manifest["resumes"].append({"at": now_iso(), "already_done": len(ctx.done), "retry_errors": ctx.retry_errors})
+    write_json(ctx.run_dir / MANIFEST, manifest)

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalrun import __version__
 from evalrun.config.models import ProviderConfig
 from evalrun.config.prices import CostBudget
 from evalrun.run.cache import Caches, open_caches
-from evalrun.run.context import RunContext, RunOptions, build_context, versions
+from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
 from evalrun.run.journal import JUDGE_JOURNAL
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
@@ -63,7 +62,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     ctx = build_context(config, opts)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(ctx.run_dir)  # a new run directory: held from its creation
-    _start_manifest(ctx)
+    start_manifest(ctx)
     pricing = ctx.pricing
     stats = RunStats(total=ctx.to_send, currency=pricing.currency if pricing else None)
     budget = CostBudget(ctx.max_cost, pricing, spent(ctx.run_dir)) if ctx.max_cost and pricing else None
@@ -111,51 +110,6 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         result.location = ctx.manifest["location"]
         publish_run(ctx.run_dir, result.location)
     return result
-
-
-def _start_manifest(ctx: RunContext) -> None:
-    plan, exp, manifest, pricing = ctx.plan, ctx.exp, ctx.manifest, ctx.pricing
-    manifest.setdefault("started_at", now_iso())
-    manifest.update(
-        {
-            "status": "running",
-            "evalrun_version": __version__,
-            "versions": versions(),
-            "argv": sys.argv[1:],
-            "config": exp.raw,
-            "prices": {
-                "source": pricing.source,
-                "currency": pricing.currency,
-                "as_of": pricing.table.as_of,
-                "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()},
-            }
-            if pricing
-            else None,
-            "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
-            "grid": {
-                "cells": len(plan.cells),
-                "rows": plan.dataset.rows,
-                "repeats": plan.repeats,
-                "requests": plan.total_requests,
-                "dataset": str(plan.dataset.path),
-            },
-            "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
-            "cells": [
-                {
-                    "cell_id": c.cell_id,
-                    "provider": c.provider,
-                    "model": c.model,
-                    "prompt_id": c.prompt_id,
-                    "params": c.params,
-                }
-                for c in plan.cells
-            ],
-        }
-    )
-    manifest.setdefault("resumes", [])
-    if ctx.resumed:
-        manifest["resumes"].append({"at": now_iso(), "already_done": len(ctx.done), "retry_errors": ctx.retry_errors})
-    write_json(ctx.run_dir / MANIFEST, manifest)
 
 
 def _judges_pending(ctx: RunContext) -> bool:

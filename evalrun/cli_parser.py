@@ -1,0 +1,134 @@
+"""The command line's grammar: every command, flag and help text of `evalrun`, with argparse
+errors in evalrun's one-line format. `cli.py` dispatches what this parses."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a whole number ≥ 1 (int) or a number > 0 (float), in evalrun's words."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' * (kind is int)}number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be {'at least 1' if kind is int else 'more than 0'}, got {text}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with evalrun's error format: one line, the command's --help as the hint."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"evalrun: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from evalrun.cli_many import add_merge_parser, add_run_arguments
+
+    p = _Parser(
+        prog="evalrun",
+        description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check an experiment file and its dataset; sends nothing")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    s = sub.add_parser("plan", help="count cells, requests, tokens and the shortest duration; sends nothing")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
+    s.add_argument("config", type=Path, nargs="?", help="experiment YAML (optional with --resume)")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value, e.g. --set params.temperature=0.2 (repeatable)",
+    )
+    s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
+    s.add_argument("--run-dir", type=Path, help="write the report exactly here")
+    s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run: send only what has no row")
+    s.add_argument("--reuse", metavar="RUN_DIR", help="take unchanged requests' answers from a run (or latest)")
+    s.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error"
+    )
+    s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
+    s.add_argument("--max-requests", type=_positive(int), help="stop cleanly after sending this many requests")
+    s.add_argument(
+        "--max-cost",
+        type=_positive(float),
+        metavar="AMOUNT",
+        help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_run_arguments(s)
+    add_merge_parser(sub)
+
+    s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--config", type=Path, help="take the scorers from this file (default: the run's own config)")
+
+    s = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 if a cell regressed (a CI gate)")
+    s.add_argument(
+        "runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest"
+    )
+    s.add_argument(
+        "--baseline",
+        choices=["latest"],
+        help="latest: the latest completed run of the same experiment with the same grid",
+    )
+    s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
+    s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
+    s.add_argument("--alpha", type=float, help="…and McNemar p < alpha (default 0.05)")
+    s.add_argument("--out", type=Path, help="where compare.md/.parquet go (default: the new run's directory)")
+    s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
+    s.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail (exit 1) when the baseline's provider, dataset, parameters or cells differ",
+    )
+
+    s = sub.add_parser("cost", help="cost and tokens of a finished run, broken down; sends nothing")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--by", default="model", help="report columns to group by, comma-separated (default: model)")
+    s.add_argument("--prices", type=Path, metavar="FILE", help="recompute the cost with this price table")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    s = sub.add_parser("report", help="write a self-contained HTML report of a finished run (charts, sortable table)")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--compare", type=Path, metavar="BASE_RUN", help="add the per-cell comparison with an earlier run")
+    s.add_argument("--out", type=Path, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+
+    s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+
+    s = sub.add_parser("init", help="write a quickstart experiment (config, prices, dataset) into DIR")
+    s.add_argument("dir", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: here")
+    s.add_argument("--force", action="store_true", help="overwrite files that exist")
+
+    s = sub.add_parser("serve-sim", help="run the simulator as a standalone server on 127.0.0.1")
+    if argv and "serve-sim" in argv:  # its options import aiohttp: only when asked for
+        from evalrun.sim import add_sim_arguments
+
+        add_sim_arguments(s)
+    return p
