@@ -89,7 +89,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
                     if judging_on
                     else None
                 )
-                outcome = _run_loop(ctx, recorder, judges, caches, stats, budget)
+                outcome = _run_loop(ctx, Sinks(recorder, judges, caches, stats, budget))
         finally:
             caches.close()
         if stats.cached:
@@ -118,20 +118,24 @@ def _judges_pending(ctx: RunContext) -> bool:
     return ev is not None and bool(ev.judge_lanes()) and next(iter(ev.judge_requests(ctx.run_dir)), None) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Sinks:
+    """Where a run's results go: the journals' recorders, the caches, the counters, the budget."""
+
+    recorder: Recorder
+    judges: Recorder | None  # the judge journal's, when the experiment has model judges
+    caches: Caches
+    stats: RunStats
+    budget: CostBudget | None
+
+
 def _providers(ctx: RunContext) -> dict[str, ProviderConfig]:
     """The providers this run talks to: its models' and its judges'."""
     judges = ctx.evaluator.judge_providers if ctx.evaluator is not None else set()
     return {n: ctx.exp.providers[n] for n in sorted({c.provider for c in ctx.plan.cells} | judges)}
 
 
-def _run_loop(
-    ctx: RunContext,
-    recorder: Recorder,
-    judges: Recorder | None,
-    caches: Caches,
-    stats: RunStats,
-    budget: CostBudget | None,
-) -> PoolOutcome:
+def _run_loop(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
     try:
         import uvloop  # ~2× less event-loop overhead per request
 
@@ -147,7 +151,7 @@ def _run_loop(
     gc.set_threshold(100_000, 50, 1000)
     try:
         with runner:
-            return runner.run(_run_async(ctx, recorder, judges, caches, stats, budget))
+            return runner.run(_run_async(ctx, sinks))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -166,14 +170,7 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
     return out
 
 
-async def _run_async(
-    ctx: RunContext,
-    recorder: Recorder,
-    judges: Recorder | None,
-    caches: Caches,
-    stats: RunStats,
-    budget: CostBudget | None,
-) -> PoolOutcome:
+async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
     import aiohttp
 
     from evalrun.run.attempts import Admission, Attempts, Lane
@@ -185,6 +182,7 @@ async def _run_async(
 
     exp = ctx.exp
     providers = _providers(ctx)
+    recorder, judges, caches, stats, budget = sinks.recorder, sinks.judges, sinks.caches, sinks.stats, sinks.budget
     loop = asyncio.get_running_loop()
     stops = Stops()
     task: asyncio.Future[PoolOutcome] | None = None
