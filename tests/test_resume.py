@@ -125,7 +125,9 @@ def test_kill_9_at_random_moments_then_resume_gives_exactly_one_row_per_request(
     sent = slow_sim.stats()["requests"]
     assert len(expected) <= sent <= len(expected) + kills * 8
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
-    assert manifest["status"] == "completed" and len(manifest["resumes"]) == kills
+    # each resume that got going recorded itself; one killed while starting up (before it reads the
+    # journal or writes the manifest) sends nothing and leaves no entry
+    assert manifest["status"] == "completed" and 1 <= len(manifest["resumes"]) <= kills
 
 
 def test_resume_sends_only_the_missing_requests(tmp_path, slow_sim) -> None:
