@@ -142,7 +142,7 @@ class Completion:
     malformed: str | None = None  # fields parse.py had to null (wrong type or range), for the row
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     """How one request ended: a completion, or the last error after retries."""
 
