@@ -13,6 +13,7 @@ from evalrun.config.prices import CostBudget, Pricing
 from evalrun.run.journal import JOURNAL, Journal, read_journal
 from evalrun.run.progress import RunStats
 from evalrun.run.records import Result
+from evalrun.run.sink import ResultsSink
 from evalrun.run.store import result_rows
 
 
@@ -28,6 +29,7 @@ class Recorder:
         stats: RunStats,
         pricing: Pricing | None,
         budget: CostBudget | None,
+        sink: ResultsSink | None = None,
     ) -> None:
         self.run_id = run_id
         self.experiment = experiment
@@ -36,6 +38,7 @@ class Recorder:
         self.pricing = pricing
         self.budget = budget
         self.journal = Journal(run_dir / JOURNAL)
+        self.sink = sink  # results.parquet written as the run goes (None: built from the journal at the end)
 
     def __enter__(self) -> Recorder:
         return self
@@ -50,7 +53,10 @@ class Recorder:
         if self.pricing is not None:  # usage sits on the first row: so does the request's cost
             rows[0].update(self.pricing.cost(result.spec.cell.model, rows[0]))
             cost = rows[0]["cost_total"]
-        self.journal.append(result.spec.request_id, "ok" if result.ok else "error", result.error_type, rows)
+        status = "ok" if result.ok else "error"
+        self.journal.append(result.spec.request_id, status, result.error_type, rows)
+        if self.sink is not None:  # after the journal: only a durable answer reaches the report
+            self.sink.add(status, rows)
         if self.budget is not None:
             self.budget.settle(result.spec.request_id, cost)
         stats = self.stats

@@ -26,6 +26,7 @@ from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
 from evalrun.run.records import Cell, RequestSpec
 from evalrun.run.rundir import holding_run_dirs, lock_run_dir
+from evalrun.run.sink import ResultsSink
 from evalrun.run.stops import PoolOutcome
 from evalrun.run.store import MANIFEST, now_iso, write_json, write_results
 
@@ -60,21 +61,36 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     stats = RunStats(total=ctx.to_send, currency=pricing.currency if pricing else None)
     budget = CostBudget(ctx.max_cost, pricing, spent(ctx.run_dir)) if ctx.max_cost and pricing else None
     messages: list[str] = []
+    sink: ResultsSink | None = None
     if ctx.to_send == 0:
         outcome = PoolOutcome()
         if ctx.resumed:
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
         columns = ctx.plan.dataset.columns
-        with Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, columns, stats, pricing, budget) as recorder:
-            outcome = _run_loop(ctx, recorder, stats, budget)
+        sink = ResultsSink(ctx.run_dir, columns, ctx.evaluator) if _writes_live(ctx) else None
+        try:
+            with Recorder(ctx.run_dir, ctx.run_id, ctx.exp.name, columns, stats, pricing, budget, sink) as recorder:
+                outcome = _run_loop(ctx, recorder, stats, budget)
+        except BaseException:
+            if sink is not None:
+                sink.abandon()
+            raise
     status = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "completed"
     reason = outcome.run_reason or outcome.budget_reason
     if reason and not outcome.interrupted:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
-    return _finish(ctx, stats, status, messages)
+    return _finish(ctx, stats, status, messages, sink)
+
+
+def _writes_live(ctx: RunContext) -> bool:
+    """Whether results.parquet is written as the run goes (see run/sink.py). A resumed run
+    rebuilds it from the journal at the end instead: it must keep each request's latest entry
+    (dedupe) and, after a forced resume of a changed grid, leave out the strays. So does a run
+    with judges, whose columns need the judge answers that come after the main requests."""
+    return not ctx.resumed and not getattr(ctx.evaluator, "judge_providers", None)
 
 
 def _start_manifest(ctx: RunContext) -> None:
@@ -271,14 +287,17 @@ async def _run_async(ctx: RunContext, recorder: Recorder, stats: RunStats, budge
     return stops.outcome()
 
 
-def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) -> RunOutcome:
+def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str], sink: ResultsSink | None) -> RunOutcome:
     plan, run_dir, manifest, evaluator = ctx.plan, ctx.run_dir, ctx.manifest, ctx.evaluator
-    # after a forced resume of a changed grid, rows of requests no longer in it stay in the
-    # journal but not in the report
-    keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
-    counts = write_results(
-        run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
-    )
+    if sink is not None:
+        counts = sink.finish()
+    else:
+        # after a forced resume of a changed grid, rows of requests no longer in it stay in the
+        # journal but not in the report
+        keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+        counts = write_results(
+            run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
+        )
     if counts["strays"]:
         messages.append(
             f"{counts['strays']:,} recorded requests are not in the changed grid; "

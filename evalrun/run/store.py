@@ -310,17 +310,18 @@ def _write_entries(
         counts["errors"] += entry["status"] == "error"
         buf.extend(entry["rows"])
         if len(buf) >= PARQUET_BATCH_ROWS:
-            counts["rows"] += _write_batch(writer, buf, schema, hook)
+            counts["rows"] += write_batch(writer, buf, schema, hook)
     if buf:
-        counts["rows"] += _write_batch(writer, buf, schema, hook)
+        counts["rows"] += write_batch(writer, buf, schema, hook)
 
 
-def _write_batch(
+def write_batch(
     writer: Any,
     rows: list[dict[str, Any]],
     schema: pa.Schema,
     hook: RowHook | None,
 ) -> int:
+    """Rows → one Arrow batch (bad rows made error rows), through the hook, appended to `writer`."""
     import pyarrow as pa
 
     # The report columns are converted before the hook sees the rows, so that a row the schema
@@ -366,7 +367,7 @@ def _rescore(run_dir: Path, hook: RowHook) -> int:
     total = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            total += _write_batch(writer, batch.to_pylist(), schema, hook)
+            total += write_batch(writer, batch.to_pylist(), schema, hook)
     os.replace(tmp, path)
     return total
 
