@@ -54,9 +54,9 @@ class Recorder:
             rows[0].update(self.pricing.cost(result.spec.cell.model, rows[0]))
             cost = rows[0]["cost_total"]
         status = "ok" if result.ok else "error"
-        self.journal.append(result.spec.request_id, status, result.error_type, rows)
+        recorded = self.journal.append(result.spec.request_id, status, result.error_type, rows)
         if self.sink is not None:  # after the journal: only a durable answer reaches the report
-            self.sink.add(status, rows)
+            self.sink.add(status, recorded)
         if self.budget is not None:
             self.budget.settle(result.spec.request_id, cost)
         stats = self.stats
