@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from evalrun.run.store import PARQUET_BATCH_ROWS, RowHook, results_schema, write
 
 logger = logging.getLogger(__name__)
 
+FLUSH_S = 0.2  # a batch goes to the writer at least this often (a row group each)
 QUEUED_BATCHES = 8  # batches waiting for the writer before record() waits (back-pressure, bounded memory)
 
 
@@ -41,10 +43,10 @@ class ResultsSink:
         self._columns = data_columns
         self._hook = hook
         self._buf: list[dict[str, Any]] = []
+        self._flushed = time.monotonic()
         self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(QUEUED_BATCHES)
         self._error: BaseException | None = None
         self._written = 0
-        # pyarrow is imported in the thread too: its ~0.3 s import overlaps the run's start-up
         self._thread = threading.Thread(target=self._work, name="evalrun-results", daemon=True)
         self._thread.start()
 
@@ -53,13 +55,20 @@ class ResultsSink:
         self.counts["requests"] += 1
         self.counts["errors"] += status == "error"
         self._buf.extend(rows)
-        if len(self._buf) >= PARQUET_BATCH_ROWS:
+        # by size, and by age: what is left for the end of the run (converted after the last
+        # answer) is at most FLUSH_S worth of rows, however long the run was
+        if len(self._buf) >= PARQUET_BATCH_ROWS or time.monotonic() - self._flushed >= FLUSH_S:
             self._queue.put(self._buf)
             self._buf = []
+            self._flushed = time.monotonic()
 
     def _work(self) -> None:
         writer = None
+        batch: list[dict[str, Any]] | None = []  # None once the end mark has been taken
         try:
+            # pyarrow (and the pandas that its array conversion imports, ~0.3 s with the GIL held
+            # in bursts) is imported once the first batch is ready, not while the run starts up
+            batch = self._queue.get()
             import pyarrow.parquet as pq
 
             schema = (
@@ -68,12 +77,13 @@ class ResultsSink:
                 else results_schema(self._columns)
             )
             writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-            while (batch := self._queue.get()) is not None:
+            while batch is not None:
                 self._written += write_batch(writer, batch, schema, self._hook)
+                batch = self._queue.get()
         except BaseException as exc:  # re-raised in finish(), on the run's thread
             self._error = exc
-            while self._queue.get() is not None:  # keep draining so add() never blocks for good
-                pass
+            while batch is not None:  # keep draining up to the end mark so add() never blocks for good
+                batch = self._queue.get()
         finally:
             if writer is not None:
                 try:
