@@ -14,6 +14,7 @@ import evalrun.run.sink as sink
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sink, "SEND_ROWS", 1)  # each request to the writer on its own
     monkeypatch.setattr(sink, "PARQUET_BATCH_ROWS", 2)  # 5 requests → row groups of 2, 2 and 1
     monkeypatch.setattr(sink, "FLUSH_S", 3600.0)
 

@@ -322,7 +322,15 @@ def write_batch(
     schema: pa.Schema,
     hook: RowHook | None,
 ) -> int:
-    """Rows → one Arrow batch (bad rows made error rows), through the hook, appended to `writer`."""
+    """Rows → one Arrow table (bad rows made error rows), through the hook, appended to `writer`."""
+    writer.write_table(convert_batch(rows, schema, hook), row_group_size=max(1, len(rows)))
+    n = len(rows)
+    rows.clear()
+    return n
+
+
+def convert_batch(rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook | None) -> pa.Table:
+    """Rows → an Arrow table of `schema`, the hook's columns filled (the hook sees each row once)."""
     import pyarrow as pa
 
     # The report columns are converted before the hook sees the rows, so that a row the schema
@@ -333,7 +341,7 @@ def write_batch(
     base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
     # Converted in slices: from_pylist holds the GIL for the whole call, and during a run this
     # runs in the results writer's thread (run/sink.py) beside the event loop — a slice of
-    # CONVERT_ROWS keeps each hold to a few milliseconds. The batch is still one row group.
+    # CONVERT_ROWS keeps each hold to a few milliseconds.
     parts = []
     for i in range(0, len(rows), CONVERT_ROWS):
         part = rows[i : i + CONVERT_ROWS]
@@ -350,10 +358,7 @@ def write_batch(
         if n_scores:
             scores = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in list(schema)[len(base) :]]
             table = pa.Table.from_arrays([*table.columns, *scores], schema=schema)
-    writer.write_table(table, row_group_size=max(1, len(rows)))
-    n = len(rows)
-    rows.clear()
-    return n
+    return table
 
 
 def rescore(run_dir: Path, hook: RowHook) -> int:
