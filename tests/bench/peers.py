@@ -66,10 +66,11 @@ def bench():
 
 
 def inspect_cmd(task: Path, log_dir: Path) -> list[str]:
+    """inspect_ai takes the task file relative to the working directory (the work dir here)."""
     # -M responses_api=false: inspect's openai provider otherwise calls /v1/responses, which an
     # OpenAI-compatible chat server (the simulator, most gateways) answers 404
     return [
-        bench.PY, "-m", "inspect_ai", "eval", str(task), "--model", f"openai/{bench.MODEL}",
+        bench.PY, "-m", "inspect_ai", "eval", task.name, "--model", f"openai/{bench.MODEL}",
         "-M", "responses_api=false", "--max-connections", str(bench.CONCURRENCY), "--max-tokens", "16",
         "--logprobs", "--top-logprobs", "5", "--display", "none", "--log-dir", str(log_dir),
     ]  # fmt: skip
