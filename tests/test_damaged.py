@@ -12,6 +12,8 @@ import orjson
 import pytest
 from conftest import base_config, read_results, write_config
 
+from evalrun.run.framing import decode
+
 U64 = 2**64 - 1
 
 
@@ -67,7 +69,7 @@ def test_a_row_the_schema_cannot_take_becomes_an_error_row_and_the_rest_is_writt
     a hand-edited journal): q2's latest entry carries values no int64/string column takes."""
     _srv, _config, run_dir = _finished_run(tmp_path, dataset, scripted, cli)
     journal = run_dir / "journal.jsonl"
-    entries = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+    entries = [decode(line) for line in journal.read_bytes().splitlines()]
     bad = next(e for e in entries if e["rows"][0]["row_id"] == "q2")
     bad["rows"][0].update(prompt_tokens=U64, finish_reason=7)
     journal.write_bytes(journal.read_bytes() + orjson.dumps(bad) + b"\n")

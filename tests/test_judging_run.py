@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 from conftest import base_config, read_results, write_config
 from test_resume import Sim, _evalrun
 
+from evalrun.run.journal import read_journal
+
 PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 JUDGE = "gemini-3.1-pro-preview"
 ANSWERS = "gemini-2.5-flash-lite"
@@ -120,7 +122,7 @@ def test_kill_9_while_judging_then_resume_judges_every_answer_once(tmp_path) -> 
         # every judge request answered once, plus at most those on the wire at the kill
         assert expected <= sent <= expected + 8
         assert sent - before == expected - judged_before  # the resume asked only what had no answer
-        entries = [orjson.loads(x) for x in (run_dir / "judge_journal.jsonl").read_bytes().splitlines()]
+        entries = list(read_journal(run_dir / "judge_journal.jsonl"))
         assert len({e["id"] for e in entries}) == expected == len(entries)
         df = read_results(run_dir)
         assert df.score_factual.notna().all() and df.score_grade.notna().all()

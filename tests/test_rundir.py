@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -26,6 +27,8 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import base_config, completion, read_results, serve_loopback, write_config
+
+from evalrun.run.framing import decode
 
 GATE_POLLS = 3000  # × 20 ms: a held request is answered within 60 s whatever happens
 
@@ -71,7 +74,7 @@ def evalrun(*args: object, cwd: Path, **kw: Any) -> subprocess.Popen[str]:
 
 
 def _journal_ids(run_dir: Path) -> list[str]:
-    return [orjson.loads(line)["id"] for line in (run_dir / "journal.jsonl").read_bytes().splitlines() if line]
+    return [decode(line)["id"] for line in (run_dir / "journal.jsonl").read_bytes().splitlines() if line]
 
 
 def test_two_resumes_at_once_the_second_exits_2_and_kill_9_frees_the_lock(tmp_path, dataset, gated, cli) -> None:
@@ -128,7 +131,9 @@ def test_disk_full_while_recording_stops_in_one_line_and_resume_finishes(tmp_pat
     disk refuses with ENOSPC: in write(2), partway through a line. (A small tmpfs would be
     closer still, but mounting one needs privileges a test must not assume.)"""
     data = tmp_path / "long.jsonl"
-    rows = [{"id": f"r{i:02d}", "question": f"{i} + {i} " + "pad " * 200} for i in range(40)]
+    # random hex, not repeated words: the journal compresses its lines, and the pad must still
+    # make it reach FILE_LIMIT after a few entries
+    rows = [{"id": f"r{i:02d}", "question": f"{i} + {i} " + random.Random(i).randbytes(600).hex()} for i in range(40)]
     data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     cfg = base_config(tmp_path, data, gated.base_url)
     cfg["providers"]["sim"]["max_concurrency"] = 1
@@ -161,7 +166,7 @@ def test_disk_full_while_recording_stops_in_one_line_and_resume_finishes(tmp_pat
 def _journal_ids_tolerant(run_dir: Path) -> list[str]:
     """Entry ids of the complete lines (the refused write leaves a torn last line)."""
     lines = (run_dir / "journal.jsonl").read_bytes().split(b"\n")
-    return [orjson.loads(line)["id"] for line in lines[:-1] if line]
+    return [decode(line)["id"] for line in lines[:-1] if line]
 
 
 HOLD = """

@@ -1,5 +1,7 @@
-"""The journal: append-only, one JSON line per finished request, written before the request
-counts as done. It is the source of truth while a run goes; results.parquet is built from it.
+"""The journal: append-only, one line per finished request, written before the request
+counts as done. It is the source of truth while a run goes; results.parquet is built from it
+on resume. Each line is the entry's JSON, compact and compressed (see `framing.py`: ~1.5 KB
+instead of ~9.5 KB per request with top-5 logprobs); plain JSON lines are read too.
 
 A line cut by a crash is ignored on reading, so a killed run resumes from exactly the
 requests whose line is complete. A line that is not an entry (garbage appended by hand or by
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from evalrun.run.errors import StorageError
+from evalrun.run.framing import LineError, decode, encode, packed_rows
 from evalrun.run.secrets import mask_bytes
 
 logger = logging.getLogger(__name__)
@@ -43,12 +46,19 @@ class Journal:
             raise StorageError(f"cannot open {path} for writing: {exc.strerror}") from None
         self.failed: str | None = None  # why recording stopped, once it did
 
-    def append(self, request_id: str, status: str, error_type: str | None, rows: list[dict[str, Any]]) -> None:
-        """Record one request, the run's keys masked. Raises StorageError if it cannot be written."""
+    def append(
+        self, request_id: str, status: str, error_type: str | None, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Record one request, the run's keys masked; → the rows as recorded (`rows` itself
+        unless a key had to be masked). Raises StorageError if it cannot be written."""
         if self.failed:
             raise StorageError(self.failed)
-        line = mask_bytes(orjson.dumps({"id": request_id, "status": status, "error_type": error_type, "rows": rows}))
-        data = memoryview(line + b"\n")
+        entry = {"id": request_id, "status": status, "error_type": error_type, "rows": packed_rows(rows)}
+        text = orjson.dumps(entry)
+        masked = mask_bytes(text)
+        if masked is not text:  # a server echoed a key: the report gets the masked rows too
+            rows = decode(masked)["rows"]
+        data = memoryview(encode(masked))
         assert self._fd is not None
         try:
             while data:  # a short write (a file-size limit reached midway) leaves a torn line: resume cuts it
@@ -56,6 +66,7 @@ class Journal:
         except OSError as exc:
             self.failed = _storage_message(self.path, exc)
             raise StorageError(self.failed) from None
+        return rows
 
     def sync(self) -> None:
         if self._fd is not None and not self.failed:
@@ -110,9 +121,9 @@ def read_journal(path: Path, report: bool = True) -> Iterator[dict[str, Any]]:
                     logger.info("journal %s: ignoring a torn last line %d (crash mid-write)", path, lineno)
                     return
                 try:
-                    entry = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    bad.append(f"line {lineno}: not JSON")
+                    entry = decode(line[:-1])
+                except LineError as exc:
+                    bad.append(f"line {lineno}: {exc}")
                     continue
                 problem = entry_problem(entry)
                 if problem:

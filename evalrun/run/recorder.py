@@ -16,6 +16,7 @@ from evalrun.run.cache import CachedAnswer, ResponseCache, cached_rows
 from evalrun.run.journal import JOURNAL, Journal, read_journal
 from evalrun.run.progress import RunStats
 from evalrun.run.records import RequestSpec, Result
+from evalrun.run.sink import ResultsSink
 from evalrun.run.store import result_rows
 
 # the columns of a request that describe it in this run; a cached answer takes them from here
@@ -37,6 +38,7 @@ class Recorder:
         journal: str = JOURNAL,  # JUDGE_JOURNAL for the judge requests of the run
         keyers: Mapping[str, Callable[[RequestSpec], str]] | None = None,  # provider → request key
         cache: ResponseCache | None = None,  # where successful answers are kept for later runs
+        sink: ResultsSink | None = None,  # results.parquet written as the run goes
     ) -> None:
         self.run_id = run_id
         self.experiment = experiment
@@ -48,6 +50,7 @@ class Recorder:
         self.keyers = keyers or {}
         self.cache = cache
         self._keys: dict[str, str] = {}  # request id → key, computed when the cache was asked
+        self.sink = sink  # None: results.parquet is built from the journal at the end
 
     def __enter__(self) -> Recorder:
         return self
@@ -66,9 +69,12 @@ class Recorder:
         key = self._key(spec)
         if key is not None:  # what `--reuse` and the cache find this answer by
             rows[0]["request_key"] = key
-        self.journal.append(spec.request_id, "ok" if result.ok else "error", result.error_type, rows)
+        status = "ok" if result.ok else "error"
+        recorded = self.journal.append(spec.request_id, status, result.error_type, rows)
+        if self.sink is not None:  # after the journal: only a durable answer reaches the report
+            self.sink.add(status, recorded)
         if self.cache is not None and key is not None and result.ok:
-            self.cache.put(key, rows, self.run_id, cost)
+            self.cache.put(key, recorded, self.run_id, cost)
         if self.budget is not None:
             self.budget.settle(result.spec.request_id, cost)
         stats = self.stats
@@ -96,7 +102,9 @@ class Recorder:
         identity = {k: v for k, v in fresh[0].items() if k not in IDENTITY}
         rows = list(cached_rows(hit, identity))
         rows[0]["request_key"] = key
-        self.journal.append(spec.request_id, "ok", None, rows)
+        recorded = self.journal.append(spec.request_id, "ok", None, rows)
+        if self.sink is not None:
+            self.sink.add("ok", recorded)
         stats = self.stats
         stats.done += 1
         stats.ok += 1

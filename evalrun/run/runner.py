@@ -29,6 +29,7 @@ from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
 from evalrun.run.records import Cell, RequestSpec
 from evalrun.run.rundir import holding_run_dirs, lock_run_dir
+from evalrun.run.sink import ResultsSink
 from evalrun.run.stops import PoolOutcome
 from evalrun.run.store import MANIFEST, now_iso, write_json, write_results
 
@@ -67,6 +68,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     stats = RunStats(total=ctx.to_send, currency=pricing.currency if pricing else None)
     budget = CostBudget(ctx.max_cost, pricing, spent(ctx.run_dir)) if ctx.max_cost and pricing else None
     messages: list[str] = []
+    sink: ResultsSink | None = None
     judging = _judges_pending(ctx)
     if ctx.to_send == 0 and not judging:
         outcome = PoolOutcome()
@@ -77,8 +79,11 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         caches = open_caches(_providers(ctx), ctx.cache, ctx.reuse, ctx.run_dir)
         keyers, store = caches.keyers, caches.store
         judging_on = ctx.evaluator is not None and bool(ctx.evaluator.judge_lanes())
+        sink = ResultsSink(ctx.run_dir, columns, ctx.evaluator) if _writes_live(ctx) else None
         try:
-            main = Recorder(ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store)
+            main = Recorder(
+                ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store, sink=sink
+            )
             with main as recorder, contextlib.ExitStack() as stack:
                 judges = (
                     stack.enter_context(
@@ -90,6 +95,10 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
                     else None
                 )
                 outcome = _run_loop(ctx, Sinks(recorder, judges, caches, stats, budget))
+        except BaseException:
+            if sink is not None:
+                sink.abandon()
+            raise
         finally:
             caches.close()
         if stats.cached:
@@ -103,13 +112,21 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
-    result = _finish(ctx, stats, status, messages)
+    result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
         from evalrun.run.storage import publish_run
 
         result.location = ctx.manifest["location"]
         publish_run(ctx.run_dir, result.location)
     return result
+
+
+def _writes_live(ctx: RunContext) -> bool:
+    """Whether results.parquet is written as the run goes (see run/sink.py). A resumed run
+    rebuilds it from the journal at the end instead: it must keep each request's latest entry
+    (dedupe) and, after a forced resume of a changed grid, leave out the strays. So does a run
+    with judges, whose columns need the judge answers that come after the main requests."""
+    return not ctx.resumed and not (ctx.evaluator is not None and ctx.evaluator.judge_lanes())
 
 
 def _judges_pending(ctx: RunContext) -> bool:
@@ -315,18 +332,21 @@ async def _drive(task: asyncio.Future[PoolOutcome] | None, pool: Pool, progress:
         await task
 
 
-def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str]) -> RunOutcome:
+def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str], sink: ResultsSink | None) -> RunOutcome:
     plan, run_dir, manifest, evaluator = ctx.plan, ctx.run_dir, ctx.manifest, ctx.evaluator
-    # after a forced resume of a changed grid, rows of requests no longer in it stay in the
-    # journal but not in the report
-    keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
-    if keep is not None and ctx.shard is not None:
-        keep = {rid for rid in keep if ctx.shard.holds(rid)}
-    if evaluator is not None:
-        evaluator.prepare(run_dir)  # what the judges answered
-    counts = write_results(
-        run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
-    )
+    if sink is not None:
+        counts = sink.finish()
+    else:
+        # after a forced resume of a changed grid, rows of requests no longer in it stay in the
+        # journal but not in the report
+        keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+        if keep is not None and ctx.shard is not None:
+            keep = {rid for rid in keep if ctx.shard.holds(rid)}
+        if evaluator is not None:
+            evaluator.prepare(run_dir)  # what the judges answered
+        counts = write_results(
+            run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
+        )
     if counts["strays"]:
         messages.append(
             f"{counts['strays']:,} recorded requests are not in the changed grid; "

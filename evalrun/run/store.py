@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
+CONVERT_ROWS = 64  # rows per from_pylist call (each holds the GIL throughout)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
 USAGE_FIELDS = (
@@ -315,17 +316,26 @@ def _write_entries(
         counts["errors"] += entry["status"] == "error"
         buf.extend(entry["rows"])
         if len(buf) >= PARQUET_BATCH_ROWS:
-            counts["rows"] += _write_batch(writer, buf, schema, hook)
+            counts["rows"] += write_batch(writer, buf, schema, hook)
     if buf:
-        counts["rows"] += _write_batch(writer, buf, schema, hook)
+        counts["rows"] += write_batch(writer, buf, schema, hook)
 
 
-def _write_batch(
+def write_batch(
     writer: Any,
     rows: list[dict[str, Any]],
     schema: pa.Schema,
     hook: RowHook | None,
 ) -> int:
+    """Rows → one Arrow table (bad rows made error rows), through the hook, appended to `writer`."""
+    writer.write_table(convert_batch(rows, schema, hook), row_group_size=max(1, len(rows)))
+    n = len(rows)
+    rows.clear()
+    return n
+
+
+def convert_batch(rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook | None) -> pa.Table:
+    """Rows → an Arrow table of `schema`, the hook's columns filled (the hook sees each row once)."""
     import pyarrow as pa
 
     # The report columns are converted before the hook sees the rows, so that a row the schema
@@ -335,20 +345,26 @@ def _write_batch(
     # are appended as arrays.
     n_scores = 2 * len(hook.score_names) + len(hook.extra_columns) if hook is not None else 0
     base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
-    try:
-        batch = pa.RecordBatch.from_pylist(rows, schema=base)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        rows[:] = [storable_row(r, base) for r in rows]  # that row alone; the others as they are
-        batch = pa.RecordBatch.from_pylist(rows, schema=base)
+    # Converted in slices: from_pylist holds the GIL for the whole call, and during a run this
+    # runs in the results writer's thread (run/sink.py) beside the event loop — a slice of
+    # CONVERT_ROWS keeps each hold to a few milliseconds.
+    parts = []
+    for i in range(0, len(rows), CONVERT_ROWS):
+        part = rows[i : i + CONVERT_ROWS]
+        try:
+            parts.append(pa.RecordBatch.from_pylist(part, schema=base))
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            part = [storable_row(r, base) for r in part]  # that row alone; the others as they are
+            rows[i : i + len(part)] = part
+            parts.append(pa.RecordBatch.from_pylist(part, schema=base))
+        time.sleep(0)  # hand the GIL over between slices
+    table = pa.Table.from_batches(parts, schema=base)
     if hook is not None:
         hook.on_batch(rows)
         if n_scores:
             scores = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in list(schema)[len(base) :]]
-            batch = pa.RecordBatch.from_arrays([*batch.columns, *scores], schema=schema)
-    writer.write_batch(batch)
-    n = len(rows)
-    rows.clear()
-    return n
+            table = pa.Table.from_arrays([*table.columns, *scores], schema=schema)
+    return table
 
 
 def rescore(run_dir: Path, hook: RowHook) -> int:
@@ -372,7 +388,7 @@ def _rescore(run_dir: Path, hook: RowHook) -> int:
     total = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            total += _write_batch(writer, batch.to_pylist(), schema, hook)
+            total += write_batch(writer, batch.to_pylist(), schema, hook)
     os.replace(tmp, path)
     return total
 
