@@ -184,9 +184,11 @@ class SharedLimiter(ModelLimiter):
     async def _book(self, est_tokens: int) -> tuple[bool, float]:
         interval, tok_per = self._intervals()
         reply = await self._run(
-            "book", BOOK, [self.key, self.peers_key],
+            "book",
+            BOOK,
+            [self.key, self.peers_key],
             [interval, tok_per, est_tokens, self.me, PEER_TTL_S, SPACING_MARGIN, KEY_TTL_S],
-        )  # fmt: skip
+        )
         booked, wait, blocked, adaptive, peers = (
             int(reply[0]),
             float(reply[1]),
@@ -218,8 +220,11 @@ class SharedLimiter(ModelLimiter):
         self._next_token = max(self._next_token, now)
         logger.warning(
             "shared limiter %s unreachable (%s): %s now paces alone at 1/%d of the budget for the rest of this run",
-            self.url, self.fallen_back, self.name, self.peers,
-        )  # fmt: skip
+            self.url,
+            self.fallen_back,
+            self.name,
+            self.peers,
+        )
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """An update the caller need not wait for (the callers are synchronous)."""
@@ -309,9 +314,16 @@ class SharedLimiters(Limiters):
         rpm, tpm = self._limits.get(provider, (None, None))
         name = model if len(self._limits) <= 1 else f"{provider}/{model}"
         lim = SharedLimiter(
-            name, rpm, tpm, client, budget_key(base_url, api_key, model), url, self._min_peers,
-            self._clock, self._block_cap_s,
-        )  # fmt: skip
+            name,
+            rpm,
+            tpm,
+            client,
+            budget_key(base_url, api_key, model),
+            url,
+            self._min_peers,
+            self._clock,
+            self._block_cap_s,
+        )
         self._by_key[key] = lim
         return lim
 

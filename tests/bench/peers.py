@@ -70,10 +70,27 @@ def inspect_cmd(task: Path, log_dir: Path) -> list[str]:
     # -M responses_api=false: inspect's openai provider otherwise calls /v1/responses, which an
     # OpenAI-compatible chat server (the simulator, most gateways) answers 404
     return [
-        bench.PY, "-m", "inspect_ai", "eval", task.name, "--model", f"openai/{bench.MODEL}",
-        "-M", "responses_api=false", "--max-connections", str(bench.CONCURRENCY), "--max-tokens", "16",
-        "--logprobs", "--top-logprobs", "5", "--display", "none", "--log-dir", str(log_dir),
-    ]  # fmt: skip
+        bench.PY,
+        "-m",
+        "inspect_ai",
+        "eval",
+        task.name,
+        "--model",
+        f"openai/{bench.MODEL}",
+        "-M",
+        "responses_api=false",
+        "--max-connections",
+        str(bench.CONCURRENCY),
+        "--max-tokens",
+        "16",
+        "--logprobs",
+        "--top-logprobs",
+        "5",
+        "--display",
+        "none",
+        "--log-dir",
+        str(log_dir),
+    ]
 
 
 def install(name: str, spec: str) -> tuple[Path | None, str]:

@@ -49,10 +49,24 @@ def wait_port(port: int) -> None:
 
 def case(name: str, tmp: Path, n: int, argvs: list[list[str]], shared: bool = True) -> dict[str, object]:
     gport, rport = free_port(), free_port()
-    gw = start([sys.executable, "tests/bench/gateway.py", "--port", str(gport), "--window-limit", "10"],
-               stdout=subprocess.DEVNULL)  # fmt: skip
-    redis = start([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+    gw = start(
+        [sys.executable, "tests/bench/gateway.py", "--port", str(gport), "--window-limit", "10"],
+        stdout=subprocess.DEVNULL,
+    )
+    redis = start(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(rport),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_port(gport)
         wait_port(rport)
@@ -68,8 +82,14 @@ def case(name: str, tmp: Path, n: int, argvs: list[list[str]], shared: bool = Tr
             f"dataset: {{path: {data}}}\nreports_dir: {tmp / 'reports'}\n"
         )
         t0 = time.monotonic()
-        procs = [start([sys.executable, "-m", "evalrun", "run", str(cfg), *a, "--no-progress"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for a in argvs]  # fmt: skip
+        procs = [
+            start(
+                [sys.executable, "-m", "evalrun", "run", str(cfg), *a, "--no-progress"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for a in argvs
+        ]
         codes = [p.wait() for p in procs]
         wall = time.monotonic() - t0
         log = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{gport}/stats").read())
@@ -80,8 +100,16 @@ def case(name: str, tmp: Path, n: int, argvs: list[list[str]], shared: bool = Tr
     times = [t for t, _, _, _ in log]
     phase = max(times) - min(times)
     ideal = n / RPM * 60
-    return {"case": name, "codes": codes, "sent": len(log), "429": sum(1 for *_, s in log if s == 429),
-            "phase": phase, "wall": wall, "ideal": ideal, "ratio": phase / ideal}  # fmt: skip
+    return {
+        "case": name,
+        "codes": codes,
+        "sent": len(log),
+        "429": sum(1 for *_, s in log if s == 429),
+        "phase": phase,
+        "wall": wall,
+        "ideal": ideal,
+        "ratio": phase / ideal,
+    }
 
 
 def main() -> None:
