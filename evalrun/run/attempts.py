@@ -188,30 +188,9 @@ class Attempts:
                 lane.client.note_success(sent.url)
                 limiter.on_success(sent.latency_s, sent.rate)
                 limiter.settle(est, sent.completion.usage.total_tokens)
-                return Result(
-                    spec,
-                    st.started,
-                    sent.latency_s,
-                    st.attempts,
-                    sent.url,
-                    completion=sent.completion,
-                    limiter_wait_s=st.waited,
-                    retry_types=retry_types,
-                )
+                return _ended(spec, st, sent, retry_types)
             if wait is None:
-                return Result(
-                    spec,
-                    st.started,
-                    sent.latency_s,
-                    st.attempts,
-                    sent.url,
-                    http_status=exc.status_code,
-                    error_type=exc.error_type,
-                    error_message=str(exc),
-                    limiter_wait_s=st.waited,
-                    retry_types=retry_types,
-                    partial=exc.partial,
-                )
+                return _ended(spec, st, sent, retry_types)
             retry_types.append(exc.error_type)
             logger.info(
                 "retry: request %s got %s on attempt %d/%d from %s; next attempt in %.2f s",
@@ -267,6 +246,25 @@ class Attempts:
                 f"model {spec.cell.model!r} was not found on provider {lane.provider!r} "
                 f"(HTTP 404: {getattr(exc, 'message', exc)})",
             )
+
+
+def _ended(spec: RequestSpec, st: _Progress, sent: Sent, retry_types: list[str]) -> Result:
+    """How a request ended: the last attempt's answer, or its error, with what the attempts cost."""
+    exc = sent.error
+    return Result(
+        spec,
+        st.started,
+        sent.latency_s,
+        st.attempts,
+        sent.url,
+        completion=sent.completion,
+        http_status=None if exc is None else exc.status_code,
+        error_type=None if exc is None else exc.error_type,
+        error_message=None if exc is None else str(exc),
+        limiter_wait_s=st.waited,
+        retry_types=retry_types,
+        partial=None if exc is None else exc.partial,
+    )
 
 
 def not_sent(spec: RequestSpec, why: str) -> Result:
