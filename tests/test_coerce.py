@@ -9,11 +9,11 @@ import copy
 from typing import Any
 
 import orjson
-import pyarrow as pa
 from conftest import completion
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from evalrun.run.convert import convert_batch
 from evalrun.run.errors import BadResponse
 from evalrun.run.parse import parse_completion
 from evalrun.run.records import Cell, RequestSpec, Result
@@ -68,6 +68,13 @@ def _body() -> dict[str, Any]:
     return body
 
 
+def _stored_as_they_are(rows: list[dict[str, Any]]) -> None:
+    """The writer takes the rows without its own defence: no row nulled and remade (storable.py)."""
+    given_rows = list(rows)
+    convert_batch(rows, SCHEMA, None)
+    assert all(a is b for a, b in zip(rows, given_rows, strict=True)), [r.get("error_message") for r in rows]
+
+
 def _set(body: Any, path: tuple[Any, ...], value: Any) -> None:
     for part in path[:-1]:
         body = body[part]
@@ -87,7 +94,7 @@ def test_any_value_anywhere_is_stored_or_refused_never_a_writer_error(path: tupl
     except BadResponse:
         return  # no usable choices: an error row, retried (tested elsewhere)
     rows = result_rows(Result(SPEC, 0.0, 0.1, 1, "http://x", completion=comp), "run", "exp", ())
-    pa.RecordBatch.from_pylist(rows, schema=SCHEMA)  # raises if parse.py let a bad value through
+    _stored_as_they_are(rows)
     journal_line = orjson.dumps(rows)  # and the journal takes it too
     assert journal_line
     if comp.malformed:
@@ -141,5 +148,5 @@ def test_any_value_anywhere_in_a_stream_chunk_is_stored_or_refused(path: tuple[A
     except BadResponse:
         return
     rows = result_rows(Result(SPEC, 0.0, 0.1, 1, "http://x", completion=comp), "run", "exp", ())
-    pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+    _stored_as_they_are(rows)
     assert orjson.dumps(rows)

@@ -12,7 +12,9 @@ import orjson
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.run.framing import MARK, LineError, decode, encode, packed_rows
+from evalrun.run.coerce import Notes
+from evalrun.run.coerce import logprobs as flatten
+from evalrun.run.framing import MARK, LineError, decode, encode
 from evalrun.run.journal import JOURNAL, journal_state, read_journal
 
 
@@ -30,28 +32,46 @@ ROUND_TRIPS = {
     ],
     "bytes null": [_tok("x", -0.5, raw=None, tops=[_tok("y", -0.7, raw=None)])],
     "top_logprobs null": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": None}],
-    "an extra key (kept as the object it is)": [{**_tok("x", -0.5), "extra": 1}],
+    "an extra key (not a column: not kept)": [{**_tok("x", -0.5), "extra": 1}],
     "no top_logprobs key": [_tok("x", -0.5, tops="none")],
     "newlines, CR, ESC and NUL in tokens": [_tok("\n\r\x1b\x00", -3.0, tops=[_tok("\n", -3.0), _tok("\x1bn", -4.0)])],
     "empty list": [],
 }
 
 
+def _lp(entries: list[Any]) -> Any:
+    lp = flatten(entries, "logprobs", Notes())
+    assert lp is not None
+    return lp
+
+
 @pytest.mark.parametrize("logprobs", ROUND_TRIPS.values(), ids=ROUND_TRIPS.keys())
 def test_an_entry_reads_back_exactly_as_written(logprobs: list[Any]) -> None:
-    entry = {"id": "r1", "status": "ok", "error_type": None, "rows": [{"content": "a\nb", "logprobs": logprobs}]}
-    packed = {**entry, "rows": packed_rows(entry["rows"])}
-    line = encode(orjson.dumps(packed))
+    entry = {"id": "r1", "status": "ok", "error_type": None, "rows": [{"content": "a\nb", "logprobs": _lp(logprobs)}]}
+    line = encode(orjson.dumps(entry))
     assert line.startswith(MARK) and line.endswith(b"\n")
     assert line.count(b"\n") == 1 and b"\r" not in line  # one line for `for line in f` and splitlines()
     assert decode(line[:-1]) == entry
 
 
-def test_packing_leaves_the_callers_rows_untouched() -> None:
-    rows = [{"logprobs": ROUND_TRIPS["usual"]}]
-    before = orjson.dumps(rows)
-    packed_rows(rows)
-    assert orjson.dumps(rows) == before
+def _packed(t: dict[str, Any]) -> list[Any]:
+    """A token object as the first Z1 journals stored it: [token, logprob, tops(, bytes)]."""
+    own = [] if t.get("bytes") == list(t["token"].encode()) else [t.get("bytes")]
+    tops = t.get("top_logprobs")
+    if type(tops) is list:
+        tops = [
+            [x["token"], x["logprob"], *([] if x.get("bytes") == list(x["token"].encode()) else [x.get("bytes")])]
+            for x in tops
+        ]
+    return [t["token"], t["logprob"], tops, *own]
+
+
+@pytest.mark.parametrize(
+    "logprobs", [v for k, v in ROUND_TRIPS.items() if "extra" not in k and "no top" not in k], ids=str
+)
+def test_lines_of_the_first_compact_journals_read_as_logprobs(logprobs: list[Any]) -> None:
+    old = {"id": "r1", "status": "ok", "error_type": None, "rows": [{"logprobs": [_packed(t) for t in logprobs]}]}
+    assert decode(encode(orjson.dumps(old))[:-1])["rows"][0]["logprobs"] == _lp(logprobs)
 
 
 def test_every_incompressible_payload_stays_on_one_line() -> None:
@@ -88,7 +108,8 @@ def test_plain_json_lines_of_an_older_journal_are_read(tmp_path: Path) -> None:
     plain = {"id": "old", "status": "ok", "error_type": None, "rows": [{"logprobs": ROUND_TRIPS["usual"]}]}
     new = {"id": "new", "status": "error", "error_type": "timeout", "rows": [{"content": None}]}
     path.write_bytes(orjson.dumps(plain) + b"\n" + encode(orjson.dumps(new)))
-    assert list(read_journal(path)) == [plain, new]
+    as_read = {**plain, "rows": [{"logprobs": _lp(ROUND_TRIPS["usual"])}]}
+    assert list(read_journal(path)) == [as_read, new]
 
 
 def test_bench_workload_is_under_2_kb_per_request() -> None:
@@ -105,7 +126,9 @@ def test_bench_workload_is_under_2_kb_per_request() -> None:
         "messages": '[{"role":"user","content":"Write a note."}]',
         "logprobs": lps,
     }
-    text = orjson.dumps({"id": "adb218d1e4e3adb7", "status": "ok", "error_type": None, "rows": packed_rows([row])})
+    text = orjson.dumps(
+        {"id": "adb218d1e4e3adb7", "status": "ok", "error_type": None, "rows": [{**row, "logprobs": _lp(lps)}]}
+    )
     assert len(encode(text)) < 2048 < len(orjson.dumps({"rows": [row]}))
 
 

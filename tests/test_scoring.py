@@ -14,14 +14,17 @@ from evalrun.analysis.scoring import Scorers, parse_number
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 from evalrun.config.scorers import ScorerConfig
 from evalrun.errors import ConfigError
+from evalrun.run.coerce import Notes
+from evalrun.run.coerce import logprobs as flatten
+from evalrun.run.records import Logprobs
 
 ADAPTER = TypeAdapter(ScorerConfig)
 
 
-def lp(*alts: tuple[str, float]) -> list[dict[str, Any]]:
-    """One generated token whose top_logprobs are `alts` (probabilities)."""
+def lp(*alts: tuple[str, float]) -> Logprobs | None:
+    """One generated token whose top_logprobs are `alts` (probabilities), as the run keeps it."""
     tops = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in alts]
-    return [{**tops[0], "top_logprobs": tops}]
+    return flatten([{**tops[0], "top_logprobs": tops}], "logprobs", Notes())
 
 
 def score(

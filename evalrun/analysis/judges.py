@@ -28,7 +28,7 @@ from evalrun.config.scorers import JudgeConfig, LabelModel, PairwiseModel, Score
 from evalrun.config.templates import fill
 from evalrun.errors import ConfigError
 from evalrun.run.journal import JUDGE_JOURNAL, read_journal
-from evalrun.run.records import Cell, Message, RequestSpec
+from evalrun.run.records import Cell, Logprobs, Message, RequestSpec
 from evalrun.run.store import DATA_PREFIX
 
 REASONING_CHARS = 2000  # of a judge's explanation kept in the report
@@ -250,11 +250,12 @@ class Judges:
         """Read the judge journal, and the baseline answers from the run's rows."""
         for entry in read_journal(run_dir / JUDGE_JOURNAL):
             row = entry["rows"][0] if entry.get("rows") else {}
-            top = (row.get("logprobs") or [{}])[0].get("top_logprobs") or []
+            lp: Logprobs | None = row.get("logprobs")
+            top = lp.alternatives(0) if lp is not None and lp.token else []
             self._answers[entry["id"]] = JudgeAnswer(
                 ok=entry["status"] == "ok",
                 content=row.get("content"),
-                first_token=tuple((t.get("token", ""), float(t.get("logprob", -math.inf))) for t in top),
+                first_token=tuple((tok or "", -math.inf if p is None else float(p)) for tok, p in top),
                 model=row.get("response_model") or row.get("model"),
                 cost=row.get("cost_total"),
                 tokens=row.get("total_tokens"),

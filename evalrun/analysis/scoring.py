@@ -24,6 +24,7 @@ import orjson
 from evalrun.config.scorers import ChoiceLogprobs, Custom, JsonSchemaMatch, LabelModel, PairwiseModel, ScoreModel
 from evalrun.config.templates import cell_text, fill, placeholders
 from evalrun.errors import ConfigError
+from evalrun.run.records import Logprobs
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -182,17 +183,17 @@ def _choice(cfg: ChoiceLogprobs) -> Fn:
 
     def choose(r: dict[str, Any]) -> Score:
         want = _expected(cfg.expected, r["data"]).strip()
-        tokens = r.get("logprobs") or []
+        lp: Logprobs | None = r.get("logprobs")
+        has_tokens = lp is not None and len(lp.token) > 0
         probs = dict.fromkeys(options, 0.0)
-        if tokens:
-            first = tokens[0]
-            for alt in [first, *(first.get("top_logprobs") or [])]:
-                tok = (alt.get("token") or "").strip()
-                if tok in probs and alt.get("logprob") is not None:
-                    probs[tok] = max(probs[tok], math.exp(alt["logprob"]))
+        if lp is not None and has_tokens:
+            for tok, logprob in [(lp.token[0], lp.logprob[0]), *lp.alternatives(0)]:
+                tok = (tok or "").strip()
+                if tok in probs and logprob is not None:
+                    probs[tok] = max(probs[tok], math.exp(logprob))
         total = sum(probs.values())
         if total <= 0 or want not in probs:
-            return None if not tokens else 0.0, False
+            return None if not has_tokens else 0.0, False
         best = max(options, key=lambda o: probs[o])
         return probs[want] / total, best == want
 

@@ -26,6 +26,7 @@ import orjson
 from evalrun.config.models import ProviderConfig
 from evalrun.run.client import Payloads
 from evalrun.run.journal import read_journal
+from evalrun.run.logprobs import from_stored
 from evalrun.run.records import RequestSpec
 
 CACHE_FILE = "responses.sqlite"
@@ -111,7 +112,11 @@ class ResponseCache:
         if row is None:
             return None
         self.hits += 1
-        return CachedAnswer(orjson.loads(row[0]), row[1], row[2])
+        rows = orjson.loads(row[0])
+        for r in rows:
+            if (lp := r.get("logprobs")) is not None:
+                r["logprobs"] = from_stored(lp)
+        return CachedAnswer(rows, row[1], row[2])
 
     def __contains__(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None

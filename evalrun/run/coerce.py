@@ -12,9 +12,9 @@ float64 and finite; text is a str.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from evalrun.run.records import TokenLogprob
+from evalrun.run.records import Logprobs
 from evalrun.run.secrets import mask
 
 INT64_MAX = 2**63 - 1
@@ -108,50 +108,89 @@ def tool_calls(value: Any, where: str, notes: Notes) -> list[Any] | None:
     return None
 
 
-def _entries_ok(entries: list[Any]) -> bool:
-    """Each a {token, logprob, bytes} object with fields of its column's type.
-
-    Values come from orjson, which never yields inf/nan nor an int outside -2^63 … 2^64-1: a
-    logprob that is a float or an int always fits float64, and only the top of a byte value
-    needs checking. Written inline for speed: it runs for every token and every alternative
-    (16 tokens × 6 entries per answer in the benchmark)."""
-    for e in entries:
-        if type(e) is not dict:
-            return False
-        tok = e.get("token")
-        if tok is not None and type(tok) is not str:
-            return False
-        lp = e.get("logprob")
-        if lp is not None and type(lp) is not float and type(lp) is not int:
-            return False
-        b = e.get("bytes")
-        if b is not None:
-            if type(b) is not list:
-                return False
-            for x in b:
-                if type(x) is not int:
-                    return False
-            if b and max(b) > INT64_MAX:
-                return False
-    return True
+def _bytes_ok(b: Any) -> bool:
+    """A `bytes` field the column takes: None, or a list of ints. Values come from orjson,
+    which never yields an int outside -2^63 … 2^64-1: only the top needs checking."""
+    return b is None or (type(b) is list and all(type(x) is int for x in b) and (not b or max(b) <= INT64_MAX))
 
 
-def logprobs(value: Any, where: str, notes: Notes) -> list[TokenLogprob] | None:
+def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
     """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
-    its type; anything else drops the list (a partly-kept list would misalign the tokens)."""
+    its column's type; anything else drops the list (a partly-kept list would misalign the
+    tokens). Checked and flattened in one walk (see records.Logprobs for why flat).
+
+    Written inline for speed: it runs for every token and every alternative (16 tokens × 6
+    entries per answer in the benchmark). `bytes` that are the token's UTF-8 are not kept
+    (`bytes(b) == tok.encode()` checks them in C); a bool there (`[true]` for "\\x01") passes
+    as its int, the one value this check is looser about than the column."""
     if value is None:
         return None
     if type(value) is not list:
         notes.bad(where, value, "a list of token objects")
         return None
+    tokens: list[str | None] = []
+    lps: list[float | None] = []
+    n_top: list[int | None] = []
+    top_tokens: list[str | None] = []
+    top_lps: list[float | None] = []
+    own: list[list[int] | None] | None = None  # per token, once one token's bytes are not its UTF-8
+    top_own: list[list[int] | None] | None = None
     for i, t in enumerate(value):
-        if type(t) is not dict or not _entries_ok([t]):
+        if type(t) is not dict:
             notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
             return None
+        tok, lp, b = t.get("token"), t.get("logprob"), t.get("bytes")
+        if (tok is not None and type(tok) is not str) or (
+            lp is not None and type(lp) is not float and type(lp) is not int
+        ):
+            notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
+            return None
+        try:
+            implied = type(tok) is str and type(b) is list and bytes(b) == tok.encode()
+        except (TypeError, ValueError):  # not byte values, or a lone surrogate: checked below
+            implied = False
+        if not implied:
+            if not _bytes_ok(b):
+                notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
+                return None
+            if own is None:
+                own = [list(x.encode()) for x in tokens]  # type: ignore[union-attr]  # all implied so far
+            own.append(b)
+        elif own is not None:
+            own.append(b)
+        tokens.append(tok)
+        lps.append(lp)
         tops = t.get("top_logprobs")
         if tops is None:
+            n_top.append(None)
             continue
-        if type(tops) is not list or not _entries_ok(tops):
+        if type(tops) is not list:
             notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
             return None
-    return cast("list[TokenLogprob]", value)
+        n_top.append(len(tops))
+        for x in tops:
+            if type(x) is not dict:
+                notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
+                return None
+            tok, lp, b = x.get("token"), x.get("logprob"), x.get("bytes")
+            if (tok is not None and type(tok) is not str) or (
+                lp is not None and type(lp) is not float and type(lp) is not int
+            ):
+                notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
+                return None
+            try:
+                implied = type(tok) is str and type(b) is list and bytes(b) == tok.encode()
+            except (TypeError, ValueError):
+                implied = False
+            if not implied:
+                if not _bytes_ok(b):
+                    notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
+                    return None
+                if top_own is None:
+                    top_own = [list(y.encode()) for y in top_tokens]  # type: ignore[union-attr]
+                top_own.append(b)
+            elif top_own is not None:
+                top_own.append(b)
+            top_tokens.append(tok)
+            top_lps.append(lp)
+    return Logprobs(tokens, lps, n_top, top_tokens, top_lps, own, top_own)

@@ -5,9 +5,9 @@ that would break line framing escaped (`\\n` → ESC n, `\\r` → ESC r, for `by
 ESC → ESC e). Why this shape:
 
 - ~9.5 KB of JSON per request (16 tokens with top-5 logprobs: every token's `bytes` written as
-  a list of integers, every key spelled out) becomes ~1.5 KB: logprob entries become arrays
-  with `bytes` left out where it is just the token's UTF-8, and deflate with a dictionary that
-  holds every column name needs no per-line warm-up. Plain JSON under gzip would need the
+  a list of integers, every key spelled out) becomes ~1.4 KB: logprobs are stored as
+  records.Logprobs, one array per field, with `bytes` left out where they are the tokens'
+  UTF-8, and deflate with a dictionary that holds every column name needs no per-line warm-up. Plain JSON under gzip would need the
   stream's context across lines, and a stream cut by kill -9 is not appendable.
 - One line per entry keeps what made the JSON journal safe: an entry is one write(2); a torn
   last write is a last line without its newline, skipped on reading and cut on resume; a bad
@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from evalrun.run.logprobs import from_stored
+
 MARK = b"Z1"
 _ESC, _NL = b"\x1b", b"\n"
 _LEVEL = 1  # level 6 saves ~9 % more bytes for twice the CPU (measured on the bench workload)
@@ -32,6 +34,8 @@ _LEVEL = 1  # level 6 saves ~9 % more bytes for twice the CPU (measured on the b
 # Never edit: every Z1 line needs exactly this dictionary to be read back. A better one takes
 # a new mark (Z2) and keeps this one for reading. Column names in the order `result_rows`
 # writes them, the most frequent (logprob arrays, usage) last, where deflate finds them cheapest.
+# (Its logprobs are in the packed-array form of the first Z1 journals; the Logprobs form came
+# later and reads as well from the rest of the dictionary.)
 _TEMPLATE_ROW: dict[str, Any] = {
     "run_id": "",
     "request_id": "",
@@ -105,74 +109,6 @@ ZDICT = orjson.dumps(
     {"id": "", "status": "error", "error_type": "", "rows": [{"error_type": "http_5xx", "http_status": 500}]}
 ) + orjson.dumps({"id": "", "status": "ok", "error_type": None, "rows": [_TEMPLATE_ROW]})
 
-_TOKEN_KEYS = frozenset(("token", "logprob", "bytes", "top_logprobs"))
-_TOP_KEYS = frozenset(("token", "logprob", "bytes"))
-
-
-def _pack_top(t: Any) -> Any:
-    if type(t) is not dict or t.keys() != _TOP_KEYS:
-        return t  # not the usual shape: stored as it is, read back as it is
-    tok, raw = t["token"], t["bytes"]
-    try:  # `bytes` left out where it is just the token's UTF-8
-        if type(tok) is str and type(raw) is list and raw == [*tok.encode()]:
-            return [tok, t["logprob"]]
-    except UnicodeEncodeError:  # a lone surrogate: keep bytes
-        pass
-    return [tok, t["logprob"], raw]
-
-
-def pack_logprobs(entries: list[Any]) -> list[Any]:
-    """Token logprob objects → arrays ([token, logprob, tops] or […, tops, bytes]); lossless.
-
-    Inline on purpose: it runs for 96 objects per answer of the benchmark (16 tokens × 6)."""
-    out: list[Any] = []
-    for t in entries:
-        if type(t) is not dict or t.keys() != _TOKEN_KEYS:
-            out.append(t)
-            continue
-        tops = t["top_logprobs"]
-        packed_tops = [_pack_top(x) for x in tops] if type(tops) is list else tops
-        tok, raw = t["token"], t["bytes"]
-        try:
-            if type(tok) is str and type(raw) is list and raw == [*tok.encode()]:
-                out.append([tok, t["logprob"], packed_tops])
-                continue
-        except UnicodeEncodeError:
-            pass
-        out.append([tok, t["logprob"], packed_tops, raw])
-    return out
-
-
-def _unpack_top(t: Any) -> Any:
-    if type(t) is not list:
-        return t
-    tok = t[0]
-    return {"token": tok, "logprob": t[1], "bytes": t[2] if len(t) > 2 else list(tok.encode())}
-
-
-def unpack_logprobs(entries: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for t in entries:
-        if type(t) is not list:
-            out.append(t)
-            continue
-        tok, tops = t[0], t[2]
-        out.append(
-            {
-                "token": tok,
-                "logprob": t[1],
-                "bytes": t[3] if len(t) > 3 else list(tok.encode()),
-                "top_logprobs": [_unpack_top(x) for x in tops] if type(tops) is list else tops,
-            }
-        )
-    return out
-
-
-def packed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as the journal stores them (copies where logprobs are packed; the rows as given
-    stay untouched: the results writer still needs them)."""
-    return [{**r, "logprobs": pack_logprobs(lp)} if type(lp := r.get("logprobs")) is list and lp else r for r in rows]
-
 
 def encode(json_line: bytes) -> bytes:
     """A (masked) entry's JSON → its journal line, newline included."""
@@ -186,7 +122,7 @@ class LineError(ValueError):
 
 
 def decode(line: bytes) -> Any:
-    """A journal line without its newline → the parsed JSON (logprobs unpacked), or LineError."""
+    """A journal line without its newline → the parsed JSON (logprobs as records.Logprobs), or LineError."""
     if line.startswith(MARK):
         # every ESC in an encoded line starts a pair, so the two replaces cannot mis-pair
         data = line[len(MARK) :].replace(b"\x1bn", _NL).replace(b"\x1br", b"\r").replace(b"\x1be", _ESC)
@@ -204,10 +140,7 @@ def decode(line: bytes) -> Any:
     except orjson.JSONDecodeError:
         raise LineError("not JSON") from None
     if type(entry) is dict and type(rows := entry.get("rows")) is list:
-        try:
-            for r in rows:
-                if type(r) is dict and type(lp := r.get("logprobs")) is list:
-                    r["logprobs"] = unpack_logprobs(lp)
-        except (IndexError, TypeError, AttributeError, UnicodeEncodeError):
-            raise LineError("logprobs are neither token objects nor their packed arrays") from None
+        for r in rows:
+            if type(r) is dict and (lp := r.get("logprobs")) is not None:
+                r["logprobs"] = from_stored(lp)  # what it cannot read stays, for the writer to null
     return entry

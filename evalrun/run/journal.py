@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from evalrun.run.errors import StorageError
-from evalrun.run.framing import LineError, decode, encode, packed_rows
+from evalrun.run.framing import LineError, decode, encode
 from evalrun.run.secrets import mask_bytes
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class Journal:
         unless a key had to be masked). Raises StorageError if it cannot be written."""
         if self.failed:
             raise StorageError(self.failed)
-        entry = {"id": request_id, "status": status, "error_type": error_type, "rows": packed_rows(rows)}
+        # a row's Logprobs is a dataclass, which orjson writes as an object of its fields
+        entry = {"id": request_id, "status": status, "error_type": error_type, "rows": rows}
         text = orjson.dumps(entry)
         masked = mask_bytes(text)
         if masked is not text:  # a server echoed a key: the report gets the masked rows too

@@ -15,12 +15,39 @@ class TopLogprob(TypedDict, total=False):
 
 
 class TokenLogprob(TypedDict, total=False):
-    """One generated token with its logprob and the top alternatives."""
+    """One generated token with its logprob and the top alternatives, as the API sends it."""
 
     token: str
     logprob: float
     bytes: list[int] | None
     top_logprobs: list[TopLogprob]
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """A choice's token logprobs, field by field: position i is `token[i]`, `logprob[i]` and
+    its `n_top[i]` alternatives, which follow on from the previous positions' in `top_*`.
+
+    Why not a list of TokenLogprob objects: an answer of 16 tokens × top-5 holds 96 of them,
+    and every stage that touched them (packing for the journal, Arrow conversion, unpacking)
+    walked them again in Python; flat lists go to the journal as six arrays and to Arrow with a
+    few C calls (run/logprobs.py). `bytes`/`top_bytes` are None when every token's bytes are
+    its UTF-8 (the usual case), else one entry per token (a list of ints, or None if the
+    answer had none). The field names are the journal's keys: never rename one."""
+
+    token: list[str | None]
+    logprob: list[float | None]
+    n_top: list[int | None]  # None: the answer had no top_logprobs at that position
+    top_token: list[str | None]
+    top_logprob: list[float | None]
+    bytes: list[list[int] | None] | None = None
+    top_bytes: list[list[int] | None] | None = None
+
+    def alternatives(self, i: int) -> list[tuple[str | None, float | None]]:
+        """(token, logprob) of the top alternatives at position i (empty if none)."""
+        start = sum(n or 0 for n in self.n_top[:i])
+        end = start + (self.n_top[i] or 0)
+        return list(zip(self.top_token[start:end], self.top_logprob[start:end], strict=True))
 
 
 class Message(TypedDict, total=False):
@@ -124,7 +151,7 @@ class Choice:
     content: str | None
     finish_reason: str | None
     tool_calls: list[Any] | None = None
-    logprobs: list[TokenLogprob] | None = None
+    logprobs: Logprobs | None = None
     ttft_s: float | None = None  # request sent → this choice's first content or tool-call delta
     itl_mean_s: float | None = None  # gaps between this choice's successive content deltas
     itl_p95_s: float | None = None

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evalrun.run.convert import RowHook, arrow_without_pandas, convert_batch
 from evalrun.run.errors import StorageError
 from evalrun.run.rundir import RESULTS, mark_stopped
-from evalrun.run.store import PARQUET_BATCH_ROWS, RowHook, convert_batch, results_schema
+from evalrun.run.store import PARQUET_BATCH_ROWS, results_schema
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,11 @@ class ResultsSink:
         writer = None
         batch: list[dict[str, Any]] | None = []  # None once the end mark has been taken
         try:
-            # pyarrow (and the pandas that its array conversion imports, ~0.3 s with the GIL held
-            # in bursts) is imported once the first batch is ready, not while the run starts up
+            # pyarrow is imported once the first batch is ready, not while the run starts up
             batch = self._queue.get()
             import pyarrow.parquet as pq
+
+            arrow_without_pandas()
 
             schema = (
                 results_schema(self._columns, self._hook.score_names, self._hook.extra_columns)

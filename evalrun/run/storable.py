@@ -32,6 +32,11 @@ def storable_row(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
             pa.array([value], type=f.type)
         except (pa.ArrowException, OverflowError, TypeError, ValueError):
             bad.append(f.name)
+    return nulled(row, bad)
+
+
+def nulled(row: dict[str, Any], bad: list[str]) -> dict[str, Any]:
+    """A copy of `row` without the columns `bad`, marked status error / malformed_response."""
     fixed = {k: v for k, v in row.items() if k not in bad}
     identity = {"request_id", "run_id", "status", "error_type", "error_message"}
     if identity & set(bad):  # the row's own bookkeeping is broken: keep only what is sound

@@ -14,13 +14,15 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
+from evalrun.run.convert import RowHook as RowHook
+from evalrun.run.convert import write_batch
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import Choice, Completion, Result
@@ -35,7 +37,6 @@ from evalrun.run.rundir import request_rows as request_rows
 from evalrun.run.rundir import require_finished as require_finished
 from evalrun.run.rundir import results_file as results_file
 from evalrun.run.rundir import write_json as write_json
-from evalrun.run.storable import storable_row
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARQUET_BATCH_ROWS = 1024  # rows per Parquet write: sets the peak memory of writing the report (measured)
-CONVERT_ROWS = 64  # rows per from_pylist call (each holds the GIL throughout)
 DATA_PREFIX = "data_"  # dataset columns are stored as data_<column>
 
 USAGE_FIELDS = (
@@ -226,21 +226,6 @@ def _request_columns(comp: Completion) -> dict[str, Any]:
     return {**{name: getattr(comp.usage, name) for name in USAGE_FIELDS}, "stream_chunks": comp.stream_chunks}
 
 
-class RowHook(Protocol):
-    """Sees every batch of report rows before it is written: the analysis stage fills its
-    score_<name>/pass_<name> columns (and adds the rows to the summary) here."""
-
-    @property
-    def score_names(self) -> Sequence[str]: ...
-
-    @property
-    def extra_columns(self) -> Sequence[tuple[str, str]]:
-        """(name, kind) of further columns it fills, kind as in PARAM_ARROW_KIND."""
-        ...
-
-    def on_batch(self, rows: list[dict[str, Any]]) -> None: ...
-
-
 def write_results(
     run_dir: Path,
     data_columns: tuple[str, ...],
@@ -319,52 +304,6 @@ def _write_entries(
             counts["rows"] += write_batch(writer, buf, schema, hook)
     if buf:
         counts["rows"] += write_batch(writer, buf, schema, hook)
-
-
-def write_batch(
-    writer: Any,
-    rows: list[dict[str, Any]],
-    schema: pa.Schema,
-    hook: RowHook | None,
-) -> int:
-    """Rows → one Arrow table (bad rows made error rows), through the hook, appended to `writer`."""
-    writer.write_table(convert_batch(rows, schema, hook), row_group_size=max(1, len(rows)))
-    n = len(rows)
-    rows.clear()
-    return n
-
-
-def convert_batch(rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook | None) -> pa.Table:
-    """Rows → an Arrow table of `schema`, the hook's columns filled (the hook sees each row once)."""
-    import pyarrow as pa
-
-    # The report columns are converted before the hook sees the rows, so that a row the schema
-    # cannot take (a damaged journal, an older evalrun) is made an error row first — the scorers
-    # and the summary's sums never see a value the report does not hold. The score columns the
-    # hook adds (score_/pass_ per scorer, then its extra columns) come last in the schema and
-    # are appended as arrays.
-    n_scores = 2 * len(hook.score_names) + len(hook.extra_columns) if hook is not None else 0
-    base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
-    # Converted in slices: from_pylist holds the GIL for the whole call, and during a run this
-    # runs in the results writer's thread (run/sink.py) beside the event loop — a slice of
-    # CONVERT_ROWS keeps each hold to a few milliseconds.
-    parts = []
-    for i in range(0, len(rows), CONVERT_ROWS):
-        part = rows[i : i + CONVERT_ROWS]
-        try:
-            parts.append(pa.RecordBatch.from_pylist(part, schema=base))
-        except (pa.ArrowException, OverflowError, TypeError, ValueError):
-            part = [storable_row(r, base) for r in part]  # that row alone; the others as they are
-            rows[i : i + len(part)] = part
-            parts.append(pa.RecordBatch.from_pylist(part, schema=base))
-        time.sleep(0)  # hand the GIL over between slices
-    table = pa.Table.from_batches(parts, schema=base)
-    if hook is not None:
-        hook.on_batch(rows)
-        if n_scores:
-            scores = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in list(schema)[len(base) :]]
-            table = pa.Table.from_arrays([*table.columns, *scores], schema=schema)
-    return table
 
 
 def rescore(run_dir: Path, hook: RowHook) -> int:
