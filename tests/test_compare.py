@@ -151,6 +151,22 @@ def test_score_recomputes_without_requests(tmp_path, dataset, scripted, cli) -> 
     assert summary.pass_rate_says6.iloc[0] == 1.0 and summary.pass_rate_numeric.iloc[0] == 0.2
 
 
+def test_compare_after_score_gates_on_the_scorers_the_results_now_hold(tmp_path, dataset, scripted, cli) -> None:
+    """Two runs configured without scorers, scored afterwards with `evalrun score`: compare
+    needs no --scorer, it takes the one score wrote (recorded in the manifest)."""
+    answers = iter(["6", "6", "6", "6", "6", "6", "7", "7", "7", "7"])
+    srv = scripted(default=lambda p: Reply(json=completion(next(answers))))
+    cfg = base_config(tmp_path, dataset, srv.base_url)
+    base, new = _run(cli, tmp_path, cfg, "base"), _run(cli, tmp_path, cfg, "new")
+    cfg["scorers"] = [{"name": "six", "type": "exact_match", "expected": "6"}]
+    scored = write_config(tmp_path, cfg, "scored.yaml")
+    for run in (base, new):
+        assert cli("score", run, "--config", scored).code == 0
+    r = cli("compare", base, new)
+    assert r.code == 0, r.err  # without the manifest's scorers: "the run has no scorers", exit 2
+    assert "| 100.0% | 20.0% |" in r.out  # 5 of 5 said 6, then 1 of 5 (too few items to be significant)
+
+
 @pytest.mark.parametrize(
     "fmt, marker", [("markdown", "|"), ("csv", "pass_rate_correct"), ("json", '"pass_rate_correct"')]
 )

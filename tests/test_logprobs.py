@@ -5,6 +5,7 @@ stored forms read back to the same record."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from conftest import base_config, read_results, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -133,3 +136,38 @@ def test_a_run_writes_its_results_without_importing_pandas(tmp_path: Path, datas
     assert "rows read with pandas: 5" in r.stdout
     df = read_results(run_dir)
     assert all(len(lp) > 0 and len(lp[0]["top_logprobs"]) == 3 for lp in df.logprobs)
+
+
+SCORER = """
+import math
+
+def first_prob(row, response):
+    tokens = response["logprobs"]  # the report row's shape: token objects
+    first = tokens[0]
+    assert first["bytes"] == list(first["token"].encode()) and first["top_logprobs"][0]["token"]
+    return math.exp(first["logprob"]), True
+"""
+
+
+def test_custom_scorers_and_rescoring_see_the_logprobs_the_report_holds(tmp_path: Path, dataset: Path, cli) -> None:
+    (tmp_path / "my_scorers.py").write_text(SCORER)
+    params = {"max_tokens": 16, "logprobs": True, "top_logprobs": 3}
+    custom = [{"name": "p", "type": "custom", "function": "my_scorers:first_prob"}]
+    cfg = base_config(tmp_path, dataset, params=params, scorers=custom)
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress")
+    assert r.code == 0, r.err
+    run_dir = r.run_dir
+
+    def scores_and_logprobs() -> tuple[list[float], Any]:
+        table = pq.read_table(run_dir / "results.parquet").sort_by("request_id")
+        return table.column("score_p").to_pylist(), table.column("logprobs")
+
+    scores, logprobs = scores_and_logprobs()
+    assert scores == pytest.approx([math.exp(lp[0]["logprob"]) for lp in logprobs.to_pylist()])
+    assert cli("score", run_dir).code == 0  # the same scorer again, from results.parquet
+    again, kept = scores_and_logprobs()
+    assert again == pytest.approx(scores) and kept.equals(logprobs)
+    other = write_config(tmp_path, {**cfg, "scorers": [{"type": "exact_match", "expected": "{answer}"}]}, "o.yaml")
+    assert cli("score", run_dir, "--config", other).code == 0  # a scorer that reads no logprobs
+    table = pq.read_table(run_dir / "results.parquet").sort_by("request_id")
+    assert table.column("logprobs").equals(logprobs) and "score_exact_match" in table.column_names

@@ -350,10 +350,13 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
 
 
 def _first_scorer(manifest: dict[str, Any]) -> str | None:
+    """The gate's scorer, else the first of those the results hold: `evalrun score` records
+    the scorers it wrote in the manifest's `scorers`, over those the run was configured with."""
     cfg = manifest.get("config") or {}
     gate = (cfg.get("gate") or {}).get("scorer")
     if gate:
         return str(gate)
-    for s in cfg.get("scorers") or []:
+    scorers = manifest.get("scorers") if manifest.get("scorers") is not None else cfg.get("scorers")
+    for s in scorers or []:
         return str(s.get("name") or s.get("type"))
     return None

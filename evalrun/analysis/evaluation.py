@@ -50,6 +50,10 @@ class Evaluation:
         return self.judges.columns()
 
     @property
+    def reads_logprobs(self) -> bool:
+        return self.scorers.reads_logprobs or bool(self.judges)
+
+    @property
     def judge_providers(self) -> set[str]:
         return self.judges.providers
 

@@ -211,7 +211,11 @@ def _custom(cfg: Custom, where: str, base_dir: Path) -> Fn:
         raise ConfigError(f"{where}: cannot load custom scorer {cfg.function!r} (looked in {folder}): {exc}") from None
 
     def custom(r: dict[str, Any]) -> Score:
-        out = func(r["data"], {k: v for k, v in r.items() if k != "data"})
+        # the report row as results.parquet holds it: logprobs as token objects
+        response = {k: v for k, v in r.items() if k != "data"}
+        if isinstance(lp := response.get("logprobs"), Logprobs):
+            response["logprobs"] = lp.objects()
+        out = func(r["data"], response)
         if isinstance(out, dict):
             score, passed = out.get("score"), out.get("pass")
         elif isinstance(out, tuple):
@@ -245,6 +249,7 @@ class Scorers:
                 continue  # asked of a model: analysis.judges compiles and applies those
             self.names.append(name)
             self._fns.append(_compile(cfg, f"{source}[{i}]", base_dir))
+        self.reads_logprobs = any(isinstance(c, ChoiceLogprobs | Custom) for c in configs)
         self.columns_needed = set().union(
             *(
                 placeholders(

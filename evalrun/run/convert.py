@@ -64,6 +64,11 @@ class RowHook(Protocol):
         """(name, kind) of further columns it fills, kind as in PARAM_ARROW_KIND."""
         ...
 
+    @property
+    def reads_logprobs(self) -> bool:
+        """Whether on_batch looks at a row's logprobs (rescoring reads them back only then)."""
+        ...
+
     def on_batch(self, rows: list[dict[str, Any]]) -> None: ...
 
 
@@ -72,16 +77,20 @@ def write_batch(
     rows: list[dict[str, Any]],
     schema: pa.Schema,
     hook: RowHook | None,
+    logprobs: pa.Array | None = None,
 ) -> int:
     """Rows → one Arrow table (bad rows made error rows), through the hook, appended to `writer`."""
-    writer.write_table(convert_batch(rows, schema, hook), row_group_size=max(1, len(rows)))
+    writer.write_table(convert_batch(rows, schema, hook, logprobs), row_group_size=max(1, len(rows)))
     n = len(rows)
     rows.clear()
     return n
 
 
-def convert_batch(rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook | None) -> pa.Table:
-    """Rows → an Arrow table of `schema`, the hook's columns filled (the hook sees each row once)."""
+def convert_batch(
+    rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook | None, logprobs: pa.Array | None = None
+) -> pa.Table:
+    """Rows → an Arrow table of `schema`, the hook's columns filled (the hook sees each row once).
+    `logprobs`: the column as it is already (rescoring), instead of one made from the rows."""
     import pyarrow as pa
 
     # The report columns are converted before the hook sees the rows, so that a row the schema
@@ -92,7 +101,8 @@ def convert_batch(rows: list[dict[str, Any]], schema: pa.Schema, hook: RowHook |
     n_scores = 2 * len(hook.score_names) + len(hook.extra_columns) if hook is not None else 0
     base = pa.schema(list(schema)[: len(schema) - n_scores]) if n_scores else schema
     at = base.get_field_index("logprobs")
-    logprobs = _logprobs_column(rows, base.field(at).type)  # first: a row it nulls is made anew
+    if logprobs is None:
+        logprobs = _logprobs_column(rows, base.field(at).type)  # first: a row it nulls is made anew
     rest = base.remove(at)
     # Converted in slices: from_pylist holds the GIL for the whole call, and during a run this
     # runs in the results writer's thread (run/sink.py) beside the event loop — a slice of

@@ -43,6 +43,26 @@ class Logprobs:
     bytes: list[list[int] | None] | None = None
     top_bytes: list[list[int] | None] | None = None
 
+    def objects(self) -> list[TokenLogprob]:
+        """As the API sent them (and results.parquet holds them): one object per token."""
+        out: list[TokenLogprob] = []
+        start = 0
+        for i, (tok, lp, n) in enumerate(zip(self.token, self.logprob, self.n_top, strict=True)):
+            tops: list[TopLogprob] = []
+            for j in range(start, start + (n or 0)):
+                t = self.top_token[j]
+                raw = self.top_bytes[j] if self.top_bytes is not None else list(t.encode()) if t is not None else None
+                tops.append({"token": t, "logprob": self.top_logprob[j], "bytes": raw})  # type: ignore[typeddict-item]
+            start += n or 0
+            raw = self.bytes[i] if self.bytes is not None else list(tok.encode()) if tok is not None else None
+            entry: TokenLogprob = {"token": tok, "logprob": lp, "bytes": raw}  # type: ignore[typeddict-item]
+            if n is not None:
+                entry["top_logprobs"] = tops
+            else:
+                entry["top_logprobs"] = None  # type: ignore[typeddict-item]
+            out.append(entry)
+        return out
+
     def alternatives(self, i: int) -> list[tuple[str | None, float | None]]:
         """(token, logprob) of the top alternatives at position i (empty if none)."""
         start = sum(n or 0 for n in self.n_top[:i])

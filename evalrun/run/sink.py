@@ -27,7 +27,7 @@ from typing import Any
 from evalrun.run.convert import RowHook, arrow_without_pandas, convert_batch
 from evalrun.run.errors import StorageError
 from evalrun.run.rundir import RESULTS, mark_stopped
-from evalrun.run.store import PARQUET_BATCH_ROWS, results_schema
+from evalrun.run.store import PARQUET_BATCH_ROWS, results_schema, results_writer
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ class ResultsSink:
         try:
             # pyarrow is imported once the first batch is ready, not while the run starts up
             batch = self._queue.get()
-            import pyarrow.parquet as pq
 
             arrow_without_pandas()
 
@@ -83,7 +82,7 @@ class ResultsSink:
                 if self._hook
                 else results_schema(self._columns)
             )
-            writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            writer = results_writer(self.tmp, schema)
             import pyarrow as pa
 
             done: list[pa.Table] = []  # converted, not yet written: row groups of PARQUET_BATCH_ROWS

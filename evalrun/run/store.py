@@ -25,6 +25,7 @@ from evalrun.run.convert import RowHook as RowHook
 from evalrun.run.convert import write_batch
 from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
+from evalrun.run.logprobs import from_arrow
 from evalrun.run.records import Choice, Completion, Result
 
 # re-exported: the analysis stage reads a run directory through this module
@@ -126,6 +127,37 @@ def results_schema(
         *[(name, kinds[kind]) for name, kind in extra],
     ]
     return pa.schema(fields)
+
+
+# The logprobs are most of results.parquet. Their floats are stored byte-stream-split (zstd then
+# finds the shared sign and exponent bytes) and their byte values delta-packed (successive UTF-8
+# bytes of a token are close): on the bench workload 999 bytes per row instead of 1,319, and
+# faster to write (24 µs a row against 27, measured). Statistics are of no use on them: left out.
+# pandas, DuckDB and Spark (parquet-mr ≥ 1.12) read both encodings.
+_LP = "logprobs.list.element"
+_TOP = f"{_LP}.top_logprobs.list.element"
+_ENCODINGS = {
+    f"{_LP}.logprob": "BYTE_STREAM_SPLIT",
+    f"{_TOP}.logprob": "BYTE_STREAM_SPLIT",
+    f"{_LP}.bytes.list.element": "DELTA_BINARY_PACKED",
+    f"{_TOP}.bytes.list.element": "DELTA_BINARY_PACKED",
+}
+
+
+def results_writer(path: Path, schema: pa.Schema) -> Any:
+    """A ParquetWriter of results.parquet (or its .tmp) with the encodings above."""
+    import pyarrow.parquet as pq
+
+    flat = [f.name for f in schema if f.name != "logprobs"]
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=[*flat, f"{_LP}.token", f"{_TOP}.token"],
+        write_statistics=flat,
+        column_encoding=_ENCODINGS,
+    )
 
 
 def _json_text(value: Any) -> str | None:
@@ -259,7 +291,6 @@ def _write_results(
     keep: set[str] | None,
     hook: RowHook | None,
 ) -> dict[str, int]:
-    import pyarrow.parquet as pq
 
     journal = run_dir / JOURNAL
     schema = (
@@ -271,7 +302,7 @@ def _write_results(
     tmp = run_dir / (RESULTS + ".tmp")
     counts = {"requests": 0, "errors": 0, "rows": 0, "strays": 0}
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with results_writer(tmp, schema) as writer:
             _write_entries(writer, schema, journal, last, dedupe, keep, hook, counts)
         os.replace(tmp, run_dir / RESULTS)
     except OSError as exc:  # disk full (or gone): one line, and the manifest says how to go on
@@ -325,9 +356,16 @@ def _rescore(run_dir: Path, hook: RowHook) -> int:
     schema = results_schema(data_columns, hook.score_names, hook.extra_columns)
     tmp = run_dir / (RESULTS + ".tmp")
     total = 0
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with results_writer(tmp, schema) as writer:
         for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            total += write_batch(writer, batch.to_pylist(), schema, hook)
+            # the logprobs (most of the file) go back as the column they are; the hook gets them
+            # as records only if it reads them (90 s of 100 at 200k rows went to that, measured)
+            column = batch.column("logprobs")
+            rows = batch.drop_columns(["logprobs"]).to_pylist()
+            if hook.reads_logprobs:
+                for r, lp in zip(rows, from_arrow(column), strict=True):
+                    r["logprobs"] = lp
+            total += write_batch(writer, rows, schema, hook, column)
     os.replace(tmp, path)
     return total
 

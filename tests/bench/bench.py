@@ -96,11 +96,13 @@ class Measured:
 
 
 def _run_phase(run_dir: Path) -> str:
-    """Which part of `evalrun run` is going on, from the files it has written so far."""
+    """Which part of `evalrun run` is going on, from the files it has written so far.
+
+    results.parquet.tmp is written while the requests go (run/sink.py), so it marks no phase of
+    its own; once results.parquet is in place the run is at its end (summary, manifest). A run
+    rebuilt from the journal (a resume) is never measured here."""
     if (run_dir / "summary.parquet").exists() or (run_dir / "results.parquet").exists():
-        return "summary"  # results.parquet is in place: write_summary (and the end) is running
-    if (run_dir / "results.parquet.tmp").exists():
-        return "journal → parquet"
+        return "summary"
     return "requests"
 
 
@@ -618,10 +620,9 @@ def case1(b: Bench, reps: int, rows: list[Row]) -> None:
         Row(c, "tokens/request the sim counted (prompt+completion)", f2(tok, 1)),
         Row(
             c,
-            "RSS by phase, sampled (MB): requests / journal→parquet / summary",
+            "RSS by phase, sampled (MB): requests (results written meanwhile) / the end",
             " / ".join(
-                f2(med([r.m.rss_by_phase.get(k, float("nan")) for r in ev]), 0)
-                for k in ("requests", "journal → parquet", "summary")
+                f2(med([r.m.rss_by_phase.get(k, float("nan")) for r in ev]), 0) for k in ("requests", "summary")
             ),
         ),
         Row(
@@ -694,6 +695,32 @@ def case2(b: Bench, reps: int, rows: list[Row]) -> None:
             f2(med([r.stats.get("max_in_flight", 0) for r in fl]), 0),
         ),
     ]
+
+
+def case6(b: Bench, reps: int, rows: list[Row]) -> None:
+    """Peers on the same simulator and workload, in this invocation (tests/bench/peers.py)."""
+    sys.modules.setdefault("bench", sys.modules[__name__])  # peers.py's `import bench` is this module
+    import peers
+
+    results, notes = peers.run_peers(b, 2000, reps, 0.0)
+    floor_cpu = med([x[1] for x in results["floor"]]) if results["floor"] else float("nan")
+    c = "6 · peers, 2k @ 0 ms"
+    for who, rs in results.items():
+        if not rs:
+            continue
+        cpu = med([x[1] for x in rs])
+        rows.append(
+            Row(
+                c,
+                f"{who}: wall s / CPU ms per request / peak RSS MB",
+                f"{f2(med([x[0] for x in rs]))} / {f2(cpu, 3)} / {f2(med([x[2] for x in rs]), 0)}",
+                "" if who == "floor" else f2(floor_cpu, 3),
+                "" if who == "floor" else f"{cpu / floor_cpu:.2f}×",
+                "measured, not quoted",
+                "",
+            )
+        )
+    b.observations.extend(f"peers: {n}" for n in notes)
 
 
 def _tokens_for(rows_n: int, b: Bench) -> list[int]:
@@ -817,9 +844,7 @@ def case4(b: Bench, rows: list[Row], base_rows: int = 10_000, big_repeats: int =
     d = big.m.maxrss_mb - small.m.maxrss_mb
 
     def phases(r: RunResult) -> str:
-        return " / ".join(
-            f2(r.m.rss_by_phase.get(k, float("nan")), 0) for k in ("requests", "journal → parquet", "summary")
-        )
+        return " / ".join(f2(r.m.rss_by_phase.get(k, float("nan")), 0) for k in ("requests", "summary"))
 
     rows += [
         Row(c, "dataset", "10,000 rows; N=10k: repeats 1; N=200k: repeats 20"),
@@ -837,8 +862,8 @@ def case4(b: Bench, rows: list[Row], base_rows: int = 10_000, big_repeats: int =
             f"{big.m.wall_s:.1f} / {big.rps:,.0f} / {big.cpu_ms_per_req:.3f}",
         ),
         Row(c, "journal.jsonl size, N=200k (MB)", f2(big.journal_mb or float("nan"), 0)),
-        Row(c, "RSS by phase, sampled (MB): requests / journal→parquet / summary, N=10k", phases(small)),
-        Row(c, "RSS by phase, sampled (MB): requests / journal→parquet / summary, N=200k", phases(big)),
+        Row(c, "RSS by phase, sampled (MB): requests (results written meanwhile) / the end, N=10k", phases(small)),
+        Row(c, "RSS by phase, sampled (MB): requests (results written meanwhile) / the end, N=200k", phases(big)),
     ]
 
 
@@ -1239,6 +1264,12 @@ def main() -> int:
         help="measure the checkout's evalrun/ as it is (default: a snapshot of HEAD, immune to concurrent edits)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, run dirs, sim logs)")
+    ap.add_argument(
+        "--peers",
+        action="store_true",
+        help="case 6: the OpenAI SDK + gather and inspect_ai beside evalrun and the floor, 2k @ 0 ms "
+        "(installed by pip into ~/.cache/evalrun-bench-peers on first use)",
+    )
     args = ap.parse_args()
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     if not only <= {"1", "2", "3", "4", "5"}:
@@ -1287,6 +1318,8 @@ def main() -> int:
             case4(b, rows)
         if "5" in only:
             case5(b, reps, rows)
+        if args.peers:
+            case6(b, reps, rows)
         if "1" in only and not args.no_profile:
             profile = profile_case1(b)
     finally:

@@ -2,6 +2,7 @@
 (issue 13): the OpenAI Python SDK with asyncio.gather, and inspect_ai.
 
     python tests/bench/peers.py [--n 2000] [--reps 3] [--latency-ms 0]
+    python tests/bench/bench.py --peers [--only 1]      (the same, as case 6 of the benchmark)
 
 The peers are installed from PyPI with pip's ordinary client into a cache folder
 (~/.cache/evalrun-bench-peers/<name>), never into the project's environment, and put on the
@@ -111,22 +112,19 @@ def install(name: str, spec: str) -> tuple[Path | None, str]:
     return target, "installed"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--latency-ms", type=float, default=0.0)
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="evalrun-peers-"))
-    os.chdir(work)
-    b = bench.Bench(work, sys.stderr)
+def run_peers(
+    b: bench.Bench, n: int, reps: int, latency_ms: float
+) -> tuple[dict[str, list[tuple[float, float, float]]], list[str]]:
+    """(who → [(wall s, CPU ms per request, peak RSS MB)] per repetition, notes), all in this
+    invocation, alternated so that other people's load falls on each alike."""
+    work = b.work
     notes = []
     sdk, how = install("openai", "openai")
     notes.append(f"openai: {how}")
     script = work / "openai_client.py"
     script.write_text(OPENAI_CLIENT)
-    data = b.dataset(args.n)
-    bodies = bench.write_bodies(data, work / f"bodies_{args.n}.jsonl")
+    data = b.dataset(n)
+    bodies = bench.write_bodies(data, work / f"bodies_{n}.jsonl")
     insp, how = install("inspect_ai", "inspect-ai")
     notes.append(f"inspect_ai: {how}")
     task = work / "inspect_task.py"
@@ -137,13 +135,13 @@ def main() -> int:
         "openai SDK + gather": [],
         "inspect_ai": [],
     }
-    for _ in range(args.reps):
-        f = b.run_floor("floor", args.n, latency_ms=args.latency_ms, timeout_s=300)
+    for _ in range(reps):
+        f = b.run_floor("floor", n, latency_ms=latency_ms, timeout_s=300)
         results["floor"].append((f.m.wall_s, f.cpu_ms_per_req, f.m.maxrss_mb))
-        e = b.run_evalrun("evalrun", args.n, latency_ms=args.latency_ms, timeout_s=300)
+        e = b.run_evalrun("evalrun", n, latency_ms=latency_ms, timeout_s=300)
         results["evalrun"].append((e.m.wall_s, e.cpu_ms_per_req, e.m.maxrss_mb))
         if sdk is not None:
-            with bench.Sim(work, args.latency_ms) as sim:
+            with bench.Sim(work, latency_ms) as sim:
                 bench.wait_quiet()
                 env = {**bench.ENV, "PYTHONPATH": str(sdk)}
                 m = bench.measure(
@@ -152,9 +150,9 @@ def main() -> int:
             if m.rc != 0:
                 notes.append(f"openai SDK run exit {m.rc}: {m.stderr.strip()[-300:]}")
             else:
-                results["openai SDK + gather"].append((m.wall_s, m.cpu_s / args.n * 1000, m.maxrss_mb))
+                results["openai SDK + gather"].append((m.wall_s, m.cpu_s / n * 1000, m.maxrss_mb))
         if insp is not None and sdk is not None:
-            with bench.Sim(work, args.latency_ms) as sim:
+            with bench.Sim(work, latency_ms) as sim:
                 bench.wait_quiet()
                 env = {
                     **bench.ENV,
@@ -165,10 +163,22 @@ def main() -> int:
                 }
                 m = bench.measure(inspect_cmd(task, work / "inspect-logs"), 900, env=env)
                 served = sim.stats().get("by_status", {}).get("200", 0)
-            if m.rc != 0 or served < args.n:
+            if m.rc != 0 or served < n:
                 notes.append(f"inspect_ai run exit {m.rc}, {served} answers: {m.stderr.strip()[-300:]}")
             else:
-                results["inspect_ai"].append((m.wall_s, m.cpu_s / args.n * 1000, m.maxrss_mb))
+                results["inspect_ai"].append((m.wall_s, m.cpu_s / n * 1000, m.maxrss_mb))
+    return results, notes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="evalrun-peers-"))
+    os.chdir(work)
+    results, notes = run_peers(bench.Bench(work, sys.stderr), args.n, args.reps, args.latency_ms)
     print(f"N={args.n}, {args.latency_ms:g} ms latency, concurrency {bench.CONCURRENCY}, {args.reps} reps (median)")
     print("| who | wall s | CPU ms/request | peak RSS MB |")
     print("|---|---:|---:|---:|")
