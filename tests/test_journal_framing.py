@@ -103,6 +103,23 @@ def test_a_damaged_line_is_refused(damage: Any) -> None:
         decode(damage(line[:-1]))
 
 
+def _z1_line(entry: dict[str, Any]) -> bytes:
+    """A line as the previous evalrun wrote it: deflate against the same dictionary (Z1)."""
+    from evalrun.run.framing import ZDICT
+
+    c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT)
+    data = c.compress(orjson.dumps(entry)) + c.flush()
+    return b"Z1" + data.replace(b"\x1b", b"\x1be").replace(b"\n", b"\x1bn").replace(b"\r", b"\x1br")
+
+
+def test_deflate_lines_of_the_previous_journal_are_read_and_their_damage_caught() -> None:
+    entry = {"id": "r1", "status": "ok", "error_type": None, "rows": [{"content": "a\nb\x1b", "n": 1}]}
+    line = _z1_line(entry)
+    assert decode(line) == entry
+    with pytest.raises(LineError):
+        decode(line[:10] + bytes([line[10] ^ 0x55]) + line[11:])
+
+
 def test_plain_json_lines_of_an_older_journal_are_read(tmp_path: Path) -> None:
     path = tmp_path / JOURNAL
     plain = {"id": "old", "status": "ok", "error_type": None, "rows": [{"logprobs": ROUND_TRIPS["usual"]}]}
