@@ -85,14 +85,15 @@ def _consistent(lp: Logprobs) -> bool:
 
 def _utf8_lists(tokens: pa.Array) -> pa.Array:
     """list<int64> of each token's UTF-8 bytes, from the string column's own buffers."""
+    import numpy as np  # pyarrow's own dependency: widening bytes there skips pyarrow.compute's wrappers
     import pyarrow as pa
 
-    binary = tokens.cast(pa.binary())
+    binary = tokens.view(pa.binary())  # the same buffers, read as bytes
     _, offsets_buf, data_buf = binary.buffers()
     offsets = pa.Array.from_buffers(pa.int32(), len(binary) + 1, [None, offsets_buf], offset=binary.offset)
     size = offsets[-1].as_py() if len(binary) else 0
-    values = pa.Array.from_buffers(pa.uint8(), size, [None, data_buf or pa.py_buffer(b"")])
-    return pa.ListArray.from_arrays(offsets, values.cast(pa.int64()))
+    values = np.frombuffer(data_buf or b"", dtype=np.uint8, count=size).astype(np.int64)
+    return pa.ListArray.from_arrays(offsets, pa.array(values, pa.int64()))
 
 
 def to_arrow(values: list[Logprobs | None], column_type: pa.DataType) -> pa.Array:
