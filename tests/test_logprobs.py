@@ -64,7 +64,10 @@ answers = st.lists(st.one_of(st.none(), st.lists(entry(), max_size=5)), min_size
 def test_the_column_from_flat_lists_equals_arrows_own_conversion(batch: list[list[dict[str, Any]] | None]) -> None:
     flat = [None if a is None else flatten(a, "logprobs", Notes()) for a in batch]
     assert all(f is not None for f, a in zip(flat, batch, strict=True) if a is not None)  # every shape is valid
-    assert to_arrow(flat, COLUMN).equals(pa.array(batch, COLUMN))
+    column = to_arrow(flat, COLUMN)
+    assert column.equals(pa.array(batch, COLUMN))
+    # and what custom scorers are handed is what the column holds
+    assert column.to_pylist() == [None if f is None else f.objects() for f in flat]
 
 
 @settings(max_examples=200, deadline=None)

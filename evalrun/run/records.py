@@ -6,29 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 
-class TopLogprob(TypedDict, total=False):
-    """One alternative token at a position, as the API sends it."""
-
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class TokenLogprob(TypedDict, total=False):
-    """One generated token with its logprob and the top alternatives, as the API sends it."""
-
-    token: str
-    logprob: float
-    bytes: list[int] | None
-    top_logprobs: list[TopLogprob]
-
-
 @dataclass(frozen=True, slots=True)
 class Logprobs:
     """A choice's token logprobs, field by field: position i is `token[i]`, `logprob[i]` and
     its `n_top[i]` alternatives, which follow on from the previous positions' in `top_*`.
 
-    Why not a list of TokenLogprob objects: an answer of 16 tokens × top-5 holds 96 of them,
+    Why not the API's list of token objects: an answer of 16 tokens × top-5 holds 96 of them,
     and every stage that touched them (packing for the journal, Arrow conversion, unpacking)
     walked them again in Python; flat lists go to the journal as six arrays and to Arrow with a
     few C calls (run/logprobs.py). `bytes`/`top_bytes` are None when every token's bytes are
@@ -43,24 +26,29 @@ class Logprobs:
     bytes: list[list[int] | None] | None = None
     top_bytes: list[list[int] | None] | None = None
 
-    def objects(self) -> list[TokenLogprob]:
-        """As the API sent them (and results.parquet holds them): one object per token."""
-        out: list[TokenLogprob] = []
+    def objects(self) -> list[dict[str, Any]]:
+        """As results.parquet holds them (and the API sent them): one object per token, with
+        {token, logprob, bytes} objects in top_logprobs (None where the answer had none)."""
+
+        def utf8(t: str | None) -> list[int] | None:
+            return None if t is None else list(t.encode())
+
+        out: list[dict[str, Any]] = []
         start = 0
         for i, (tok, lp, n) in enumerate(zip(self.token, self.logprob, self.n_top, strict=True)):
-            tops: list[TopLogprob] = []
-            for j in range(start, start + (n or 0)):
-                t = self.top_token[j]
-                raw = self.top_bytes[j] if self.top_bytes is not None else list(t.encode()) if t is not None else None
-                tops.append({"token": t, "logprob": self.top_logprob[j], "bytes": raw})  # type: ignore[typeddict-item]
-            start += n or 0
-            raw = self.bytes[i] if self.bytes is not None else list(tok.encode()) if tok is not None else None
-            entry: TokenLogprob = {"token": tok, "logprob": lp, "bytes": raw}  # type: ignore[typeddict-item]
+            tops = None
             if n is not None:
-                entry["top_logprobs"] = tops
-            else:
-                entry["top_logprobs"] = None  # type: ignore[typeddict-item]
-            out.append(entry)
+                tops = [
+                    {
+                        "token": self.top_token[j],
+                        "logprob": self.top_logprob[j],
+                        "bytes": self.top_bytes[j] if self.top_bytes is not None else utf8(self.top_token[j]),
+                    }
+                    for j in range(start, start + n)
+                ]
+                start += n
+            raw = self.bytes[i] if self.bytes is not None else utf8(tok)
+            out.append({"token": tok, "logprob": lp, "bytes": raw, "top_logprobs": tops})
         return out
 
     def alternatives(self, i: int) -> list[tuple[str | None, float | None]]:
