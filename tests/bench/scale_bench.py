@@ -11,6 +11,7 @@ as it is (editable install). Prints a Markdown table (and writes it to --out if 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -29,12 +30,57 @@ def dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
+def scored(run_dir: Path, pattern: str) -> Path:
+    """The run's experiment with one regex scorer `s`: patterns that differ between the two runs
+    make most items flip, the worst case for compare's matching and McNemar."""
+    cfg = json.loads((run_dir.parent / "experiment.yaml").read_text())  # bench.write_config: JSON
+    cfg["scorers"] = [{"name": "s", "type": "regex", "pattern": pattern}]
+    path = run_dir.parent / f"scored-{pattern}.yaml"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def analysis(run_a: Path, run_b: Path) -> list[str]:
+    """`score` of both runs (no requests: results.parquet rewritten), then summary, report, cost
+    and compare, each its own process."""
+    a, c = str(run_a), str(run_b)
+    steps = {
+        "score (run 1)": ["score", a, "--config", str(scored(run_a, "note"))],
+        "score (run 2)": ["score", c, "--config", str(scored(run_b, "simple"))],
+        "summary": ["summary", a],
+        "report": ["report", a],
+        "cost": ["cost", a],
+        "compare": ["compare", a, c, "--scorer", "s"],
+    }
+    lines = []
+    for name, argv in steps.items():
+        bench.wait_quiet()
+        m = bench.measure([*bench.EVALRUN, *argv], 600)
+        note = f"exit {m.rc}" + (f": {m.stderr.strip()[-200:]!r}" if m.rc not in (0, 1) else "")
+        lines.append(f"| `evalrun {name}` | {m.wall_s:.2f} | {m.cpu_s:.2f} | {m.maxrss_mb:.0f} | {note} |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--analysis-of", nargs=2, type=Path, metavar="RUN_DIR", help="only the analysis, of two existing runs"
+    )
     args = ap.parse_args()
+    if args.analysis_of:
+        print(
+            "\n".join(
+                [
+                    "| step | wall s | CPU s | peak RSS MB | notes |",
+                    "|---|---:|---:|---:|---|",
+                    *analysis(*args.analysis_of),
+                ]
+            )
+        )
+        return 0
     work = Path(tempfile.mkdtemp(prefix="evalrun-scale-"))
     os.chdir(work)
     b = bench.Bench(work, sys.stderr)
@@ -57,20 +103,7 @@ def main() -> int:
             f"results.parquet {(r.run_dir / 'results.parquet').stat().st_size / 1e6:.0f} MB); "
             f"{'; '.join(r.problems) or 'ok'} |"
         )
-    a, c = (str(r.run_dir) for r in runs)
-    steps = {
-        "summary": ["summary", a],
-        "report": ["report", a],
-        "cost": ["cost", a],
-        "compare": ["compare", a, c],
-    }
-    for argv in steps.values():
-        bench.wait_quiet()
-        m = bench.measure([*bench.EVALRUN, *argv], 600)
-        note = f"exit {m.rc}" + (f": {m.stderr.strip()[-200:]!r}" if m.rc not in (0, 1) else "")
-        lines.append(
-            f"| `evalrun {' '.join(argv[:1])}` | {m.wall_s:.2f} | {m.cpu_s:.2f} | {m.maxrss_mb:.0f} | {note} |"
-        )
+    lines += analysis(runs[0].run_dir, runs[1].run_dir)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
