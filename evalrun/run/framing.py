@@ -146,21 +146,18 @@ def _unzstd(data: bytes) -> bytes:
     dctx = getattr(_local, "d", None)
     if dctx is None:
         dctx = _local.d = zstandard.ZstdDecompressor(dict_data=_ZSTD_DICT)
-    d = dctx.decompressobj()
-    try:
-        text = d.decompress(data)
-    except zstandard.ZstdError as exc:
-        raise LineError(f"not a complete compressed entry ({exc})") from None
-    if not d.eof or d.unused_data:
-        raise LineError("not a complete compressed entry")
-    return text
+    return _whole(dctx.decompressobj(), data, zstandard.ZstdError)
 
 
 def _inflate(data: bytes) -> bytes:
-    d = zlib.decompressobj(15, ZDICT)
+    return _whole(zlib.decompressobj(15, ZDICT), data, zlib.error)
+
+
+def _whole(d: Any, data: bytes, error: type[Exception]) -> bytes:
+    """`data` as exactly one complete compressed stream (zstd or deflate), else LineError."""
     try:
-        text = d.decompress(data)
-    except zlib.error as exc:
+        text: bytes = d.decompress(data)
+    except error as exc:
         raise LineError(f"not a complete compressed entry ({exc})") from None
     if not d.eof or d.unused_data:
         raise LineError("not a complete compressed entry")
