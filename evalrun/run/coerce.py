@@ -12,6 +12,7 @@ float64 and finite; text is a str.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from evalrun.run.records import Logprobs
@@ -114,45 +115,38 @@ def _bytes_ok(b: Any) -> bool:
     return b is None or (type(b) is list and all(type(x) is int for x in b) and (not b or max(b) <= INT64_MAX))
 
 
-def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
-    """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
-    its column's type; anything else drops the list (a partly-kept list would misalign the
-    tokens). Checked and flattened in one walk (see records.Logprobs for why flat).
+_TOKEN = "a token object {token: str, logprob: number, bytes: [int]}"
+_TOPS = "a list of token objects {token, logprob, bytes}"
 
-    Written inline for speed: it runs for every token and every alternative (16 tokens × 6
-    entries per answer in the benchmark). `bytes` that are the token's UTF-8 are not kept
-    (`bytes(b) == tok.encode()` checks them in C); a bool there (`[true]` for "\\x01") passes
-    as its int, the one value this check is looser about than the column."""
-    if value is None:
-        return None
-    if type(value) is not list:
-        notes.bad(where, value, "a list of token objects")
-        return None
-    tokens: list[str | None] = []
-    lps: list[float | None] = []
-    n_top: list[int | None] = []
-    top_tokens: list[str | None] = []
-    top_lps: list[float | None] = []
-    own: list[list[int] | None] | None = None  # per token, once one token's bytes are not its UTF-8
-    top_own: list[list[int] | None] | None = None
-    for i, t in enumerate(value):
-        if type(t) is not dict:
-            notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
-            return None
-        tok, lp, b = t.get("token"), t.get("logprob"), t.get("bytes")
+
+def _walk(
+    entries: list[Any], tokens: list[str | None], lps: list[float | None]
+) -> tuple[int, list[list[int] | None] | None]:
+    """Check {token, logprob, bytes} objects, appending their tokens and logprobs; → (-1, the
+    bytes kept, or None when every entry's are its token's UTF-8), or (the first bad entry's
+    index, None).
+
+    Inline for speed: it runs for every token and every alternative (16 tokens × 6 entries per
+    answer in the benchmark), once for the tokens and once for all their alternatives. `bytes`
+    that are the token's UTF-8 are not kept (`bytes(b) == tok.encode()` checks them in C); a
+    bool there (`[true]` for "\\x01") passes as its int, the one value this check is looser
+    about than the column."""
+    own: list[list[int] | None] | None = None  # per entry, once one entry's bytes are not its UTF-8
+    for i, e in enumerate(entries):
+        if type(e) is not dict:
+            return i, None
+        tok, lp, b = e.get("token"), e.get("logprob"), e.get("bytes")
         if (tok is not None and type(tok) is not str) or (
             lp is not None and type(lp) is not float and type(lp) is not int
         ):
-            notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
-            return None
+            return i, None
         try:
             implied = type(tok) is str and type(b) is list and bytes(b) == tok.encode()
         except (TypeError, ValueError):  # not byte values, or a lone surrogate: checked below
             implied = False
         if not implied:
             if not _bytes_ok(b):
-                notes.bad(f"{where}[{i}]", t, "a token object {token: str, logprob: number, bytes: [int]}")
-                return None
+                return i, None
             if own is None:
                 own = [list(x.encode()) for x in tokens]  # type: ignore[union-attr]  # all implied so far
             own.append(b)
@@ -160,37 +154,42 @@ def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
             own.append(b)
         tokens.append(tok)
         lps.append(lp)
+    return -1, own
+
+
+def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
+    """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
+    its column's type; anything else drops the list (a partly-kept list would misalign the
+    tokens). Checked and flattened in two walks, the tokens then all their alternatives (see
+    records.Logprobs for why flat)."""
+    if value is None:
+        return None
+    if type(value) is not list:
+        notes.bad(where, value, "a list of token objects")
+        return None
+    tokens: list[str | None] = []
+    lps: list[float | None] = []
+    bad, own = _walk(value, tokens, lps)
+    if bad >= 0:
+        notes.bad(f"{where}[{bad}]", value[bad], _TOKEN)
+        return None
+    n_top: list[int | None] = []
+    every_top: list[Any] = []
+    for i, t in enumerate(value):
         tops = t.get("top_logprobs")
         if tops is None:
             n_top.append(None)
-            continue
-        if type(tops) is not list:
-            notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
+        elif type(tops) is list:
+            n_top.append(len(tops))
+            every_top += tops
+        else:
+            notes.bad(f"{where}[{i}].top_logprobs", tops, _TOPS)
             return None
-        n_top.append(len(tops))
-        for x in tops:
-            if type(x) is not dict:
-                notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
-                return None
-            tok, lp, b = x.get("token"), x.get("logprob"), x.get("bytes")
-            if (tok is not None and type(tok) is not str) or (
-                lp is not None and type(lp) is not float and type(lp) is not int
-            ):
-                notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
-                return None
-            try:
-                implied = type(tok) is str and type(b) is list and bytes(b) == tok.encode()
-            except (TypeError, ValueError):
-                implied = False
-            if not implied:
-                if not _bytes_ok(b):
-                    notes.bad(f"{where}[{i}].top_logprobs", tops, "a list of token objects {token, logprob, bytes}")
-                    return None
-                if top_own is None:
-                    top_own = [list(y.encode()) for y in top_tokens]  # type: ignore[union-attr]
-                top_own.append(b)
-            elif top_own is not None:
-                top_own.append(b)
-            top_tokens.append(tok)
-            top_lps.append(lp)
+    top_tokens: list[str | None] = []
+    top_lps: list[float | None] = []
+    bad, top_own = _walk(every_top, top_tokens, top_lps)
+    if bad >= 0:  # named by the position whose alternatives it is among
+        i = next(i for i, end in enumerate(itertools.accumulate(n or 0 for n in n_top)) if bad < end)
+        notes.bad(f"{where}[{i}].top_logprobs", value[i]["top_logprobs"], _TOPS)
+        return None
     return Logprobs(tokens, lps, n_top, top_tokens, top_lps, own, top_own)
