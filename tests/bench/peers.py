@@ -23,9 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 
-_wait_quiet = bench.wait_quiet
-bench.wait_quiet = lambda max_wait_s=10.0: _wait_quiet(max_wait_s)  # see ab_bench.py
-
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evalrun-bench-peers"
 
 OPENAI_CLIENT = """
@@ -176,6 +173,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     args = ap.parse_args()
+    bench.QUIET_WAIT_S = 10.0  # many runs in one invocation: see bench.QUIET_WAIT_S
     work = Path(tempfile.mkdtemp(prefix="evalrun-peers-"))
     os.chdir(work)
     results, notes = run_peers(bench.Bench(work, sys.stderr), args.n, args.reps, args.latency_ms)
