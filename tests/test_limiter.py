@@ -118,6 +118,14 @@ def test_retry_after_ms_is_the_block_when_no_reset_is_given() -> None:
     assert lim.blocked_until == pytest.approx(0.4)
 
 
+def test_a_huge_retry_after_ms_is_held_to_the_callers_cap() -> None:
+    """The attempt loop passes Retry-After already capped at retry_after_max_s; the header's
+    own retry-after-ms (here 100 s) must not lengthen the block past it."""
+    lim, _ = lane()
+    lim.on_rate_limited(5.0, RateHeaders(remaining_requests=0, retry_after_ms=100.0))
+    assert lim.blocked_until == pytest.approx(5.0)
+
+
 def test_announced_limit_paces_before_any_429() -> None:
     lim, _ = lane()
     lim.on_success(0.01, RateHeaders(limit_requests=600, remaining_requests=599))

@@ -86,6 +86,15 @@ class MonotonicClock:
 MONOTONIC = MonotonicClock()
 
 
+def _finer(retry_after: float | None, headers: RateHeaders | None) -> float | None:
+    """The shorter of the caller's Retry-After (already capped at retry_after_max_s) and the
+    server's retry-after-ms: never longer than the cap, never coarser than the header."""
+    ms = headers.retry_after_ms if headers is not None else None
+    if retry_after is None or ms is None:
+        return ms if retry_after is None else retry_after
+    return min(retry_after, ms)
+
+
 class ModelLimiter:
     """Pacing and adaptive control for one provider × model (a "lane")."""
 
@@ -205,7 +214,7 @@ class ModelLimiter:
             return False
         wait = headers.reset_s()
         if wait is None:
-            wait = headers.retry_after_ms if headers.retry_after_ms is not None else retry_after
+            wait = _finer(retry_after, headers)
         self._block(wait if wait is not None else MIN_EPISODE_S)
         return True
 
@@ -244,8 +253,7 @@ class ModelLimiter:
         now = self.clock.now()
         self.rate_limited += 1
         self._answers.append((now, True))
-        if headers is not None and headers.retry_after_ms is not None:
-            retry_after = headers.retry_after_ms
+        retry_after = _finer(retry_after, headers)
         if self._learn(headers, retry_after):
             full = True
         elif headers is not None and headers.window_open:
