@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from evalrun.analysis.scoring import load_scorers
+    from evalrun.analysis.evaluation import for_experiment
     from evalrun.config.load import load_experiment
     from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
-    load_scorers(plan.exp.config.scorers, plan.exp.path, plan.dataset.columns, plan.exp.lines)
+    for_experiment(plan.exp, plan.dataset.columns)  # scorers and judges, compiled as `run` does
     print(
         f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
         f"{plan.repeats} repeats = {plan.total_requests:,} requests"

@@ -44,9 +44,7 @@ def shard_option(args: argparse.Namespace) -> Any:
 
     if args.shard is None:
         return None
-    if args.workers is not None:
-        raise ConfigError("--shard and --workers: pick one (--workers K runs shards 1/K … K/K itself)")
-    return parse_shard(args.shard)
+    return parse_shard(args.shard)  # with --workers too: wants_workers refused that already
 
 
 def wants_workers(args: argparse.Namespace) -> bool:

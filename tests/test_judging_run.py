@@ -153,3 +153,19 @@ def test_score_with_a_changed_rubric_asks_only_the_judge_again(tmp_path, cli) ->
         assert sim.stats()["by_model"][JUDGE] == judged + rows * 2
     finally:
         sim.close()
+
+
+def test_validate_checks_the_judges_as_run_does(tmp_path, dataset, cli) -> None:
+    """A pairwise judge against a model the experiment does not run: exit 2 at validate, not at run."""
+    cfg = base_config(tmp_path, dataset)
+    cfg["scorers"] = [
+        {
+            "type": "pairwise_model",
+            "model": JUDGE,
+            "rubric": "factuality",
+            "reference": "{answer}",
+            "baseline": {"model": "gemini-3-pro-preview"},
+        }
+    ]
+    r = cli("validate", write_config(tmp_path, cfg))
+    assert r.code == 2 and "baseline.model: 'gemini-3-pro-preview' is not in models:" in r.err, r.err

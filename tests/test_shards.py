@@ -18,7 +18,9 @@ from many import Gateway, children, evalrun_proc, finish, gateway, journal_lines
 from evalrun.analysis.compare import latest_baseline
 from evalrun.config.load import load_experiment
 from evalrun.errors import ConfigError
+from evalrun.run.framing import MARK
 from evalrun.run.grid import build_plan
+from evalrun.run.journal import JOURNAL
 from evalrun.run.shards import Shard, parse_shard
 
 
@@ -129,6 +131,8 @@ def test_shards_by_hand_merge_to_a_single_runs_rows(tmp_path: Path, cli: Any) ->
     assert manifest["status"] == "completed" and manifest["counts"]["recorded"] == 80
     assert (out / "summary.parquet").is_file()
     assert cli("summary", out).code == 0
+    # the merged journal is written in the run's own compact framing, not as plain JSON
+    assert all(line.startswith(MARK) for line in (out / JOURNAL).read_bytes().splitlines())
     # a shard is not a whole run: --baseline latest passes over the (later) shards to the single run
     later = cli("run", config, "--no-progress").run_dir
     assert latest_baseline(later) == single.run_dir

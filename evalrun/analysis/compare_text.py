@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import Any
 
 from evalrun.analysis.compare import ANSWER_CHARS, FLIPS_SHOWN, Comparison
+from evalrun.analysis.views import missing
 from evalrun.run.store import write_json
 
 
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or type(x).__name__ == "NAType"
-
-
 def _pct(x: Any) -> str:
-    return "–" if _missing(x) else f"{x * 100:.1f}%"
+    return "–" if missing(x) else f"{x * 100:.1f}%"
 
 
 def _pts(x: Any) -> str:
-    return "–" if _missing(x) else f"{x * 100:+.1f}"
+    return "–" if missing(x) else f"{x * 100:+.1f}"
 
 
 def _num(x: Any, fmt: str = "+.3f") -> str:
-    return "–" if _missing(x) else format(x, fmt)
+    return "–" if missing(x) else format(x, fmt)
 
 
 def _int(x: Any) -> str:
-    return "–" if _missing(x) else f"{int(x):,}"
+    return "–" if missing(x) else f"{int(x):,}"
 
 
 def _cellmd(text: Any) -> str:
-    s = "" if _missing(text) else str(text)
+    s = "" if missing(text) else str(text)
     s = s[:ANSWER_CHARS] + ("…" if len(s) > ANSWER_CHARS else "")
     return html.escape(s).replace("|", "\\|").replace("\n", " ")
 

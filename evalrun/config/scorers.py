@@ -85,7 +85,7 @@ class Custom(_Scorer):
     threshold: float = Field(0.5, description="a float result passes at or above this")
 
 
-RUBRICS = ("factuality", "closed_qa", "instructions")  # ready-made; their text is in analysis/rubrics.py
+NEED_REFERENCE = ("factuality", "closed_qa")  # ready-made rubrics that grade against a reference
 
 
 class _Judge(_Scorer):
@@ -105,7 +105,7 @@ class _Judge(_Scorer):
 
     @model_validator(mode="after")
     def _reference_where_needed(self) -> _Judge:
-        if self.rubric in ("factuality", "closed_qa") and self.reference is None:
+        if self.rubric in NEED_REFERENCE and self.reference is None:
             raise ValueError(f"rubric {self.rubric!r} compares with a reference: set reference: (e.g. '{{answer}}')")
         return self
 

@@ -25,8 +25,8 @@ import orjson
 
 from evalrun.config.models import ProviderConfig
 from evalrun.run.client import Payloads
-from evalrun.run.journal import read_journal
-from evalrun.run.logprobs import from_stored
+from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, read_journal
+from evalrun.run.logprobs import rows_from_stored
 from evalrun.run.records import RequestSpec
 
 CACHE_FILE = "responses.sqlite"
@@ -112,24 +112,14 @@ class ResponseCache:
         if row is None:
             return None
         self.hits += 1
-        rows = orjson.loads(row[0])
-        for r in rows:
-            if (lp := r.get("logprobs")) is not None:
-                r["logprobs"] = from_stored(lp)
-        return CachedAnswer(rows, row[1], row[2])
+        return CachedAnswer(rows_from_stored(orjson.loads(row[0])), row[1], row[2])
 
     def __contains__(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, rows: list[dict[str, Any]], source_run: str | None, cost: float | None) -> None:
         """Store a successful answer; the first one stored for a key stays (it is the same request)."""
-        kept = [{k: v for k, v in r.items() if k not in PER_RUN} for r in rows]
-        with self._db:  # one transaction: committed when the block ends
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO responses (key, rows, source_run, cost) VALUES (?, ?, ?, ?)",
-                (key, orjson.dumps(kept), source_run, cost),
-            )
-        self.stored += cur.rowcount
+        self.put_many([(key, rows, source_run, cost)])
 
     def put_many(self, items: Iterable[tuple[str, list[dict[str, Any]], str | None, float | None]]) -> int:
         """Store many answers in one transaction (loading an earlier run for --reuse)."""
@@ -244,7 +234,7 @@ def open_caches(
     if reuse is not None:
         reuse_file = run_dir / REUSE_FILE
         reused = ResponseCache(reuse_file)
-        for journal in ("journal.jsonl", "judge_journal.jsonl"):
+        for journal in (JOURNAL, JUDGE_JOURNAL):
             load_run(reused, read_journal(reuse / journal), reuse.name)
         lookup.append(reused)
     store = ResponseCache(cache) if cache is not None else None

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from evalrun.run.logprobs import from_stored
+from evalrun.run.logprobs import rows_from_stored
 
 MARK = b"Z2"  # zstd lines; Z1 (deflate) lines are read too
 Z1 = b"Z1"
@@ -177,7 +177,5 @@ def decode(line: bytes) -> Any:
     except orjson.JSONDecodeError:
         raise LineError("not JSON") from None
     if type(entry) is dict and type(rows := entry.get("rows")) is list:
-        for r in rows:
-            if type(r) is dict and (lp := r.get("logprobs")) is not None:
-                r["logprobs"] = from_stored(lp)  # what it cannot read stays, for the writer to null
+        rows_from_stored(rows)  # what it cannot read stays, for the writer to null
     return entry

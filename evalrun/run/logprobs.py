@@ -46,6 +46,14 @@ def from_stored(value: Any) -> Logprobs | list[Any] | None:
     return [value]
 
 
+def rows_from_stored(rows: list[Any]) -> list[Any]:
+    """Rows read back from the journal or the cache, their logprobs as Logprobs (in place)."""
+    for r in rows:
+        if type(r) is dict and (lp := r.get("logprobs")) is not None:
+            r["logprobs"] = from_stored(lp)
+    return rows
+
+
 def _unpack(t: Any) -> Any:
     """An entry of the packed arrays of journals before Logprobs: [token, logprob, tops(, bytes)]."""
     if type(t) is not list or len(t) not in (3, 4):

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from evalrun.errors import ConfigError
+from evalrun.run.framing import encode
 from evalrun.run.journal import JOURNAL, read_journal, repair_journal
 from evalrun.run.rundir import manifest_if_any
 from evalrun.run.shards import Shard, shard_from_manifest
@@ -84,7 +85,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
             for entry in read_journal(d / JOURNAL):
                 for row in entry["rows"]:
                     row["run_id"] = run_id
-                f.write(orjson.dumps(entry) + b"\n")
+                f.write(encode(orjson.dumps(entry)))  # the same compact line a run writes
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / JOURNAL)
