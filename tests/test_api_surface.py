@@ -269,7 +269,7 @@ def pool_keeps_partial() -> bool:
     class Client:
         base_url = "http://127.0.0.1:9/v1"
 
-        async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
+        async def send(self, spec: RequestSpec) -> Sent:
             exc = StreamTruncated("cut")
             exc.partial = Completion(None, None, [Choice(0, "so far", None)], Usage())
             return Sent(self.base_url, 0.0, error=exc)

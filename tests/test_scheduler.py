@@ -39,7 +39,7 @@ class FakeProvider:
     max_on_wire: int = 0
     _tries: dict[str, int] = field(default_factory=dict)
 
-    async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
+    async def send(self, spec: RequestSpec) -> Sent:
         self.sent.append((self.clock.now(), spec.cell.model, spec.request_id))
         self._tries[spec.request_id] = n = self._tries.get(spec.request_id, 0) + 1
         self.on_wire += 1

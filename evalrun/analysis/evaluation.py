@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def _latest_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
     """The report rows of each request's latest journal entry (a resume may have added one)."""
     latest: dict[str, int] = {}
-    for i, entry in enumerate(read_journal(run_dir / JOURNAL)):
+    for i, entry in enumerate(read_journal(run_dir / JOURNAL, report=False)):  # bad lines: said below
         latest[entry["id"]] = i
     for i, entry in enumerate(read_journal(run_dir / JOURNAL)):
         if latest.get(entry["id"]) == i:
@@ -39,7 +39,6 @@ class Evaluation:
         self.scorers = scorers
         self.judges = judges or Judges([])
         self.summary = SummaryBuilder()
-        self._loaded = False
 
     @property
     def score_names(self) -> Sequence[str]:
@@ -58,9 +57,10 @@ class Evaluation:
         return self.judges.providers
 
     def _load(self, run_dir: Path) -> None:
-        if self.judges and not self._loaded:
+        # every time: answers arrive in the judge journal while the judge lanes run, and a
+        # lane stopped early (budget, Ctrl-C) never finishes the generator that asked
+        if self.judges:
             self.judges.load(run_dir, _latest_rows(run_dir))
-            self._loaded = True
 
     def judge_lanes(self) -> set[tuple[str, str]]:
         return {(j.cell.provider, j.cell.model) for j in self.judges.judges}
@@ -70,7 +70,6 @@ class Evaluation:
         if self.judges:
             self._load(run_dir)
             yield from self.judges.requests(_latest_rows(run_dir), lane)
-            self._loaded = False  # answers arrive in the judge journal meanwhile: read it again
 
     def on_batch(self, rows: list[dict[str, Any]]) -> None:
         self.scorers.apply(rows, DATA_PREFIX)

@@ -104,18 +104,13 @@ class ResponseCache:
             self._db.execute(SCHEMA)
             self._db.commit()
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self.hits = 0
         self.stored = 0
 
     def get(self, key: str) -> CachedAnswer | None:
         row = self._db.execute("SELECT rows, source_run, cost FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        self.hits += 1
         return CachedAnswer(rows_from_stored(orjson.loads(row[0])), row[1], row[2])
-
-    def __contains__(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, rows: list[dict[str, Any]], source_run: str | None, cost: float | None) -> None:
         """Store a successful answer; the first one stored for a key stays (it is the same request)."""

@@ -125,10 +125,10 @@ class ProviderClient:
     def payload(self, spec: RequestSpec) -> ChatRequest:
         return self._payloads.payload(spec)
 
-    async def send(self, spec: RequestSpec, base_url: str | None = None) -> Sent:
-        """One attempt to `base_url` (default: the current one). Never raises a RequestError:
-        a failure is the `error` of the returned Sent, with the URL it came from."""
-        url = base_url or self.base_url
+    async def send(self, spec: RequestSpec) -> Sent:
+        """One attempt to the current base URL. Never raises a RequestError: a failure is the
+        `error` of the returned Sent, with the URL it came from."""
+        url = self.base_url
         body = orjson.dumps(self.payload(spec))
         headers = {**self._headers, "X-Evalrun-Repeat": str(spec.repeat)} if self._send_repeat else self._headers
         stream = bool(spec.params.get("stream"))

@@ -111,8 +111,6 @@ class ModelLimiter:
         self.adaptive: float | None = None  # requests/s, set by the first window-full 429
         self.ceiling: float | None = None  # the accepted rate at the last decrease
         self.decreases = 0
-        self.rate_limited = 0  # 429s seen
-        self.window_full_429s = 0
         self.blocked_until = 0.0
         self.waiting = 0  # requests waiting here right now
         self._episode_end = 0.0  # the episode of the last decrease
@@ -251,7 +249,6 @@ class ModelLimiter:
         """A 429. Returns True when it means the server's window is full (the lane was slowed
         and blocked), False when it was sporadic (only that request waits)."""
         now = self.clock.now()
-        self.rate_limited += 1
         self._answers.append((now, True))
         retry_after = _finer(retry_after, headers)
         if self._learn(headers, retry_after):
@@ -262,10 +259,8 @@ class ModelLimiter:
             full = self._probing or self._dominated(now, retry_after)
             if full:
                 self._block(retry_after if retry_after is not None else MIN_EPISODE_S)
-        if full:
-            self.window_full_429s += 1
-            if now >= self._episode_end:
-                self._decrease(now, retry_after)
+        if full and now >= self._episode_end:
+            self._decrease(now, retry_after)
         return full
 
     def _dominated(self, now: float, retry_after: float | None) -> bool:
@@ -340,12 +335,5 @@ class Limiters:
             lim = self._by_key[key] = ModelLimiter(name, rpm, tpm, self._clock, self._block_cap_s)
         return lim
 
-    def lanes(self) -> list[ModelLimiter]:
-        return list(self._by_key.values())
-
     def describe(self) -> list[str]:
         return [d for lim in self._by_key.values() if (d := lim.describe()) is not None]
-
-    @property
-    def rate_limited(self) -> int:
-        return sum(lim.rate_limited for lim in self._by_key.values())

@@ -327,15 +327,6 @@ class SharedLimiters(Limiters):
         self._by_key[key] = lim
         return lim
 
-    def fallbacks(self) -> list[str]:
-        """What each lane that gave Redis up says (for the run's closing messages)."""
-        return [
-            f"{lim.name}: shared limiter {lim.url} was lost mid-run ({lim.fallen_back}); "
-            f"paced alone at 1/{lim.peers} of the budget from then on"
-            for lim in self._by_key.values()
-            if isinstance(lim, SharedLimiter) and lim.fallen_back is not None
-        ]
-
     async def aclose(self) -> None:
         for lim in self._by_key.values():
             if isinstance(lim, SharedLimiter):
