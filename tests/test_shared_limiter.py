@@ -85,6 +85,20 @@ def test_unreachable_redis_stops_before_sending(
     assert gateway.arrivals == [] and not (tmp_path / "reports").exists()
 
 
+def test_a_judges_unreachable_redis_stops_before_sending(tmp_path: Path, cli: Any, scripted: Any) -> None:
+    """The judges' provider has its own limiter: checked up front like the models' providers'."""
+    server = scripted()
+    cfg = base_config(tmp_path, tmp_path / "d.jsonl", server.base_url)
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "question": "1+1", "answer": 2}\n')
+    cfg["providers"]["judge"] = {"base_urls": [server.base_url], "limiter": f"redis://127.0.0.1:{free_port()}/0"}
+    cfg["scorers"] = [
+        {"type": "label_model", "model": "gemini-2.5-flash-lite", "provider": "judge", "rubric": "Is it right?"}
+    ]
+    res = cli("run", write_config(tmp_path, cfg), "--no-progress")
+    assert res.code == 2 and "providers.judge.limiter: cannot reach redis://127.0.0.1:" in res.err, res.err
+    assert server.requests == []
+
+
 def test_three_shards_share_one_redis_budget(tmp_path: Path, gateway: Gateway, redis_server: RedisServer) -> None:
     config = shared_config(tmp_path, gateway, redis_server.url, 45)
     env = {"SHARED_TEST_KEY": KEY}

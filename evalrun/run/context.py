@@ -87,7 +87,7 @@ class RunContext:
     run_id: str
     manifest: dict[str, Any]  # what manifest.json says so far (the runner adds to it)
     done: frozenset[str]  # request ids that already have a row (resume)
-    keys: Mapping[str, str | None]  # provider → API key (None: the provider needs none)
+    keys: Mapping[str, str | None]  # provider → API key (None: none needed), for every provider the run uses
     pricing: Pricing | None
     max_requests: int | None
     max_cost: float | None
@@ -132,8 +132,10 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     evaluator = opts.evaluator(exp, plan.dataset.columns) if opts.evaluator is not None else None
     max_cost = opts.max_cost or exp.config.budget.max_cost
     pricing = _pricing(plan, max_cost)
-    keys = api_keys(exp, evaluator.judge_providers if evaluator is not None else set())
-    _check_limiters(plan)
+    # the providers this run talks to: its cells' and its judges'
+    providers = frozenset({c.provider for c in plan.cells} | (evaluator.judge_providers if evaluator else set()))
+    keys = api_keys(exp, providers)
+    _check_limiters(exp, providers)
     fingerprint = grid_fingerprint(plan)
     done: set[str] = set()
     if opts.resume is not None:
@@ -258,12 +260,10 @@ def grid_fingerprint(plan: Plan) -> str:
     return h.hexdigest()
 
 
-def api_keys(exp: Experiment, judges: set[str] | None = None) -> dict[str, str | None]:
-    """provider → key from its environment variable (the models' providers and the judges').
-    A missing key is a usage error (exit 2)."""
+def api_keys(exp: Experiment, providers: frozenset[str]) -> dict[str, str | None]:
+    """provider → key from its environment variable. A missing key is a usage error (exit 2)."""
     keys: dict[str, str | None] = {}
-    used = {exp.provider_of(m) for m in exp.config.models} | (judges or set())
-    for name in sorted(used):
+    for name in sorted(providers):
         env = exp.providers[name].api_key_env
         if env is None:
             keys[name] = None
@@ -281,9 +281,9 @@ def api_keys(exp: Experiment, judges: set[str] | None = None) -> dict[str, str |
     return keys
 
 
-def _check_limiters(plan: Plan) -> None:
-    """A shared limiter must answer before anything is sent (exit 2 otherwise)."""
-    urls = {n: p.limiter for n, p in plan.exp.providers.items() if p.limiter and n in {c.provider for c in plan.cells}}
+def _check_limiters(exp: Experiment, providers: frozenset[str]) -> None:
+    """A shared limiter must answer before anything is sent (exit 2 otherwise), a judge's too."""
+    urls = {n: p.limiter for n, p in exp.providers.items() if p.limiter and n in providers}
     if urls:
         from evalrun.run.shared_limiter import check_reachable
 

@@ -147,9 +147,8 @@ class Sinks:
 
 
 def _providers(ctx: RunContext) -> dict[str, ProviderConfig]:
-    """The providers this run talks to: its models' and its judges'."""
-    judges = ctx.evaluator.judge_providers if ctx.evaluator is not None else set()
-    return {n: ctx.exp.providers[n] for n in sorted({c.provider for c in ctx.plan.cells} | judges)}
+    """The providers this run talks to (its cells' and its judges'): those it holds keys for."""
+    return {n: ctx.exp.providers[n] for n in sorted(ctx.keys)}
 
 
 def _run_loop(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
