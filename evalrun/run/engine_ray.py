@@ -22,9 +22,16 @@ from typing import Any
 
 from evalrun.errors import ConfigError
 from evalrun.run.merge import EvaluatorFactory
-from evalrun.run.shards import Shard
 from evalrun.run.store import MANIFEST
-from evalrun.run.workers import WorkersPlan, child_argv, finish_workers, pending_shards, shard_dir, share_messages
+from evalrun.run.workers import (
+    WorkersPlan,
+    child_argv,
+    finish_workers,
+    pending_shards,
+    resume_argv,
+    shard_dir,
+    share_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ def run_on_ray(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: bo
         refs: dict[str, Any] = {}
         for shard in pending_shards(plan, resume):
             d = shard_dir(plan.run_dir, shard)
-            refs[str(shard)] = task.remote(child_argv(plan, shard, False), _resume_argv(plan, shard), str(d))
+            refs[str(shard)] = task.remote(child_argv(plan, shard, False), resume_argv(plan, shard), str(d))
             logger.info("shard %s: Ray task %s", shard, refs[str(shard)])
         codes: dict[str, int] = {}
         for name, ref in refs.items():
@@ -80,12 +87,3 @@ def run_on_ray(plan: WorkersPlan, evaluator: EvaluatorFactory | None, resume: bo
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _resume_argv(plan: WorkersPlan, shard: Shard) -> list[str]:
-    """The command that resumes a shard from its journal (what a retried task runs)."""
-    d = shard_dir(plan.run_dir, shard)
-    argv = child_argv(plan, shard, False)
-    i = argv.index("run")
-    tail = argv[argv.index("--no-progress") :]
-    return [*argv[:i], "run", "--resume", str(d), *(["--retry-errors"] if plan.retry_errors else []), *tail]

@@ -71,20 +71,28 @@ def shard_dir(run_dir: Path, shard: Shard) -> Path:
 
 
 def child_argv(plan: WorkersPlan, shard: Shard, resume: bool) -> list[str]:
-    """The evalrun command line of one shard process."""
-    argv = [sys.executable, "-m", "evalrun"]
+    """The evalrun command line of one shard process (with `resume`, the resume of a shard
+    that has a manifest)."""
     d = shard_dir(plan.run_dir, shard)
     if resume and (d / MANIFEST).is_file():
-        argv += ["run", "--resume", str(d)]
-        if plan.retry_errors:
-            argv.append("--retry-errors")
-    else:
-        argv += ["run", str(plan.config), "--shard", str(shard), "--run-dir", str(d)]
-        for o in plan.overrides:
-            argv += ["--set", o]
-        if plan.limit is not None:
-            argv += ["--limit", str(plan.limit)]
-    argv.append("--no-progress")
+        return resume_argv(plan, shard)
+    argv = [sys.executable, "-m", "evalrun", "run", str(plan.config), "--shard", str(shard), "--run-dir", str(d)]
+    for o in plan.overrides:
+        argv += ["--set", o]
+    if plan.limit is not None:
+        argv += ["--limit", str(plan.limit)]
+    return argv + _shares(plan)
+
+
+def resume_argv(plan: WorkersPlan, shard: Shard) -> list[str]:
+    """The command that resumes a shard from its journal."""
+    argv = [sys.executable, "-m", "evalrun", "run", "--resume", str(shard_dir(plan.run_dir, shard))]
+    return argv + (["--retry-errors"] if plan.retry_errors else []) + _shares(plan)
+
+
+def _shares(plan: WorkersPlan) -> list[str]:
+    """What every shard process is told: its share of the rate and of the budgets."""
+    argv = ["--no-progress"]
     if plan.workers > 1:  # the 1/K share, or with a shared limiter the floor of its fallback share
         argv += ["--rate-share", str(plan.workers)]
     if plan.max_requests is not None:
