@@ -93,11 +93,8 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
 
 
 def _new_plan(args: argparse.Namespace) -> Any:
-    import secrets
-    import time
-
     from evalrun.config.load import load_experiment
-    from evalrun.run import storage
+    from evalrun.run.context import new_run_dir
     from evalrun.run.grid import build_plan
     from evalrun.run.workers import MAX_WORKERS, WorkersPlan, start_manifest
 
@@ -110,18 +107,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
     used = {c.provider for c in plan.cells}
     shared = all(exp.providers[n].limiter for n in used)
     limited = any(exp.providers[n].rpm or exp.providers[n].tpm for n in used)
-    if args.run_dir is not None:
-        run_dir = args.run_dir
-        if (run_dir / "manifest.json").exists():
-            raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
-    location = None
-    if args.run_dir is None:
-        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-        run_dir = Path(exp.config.reports_dir) / exp.name / run_id
-        if storage.is_url(exp.config.reports_dir):  # shards and journals local; the merged run published
-            location = storage.join(exp.config.reports_dir, exp.name, run_id)
-            storage.check_writable(location)
-            run_dir = storage.staging_dir(location)
+    run_dir, _, location = new_run_dir(exp, args.run_dir)  # shards local; the merged run is published
     wplan = WorkersPlan(
         config=args.config,
         workers=args.workers,

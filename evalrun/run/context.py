@@ -152,20 +152,10 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         for rid, (status, etype) in journal_state(run_dir / JOURNAL).items():
             if status == "ok" or (not opts.retry_errors and etype not in RESEND_ON_RESUME):
                 done.add(rid)
-    elif opts.run_dir is not None:
-        run_dir = opts.run_dir
-        if (run_dir / JOURNAL).exists():
-            raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
-        run_id = run_dir.name
     else:
-        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-        if shard is not None:
-            run_id += f"-shard{shard.label}"
-        run_dir = Path(exp.config.reports_dir) / exp.name / run_id
-        if is_url(exp.config.reports_dir):  # the journal stays local; the rest is published at the end
-            manifest["location"] = join(exp.config.reports_dir, exp.name, run_id)
-            check_writable(manifest["location"])  # credentials, bucket: before anything is sent
-            run_dir = staging_dir(manifest["location"])
+        run_dir, run_id, location = new_run_dir(exp, opts.run_dir, f"-shard{shard.label}" if shard else "")
+        if location is not None:
+            manifest["location"] = location
     check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
     manifest.update(
         {
@@ -199,6 +189,21 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
         rate_share=opts.rate_share,
     )
+
+
+def new_run_dir(exp: Experiment, run_dir: Path | None, suffix: str = "") -> tuple[Path, str, str | None]:
+    """A new run's directory, run id and, when reports_dir is object storage, the location it
+    is published to at the end (its journal stays in a local staging directory meanwhile)."""
+    if run_dir is not None:
+        if (run_dir / JOURNAL).exists() or (run_dir / MANIFEST).exists():
+            raise ConfigError(f"--run-dir {run_dir}: it already holds a run; use --resume {run_dir} to continue it")
+        return run_dir, run_dir.name, None
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2) + suffix
+    if not is_url(exp.config.reports_dir):
+        return Path(exp.config.reports_dir) / exp.name / run_id, run_id, None
+    location = join(exp.config.reports_dir, exp.name, run_id)
+    check_writable(location)  # credentials, bucket: before anything is sent
+    return staging_dir(location), run_id, location
 
 
 def cache_file(exp: Experiment) -> Path | None:
