@@ -45,13 +45,12 @@ ICON = {
 }
 
 
-def verdict_text(r: dict[str, Any]) -> str:
-    """The verdict, with the interval where the test could not tell: a reader sees how wide
-    the doubt is instead of a bare "unchanged"."""
-    v = str(r["verdict"])
-    if v in ("no significant change", "within threshold"):
-        return f"{v} (Δ {_pts(r['delta'])} pts, 95% CI [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}])"
-    return v
+def verdict_note(r: dict[str, Any]) -> str:
+    """What follows the verdict: the interval where the test could not tell, so that a reader
+    sees how wide the doubt is instead of a bare "unchanged"; else nothing."""
+    if r["verdict"] in ("no significant change", "within threshold"):
+        return f" (Δ {_pts(r['delta'])} pts, 95% CI [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}])"
+    return ""
 
 
 def headline(c: Comparison) -> str:
@@ -87,7 +86,7 @@ def to_markdown(c: Comparison, flips: bool = True) -> str:
             f"{_pct(r['new_pass_rate'])} | {_pts(r['delta'])} [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}]"
             f" | {_num(r['p_value'], '.3g')} | {_num(r['score_delta'])} | {_num(r['delta_latency_p50_s'])} | "
             f"{_num(r['delta_latency_p95_s'])} | {_num(r['delta_tokens_per_request'], '+.1f')} | "
-            f"{_num(r['delta_cost_per_item'], '+.6f')} | {ICON.get(r['verdict'], '')}{verdict_text(r)[len(r['verdict']) :]} |"
+            f"{_num(r['delta_cost_per_item'], '+.6f')} | {ICON.get(r['verdict'], '')}{verdict_note(r)} |"
         )
     if len(c.flips) and not flips:
         out += ["", f"{len(c.flips)} item(s) flipped between the runs: listed in compare.md."]

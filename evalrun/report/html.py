@@ -15,7 +15,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from evalrun.analysis.compare import FLIPS_SHOWN
-from evalrun.analysis.compare_text import verdict_text
+from evalrun.analysis.compare_text import verdict_note
 from evalrun.analysis.views import answer_notes
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
 from evalrun.report.data import Run, load_run
@@ -152,7 +152,7 @@ def compare_view(c: Comparison) -> str:
                 td(f"{r['pass_to_fail']} / {r['fail_to_pass']}", r["pass_to_fail"]),
                 td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"]),
             ]
-        note = verdict_text(r)[len(v) :]  # the interval, where the test could not tell
+        note = verdict_note(r)  # the interval, where the test could not tell
         tds.append(td(f'<span class="badge {tone}">{esc(v)}</span><small>{esc(note)}</small>', rank, ""))
         rows.append(f'<tr class="{esc(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
     heads = ["cell", "items", "base", "new", "Δ pts [95% CI]", "p", "pass→fail / fail→pass", "Δ p50 s", "verdict"]

@@ -17,12 +17,16 @@ A StorageError is not a request's: it stops the run, which says how to resume.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 from evalrun.errors import EvalrunError
 
 if TYPE_CHECKING:
     from evalrun.run.records import Completion
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a size limit) is full
 
 
 class RequestError(EvalrunError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from evalrun.run.errors import StorageError
+from evalrun.run.errors import FULL_ERRNOS, StorageError
 from evalrun.run.framing import LineError, decode, encode
 from evalrun.run.secrets import mask_bytes
 
@@ -84,7 +84,7 @@ class Journal:
 
 
 def _storage_message(path: Path, exc: OSError) -> str:
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    full = exc.errno in FULL_ERRNOS
     why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or type(exc).__name__
     then = "once there is space again" if full else "once that is fixed"
     return (

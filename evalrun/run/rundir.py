@@ -10,7 +10,6 @@ however it ends (kill -9 included), so a stale lock file is never a problem; the
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from evalrun.errors import ConfigError
-from evalrun.run.errors import StorageError
+from evalrun.run.errors import FULL_ERRNOS, StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.secrets import mask_bytes
 
@@ -36,7 +35,6 @@ RESULTS = "results.parquet"
 SUMMARY = "summary.parquet"
 REBUILT = "rebuilt"  # manifest key: why the manifest was rebuilt from the config and journal
 
-FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a size limit) is full
 _held: dict[Path, int] = {}  # run directory (resolved) → the open, locked lock file
 
 
@@ -197,6 +195,12 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(mask_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str)))
     os.replace(tmp, path)
+
+
+def results_unwritable(run_dir: Path, exc: OSError) -> StorageError:
+    """results.parquet could not be written (disk full, or gone): one line, and the manifest
+    says how to go on."""
+    return StorageError(mark_stopped(run_dir, f"cannot write {run_dir / RESULTS}: {exc.strerror or exc}"))
 
 
 def mark_stopped(run_dir: Path, why: str) -> str:

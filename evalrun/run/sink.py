@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from evalrun.run.convert import RowHook, arrow_without_pandas, convert_batch
-from evalrun.run.errors import StorageError
-from evalrun.run.rundir import RESULTS, mark_stopped
-from evalrun.run.store import PARQUET_BATCH_ROWS, results_schema, results_writer
+from evalrun.run.rundir import RESULTS, results_unwritable
+from evalrun.run.store import PARQUET_BATCH_ROWS, results_writer, schema_for
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +76,7 @@ class ResultsSink:
 
             arrow_without_pandas()
 
-            schema = (
-                results_schema(self._columns, self._hook.score_names, self._hook.extra_columns)
-                if self._hook
-                else results_schema(self._columns)
-            )
+            schema = schema_for(self._columns, self._hook)
             writer = results_writer(self.tmp, schema)
             import pyarrow as pa
 
@@ -119,15 +114,14 @@ class ResultsSink:
         exc = self._error
         if isinstance(exc, OSError):  # disk full (or gone): as write_results says it
             self.tmp.unlink(missing_ok=True)
-            why = f"cannot write {self.run_dir / RESULTS}: {exc.strerror or exc}"
-            raise StorageError(mark_stopped(self.run_dir, why)) from None
+            raise results_unwritable(self.run_dir, exc) from None
         if exc is not None:
             self.tmp.unlink(missing_ok=True)
             raise exc
         try:
             os.replace(self.tmp, self.run_dir / RESULTS)
         except OSError as err:
-            raise StorageError(mark_stopped(self.run_dir, f"cannot write {self.run_dir / RESULTS}: {err}")) from None
+            raise results_unwritable(self.run_dir, err) from None
         self.counts["rows"] = self._written
         return self.counts
 

@@ -23,7 +23,6 @@ from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
 from evalrun.run.convert import RowHook as RowHook
 from evalrun.run.convert import write_batch
-from evalrun.run.errors import StorageError
 from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.logprobs import from_arrow
 from evalrun.run.records import Choice, Completion, Result
@@ -32,7 +31,7 @@ from evalrun.run.records import Choice, Completion, Result
 from evalrun.run.rundir import MANIFEST as MANIFEST
 from evalrun.run.rundir import RESULTS as RESULTS
 from evalrun.run.rundir import SUMMARY as SUMMARY
-from evalrun.run.rundir import holding_run_dirs, lock_run_dir, mark_stopped
+from evalrun.run.rundir import holding_run_dirs, lock_run_dir, results_unwritable
 from evalrun.run.rundir import manifest_if_any as manifest_if_any
 from evalrun.run.rundir import request_rows as request_rows
 from evalrun.run.rundir import require_finished as require_finished
@@ -142,6 +141,11 @@ _ENCODINGS = {
     f"{_LP}.bytes.list.element": "DELTA_BINARY_PACKED",
     f"{_TOP}.bytes.list.element": "DELTA_BINARY_PACKED",
 }
+
+
+def schema_for(data_columns: tuple[str, ...], hook: RowHook | None) -> pa.Schema:
+    """The results schema of a run: its data columns, then the hook's score and extra columns."""
+    return results_schema(data_columns, hook.score_names, hook.extra_columns) if hook else results_schema(data_columns)
 
 
 def results_writer(path: Path, schema: pa.Schema) -> Any:
@@ -293,9 +297,7 @@ def _write_results(
 ) -> dict[str, int]:
 
     journal = run_dir / JOURNAL
-    schema = (
-        results_schema(data_columns, hook.score_names, hook.extra_columns) if hook else results_schema(data_columns)
-    )
+    schema = schema_for(data_columns, hook)
     last: dict[str, int] = {}
     if dedupe:
         last = {entry["id"]: i for i, entry in enumerate(read_journal(journal, report=False))}
@@ -307,7 +309,7 @@ def _write_results(
         os.replace(tmp, run_dir / RESULTS)
     except OSError as exc:  # disk full (or gone): one line, and the manifest says how to go on
         tmp.unlink(missing_ok=True)
-        raise StorageError(mark_stopped(run_dir, f"cannot write {run_dir / RESULTS}: {exc.strerror or exc}")) from None
+        raise results_unwritable(run_dir, exc) from None
     return counts
 
 
