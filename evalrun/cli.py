@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
-    from evalrun.config.load import load_experiment
+    from evalrun.config.load import load_experiment, model_warnings
     from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
@@ -61,6 +61,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
         f"{plan.repeats} repeats = {plan.total_requests:,} requests"
     )
+    for warning in model_warnings(plan.exp):
+        print(f"evalrun: warning: {warning}", file=sys.stderr)
     return 0
 
 
