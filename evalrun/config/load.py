@@ -138,8 +138,10 @@ def check_yaml_size(root: yaml.Node | None, path: Path) -> None:
         size(root, 0)
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    """Read, override, validate. Raises ConfigError with file, line and key path."""
+def load_experiment(path: str | Path, overrides: list[str] | None = None, *, check_models: bool = True) -> Experiment:
+    """Read, override, validate. Raises ConfigError with file, line and key path. Without
+    `check_models`, model names are not checked against the providers' catalogs (`evalrun
+    models` reads the providers of a config whose names it is asked to help with)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -179,7 +181,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     except ValidationError as exc:
         raise ConfigError(format_validation(exc, ExperimentConfig, path, raw, lines, overridden)) from None
     exp = Experiment(config=cfg, path=path, grid=GridAxes({}, [], []), providers={}, raw=raw, lines=lines)
-    exp.providers = _resolve_providers(exp)
+    exp.providers = _resolve_providers(exp, check_models)
     exp.grid = _validate_grid(exp)
     return exp
 
@@ -261,7 +263,7 @@ def _users(exp: Experiment) -> list[tuple[tuple[Any, ...], str, str]]:
     return out
 
 
-def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
+def _resolve_providers(exp: Experiment, check_models: bool) -> dict[str, ProviderConfig]:
     cfg = exp.config
     providers = dict(cfg.providers)
     users = _users(exp)
@@ -278,7 +280,7 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
             f"{exp.where(*line_path)}: {dotted(line_path)}: provider {name!r} is not defined"
             f"{did_you_mean(name, known)}; define it under providers: or use one of {', '.join(known)}"
         )
-    for path, model, name in users:
+    for path, model, name in users if check_models else []:
         problem = unknown_model(model, name, providers[name])
         if problem:
             key = path + ("model",) if path[0] == "scorers" else path + ("name",)
