@@ -145,3 +145,24 @@ def test_a_judge_without_a_provider_takes_the_top_level_one(tmp_path, dataset, s
     r = cli("run", write_config(tmp_path, cfg), "--no-progress", "--limit", "2")
     assert r.code == 0, r.err
     assert _by_model(sims["grader"]) == {PRO31: 4}
+
+
+def _urls_by_provider(df: Any) -> dict[str, set[str]]:
+    return {p: set(g.base_url) for p, g in df.groupby("provider")}
+
+
+def test_two_providers_through_shards_merge_and_a_stopped_run_resumed(tmp_path, dataset, sims, cli) -> None:
+    config = _multi(tmp_path, dataset, sims, repeats=2)
+    wanted = {"slow": {sims["slow"].base_url}, "fast": {sims["fast"].base_url}}
+    shards = [cli("run", config, "--shard", f"{i}/2", "--no-progress") for i in (1, 2)]
+    assert all(s.code == 0 for s in shards), [s.err for s in shards]
+    merged = tmp_path / "merged"
+    assert cli("merge", *(s.run_dir for s in shards), "--out", merged).code == 0
+    df = read_results(merged)
+    assert len(df) == 20 and (df.status == "ok").all() and _urls_by_provider(df) == wanted
+    stopped = cli("run", config, "--max-requests", "7", "--no-progress")
+    assert stopped.code != 0 and len(read_results(stopped.run_dir)) == 7
+    resumed = cli("run", "--resume", stopped.run_dir, "--no-progress")
+    assert resumed.code == 0, resumed.err
+    df = read_results(resumed.run_dir)
+    assert len(df) == 20 and (df.status == "ok").all() and _urls_by_provider(df) == wanted
