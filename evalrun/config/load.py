@@ -25,6 +25,7 @@ from evalrun.config.diagnostics import (
 )
 from evalrun.config.models import PRESETS, ExperimentConfig, ModelEntry, ProviderConfig
 from evalrun.config.params import PARAM_NAMES
+from evalrun.config.scorers import LabelModel, PairwiseModel, ScoreModel
 from evalrun.errors import ConfigError
 
 
@@ -258,8 +259,8 @@ def _users(exp: Experiment) -> list[tuple[tuple[Any, ...], str, str]]:
     cfg = exp.config
     out = [(("models", i), m.name, exp.provider_for(m.provider, "models", i)) for i, m in enumerate(cfg.models)]
     for j, s in enumerate(cfg.scorers):
-        if isinstance(model := getattr(s, "model", None), str):  # a judge
-            out.append((("scorers", j), model, exp.judge_provider(j)))
+        if isinstance(s, LabelModel | ScoreModel | PairwiseModel):  # a judge
+            out.append((("scorers", j), s.model, exp.judge_provider(j)))
     return out
 
 
