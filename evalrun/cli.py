@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
-    from evalrun.config.load import load_experiment
+    from evalrun.config.load import load_experiment, model_warnings
     from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
@@ -61,6 +61,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
         f"{plan.repeats} repeats = {plan.total_requests:,} requests"
     )
+    for warning in model_warnings(plan.exp):
+        print(f"evalrun: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -229,6 +231,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from evalrun.config.catalog import catalog
+    from evalrun.run.listing import ListingError, find_provider, list_models
+    from evalrun.run.secrets import provider_key
+
+    provider, where = find_provider(args.provider, args.config, args.overrides)
+    key = provider_key(args.provider, provider.api_key_env, where) if provider.api_key_env else None
+    try:
+        listed = list_models(args.provider, provider, key)
+    except ListingError as exc:
+        print(f"evalrun: error: {exc}", file=sys.stderr)
+        return 1
+    if listed.ids is None:
+        print(
+            f"evalrun: provider {args.provider!r} has no model list: GET {listed.url} answered 404 "
+            "(not every OpenAI-compatible server has one; see the server's own documentation)",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n".join(listed.ids))
+    print(f"evalrun: {len(listed.ids)} models listed by {listed.url}", file=sys.stderr)
+    known = catalog(provider)
+    if known is not None:  # where the server and evalrun's catalog of the preset disagree
+        if new := [m for m in listed.ids if m not in known]:
+            print(
+                f"evalrun: not in evalrun's list for this provider: {', '.join(new)}; "
+                f"to use one, add it to providers.{args.provider}.extra_models",
+                file=sys.stderr,
+            )
+        if gone := [m for m in known if m not in listed.ids]:
+            print(f"evalrun: known to evalrun but not listed by the server: {', '.join(gone)}", file=sys.stderr)
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from evalrun.config.starter import write_starter
 
@@ -286,6 +322,7 @@ COMMANDS = {
     "report": cmd_report,
     "compare": cmd_compare,
     "init": cmd_init,
+    "models": cmd_models,
     "serve-sim": cmd_serve_sim,
     "merge": lambda args: _many().cmd_merge(args),
 }

@@ -122,6 +122,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
 
+    s = sub.add_parser("models", help="list the models a provider's server serves (GET /v1/models); sends no chat")
+    s.add_argument("provider", metavar="PROVIDER", help="a preset (evolink, simulator) or a provider of --config")
+    s.add_argument("--config", type=Path, help="the experiment file that defines PROVIDER")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     s = sub.add_parser("init", help="write a quickstart experiment (config, prices, dataset) into DIR")
     s.add_argument("dir", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: here")
     s.add_argument("--force", action="store_true", help="overwrite files that exist")

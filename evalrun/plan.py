@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from evalrun.config.load import Experiment
+from evalrun.config.load import Experiment, model_warnings
 from evalrun.config.params import output_budget
 from evalrun.config.prices import load_pricing
 from evalrun.errors import ConfigError
@@ -122,7 +122,7 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         "cost_basis": (f"mean output per cell of {basis}, else " if basis else "")
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
-        "notes": simulator_misses(plan),
+        "notes": model_warnings(exp) + simulator_misses(plan),
         "cache": cache_hits(plan),
     }
 
@@ -238,7 +238,7 @@ def run_checks(exp: Experiment, max_cost: float | None) -> list[str]:
     """What `evalrun run` says before it sends anything: the simulator's blind spots and a
     missing price table (notes), or a budget no request fits (ConfigError: nothing is sent)."""
     plan = build_plan(exp, SAMPLE_ROWS)
-    notes = simulator_misses(plan)
+    notes = model_warnings(exp) + simulator_misses(plan)
     pricing = load_pricing(exp.config.prices, exp.path)
     if pricing is None:
         notes.append(

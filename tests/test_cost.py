@@ -226,6 +226,7 @@ def test_max_cost_needs_prices_for_every_model(tmp_path, dataset, scripted, cli)
 def test_plan_estimates_cost(tmp_path, dataset, cli) -> None:
     cfg = base_config(tmp_path, dataset)
     cfg["models"] = ["m"]
+    cfg["providers"]["sim"]["extra_models"] = ["m"]  # a name of its own on the simulator
     cfg["params"] = {"max_tokens": 100}
     cfg["prices"] = {"models": {"m": {"input": 1.0, "output": 10.0}}}
     report = orjson.loads(cli("plan", write_config(tmp_path, cfg), "--json").out)

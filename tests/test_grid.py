@@ -20,6 +20,7 @@ MODELS = ["m-a", "m-b", "m-c"]
 
 
 def _experiment(tmp: Path, cfg: dict[str, Any]):
+    cfg["providers"]["sim"]["extra_models"] = MODELS  # names of its own, served by the simulator
     return load_experiment(write_config(tmp, cfg, "grid.yaml"))
 
 

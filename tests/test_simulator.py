@@ -185,7 +185,9 @@ def test_options_from_mapping_and_args():
             "a",
             "--unknown-model",
             "b",
-            "--strict-models",
+            "--no-strict-models",
+            "--model",
+            "mine",
             "--retry-after",
             "none",
             "--rpm-limit",
@@ -196,10 +198,11 @@ def test_options_from_mapping_and_args():
     assert (opts.rate_429, opts.unknown_models, opts.strict_models, opts.retry_after, opts.rpm_limit) == (
         0.5,
         ("a", "b"),
-        True,
+        False,
         None,
         10,
     )
+    assert opts.extra_models == ("mine",) and opts.served_models()[-1] == "mine"
     assert ns.port == 0
     assert options_from_args(parser.parse_args([])) == SimOptions()
 
@@ -653,10 +656,20 @@ async def test_auth_and_unknown_models(sim, client):
     sim.options.unknown_models = ("gemini-9",)
     status, _, data = await post(client, sim, user("hi", "gemini-9"))
     assert status == 404 and json.loads(data)["error"]["type"] == "not_found_error"
-    await ok(client, sim, user("hi", "my-local-model"))  # lenient by default
-    sim.options.strict_models = True
-    assert (await post(client, sim, user("hi", "my-local-model")))[0] == 404
+    sim.options.unknown_models = ()
+    # strict by default: a misspelt name is refused as the real catalog would, OpenAI's code
+    status, _, data = await post(client, sim, user("hi", "gemini-3-pro"))
+    err = json.loads(data)["error"]
+    assert (status, err["code"], err["type"], err["param"]) == (404, "model_not_found", "not_found_error", "model")
+    assert "`gemini-3-pro`" in err["message"]
     await ok(client, sim, user("hi", PRO3))
+    sim.options.extra_models = ("my-local-model",)  # served, and listed, once named
+    await ok(client, sim, user("hi", "my-local-model"))
+    async with client.get(sim.base_url + "/models") as r:
+        assert "my-local-model" in {m["id"] for m in (await r.json())["data"]}
+    assert (await post(client, sim, user("hi", "other-model")))[0] == 404
+    sim.options.strict_models = False  # the opt-out: any name is answered
+    await ok(client, sim, user("hi", "other-model"))
 
 
 @pytest.mark.asyncio

@@ -90,7 +90,7 @@ def for_experiment(exp: Experiment, data_columns: tuple[str, ...]) -> Evaluation
     configs = exp.config.scorers
     scorers = load_scorers(configs, exp.path, data_columns, exp.lines)
     where = f"{exp.path}: scorers"
-    judges = compile_judges(configs, exp.default_provider, [m.name for m in exp.config.models], where)
+    judges = compile_judges(configs, exp.judge_provider, [m.name for m in exp.config.models], where)
     return Evaluation(scorers, judges)
 
 

@@ -14,7 +14,7 @@ changed rubric asks again while the experiment's own requests are never re-sent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
@@ -322,7 +322,7 @@ class Judges:
                         row[f"judge_{suffix}_{j.name}"] = cols.get(suffix)
 
 
-def compile_judges(configs: list[Any], default_provider: str, model_names: list[str], where: str) -> Judges:
+def compile_judges(configs: list[Any], provider_of: Callable[[int], str], model_names: list[str], where: str) -> Judges:
     """The judge scorers among `configs`, checked against the experiment (baseline models)."""
     judges = []
     for i, cfg in enumerate(configs):
@@ -332,5 +332,5 @@ def compile_judges(configs: list[Any], default_provider: str, model_names: list[
             raise ConfigError(
                 f"{where}[{i}].baseline.model: {cfg.baseline.model!r} is not in models: ({', '.join(model_names)})"
             )
-        judges.append(Judge(cfg, cfg.provider or default_provider))
+        judges.append(Judge(cfg, provider_of(i)))  # the judge's own provider, else the default
     return Judges(judges)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from evalrun.config.catalog import retired_note, unknown_model
 from evalrun.config.credentials import looks_like_key
 from evalrun.config.diagnostics import (
     describe_kind,
@@ -24,6 +25,7 @@ from evalrun.config.diagnostics import (
 )
 from evalrun.config.models import PRESETS, ExperimentConfig, ModelEntry, ProviderConfig
 from evalrun.config.params import PARAM_NAMES
+from evalrun.config.scorers import LabelModel, PairwiseModel, ScoreModel
 from evalrun.errors import ConfigError
 
 
@@ -52,20 +54,30 @@ class Experiment:
         return self.config.experiment
 
     def provider_of(self, model: ModelEntry) -> str:
-        return model.provider or self.default_provider
+        """The provider a model's requests go to (load_experiment checked there is one)."""
+        return self.provider_for(model.provider, "models")
 
-    @property
-    def default_provider(self) -> str:
-        """`provider:`, else the only provider defined, else the simulator when none is."""
-        if self.config.provider:
-            return self.config.provider
-        if len(self.config.providers) == 1:
-            return next(iter(self.config.providers))
-        if not self.config.providers:
+    def judge_provider(self, index: int) -> str:
+        """The provider of the judge `scorers[index]`."""
+        return self.provider_for(getattr(self.config.scorers[index], "provider", None), "scorers", index)
+
+    def provider_for(self, named: str | None, *path: Any) -> str:
+        """A model's or judge's provider: its own, else `provider:`, else the only provider
+        defined, else the simulator when none is. Only what names none needs that default: two
+        providers and every model naming its own is a whole experiment."""
+        cfg = self.config
+        if named:
+            return named
+        if cfg.provider:
+            return cfg.provider
+        if len(cfg.providers) == 1:
+            return next(iter(cfg.providers))
+        if not cfg.providers:
             return "simulator"
+        names = ", ".join(cfg.providers)
         raise ConfigError(
-            f"{self.where('providers')}: several providers are defined ({', '.join(self.config.providers)}) "
-            "and a model names none; set provider: at the top level or on each model"
+            f"{self.where(*path)}: {dotted(path)}: several providers are defined ({names}) and this names "
+            f"none; give it provider: (one of {names}), or set provider: at the top level"
         )
 
     def where(self, *path: Any) -> str:
@@ -127,8 +139,10 @@ def check_yaml_size(root: yaml.Node | None, path: Path) -> None:
         size(root, 0)
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    """Read, override, validate. Raises ConfigError with file, line and key path."""
+def load_experiment(path: str | Path, overrides: list[str] | None = None, *, check_models: bool = True) -> Experiment:
+    """Read, override, validate. Raises ConfigError with file, line and key path. Without
+    `check_models`, model names are not checked against the providers' catalogs (`evalrun
+    models` reads the providers of a config whose names it is asked to help with)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -168,7 +182,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     except ValidationError as exc:
         raise ConfigError(format_validation(exc, ExperimentConfig, path, raw, lines, overridden)) from None
     exp = Experiment(config=cfg, path=path, grid=GridAxes({}, [], []), providers={}, raw=raw, lines=lines)
-    exp.providers = _resolve_providers(exp)
+    exp.providers = _resolve_providers(exp, check_models)
     exp.grid = _validate_grid(exp)
     return exp
 
@@ -239,12 +253,22 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> tuple[str, ..
     return tuple(parts)
 
 
-def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
+def _users(exp: Experiment) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(key path, model name, provider name) of every model and judge of the experiment; one
+    that names no provider and has no default to fall back on is an error naming its key."""
+    cfg = exp.config
+    out = [(("models", i), m.name, exp.provider_for(m.provider, "models", i)) for i, m in enumerate(cfg.models)]
+    for j, s in enumerate(cfg.scorers):
+        if isinstance(s, LabelModel | ScoreModel | PairwiseModel):  # a judge
+            out.append((("scorers", j), s.model, exp.judge_provider(j)))
+    return out
+
+
+def _resolve_providers(exp: Experiment, check_models: bool) -> dict[str, ProviderConfig]:
     cfg = exp.config
     providers = dict(cfg.providers)
-    used = {exp.provider_of(m) for m in cfg.models}
-    judges: set[str] = {p for s in cfg.scorers if isinstance(p := getattr(s, "provider", None), str)}  # a judge's
-    for name in sorted(used | judges):
+    users = _users(exp)
+    for path, _, name in users:
         if name in providers:
             continue
         if name in PRESETS:
@@ -252,19 +276,25 @@ def _resolve_providers(exp: Experiment) -> dict[str, ProviderConfig]:
             providers[name] = ProviderConfig.model_validate({**PRESETS[name], **extra})
             continue
         known = sorted(set(providers) | set(PRESETS))
-        hint = did_you_mean(name, known)
-        line_path: tuple[Any, ...] = ("provider",)
-        if cfg.provider != name:
-            i = next((i for i, m in enumerate(cfg.models) if m.provider == name), None)
-            line_path = ("models", i, "provider") if i is not None else ("models",)
-            if i is None and name in judges:
-                j = next(i for i, s in enumerate(cfg.scorers) if getattr(s, "provider", None) == name)
-                line_path = ("scorers", j, "provider")
+        line_path = path + ("provider",) if exp.lines.get(path + ("provider",)) else ("provider",)
         raise ConfigError(
-            f"{exp.where(*line_path)}: provider {name!r} is not defined{hint}; "
-            f"define it under providers: or use one of {', '.join(known)}"
+            f"{exp.where(*line_path)}: {dotted(line_path)}: provider {name!r} is not defined"
+            f"{did_you_mean(name, known)}; define it under providers: or use one of {', '.join(known)}"
         )
+    for path, model, name in users if check_models else []:
+        problem = unknown_model(model, name, providers[name])
+        if problem:
+            key = path + ("model",) if path[0] == "scorers" else path + ("name",)
+            key = key if key in exp.lines else path  # a model written as a bare name
+            raise ConfigError(f"{exp.where(*key)}: {dotted(key)}: {problem}")
     return providers
+
+
+def model_warnings(exp: Experiment) -> list[str]:
+    """What validate, plan and run say about the experiment's models before sending: models
+    retired by their maker (a warning, not an error: see README, Models)."""
+    notes = (retired_note(model, name, exp.providers[name]) for _, model, name in _users(exp))
+    return list(dict.fromkeys(n for n in notes if n))
 
 
 def _validate_grid(exp: Experiment) -> GridAxes:

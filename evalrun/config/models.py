@@ -76,6 +76,10 @@ class ProviderConfig(_Strict):
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
     limiter: str | None = Field(None, description="redis://HOST:PORT/DB: share rpm/tpm with every process using it")
     allow_insecure_http: bool = False
+    extra_models: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="models a preset does not list yet (checked names: the preset's and these)",
+    )
     # the simulator owns its knobs' schema; embedded here, its errors name the exact key and line
     simulator: SimOptions = Field(default_factory=SimOptions)
 
@@ -132,6 +136,8 @@ class ProviderConfig(_Strict):
         if self.kind == "simulator":
             if self.base_urls:
                 raise ValueError("kind: simulator starts its own server; drop base_urls")
+            if self.extra_models:  # served by the simulator too: one list says what it answers
+                self.simulator.extra_models = tuple(dict.fromkeys((*self.simulator.extra_models, *self.extra_models)))
         else:
             if "simulator" in self.model_fields_set:
                 raise ValueError("simulator options need kind: simulator")
@@ -161,12 +167,13 @@ def is_loopback(host: str) -> bool:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "evolink": {
+        "preset": "evolink",  # recorded on a provider named after it too: its model names are checked
         "kind": "openai",
         "base_urls": ["https://direct.evolink.ai/v1", "https://api.evolink.ai/v1"],
         "api_key_env": "EVOLINK_API_KEY",
         "max_concurrency": 16,
     },
-    "simulator": {"kind": "simulator", "max_concurrency": 32},
+    "simulator": {"preset": "simulator", "kind": "simulator", "max_concurrency": 32},
 }
 
 

@@ -9,7 +9,6 @@ of the run reads and never rebuilds (prices are loaded once, scorers compiled on
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import secrets
 import sys
@@ -28,7 +27,7 @@ from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
 from evalrun.run.records import RequestSpec
 from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
-from evalrun.run.secrets import checked_key, use_keys
+from evalrun.run.secrets import provider_key, use_keys
 from evalrun.run.shards import Shard, shard_from_manifest
 from evalrun.run.storage import check_writable, is_url, join, staging_dir
 from evalrun.run.store import MANIFEST, RowHook, now_iso, write_json
@@ -275,13 +274,7 @@ def api_keys(exp: Experiment, providers: frozenset[str]) -> dict[str, str | None
             continue
         line = exp.lines.get(("providers", name, "api_key_env")) or exp.lines.get(("providers", name))
         where = f"{exp.path}:{line}" if line else str(exp.path)
-        value = checked_key(env, os.environ.get(env), f"{where}: providers.{name}.api_key_env")
-        if not value:
-            raise ConfigError(
-                f"{where}: providers.{name}.api_key_env: the environment variable {env} is not set; "
-                f"export {env}=<your key> (or try the config on the simulator: --set provider=simulator)"
-            )
-        keys[name] = value
+        keys[name] = provider_key(name, env, where)
     use_keys([k for k in keys.values() if k])  # masked in all this run writes
     return keys
 

@@ -12,6 +12,8 @@ after the other): `use_keys` replaces them at the start of each run.
 
 from __future__ import annotations
 
+import os
+
 import orjson
 
 from evalrun.errors import ConfigError
@@ -77,3 +79,15 @@ def checked_key(env: str, value: str | None, where: str) -> str | None:
             "header (outside Latin-1); check that it holds the key alone"
         ) from None
     return key
+
+
+def provider_key(name: str, env: str, where: str) -> str:
+    """Provider `name`'s key from its environment variable `env`; unset is a usage error whose
+    message (`where` first: the file and line) names the variable, never a key."""
+    value = checked_key(env, os.environ.get(env), f"{where}: providers.{name}.api_key_env")
+    if not value:
+        raise ConfigError(
+            f"{where}: providers.{name}.api_key_env: the environment variable {env} is not set; "
+            f"export {env}=<your key> (or try the config on the simulator: --set provider=simulator)"
+        )
+    return value

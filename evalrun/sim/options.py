@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
+from evalrun.sim.wire import KNOWN_MODELS
+
 __all__ = ["SimOptions", "add_sim_arguments", "options_from_args", "update_options"]
 
 _BIG = 10**12
@@ -34,7 +36,10 @@ class SimOptions(BaseModel):
     seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="changes every deterministic answer and fault")
     require_api_key: str | None = Field(None, description="answer 401 unless this bearer key is sent")
     unknown_models: tuple[str, ...] = Field((), description="answer 404 for these models")
-    strict_models: StrictBool = Field(False, description="404 for any model but the three Gemini ones")
+    # strict by default: the simulator stands in for the EvoLink catalog, and a misspelt model
+    # name must fail here as it would there, not be answered like a real one
+    strict_models: StrictBool = Field(True, description="404 for any model it does not serve (served_models())")
+    extra_models: tuple[str, ...] = Field((), description="served besides the three Gemini ones")
     rpm_limit: int | None = Field(None, ge=1, le=_BIG, description="requests per sliding 60 s window per model")
     tpm_limit: int | None = Field(None, ge=1, le=_BIG, description="tokens per sliding 60 s window per model")
     rate_429: Probability = Field(0.0, description="probability of a random 429")
@@ -51,7 +56,7 @@ class SimOptions(BaseModel):
     fail_first: Count = Field(0, description="the first N requests fail with fail_first_status")
     fail_first_status: ErrorStatus = 500
 
-    @field_validator("unknown_models", mode="before")
+    @field_validator("unknown_models", "extra_models", mode="before")
     @classmethod
     def _one_model(cls, v: object) -> object:
         return (v,) if isinstance(v, str) else v
@@ -70,6 +75,10 @@ class SimOptions(BaseModel):
         options = cls()
         update_options(options, data)
         return options
+
+    def served_models(self) -> tuple[str, ...]:
+        """The model names it answers and lists at GET /v1/models."""
+        return tuple(dict.fromkeys((*KNOWN_MODELS, *self.extra_models)))
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-able view (tuples become lists)."""
@@ -149,10 +158,17 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer 404 not_found_error for this model (repeatable)",
     )
     g.add_argument(
+        "--model",
+        action="append",
+        dest="extra_models",
+        metavar="MODEL",
+        help="also serve this model besides the three Gemini ones (repeatable)",
+    )
+    g.add_argument(
         "--strict-models",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="answer 404 for any model other than the three Gemini models",
+        help="answer 404 model_not_found for a model it does not serve (default: on; --no-strict-models answers any)",
     )
 
 

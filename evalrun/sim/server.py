@@ -32,12 +32,6 @@ REPEAT_HEADER = "X-Evalrun-Repeat"
 MAX_REPEAT = 2**31 - 1
 _JSON = "application/json"
 _NOT_JSON = object()
-_MODELS_BODY = orjson.dumps(
-    {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": CREATED_BASE, "owned_by": "google"} for m in KNOWN_MODELS],
-    }
-)
 _ERROR_200 = orjson.dumps(
     {"error": {"message": "upstream model overloaded", "type": "upstream_error", "code": "upstream_error"}}
 )
@@ -80,12 +74,13 @@ class Simulator:
         type_: str | None = None,
         param: str | None = None,
         retry_after: str | None = None,
+        code: str | None = None,
     ) -> web.Response:
         self.stats.count_status(status)
         headers = {"Retry-After": retry_after} if retry_after is not None else None
         return web.Response(
             status=status,
-            body=error_body(status, message, type_=type_, param=param),
+            body=error_body(status, message, type_=type_, param=param, code=code),
             content_type=_JSON,
             headers=headers,
         )
@@ -153,9 +148,12 @@ class Simulator:
         model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str):
             self.stats.by_model[model] = self.stats.by_model.get(model, 0) + 1
-            if model in o.unknown_models or (o.strict_models and model not in KNOWN_MODELS):
+            if model in o.unknown_models or (o.strict_models and model not in o.served_models()):
                 return self._error(
-                    404, f"The model `{model}` does not exist or you do not have access to it.", param="model"
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",  # OpenAI's code; the type stays the gateway's not_found_error
                 )
         if body is _NOT_JSON:
             return self._error(400, "We could not parse the JSON body of your request.")
@@ -293,8 +291,11 @@ class Simulator:
     async def models(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._error(401)
-        self.stats.count_status(200)
-        return web.Response(body=_MODELS_BODY, content_type=_JSON)
+        listed = [
+            {"id": m, "object": "model", "created": CREATED_BASE, "owned_by": "google" if m in KNOWN_MODELS else "user"}
+            for m in self.options.served_models()
+        ]
+        return self._json({"object": "list", "data": listed})
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats.to_json()), content_type=_JSON)

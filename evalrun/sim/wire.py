@@ -256,12 +256,19 @@ DEFAULT_MESSAGES: dict[int, str] = {
 }
 
 
-def error_body(status: int, message: str | None = None, *, type_: str | None = None, param: str | None = None) -> bytes:
-    """The serialized envelope; `code` repeats `type` so clients may match either."""
+def error_body(
+    status: int,
+    message: str | None = None,
+    *,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    """The serialized envelope; `code` repeats `type` (unless given) so clients may match either."""
     kind = type_ or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body: ErrorBody = {
         "error": {
-            "code": kind,
+            "code": code or kind,
             "message": message or DEFAULT_MESSAGES.get(status, f"Error {status} (simulated)."),
             "type": kind,
             "param": param,
