@@ -246,6 +246,9 @@ class Judges:
             row = entry["rows"][0] if entry.get("rows") else {}
             lp: Logprobs | None = row.get("logprobs")
             top = lp.alternatives(0) if lp is not None and lp.token else []
+            known = self._answers.get(entry["id"])
+            if known is not None and known.ok and entry["status"] != "ok":
+                continue  # a paid verdict stands (a merge may list a shard's earlier failure after it)
             self._answers[entry["id"]] = JudgeAnswer(
                 ok=entry["status"] == "ok",
                 content=row.get("content"),

@@ -174,7 +174,10 @@ def _run_loop(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
 
 
 def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
-    """(provider, model) → the lazy stream of that lane's requests still to send."""
+    """(provider, model) → the lazy stream of that lane's requests still to send (none when
+    only the judges are asked)."""
+    if ctx.judges_only:
+        return {}
     cells: dict[tuple[str, str], list[Cell]] = {}
     for c in ctx.plan.cells:
         cells.setdefault((c.provider, c.model), []).append(c)
