@@ -86,7 +86,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
         code, messages = run_on_ray(plan, evaluator_factory(), resume)
     else:
         code, messages = run_workers(plan, evaluator_factory(), resume)
-    if pending_judges(plan.run_dir):
+    if code == 0 and pending_judges(plan.run_dir):  # a stopped run is judged when resumed, as one process does
         judged, more = _judge_merged(plan)
         code, messages = code or judged, messages + more
     for msg in messages:

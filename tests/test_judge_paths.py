@@ -123,3 +123,20 @@ def test_score_of_a_stopped_run_sends_no_experiment_request_and_says_so(tmp_path
     assert manifest["status"] == "stopped" and manifest["counts"]["missing"] == ROWS * 2 - answered
     again = cli("score", r.run_dir)  # answered once: asked no more
     assert _sent(sim) == (sent, judged) and again.code == 1
+
+
+def test_a_stopped_workers_run_resumed_judges_every_answer_once(tmp_path: Path, sim: Sim, cli: Any) -> None:
+    config = _judged(tmp_path, ROWS, sim.url)
+    run_dir = tmp_path / "run"
+    r = cli("run", config, "--workers", "2", "--max-requests", "8", "--run-dir", run_dir, "--no-progress")
+    assert r.code == 1, r.err
+    sent, judged = _sent(sim)
+    assert sent < ROWS * 2 and judged == 0  # a stopped run is not judged (its --max-requests holds)
+    again = cli("run", "--resume", run_dir, "--no-progress")
+    assert again.code == 0, again.err
+    assert _sent(sim) == (ROWS * 2, JUDGE_REQUESTS)
+    _all_judged(run_dir)
+    again = cli("run", "--resume", run_dir, "--no-progress")  # merged again: the parent's verdicts kept
+    assert again.code == 0, again.err
+    assert _sent(sim) == (ROWS * 2, JUDGE_REQUESTS)
+    _all_judged(run_dir)

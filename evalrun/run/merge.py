@@ -145,10 +145,7 @@ def merge_judge_journals(shard_dirs: Sequence[Path], out: Path) -> None:
     """The shards' judge journals (and what `out` already holds: a --workers run asks the
     judges that need two shards' rows itself) → out's, one entry per judge request: its
     latest answer, but never a failure over an answer (a paid verdict is not asked twice)."""
-    sources = ([out / JUDGE_JOURNAL] if (out / JUDGE_JOURNAL).is_file() else []) + [
-        d / JUDGE_JOURNAL for d in shard_dirs
-    ]
-    sources = [p for p in sources if p.is_file()]
+    sources = [p for p in (out / JUDGE_JOURNAL, *(d / JUDGE_JOURNAL for d in shard_dirs)) if p.is_file()]
     if not sources:
         return
     chosen: dict[str, tuple[int, bool]] = {}  # id → (entry number, ok)
