@@ -27,7 +27,8 @@ FACTS = ("CORRECT", "INCORRECT")
         ("**INCORRECT.**", FACTS, "INCORRECT", None),
         ("\n\n  > incorrect", FACTS, "INCORRECT", None),
         ("correct: yes", FACTS, "CORRECT", None),
-        ("CORRECTLY answered", FACTS, None, "judge_unparseable"),  # a word that starts like a label
+        ("CORRECTLY answered", FACTS, None, "judge_unparseable"),
+        ("CORRECTLY", FACTS, None, "judge_unparseable"),  # a word that starts like a label
         ("NOT CORRECT", FACTS, None, "judge_unparseable"),
         ("The answer is INCORRECT", FACTS, None, "judge_unparseable"),
         ("CORRECT or INCORRECT", FACTS, None, "judge_conflicting"),
@@ -64,6 +65,7 @@ def test_a_label_is_read_where_the_rubric_asks_for_it(
         ("1,234.5", (0, 2000), None, "judge_locale_number"),
         ("1.2.3", (0, 100), None, "judge_unparseable"),
         ("8 or 9", (1, 10), None, "judge_conflicting"),
+        ("8-9", (1, 10), None, "judge_conflicting"),
         ("8th", (1, 10), None, "judge_unparseable"),
         ("1e1", (1, 10), None, "judge_unparseable"),
         ("nan", (1, 10), None, "judge_unparseable"),
