@@ -72,7 +72,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     judging = _judges_pending(ctx)
     if ctx.to_send == 0 and not judging:
         outcome = PoolOutcome()
-        if ctx.resumed:
+        if ctx.resumed and not ctx.judges_only:  # score: the rows missing are said by score
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
         columns, name = ctx.plan.dataset.columns, ctx.exp.name
