@@ -97,7 +97,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
 
 def pending_judges(run_dir: Path) -> int:
     """How many judge requests a merged run still needs: a pairwise judge whose two answers
-    were in different shards could be asked by neither shard."""
+    were in different shards could be asked by neither shard (and a stopped shard asked none)."""
     from evalrun.run.rundir import manifest_if_any
 
     if not (run_dir / "results.parquet").is_file():
@@ -171,8 +171,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     pending = pending_judges(args.out)
     if pending:
         print(
-            f"evalrun: {pending:,} judge requests need rows of two shards (a pairwise judge's answer and "
-            f"its baseline); ask them with: evalrun score {args.out}",
+            f"evalrun: {pending:,} judge requests have no answer yet (a pairwise judge whose answer and "
+            f"baseline are in different shards, or a shard stopped before judging); ask them with: "
+            f"evalrun score {args.out}",
             file=sys.stderr,
         )
     print(target or args.out)
