@@ -143,21 +143,26 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from evalrun.analysis.evaluation import for_experiment, has_judges, rescore_run
+    from evalrun.analysis.evaluation import for_experiment, has_judges, rescore_run, stopped_note
     from evalrun.run.runner import RunOptions, run
 
     code = 0
-    if has_judges(args.run_dir, args.config):  # a resume sends only the judge requests not yet answered
-        outcome = run(args.config, RunOptions(resume=args.run_dir, progress=False, evaluator=for_experiment))
+    if has_judges(args.run_dir, args.config):  # only the judge requests not yet answered are sent
+        opts = RunOptions(resume=args.run_dir, progress=False, evaluator=for_experiment, judges_only=True)
+        outcome = run(args.config, opts)
         summary, title = outcome.summary, f"{args.run_dir.name}: rescored ({outcome.status})"
         code = outcome.exit_code
         for msg in outcome.messages:
-            print(f"evalrun: {msg}", file=sys.stderr)
+            if "have no row yet" not in msg:  # said below, as what score did about it
+                print(f"evalrun: {msg}", file=sys.stderr)
     else:
         summary, title = rescore_run(args.run_dir, args.config)
     _print_summary(summary, title)
+    note = stopped_note(args.run_dir)
+    if note:
+        print(f"evalrun: {note}", file=sys.stderr)
     print(args.run_dir)
-    return code
+    return code or (1 if note else 0)  # 1 while the run is incomplete, as `run` says it
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

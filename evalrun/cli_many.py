@@ -86,10 +86,37 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
         code, messages = run_on_ray(plan, evaluator_factory(), resume)
     else:
         code, messages = run_workers(plan, evaluator_factory(), resume)
+    if code == 0 and pending_judges(plan.run_dir):  # a stopped run is judged when resumed, as one process does
+        judged, more = _judge_merged(plan)
+        code, messages = code or judged, messages + more
     for msg in messages:
         print(f"evalrun: {msg}", file=sys.stderr)
     print(plan.location or plan.run_dir)
     return code
+
+
+def pending_judges(run_dir: Path) -> int:
+    """How many judge requests a merged run still needs: a pairwise judge whose two answers
+    were in different shards could be asked by neither shard (and a stopped shard asked none)."""
+    from evalrun.run.rundir import manifest_if_any
+
+    if not (run_dir / "results.parquet").is_file():
+        return 0  # not merged (a shard failed to start): the resume merges, then judges
+    evaluation = evaluator_factory()(manifest_if_any(run_dir), run_dir)
+    return sum(1 for _ in evaluation.judge_requests(run_dir))
+
+
+def _judge_merged(plan: Any) -> tuple[int, list[str]]:
+    """This process asks the merged run's pending judge requests (judges only: the shards sent
+    every experiment request they could), with the whole rate; → (exit code, messages)."""
+    from evalrun.analysis.evaluation import for_experiment
+    from evalrun.run.runner import RunOptions, run
+
+    opts = RunOptions(
+        resume=plan.run_dir, max_cost=plan.max_cost, progress=plan.progress, evaluator=for_experiment, judges_only=True
+    )
+    outcome = run(None, opts)
+    return outcome.exit_code, [m for m in outcome.messages if "have no row yet" not in m]  # said by the merge
 
 
 def _new_plan(args: argparse.Namespace) -> Any:
@@ -141,6 +168,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
         f"({c['errors']:,} errors); {manifest['status']}",
         file=sys.stderr,
     )
+    pending = pending_judges(args.out)
+    if pending:
+        print(
+            f"evalrun: {pending:,} judge requests have no answer yet (a pairwise judge whose answer and "
+            f"baseline are in different shards, or a shard stopped before judging); ask them with: "
+            f"evalrun score {args.out}",
+            file=sys.stderr,
+        )
     print(target or args.out)
     return 0 if manifest["status"] == "completed" else 1
 

@@ -97,3 +97,19 @@ def test_a_lost_ray_task_is_resumed_not_rerun(
     texts = [t for _, s, t in gateway.arrivals if s == 200]
     assert len(texts) - len(set(texts)) <= 1  # not re-run: at most the request on the wire twice
     assert gateway.statuses.count(429) == 0
+
+
+def test_ray_workers_keep_every_judge_verdict_and_ask_each_once(tmp_path: Path, local_ray: None, cli: Any) -> None:
+    from test_judge_paths import JUDGE_REQUESTS, ROWS, _all_judged, _sent
+    from test_judging_run import _judged
+    from test_resume import Sim
+
+    sim = Sim("--latency-ms", "0", "--per-token-ms", "0")
+    try:
+        config = _judged(tmp_path, ROWS, sim.url)
+        res = cli("run", config, "--engine", "ray", "--workers", "2", "--run-dir", tmp_path / "run", "--no-progress")
+        assert res.code == 0, res.err
+        _all_judged(tmp_path / "run")
+        assert _sent(sim) == (ROWS * 2, JUDGE_REQUESTS)  # every verdict asked once, none lost in the merge
+    finally:
+        sim.close()

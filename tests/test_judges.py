@@ -34,6 +34,9 @@ def _answer(content: str | None, ok: bool = True, top: tuple[tuple[str, float], 
 LABEL = LabelModel(type="label_model", model="m", rubric="factuality", reference="{answer}")
 GEVAL = LabelModel(type="label_model", model="m", rubric="factuality", reference="{answer}", use_logprobs=True)
 SCORE = ScoreModel(type="score_model", model="m", rubric="factuality", reference="{answer}", pass_at=7)
+SCORE100 = ScoreModel(
+    type="score_model", model="m", rubric="factuality", reference="{answer}", range=(0, 100), pass_at=50
+)
 PAIR = PairwiseModel(
     type="pairwise_model", model="m", rubric="factuality", reference="{answer}", baseline={"model": "base"}
 )
@@ -46,6 +49,10 @@ PAIR = PairwiseModel(
         (LABEL, ["**Incorrect.**\nNo."], 0.0, False, "INCORRECT", None),
         (LABEL, ["\n  correct: yes"], 1.0, True, "CORRECT", None),
         (LABEL, ["Maybe?"], None, None, None, "judge_unparseable"),
+        (LABEL, ["Correctness: INCORRECT"], 0.0, False, "INCORRECT", None),  # not the key's CORRECT
+        (LABEL, ["CORRECT or INCORRECT"], None, None, None, "judge_conflicting"),
+        (SCORE100, ["7,5"], None, None, None, "judge_locale_number"),  # not 75
+        (SCORE100, ["75 %"], 0.75, True, "75", None),
         (SCORE, ["8\nGood."], 7 / 9, True, "8", None),
         (SCORE, ["6.5 out of 10"], 5.5 / 9, False, "6.5", None),
         (SCORE, ["11"], None, None, None, "expected 1–10"),
@@ -53,7 +60,7 @@ PAIR = PairwiseModel(
         (PAIR, ["B\n", "A\n"], 0.0, False, "loss", None),
         (PAIR, ["A\n", "A\n"], 0.5, False, "tie", None),  # position bias: the orders disagree
         (PAIR, ["TIE", "TIE"], 0.5, False, "tie", None),
-        (PAIR, ["A", "C"], None, None, None, "expected A, B or TIE"),
+        (PAIR, ["A", "C"], None, None, None, "expected one of A, B, TIE"),
     ],
 )
 def test_verdicts_are_read_from_the_first_line(

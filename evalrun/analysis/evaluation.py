@@ -123,3 +123,18 @@ def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]
     write_json(run_dir / MANIFEST, manifest)
     title = f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})"
     return evaluation.write_summary(run_dir), title
+
+
+def stopped_note(run_dir: Path) -> str | None:
+    """What `score` says of a run that did not finish: it scored the rows there are, and how
+    to finish the run (score itself never sends the experiment's requests)."""
+    from evalrun.run.store import manifest_if_any
+
+    counts = manifest_if_any(run_dir).get("counts") or {}
+    missing, total = int(counts.get("missing") or 0), int(counts.get("requests") or 0)
+    if not missing:
+        return None
+    return (
+        f"scored the {total - missing:,} of {total:,} requests that have a row: the run was stopped; "
+        f"finish it with: evalrun run --resume {run_dir} (score sends no experiment request)"
+    )

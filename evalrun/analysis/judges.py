@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from evalrun.analysis.rubrics import DEFAULT_LABELS, REPLY_PAIRWISE, RUBRICS, reply_labels, reply_range, sections
+from evalrun.analysis.verdicts import label_weights, read_label, read_score
 from evalrun.config.params import PARAM_COLUMN, clean_params
 from evalrun.config.scorers import JudgeConfig, LabelModel, PairwiseModel, ScoreModel
 from evalrun.config.templates import fill
@@ -31,6 +32,7 @@ from evalrun.run.journal import JUDGE_JOURNAL, read_journal
 from evalrun.run.records import Cell, Logprobs, Message, RequestSpec
 from evalrun.run.store import DATA_PREFIX
 
+PICKS = ("A", "B", "TIE")  # what a pairwise judge answers (rubrics.REPLY_PAIRWISE)
 REASONING_CHARS = 2000  # of a judge's explanation kept in the report
 CHARS_PER_TOKEN = 4  # a rough prompt-size estimate for the TPM reservation; corrected from usage
 # (column suffix, Arrow kind) of what every judge adds beside score_<name>/pass_<name>
@@ -80,14 +82,6 @@ def _response(row: dict[str, Any]) -> str:
 
 def _data(row: dict[str, Any]) -> dict[str, Any]:
     return {k[len(DATA_PREFIX) :]: v for k, v in row.items() if k.startswith(DATA_PREFIX)}
-
-
-def _first_line(text: str | None) -> str:
-    for line in (text or "").splitlines():
-        line = line.strip().strip("*#_`>\"' ").rstrip(".:")
-        if line:
-            return line
-    return ""
 
 
 class Judge:
@@ -145,24 +139,25 @@ class Judge:
 
     # ---- reading -----------------------------------------------------------------------------
 
-    def _label(self, a: JudgeAnswer) -> tuple[str | None, float | None]:
-        """(label, score): the first line's label; with use_logprobs, the probability-weighted
-        score over the labels the first token's alternatives name (G-Eval)."""
-        first = _first_line(a.content).upper()
-        scores = {lbl.upper(): (lbl, s) for lbl, s in self.labels}
-        found = scores.get(first) or next((v for k, v in scores.items() if first.startswith(k)), None)
-        label, score = found if found else (None, None)
+    def _label(self, a: JudgeAnswer) -> tuple[str | None, float | None, str | None]:
+        """(label, score, problem): the first line's label (verdicts.read_label); with
+        use_logprobs, the probability-weighted score over the labels the first token's
+        alternatives name (G-Eval)."""
+        names = [lbl for lbl, _ in self.labels]
+        reading = read_label(a.content, names)
+        if reading.problem is not None:
+            return None, None, reading.problem
+        label = str(reading.value)
+        scores = dict(self.labels)
+        score = scores[label]
         if isinstance(self.cfg, LabelModel) and self.cfg.use_logprobs and a.first_token:
-            weights: dict[str, float] = {}
-            for tok, lp in a.first_token:
-                key = tok.strip().strip("*#_`").upper()
-                if key in scores and key not in weights:
-                    weights[key] = math.exp(lp)
+            weights, problem = label_weights(a.first_token, names)
+            if problem is not None:
+                return None, None, problem
             total = sum(weights.values())
             if total > 0:
-                score = sum(w * scores[k][1] for k, w in weights.items()) / total
-                label = label or scores[max(weights, key=lambda k: weights[k])][0]
-        return label, score
+                score = sum(w * scores[k] for k, w in weights.items()) / total
+        return label, score, None
 
     def verdict(self, answers: Sequence[JudgeAnswer | None]) -> dict[str, Any]:
         """score, pass, label and the error for one row from its judge answers."""
@@ -177,10 +172,12 @@ class Judge:
             return out
         done = [a for a in answers if a is not None]
         if isinstance(self.cfg, PairwiseModel):
-            picks = [_first_line(a.content).upper() for a in done]
-            if not all(p in ("A", "B", "TIE") for p in picks):
-                out["error"] = f"judge_unparseable: first lines {picks!r}, expected A, B or TIE"
+            readings = [read_label(a.content, PICKS) for a in done]
+            problems = [r.problem for r in readings if r.problem is not None]
+            if problems:
+                out["error"] = "; ".join(problems)
                 return out
+            picks = [r.value for r in readings]
             mine = [picks[0] == "A", picks[1] == "B"]  # this cell is A in the first order, B in the second
             theirs = [picks[0] == "B", picks[1] == "A"]
             outcome = "win" if all(mine) else "loss" if all(theirs) else "tie"
@@ -190,19 +187,16 @@ class Judge:
         a = done[0]
         if isinstance(self.cfg, ScoreModel):
             lo, hi = self.cfg.range
-            try:
-                grade = float(_first_line(a.content).split()[0].replace(",", ""))
-            except (ValueError, IndexError):
-                grade = math.nan
-            if not lo <= grade <= hi:
-                out["error"] = f"judge_unparseable: first line {_first_line(a.content)!r}, expected {lo:g}–{hi:g}"
+            reading = read_score(a.content, lo, hi)
+            if not isinstance(reading.value, float):
+                out["error"] = reading.problem
                 return out
+            grade = reading.value
             out.update(score=(grade - lo) / (hi - lo), label=f"{grade:g}", **{"pass": grade >= self.cfg.pass_at})
             return out
-        label, score = self._label(a)
+        label, score, problem = self._label(a)
         if label is None or score is None:
-            wanted = ", ".join(lbl for lbl, _ in self.labels)
-            out["error"] = f"judge_unparseable: first line {_first_line(a.content)!r}, expected one of {wanted}"
+            out["error"] = problem
             return out
         out.update(score=score, label=label, **{"pass": label in self.passing})
         return out
@@ -252,6 +246,9 @@ class Judges:
             row = entry["rows"][0] if entry.get("rows") else {}
             lp: Logprobs | None = row.get("logprobs")
             top = lp.alternatives(0) if lp is not None and lp.token else []
+            known = self._answers.get(entry["id"])
+            if known is not None and known.ok and entry["status"] != "ok":
+                continue  # a paid verdict stands (a merge may list a shard's earlier failure after it)
             self._answers[entry["id"]] = JudgeAnswer(
                 ok=entry["status"] == "ok",
                 content=row.get("content"),

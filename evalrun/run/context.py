@@ -73,6 +73,7 @@ class RunOptions:
     reuse: str | None = None  # an earlier run directory, or "latest": its unchanged requests are not sent
     shard: Shard | None = None  # --shard I/N: only this shard's requests
     rate_share: int = 1  # --workers K without a shared limiter: this process paces at rpm/K, tpm/K
+    judges_only: bool = False  # `evalrun score`, a merge's judge pass: no experiment request is sent
     # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
     evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
 
@@ -99,6 +100,7 @@ class RunContext:
     shard: Shard | None = None
     shard_requests: int | None = None  # how many requests the shard holds (None: no shard)
     rate_share: int = 1
+    judges_only: bool = False  # only judge requests are sent (the experiment's missing ones stay missing)
 
     @property
     def exp(self) -> Experiment:
@@ -111,7 +113,7 @@ class RunContext:
 
     @property
     def to_send(self) -> int:
-        return self.total - len(self.done)
+        return 0 if self.judges_only else self.total - len(self.done)
 
 
 def build_context(config: Path | None, opts: RunOptions) -> RunContext:
@@ -132,7 +134,8 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     max_cost = opts.max_cost or exp.config.budget.max_cost
     pricing = _pricing(plan, max_cost)
     # the providers this run talks to: its cells' and its judges'
-    providers = frozenset({c.provider for c in plan.cells} | (evaluator.judge_providers if evaluator else set()))
+    judges = evaluator.judge_providers if evaluator else set()
+    providers = frozenset(judges if opts.judges_only else {c.provider for c in plan.cells} | judges)
     keys = api_keys(exp, providers)
     _check_limiters(exp, providers)
     fingerprint = grid_fingerprint(plan)
@@ -187,6 +190,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         shard=shard,
         shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
         rate_share=opts.rate_share,
+        judges_only=opts.judges_only,
     )
 
 

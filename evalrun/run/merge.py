@@ -20,13 +20,15 @@ import orjson
 
 from evalrun.errors import ConfigError
 from evalrun.run.framing import encode
-from evalrun.run.journal import JOURNAL, read_journal, repair_journal
+from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, read_journal, repair_journal
 from evalrun.run.rundir import manifest_if_any
 from evalrun.run.shards import Shard, shard_from_manifest
 from evalrun.run.store import MANIFEST, RowHook, now_iso, write_json, write_results
 
 
 class Evaluator(RowHook, Protocol):
+    def prepare(self, run_dir: Path) -> None: ...
+
     def write_summary(self, run_dir: Path) -> Any: ...
 
 
@@ -89,9 +91,12 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / JOURNAL)
+    merge_judge_journals([d for _, d, _ in shards], out)
     base = dict(shards[0][2])
     base.pop("shard", None)
     hook = evaluator(base, out) if evaluator is not None else None
+    if hook is not None:
+        hook.prepare(out)  # the judges' answers, so the merged rows carry their verdicts
     columns = tuple(base.get("data_columns") or ())
     if not columns:
         columns = _data_columns(shards[0][1])
@@ -134,6 +139,31 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
     )
     write_json(out / MANIFEST, base)
     return base
+
+
+def merge_judge_journals(shard_dirs: Sequence[Path], out: Path) -> None:
+    """The shards' judge journals (and what `out` already holds: a --workers run asks the
+    judges that need two shards' rows itself) → out's, one entry per judge request: its
+    latest answer, but never a failure over an answer (a paid verdict is not asked twice)."""
+    sources = [p for p in (out / JUDGE_JOURNAL, *(d / JUDGE_JOURNAL for d in shard_dirs)) if p.is_file()]
+    if not sources:
+        return
+    chosen: dict[str, tuple[int, bool]] = {}  # id → (entry number, ok)
+    for n, entry in enumerate(e for p in sources for e in read_journal(p, report=False)):
+        ok = entry["status"] == "ok"
+        if ok or not chosen.get(entry["id"], (0, False))[1]:
+            chosen[entry["id"]] = (n, ok)
+    keep = {n for n, _ in chosen.values()}
+    tmp = out / (JUDGE_JOURNAL + ".tmp")
+    with tmp.open("wb") as f:
+        for n, entry in enumerate(e for p in sources for e in read_journal(p)):
+            if n in keep:
+                for row in entry["rows"]:
+                    row["run_id"] = out.name
+                f.write(encode(orjson.dumps(entry)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / JUDGE_JOURNAL)
 
 
 def _data_columns(shard_dir: Path) -> tuple[str, ...]:

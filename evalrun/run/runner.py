@@ -72,7 +72,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     judging = _judges_pending(ctx)
     if ctx.to_send == 0 and not judging:
         outcome = PoolOutcome()
-        if ctx.resumed:
+        if ctx.resumed and not ctx.judges_only:  # score: the rows missing are said by score
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
         columns, name = ctx.plan.dataset.columns, ctx.exp.name
@@ -174,7 +174,10 @@ def _run_loop(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
 
 
 def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
-    """(provider, model) → the lazy stream of that lane's requests still to send."""
+    """(provider, model) → the lazy stream of that lane's requests still to send (none when
+    only the judges are asked)."""
+    if ctx.judges_only:
+        return {}
     cells: dict[tuple[str, str], list[Cell]] = {}
     for c in ctx.plan.cells:
         cells.setdefault((c.provider, c.model), []).append(c)
