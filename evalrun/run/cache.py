@@ -186,7 +186,8 @@ def warn_off(path: Path, why: str) -> None:
     """The one warning of a cache that failed during a run."""
     logger.warning(
         "%s: the response cache failed (%s); it is off for the rest of this run: every answer is still "
-        "recorded in the journal, none is taken from or kept in the cache; to use it again: free space, or %s",
+        "recorded in the journal, none is taken from or kept in the cache. Before the next run: free space "
+        "if the disk is full, or %s",
         path,
         why,
         fix_hint(path),
@@ -250,8 +251,9 @@ def _shape_problem(db: sqlite3.Connection) -> str | None:
 
 
 def _damage(db: sqlite3.Connection) -> str | None:
-    found = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
-    return None if found == ["ok"] else f"is damaged ({'; '.join(found)})"
+    found = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+    said = " ".join("; ".join(found).split())  # SQLite's report runs over several lines
+    return None if found == ["ok"] else f"is damaged ({said[:300]})"
 
 
 def cached_rows(answer: CachedAnswer, fresh: dict[str, Any]) -> Iterator[dict[str, Any]]:
