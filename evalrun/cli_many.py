@@ -137,9 +137,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from evalrun.run.storage import check_no_run, publish_or_keep
 
     target = getattr(args, "publish_to", None)
-    check_out(args.out)
     if target:
         check_no_run(target)
+    check_out(args.out)  # for a URL: its local copy, which may hold answers not yet published
     manifest = merge_runs(args.run_dirs, args.out, evaluator_factory())
     if target and (unpublished := publish_or_keep(args.out, target)) is not None:
         print(f"evalrun: error: {unpublished}", file=sys.stderr)
