@@ -209,3 +209,30 @@ def test_a_cache_on_a_disk_that_fills_mid_run_is_turned_off_and_every_answer_is_
         assert 5 < kept < 60  # it kept answers until the disk filled, then stopped trying
         again = cli("run", config, "--no-progress")  # space again: the cache serves what it kept
         assert again.code == 0 and read_results(again.run_dir).cached.sum() == kept
+
+
+def test_a_damaged_cache_with_resume_and_workers(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    """The same refusal on a resume (the stopped run stays as it was) and before --workers starts
+    a shard; --no-cache goes on without it in both."""
+    srv, config, path = cached_run(tmp_path, scripted, cli, tmp_path / "cache")
+    bigger = write_config(
+        tmp_path, base_config(tmp_path, many_rows(tmp_path, 9), srv.base_url, cache=str(path.parent)), "big.yaml"
+    )
+    stopped = cli("run", bigger, "--no-progress", "--max-requests", "2")
+    assert stopped.code == 1 and len(srv.requests) == 5 + 2  # 5 from the cache, 2 sent
+    _cut(path)
+    content = path.read_bytes()
+    res = cli("run", "--resume", stopped.run_dir, "--no-progress")
+    assert res.code == 2 and str(path) in one_line(res) and len(srv.requests) == 7
+    assert orjson.loads((stopped.run_dir / "manifest.json").read_bytes())["status"] == "stopped"
+    res = cli("run", "--resume", stopped.run_dir, "--no-progress", "--no-cache")
+    assert res.code == 0, res.err
+    assert len(srv.requests) == 7 + 2 and len(read_results(stopped.run_dir)) == 9
+    before = run_dirs(tmp_path)
+    res = cli("run", config, "--workers", "2", "--no-progress")
+    assert res.code == 2 and str(path) in one_line(res)
+    assert len(srv.requests) == 9 and run_dirs(tmp_path) == before  # no shard started, no run made
+    res = cli("run", config, "--workers", "2", "--no-progress", "--no-cache")
+    assert res.code == 0, res.err
+    assert len(srv.requests) == 9 + 5 and len(read_results(res.run_dir)) == 5
+    assert path.read_bytes() == content
