@@ -236,3 +236,10 @@ def test_a_damaged_cache_with_resume_and_workers(tmp_path: Path, scripted: Any, 
     assert res.code == 0, res.err
     assert len(srv.requests) == 9 + 5 and len(read_results(res.run_dir)) == 5
     assert path.read_bytes() == content
+
+
+def test_a_cache_on_a_disk_already_full_is_refused_in_one_line(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        srv, config, path = cached_run(tmp_path, scripted, cli, mnt / "cache")
+        fill(mnt, leave=0)
+        refused_everywhere(tmp_path, cli, srv, config, path, "cannot be written: its disk is full")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,11 +36,12 @@ from evalrun.run.client import Payloads
 from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, read_journal
 from evalrun.run.logprobs import rows_from_stored
 from evalrun.run.records import RequestSpec
-from evalrun.run.rundir import unwritable
+from evalrun.run.rundir import nearest_existing, unwritable
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "responses.sqlite"
+MIN_FREE = 64 * 1024  # below this a cache cannot even open its shared-memory index: the disk is full
 BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait this long, then fail loudly
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -224,6 +226,8 @@ def cache_problem(path: Path) -> str | None:
     writes it: `plan` and `validate` ask too. SQLite's quick_check (a walk of every b-tree page,
     ~0.25 s for 400 MB) finds a cut or overwritten file here rather than halfway through a run."""
     why = unwritable(path.parent)
+    if why is None and shutil.disk_usage(nearest_existing(path.parent)).free < MIN_FREE:
+        why = "its disk is full"
     if why is not None:
         return f"cannot be written: {why}; point cache: at a folder that can be, or run without it (--no-cache)"
     if not path.exists():
