@@ -223,3 +223,37 @@ def test_errors_about_a_dataset_on_s3_name_its_url(
     assert res.code == 2 and "dataset s3://evals/data/other.jsonl: cannot read it" in one_line(res)
     res = cli("summary", "s3://evals/team/t/some-run")
     assert res.code == 2 and "s3://evals/team/t/some-run: cannot be read" in one_line(res)
+
+
+def test_workers_with_the_store_gone_keep_the_merged_run_and_publish_it_on_resume(
+    tmp_path: Path, dataset: Path, scripted: Any, s3_server: S3Server
+) -> None:
+    from many import evalrun_proc, finish
+
+    stopped: list[int] = []
+
+    def stop_the_store(payload: dict[str, Any]) -> Reply:
+        if not stopped:
+            stop(s3_server)
+            stopped.append(1)
+        return Reply()
+
+    srv = scripted(default=stop_the_store)
+    config = write_config(tmp_path, base_config(tmp_path, dataset, srv.base_url, reports_dir="s3://evals/team"))
+    code, out, err = finish(evalrun_proc("run", config, "--workers", "2", "--no-progress"))
+    assert code == 1 and "Traceback" not in err, err
+    line = next(ln for ln in err.splitlines() if "could not publish" in ln)
+    url = line.split("could not publish the run to ", 1)[1].split(" ", 1)[0]
+    assert url.startswith("s3://evals/team/t/") and f"evalrun run --resume {url}" in line
+    assert len(srv.requests) == 5
+    proc = start_moto(s3_server.port, s3_server.env)
+    try:
+        code, out, err = finish(evalrun_proc("run", "--resume", url, "--no-progress"))
+        assert code == 0, err
+        prefix = url.removeprefix("s3://evals/")
+        published = orjson.loads(s3_server.objects("evals")[f"{prefix}/manifest.json"])
+        assert published["status"] == "completed" and published["counts"]["recorded"] == 5
+        assert len(srv.requests) == 5  # nothing sent again
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
