@@ -250,6 +250,7 @@ def test_workers_with_the_store_gone_keep_the_merged_run_and_publish_it_on_resum
     try:
         code, out, err = finish(evalrun_proc("run", "--resume", url, "--no-progress"))
         assert code == 0, err
+        assert out.strip().splitlines()[-1] == url
         prefix = url.removeprefix("s3://evals/")
         published = orjson.loads(s3_server.objects("evals")[f"{prefix}/manifest.json"])
         assert published["status"] == "completed" and published["counts"]["recorded"] == 5
