@@ -243,3 +243,28 @@ def test_a_cache_on_a_disk_already_full_is_refused_in_one_line(tmp_path: Path, s
         srv, config, path = cached_run(tmp_path, scripted, cli, mnt / "cache")
         fill(mnt, leave=0)
         refused_everywhere(tmp_path, cli, srv, config, path, "cannot be written: its disk is full")
+
+
+def test_a_cache_damaged_by_another_process_mid_run_is_turned_off(tmp_path: Path, scripted: Any, cli: Any) -> None:
+    from conftest import Reply
+
+    _, _, path = cached_run(tmp_path, scripted, cli, tmp_path / "cache")
+    damaged: list[int] = []
+
+    def damage_then_answer(payload: dict[str, Any]) -> Reply:
+        if not damaged:  # while the run is sending, something else overwrites the cache
+            _random(path)
+            damaged.append(1)
+        return Reply()
+
+    other = scripted(default=damage_then_answer)
+    cfg = base_config(tmp_path, many_rows(tmp_path, 30), other.base_url, cache=str(path.parent))
+    cfg["providers"]["sim"]["max_concurrency"] = 1
+    res = cli("run", write_config(tmp_path, cfg, "other.yaml"), "--no-progress")
+    assert res.code == 0, res.err
+    assert "Traceback" not in res.err
+    warnings = [ln for ln in res.err.splitlines() if str(path) in ln]
+    assert len(warnings) == 1 and "off for the rest of this run" in warnings[0], res.err
+    df = read_results(res.run_dir)
+    assert len(df) == 30 and (df.status == "ok").all() and len(other.requests) == 30
+    assert orjson.loads((res.run_dir / "manifest.json").read_bytes())["status"] == "completed"
