@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
     from evalrun.config.load import load_experiment, model_warnings
+    from evalrun.run.context import cache_file
     from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
     for_experiment(plan.exp, plan.dataset.columns)  # scorers and judges, compiled as `run` does
+    cache_file(plan.exp, args.no_cache)  # damaged, or its folder read-only: refused as `run` would
     print(
         f"{args.config}: ok — {len(plan.cells):,} cells × {plan.dataset.rows:,} rows × "
         f"{plan.repeats} repeats = {plan.total_requests:,} requests"
@@ -73,7 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from evalrun.plan import format_plan, plan_report
     from evalrun.run.grid import build_plan
 
-    report = plan_report(build_plan(load_experiment(args.config, args.overrides), args.limit))
+    report = plan_report(build_plan(load_experiment(args.config, args.overrides), args.limit), args.no_cache)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -106,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_cost=args.max_cost,
         progress=not args.no_progress,
         reuse=args.reuse,
+        no_cache=args.no_cache,
         evaluator=preflight(for_experiment, args.max_cost, notes.append),
         shard=shard_option(args),
         rate_share=args.rate_share,

@@ -72,6 +72,10 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.workers is not None or args.config is not None:
             raise ConfigError("--resume of a --workers run takes its config and workers from the run; drop them")
+        if args.no_cache:  # each shard resumes with its own recorded options
+            raise ConfigError(
+                "--no-cache: not with the --resume of a --workers run; move the cache folder aside instead"
+            )
         plan = plan_from_manifest(args.resume, args.retry_errors)
         assert plan is not None
         plan.max_requests, plan.max_cost = args.max_requests, args.max_cost
@@ -121,7 +125,7 @@ def _judge_merged(plan: Any) -> tuple[int, list[str]]:
 
 def _new_plan(args: argparse.Namespace) -> Any:
     from evalrun.config.load import load_experiment
-    from evalrun.run.context import new_run_dir
+    from evalrun.run.context import cache_file, new_run_dir
     from evalrun.run.grid import build_plan
     from evalrun.run.workers import MAX_WORKERS, WorkersPlan, start_manifest
 
@@ -131,6 +135,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--workers {args.workers}: from 1 to {MAX_WORKERS}")
     exp = load_experiment(args.config, args.overrides)
     plan = build_plan(exp, args.limit)  # every check before a process starts or a request is sent
+    cache_file(exp, args.no_cache)
     used = {c.provider for c in plan.cells}
     shared = all(exp.providers[n].limiter for n in used)
     limited = any(exp.providers[n].rpm or exp.providers[n].tpm for n in used)
@@ -139,7 +144,8 @@ def _new_plan(args: argparse.Namespace) -> Any:
         config=args.config,
         workers=args.workers,
         run_dir=run_dir,
-        overrides=list(args.overrides),
+        # --no-cache as the shards' --set: recorded in their manifests, so their resumes keep it
+        overrides=[*args.overrides, *(["cache=false"] if args.no_cache else [])],
         limit=args.limit,
         max_requests=args.max_requests,
         max_cost=args.max_cost,
@@ -154,14 +160,18 @@ def _new_plan(args: argparse.Namespace) -> Any:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from evalrun.run.merge import merge_runs
+    from evalrun.run.merge import check_out, merge_runs
+    from evalrun.run.storage import check_no_run, publish_or_keep
 
-    manifest = merge_runs(args.run_dirs, args.out, evaluator_factory())
     target = getattr(args, "publish_to", None)
     if target:
-        from evalrun.run.storage import publish_run
-
-        publish_run(args.out, target)
+        check_no_run(target)
+    check_out(args.out)  # for a URL: its local copy, which may hold answers not yet published
+    manifest = merge_runs(args.run_dirs, args.out, evaluator_factory())
+    if target and (unpublished := publish_or_keep(args.out, target)) is not None:
+        print(f"evalrun: error: {unpublished}", file=sys.stderr)
+        print(args.out)
+        return 1
     c = manifest["counts"]
     print(
         f"evalrun: merged {len(args.run_dirs)} shards: {c['recorded']:,} of {c['requests']:,} requests "

@@ -26,6 +26,12 @@ def _positive(kind: type) -> Callable[[str], float]:
     return parse
 
 
+def _no_cache(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--no-cache", action="store_true", help="leave the experiment's cache: alone (neither asked nor filled)"
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with evalrun's error format: one line, the command's --help as the hint."""
 
@@ -47,12 +53,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check an experiment file and its dataset; sends nothing")
     s.add_argument("config", type=Path)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _no_cache(s)
 
     s = sub.add_parser("plan", help="count cells, requests, tokens and the shortest duration; sends nothing")
     s.add_argument("config", type=Path)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    _no_cache(s)
 
     s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
     s.add_argument("config", type=Path, nargs="?", help="experiment YAML (optional with --resume)")
@@ -80,6 +88,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
+    _no_cache(s)
     add_run_arguments(s)
     add_merge_parser(sub)
 

@@ -37,7 +37,7 @@ def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
     return df.groupby("cell_id").completion_tokens.mean().dropna().to_dict(), str(runs[-1])
 
 
-def plan_report(plan: Plan) -> dict[str, Any]:
+def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
     """Counts and estimates. Streams the dataset once; never materialises the requests."""
     exp = plan.exp
     repeats = plan.repeats
@@ -123,13 +123,16 @@ def plan_report(plan: Plan) -> dict[str, Any]:
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
         "notes": model_warnings(exp) + simulator_misses(plan),
-        "cache": cache_hits(plan),
+        "cache": None if no_cache else cache_hits(plan),
     }
 
 
 def cache_hits(plan: Plan) -> dict[str, Any] | None:
-    """With `cache:` set: how many requests its answers would serve, and what they cost once."""
-    from evalrun.run.cache import Keyer, ResponseCache, endpoint_identity
+    """With `cache:` set: how many requests its answers would serve, and what they cost once.
+    A cache the run could not use is refused here as the run would refuse it (exit 2)."""
+    import sqlite3
+
+    from evalrun.run.cache import Keyer, ResponseCache, endpoint_identity, fix_hint
     from evalrun.run.context import cache_file
 
     path = cache_file(plan.exp)
@@ -138,16 +141,24 @@ def cache_hits(plan: Plan) -> dict[str, Any] | None:
     out: dict[str, Any] = {"path": str(path), "hits": 0, "saved": 0.0}
     if not path.is_file():
         return out
-    cache = ResponseCache(path, readonly=True)
-    keyers = {c.provider: Keyer(endpoint_identity(plan.exp.providers[c.provider])) for c in plan.cells}
+    cache_off: str | None
     try:
-        for spec in plan.specs():
-            hit = cache.get(keyers[spec.cell.provider](spec))
-            if hit is not None:
-                out["hits"] += 1
-                out["saved"] += hit.cost or 0.0
-    finally:
-        cache.close()
+        cache = ResponseCache(path, readonly=True)
+    except sqlite3.Error as exc:
+        cache_off = str(exc)
+    else:
+        keyers = {c.provider: Keyer(endpoint_identity(plan.exp.providers[c.provider])) for c in plan.cells}
+        try:
+            for spec in plan.specs():
+                hit = cache.get(keyers[spec.cell.provider](spec))
+                if hit is not None:
+                    out["hits"] += 1
+                    out["saved"] += hit.cost or 0.0
+        finally:
+            cache.close()
+        cache_off = cache.off
+    if cache_off is not None:
+        raise ConfigError(f"{plan.exp.where('cache')}: cache: {path} cannot be read ({cache_off}); {fix_hint(path)}")
     return out
 
 

@@ -20,14 +20,19 @@ def test_the_key_is_the_body_the_endpoint_and_the_repeat_never_anything_else() -
 def test_a_hit_keeps_the_answer_and_its_original_cost_and_costs_this_run_nothing(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "c.sqlite")
     rows = [
-        {"run_id": "old", "request_id": "r", "content": "42", "prompt_tokens": 10, "cost_total": 0.5},
-        {"run_id": "old", "request_id": "r", "content": "41", "cost_total": None},
+        {"run_id": "old", "request_id": "r", "status": "ok", "content": "42", "prompt_tokens": 10, "cost_total": 0.5},
+        {"run_id": "old", "request_id": "r", "status": "ok", "content": "41", "cost_total": None},
     ]
     cache.put("k", rows, "old", 0.5)
-    cache.put("k", [{"content": "other"}], "newer", 9.0)  # the first answer stored stays
+    cache.put("k", [{"status": "ok", "content": "other"}], "newer", 9.0)  # the first answer stored stays
     hit = cache.get("k")
     assert hit == CachedAnswer(
-        [{"content": "42", "prompt_tokens": 10, "cost_total": 0.5}, {"content": "41", "cost_total": None}], "old", 0.5
+        [
+            {"status": "ok", "content": "42", "prompt_tokens": 10, "cost_total": 0.5},
+            {"status": "ok", "content": "41", "cost_total": None},
+        ],
+        "old",
+        0.5,
     )
     out = list(cached_rows(hit, {"run_id": "new", "request_id": "r2"}))
     assert out[0]["run_id"] == "new" and out[0]["request_id"] == "r2" and out[0]["content"] == "42"
@@ -39,7 +44,7 @@ def test_a_hit_keeps_the_answer_and_its_original_cost_and_costs_this_run_nothing
 def _writer(path: str, start: int) -> None:
     cache = ResponseCache(Path(path))
     for i in range(start, start + 200):
-        cache.put(f"k{i}", [{"content": str(i)}], f"run{start}", 0.001)
+        cache.put(f"k{i}", [{"status": "ok", "content": str(i)}], f"run{start}", 0.001)
     cache.close()
 
 

@@ -10,11 +10,19 @@ The store is one SQLite file in WAL mode: several evalrun processes (a CI matrix
 read and write it at once without a server, a lookup is an index probe rather than a scan of
 earlier Parquet files, and a crash mid-write loses at most that one answer. `--reuse RUN`
 goes through the same path: the earlier run's answers are loaded into a cache for this run.
+
+The cache is an optimisation, never a way to lose a run. `cache_problem` looks at it before
+anything is sent (a damaged file, a table of another shape, a folder that cannot be written:
+refused in one line, exit 2). Should it fail later (the disk fills, another process damages
+it), it turns itself off for the rest of the run with one warning, and the journal goes on
+recording every answer. A stored answer that does not parse is a miss, never an answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,8 +36,12 @@ from evalrun.run.client import Payloads
 from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, read_journal
 from evalrun.run.logprobs import rows_from_stored
 from evalrun.run.records import RequestSpec
+from evalrun.run.rundir import nearest_existing, unwritable
+
+logger = logging.getLogger(__name__)
 
 CACHE_FILE = "responses.sqlite"
+MIN_FREE = 64 * 1024  # below this a cache cannot even open its shared-memory index: the disk is full
 BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait this long, then fail loudly
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -41,6 +53,7 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 # columns of a cached row that describe where and when it was recorded, not the answer
 PER_RUN = ("run_id", "experiment", "request_id", "cell_id", "row_id", "repeat", "started_at")
+COLUMNS = ("key", "rows", "source_run", "cost")  # the responses table, in order
 
 
 # simulator knobs that change when or whether it answers, never what a successful answer says
@@ -87,30 +100,47 @@ class CachedAnswer:
 
 
 class ResponseCache:
-    """One SQLite file of answers; safe to share between processes."""
+    """One SQLite file of answers; safe to share between processes. Raises sqlite3.Error if it
+    cannot be opened; once open, a failure turns it off (`off` says why) instead of raising."""
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly  # `plan`'s look: it says what failed itself
+        self.off: str | None = None  # why it was turned off mid-run (None: in use)
+        self._bad: set[str] = set()  # keys whose stored answer does not parse: replaced when answered
         if readonly:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: a commit is durable against a process crash (the WAL is written before
-            # it returns); only a power cut may lose the last answers, which are then re-asked
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
-            self._db.commit()
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL: a commit is durable against a process crash (the WAL is written before
+                # it returns); only a power cut may lose the last answers, which are then re-asked
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(SCHEMA)
+                self._db.commit()
+            except sqlite3.Error:
+                self._db.close()
+                raise
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.stored = 0
 
     def get(self, key: str) -> CachedAnswer | None:
-        row = self._db.execute("SELECT rows, source_run, cost FROM responses WHERE key = ?", (key,)).fetchone()
+        if self.off is not None:
+            return None
+        try:
+            row = self._db.execute("SELECT rows, source_run, cost FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._turn_off(exc)
+            return None
         if row is None:
             return None
-        return CachedAnswer(rows_from_stored(orjson.loads(row[0])), row[1], row[2])
+        answer = stored_answer(row[0], row[1], row[2])
+        if answer is None:
+            self._bad.add(key)
+        return answer
 
     def put(self, key: str, rows: list[dict[str, Any]], source_run: str | None, cost: float | None) -> None:
         """Store a successful answer; the first one stored for a key stays (it is the same request)."""
@@ -118,22 +148,116 @@ class ResponseCache:
 
     def put_many(self, items: Iterable[tuple[str, list[dict[str, Any]], str | None, float | None]]) -> int:
         """Store many answers in one transaction (loading an earlier run for --reuse)."""
+        if self.off is not None:
+            return 0
         before = self.stored
-        with self._db:
-            for key, rows, source_run, cost in items:
-                kept = [{k: v for k, v in r.items() if k not in PER_RUN} for r in rows]
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO responses (key, rows, source_run, cost) VALUES (?, ?, ?, ?)",
-                    (key, orjson.dumps(kept), source_run, cost),
-                )
-                self.stored += cur.rowcount
+        try:
+            with self._db:
+                for key, rows, source_run, cost in items:
+                    kept = [{k: v for k, v in r.items() if k not in PER_RUN} for r in rows]
+                    # a stored answer that did not parse is replaced; a good one stays
+                    verb = "REPLACE" if key in self._bad else "IGNORE"
+                    cur = self._db.execute(
+                        f"INSERT OR {verb} INTO responses (key, rows, source_run, cost) VALUES (?, ?, ?, ?)",
+                        (key, orjson.dumps(kept), source_run, cost),
+                    )
+                    self._bad.discard(key)
+                    self.stored += cur.rowcount
+        except sqlite3.Error as exc:
+            self.stored = before  # the transaction was rolled back
+            self._turn_off(exc)
         return self.stored - before
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error as exc:  # the last checkpoint on a full disk: the WAL keeps the answers
+            logger.debug("closing %s: %s", self.path, exc)
+
+    def _turn_off(self, exc: sqlite3.Error) -> None:
+        """The cache failed mid-run: the run goes on without it, saying so once."""
+        self.off = str(exc)
+        if not self.readonly:
+            warn_off(self.path, self.off)
+
+
+def warn_off(path: Path, why: str) -> None:
+    """The one warning of a cache that failed during a run."""
+    logger.warning(
+        "%s: the response cache failed (%s); it is off for the rest of this run: every answer is still "
+        "recorded in the journal, none is taken from or kept in the cache. Before the next run: free space "
+        "if the disk is full, or %s",
+        path,
+        why,
+        fix_hint(path),
+    )
+
+
+def stored_answer(rows: Any, source_run: Any, cost: Any) -> CachedAnswer | None:
+    """A stored answer as served, or None when what is stored is not one (a damaged cache):
+    a miss, asked again, never served. An answer is a non-empty list of `ok` rows."""
+    try:
+        parsed = orjson.loads(rows)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(parsed, list) or not parsed:
+        return None
+    if not all(isinstance(r, dict) and r.get("status") == "ok" for r in parsed):
+        return None
+    return CachedAnswer(
+        rows_from_stored(parsed),
+        source_run if isinstance(source_run, str) else None,
+        float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+def fix_hint(path: Path) -> str:
+    """How to go on without a cache that cannot be used."""
+    folder = path.parent
+    return f"run without it (--no-cache), or move it aside (mv {folder} {folder}.old) and a new one is started"
+
+
+def cache_problem(path: Path) -> str | None:
+    """What is wrong with the cache file at `path` for a run, and how to go on (None: nothing):
+    its folder cannot be written, or the file is damaged or is not evalrun's. Reads it, never
+    writes it: `plan` and `validate` ask too. SQLite's quick_check (a walk of every b-tree page,
+    ~0.25 s for 400 MB) finds a cut or overwritten file here rather than halfway through a run."""
+    why = unwritable(path.parent)
+    if why is None and shutil.disk_usage(nearest_existing(path.parent)).free < MIN_FREE:
+        why = "its disk is full"
+    if why is not None:
+        return f"cannot be written: {why}; point cache: at a folder that can be, or run without it (--no-cache)"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            problem = _shape_problem(db) or _damage(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        damaged = exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+        problem = f"{'is damaged' if damaged else 'cannot be read'} ({exc})"
+    return None if problem is None else f"{problem}; {fix_hint(path)}"
+
+
+def _shape_problem(db: sqlite3.Connection) -> str | None:
+    tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    if "responses" not in tables:
+        return f"is not evalrun's response cache (tables: {', '.join(tables)})" if tables else None
+    columns = tuple(r[1] for r in db.execute("PRAGMA table_info(responses)"))
+    if columns != COLUMNS:
+        return f"has a responses table of another shape (columns {', '.join(columns)}; expected {', '.join(COLUMNS)})"
+    return None
+
+
+def _damage(db: sqlite3.Connection) -> str | None:
+    found = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+    said = " ".join("; ".join(found).split())  # SQLite's report runs over several lines
+    return None if found == ["ok"] else f"is damaged ({said[:300]})"
 
 
 def cached_rows(answer: CachedAnswer, fresh: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -228,11 +352,22 @@ def open_caches(
     reuse_file = None
     if reuse is not None:
         reuse_file = run_dir / REUSE_FILE
-        reused = ResponseCache(reuse_file)
-        for journal in (JOURNAL, JUDGE_JOURNAL):
-            load_run(reused, read_journal(reuse / journal), reuse.name)
-        lookup.append(reused)
-    store = ResponseCache(cache) if cache is not None else None
+        reused = _opened(reuse_file)
+        if reused is not None:
+            for journal in (JOURNAL, JUDGE_JOURNAL):
+                load_run(reused, read_journal(reuse / journal), reuse.name)
+            lookup.append(reused)
+    store = _opened(cache) if cache is not None else None
     if store is not None:
         lookup.append(store)
     return Caches(keyers, lookup, store, reuse_file)
+
+
+def _opened(path: Path) -> ResponseCache | None:
+    """A cache opened for writing; None, said once, when it fails (the run goes on without it).
+    `cache_problem` checked it before the run began: this is a disk that filled up since."""
+    try:
+        return ResponseCache(path)
+    except (sqlite3.Error, OSError) as exc:  # OSError: its folder could not be made
+        warn_off(path, str(exc))
+        return None

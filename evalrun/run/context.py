@@ -22,14 +22,14 @@ from evalrun import __version__
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
-from evalrun.run.cache import CACHE_FILE
+from evalrun.run.cache import CACHE_FILE, cache_problem
 from evalrun.run.grid import Plan, build_plan
 from evalrun.run.journal import JOURNAL, journal_state, repair_journal
 from evalrun.run.records import RequestSpec
 from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
 from evalrun.run.secrets import provider_key, use_keys
 from evalrun.run.shards import Shard, shard_from_manifest
-from evalrun.run.storage import check_writable, is_url, join, staging_dir
+from evalrun.run.storage import check_writable, is_url, join, response_cache_dir, staging_dir
 from evalrun.run.store import MANIFEST, RowHook, now_iso, write_json
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
@@ -71,6 +71,7 @@ class RunOptions:
     max_cost: float | None = None
     progress: bool = True
     reuse: str | None = None  # an earlier run directory, or "latest": its unchanged requests are not sent
+    no_cache: bool = False  # --no-cache: the experiment's cache is neither asked nor written
     shard: Shard | None = None  # --shard I/N: only this shard's requests
     rate_share: int = 1  # --workers K without a shared limiter: this process paces at rpm/K, tpm/K
     judges_only: bool = False  # `evalrun score`, a merge's judge pass: no experiment request is sent
@@ -185,7 +186,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         resumed=opts.resume is not None,
         retry_errors=opts.retry_errors,
         progress=opts.progress,
-        cache=cache_file(exp),
+        cache=cache_file(exp, opts.no_cache),
         reuse=_reuse_dir(exp, opts.reuse, run_dir),
         shard=shard,
         shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
@@ -209,15 +210,29 @@ def new_run_dir(exp: Experiment, run_dir: Path | None, suffix: str = "") -> tupl
     return staging_dir(location), run_id, location
 
 
-def cache_file(exp: Experiment) -> Path | None:
-    """The experiment's response cache: `cache: true` → reports_dir/cache, or the folder given."""
-    cache = exp.config.cache
-    if cache is None or cache is False:
+def cache_file(exp: Experiment, no_cache: bool = False) -> Path | None:
+    """The experiment's response cache, checked usable (a ConfigError, exit 2, otherwise):
+    `cache: true` → reports_dir/cache (with reports_dir on object storage, a local folder per
+    URL under the user's cache directory: see storage.response_cache_dir), or the folder given."""
+    cache, reports_dir = exp.config.cache, exp.config.reports_dir
+    if no_cache or cache is None or cache is False:
         return None
-    folder = Path(exp.config.reports_dir) / "cache" if cache is True else Path(cache)
+    if cache is True:
+        folder = response_cache_dir(reports_dir) if is_url(reports_dir) else Path(reports_dir) / "cache"
+    elif is_url(cache):
+        raise ConfigError(
+            f"{exp.where('cache')}: cache: {cache}: the cache is a local SQLite file; give a local folder "
+            "(or true: with reports_dir on object storage it is kept under ~/.cache/evalrun/responses)"
+        )
+    else:
+        folder = Path(cache)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{exp.where('cache')}: cache: {folder} is a file; give a folder (or true)")
-    return folder / CACHE_FILE
+    path = folder / CACHE_FILE
+    problem = cache_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{exp.where('cache')}: cache: {path} {problem}")
+    return path
 
 
 def _reuse_dir(exp: Experiment, reuse: str | None, run_dir: Path) -> Path | None:
@@ -323,6 +338,7 @@ def start_manifest(ctx: RunContext) -> None:
     """manifest.json as the run starts: what it is, with what, and its cells (status running)."""
     plan, exp, manifest, pricing = ctx.plan, ctx.exp, ctx.manifest, ctx.pricing
     manifest.setdefault("started_at", now_iso())
+    manifest.pop("publish_error", None)  # a resume of an unpublished run publishes it again
     manifest.update(
         {
             "status": "running",

@@ -179,7 +179,9 @@ def build_plan(exp: Experiment, limit: int | None = None) -> Plan:
     try:
         info = check_dataset(path, ds.format, ds.id_column, lim, needed, _row_checker(exp, cells, templates))
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (dataset: in {exp.where('dataset')})") from None
+        # a dataset at a URL is read from a local copy under a hashed name: say the URL
+        said = str(exc).replace(str(path), ds.path) if is_url(ds.path) else str(exc)
+        raise ConfigError(f"{said} (dataset: in {exp.where('dataset')})") from None
     never = [c for c in ds.params_from_columns.values() if c not in info.columns]
     if never:  # a null cell sets nothing, so a misspelt column would silently set nothing at all
         raise ConfigError(

@@ -43,6 +43,22 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest_if_any(run_dir)
 
 
+RUN_FILES = (JOURNAL, JUDGE_JOURNAL, MANIFEST)  # a folder holding any of these holds a run
+
+
+def check_out(out: Path) -> None:
+    """`merge --out DIR`: a new or empty folder, never one that holds a run — the merge would
+    replace its journal and manifest, and the answers it paid for with them."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder; name a new folder for the merged run")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise ConfigError(
+            f"--out {out}: it already holds a run ({', '.join(held)}); merging would replace it and lose its "
+            "answers. Merge into a new folder (or, for an earlier merge of these same shards, remove it first)"
+        )
+
+
 def check_shards(run_dirs: Sequence[Path]) -> list[tuple[Shard, Path, dict[str, Any]]]:
     """The shards, in order, after checking they are one grid's complete set."""
     found: list[tuple[Shard, Path, dict[str, Any]]] = []

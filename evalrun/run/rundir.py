@@ -94,14 +94,26 @@ def check_run_dir(run_dir: Path, given_by: str) -> None:
     label = f"{given_by} {run_dir}" if given_by.startswith("--") else f"{given_by}: reports_dir"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{label}: {run_dir} is a file, not a folder; name a folder for the run")
-    probe = run_dir
-    while not probe.exists():
-        parent = probe.parent
-        if parent == probe:
-            break
-        probe = parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{label}: {run_dir} cannot be created: {probe} is a file, not a folder")
+    under = nearest_existing(run_dir)
+    if not under.is_dir():
+        raise ConfigError(f"{label}: {run_dir} cannot be created: {under} is a file, not a folder")
+    why = unwritable(run_dir)
+    if why is not None:
+        raise ConfigError(f"{label}: {run_dir} cannot be written: {why}")
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the closest of its parents that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (made when missing) cannot be written: None when it can."""
+    probe = nearest_existing(folder)
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
     # try it rather than ask os.access: root passes access() even where the kernel refuses
     # (/proc, a read-only mount); the probe folder is removed at once
     trial = probe / f".evalrun-probe-{os.getpid()}"
@@ -109,9 +121,8 @@ def check_run_dir(run_dir: Path, given_by: str) -> None:
         trial.mkdir()
         trial.rmdir()
     except OSError as exc:
-        raise ConfigError(
-            f"{label}: {run_dir} cannot be written: making a folder in {probe} fails ({exc.strerror})"
-        ) from None
+        return f"making a folder in {probe} fails ({exc.strerror})"
+    return None
 
 
 def manifest_if_any(run_dir: Path) -> dict[str, Any]:
@@ -171,6 +182,40 @@ def manifest_problem(manifest: Any) -> str | None:
         return "overrides is not a list"
     if not isinstance(manifest.get("limit"), int | None):
         return "limit is not a number"
+    return _shard_problem(manifest.get("shard")) or _merge_fields_problem(manifest)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shard_problem(shard: Any) -> str | None:
+    """What is wrong with a manifest's `shard` (absent or null: not a shard)."""
+    if shard is None:
+        return None
+    if not isinstance(shard, dict):
+        return f"shard is a JSON {type(shard).__name__}, not an object with index and count"
+    for key in ("index", "count"):
+        if key not in shard:
+            return f"shard.{key} is missing"
+        if not _whole(shard[key]):
+            return f"shard.{key} is not a whole number (got {shard[key]!r})"
+    if not 1 <= shard["index"] <= shard["count"]:
+        return f"shard.index {shard['index']} is not from 1 to shard.count {shard['count']}"
+    return None
+
+
+def _merge_fields_problem(manifest: dict[str, Any]) -> str | None:
+    """The other fields `merge` reads, when present, of the type it reads them as."""
+    grid = manifest.get("grid")
+    if grid is not None and not (isinstance(grid, dict) and _whole(grid.get("requests", 0))):
+        return "grid.requests is not a whole number"
+    columns = manifest.get("data_columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        return "data_columns is not a list of column names"
+    for key in ("status", "started_at"):
+        if not isinstance(manifest.get(key, ""), str):
+            return f"{key} is not a string"
     return None
 
 
@@ -217,6 +262,23 @@ def mark_stopped(run_dir: Path, why: str) -> str:
     except (OSError, ValueError) as exc:
         Path(str(path) + ".tmp").unlink(missing_ok=True)
         line += f" ({MANIFEST} could not be updated either: {getattr(exc, 'strerror', None) or exc})"
+    return line
+
+
+def mark_unpublished(run_dir: Path, url: str, why: str) -> str:
+    """A finished run that its object store did not take: the manifest says `unpublished`;
+    returns the one line that says where the answers are, where they go, and how to send them."""
+    resume = f"evalrun run --resume {url}"
+    line = (
+        f"could not publish the run to {url} ({why}); every answer is kept on this machine in {run_dir}: "
+        f"once {url.split('://', 1)[0]}:// answers again, publish it with: {resume}"
+    )
+    try:
+        manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
+        manifest.update(status="unpublished", publish_error=why, resume=resume)
+        write_json(run_dir / MANIFEST, manifest)
+    except (OSError, ValueError, AttributeError) as exc:
+        line += f" ({MANIFEST} could not be updated: {getattr(exc, 'strerror', None) or exc})"
     return line
 
 

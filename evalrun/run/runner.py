@@ -114,10 +114,13 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     messages += [why for _, _, why in outcome.dead_models]
     result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
-        from evalrun.run.storage import publish_run
+        from evalrun.run.storage import publish_or_keep
 
-        result.location = ctx.manifest["location"]
-        publish_run(ctx.run_dir, result.location)
+        if (unpublished := publish_or_keep(ctx.run_dir, ctx.manifest["location"])) is None:
+            result.location = ctx.manifest["location"]
+        else:  # the answers stay in the local staging directory, which is printed as the run's place
+            result.status, result.exit_code = "unpublished", max(result.exit_code, EXIT_INCOMPLETE)
+            result.messages.append(unpublished)
     return result
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from evalrun.config.locations import DATASET_ONLY, url_scheme
 from evalrun.errors import ConfigError
+from evalrun.run.rundir import mark_unpublished
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,19 @@ def cache_root() -> Path:
 
 def staging_dir(url: str) -> Path:
     """The local directory of a remote run (its journal lives here): one per URL."""
+    return cache_root() / "runs" / _local_name(url)
+
+
+def response_cache_dir(reports_url: str) -> Path:
+    """The local folder of `cache: true` when reports_dir is object storage (SQLite needs a
+    local file): one per reports_dir URL, under the user's cache directory."""
+    return cache_root() / "responses" / _local_name(reports_url)
+
+
+def _local_name(url: str) -> str:
+    """A URL as one local folder name: its last part, and a digest of the whole URL."""
     digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
-    return cache_root() / "runs" / f"{url.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
+    return f"{url.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -84,6 +96,11 @@ def filesystem(url: str) -> tuple[Any, str]:
     raise ConfigError(f"{url}: cannot open this location ({type(first).__name__}: {first})")
 
 
+def _said(exc: BaseException) -> str:
+    """An object store's error on one line (pyarrow's S3 errors run over several)."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
 def check_writable(url: str) -> None:
     """Write and delete a probe object under `url`: bad credentials or a missing bucket fail
     here, before a request is sent, not after the run has been paid for."""
@@ -103,6 +120,32 @@ def _copy_stream(src: Any, dst: Any) -> None:
         dst.write(chunk)
 
 
+def publish_or_keep(local: Path, url: str) -> str | None:
+    """Publish a run; when the store cannot take it (gone, refusing, unreachable): None is not
+    returned but the one line that says where the answers are kept, where they were going and
+    how to publish them later, and the local manifest says `unpublished`."""
+    try:
+        publish_run(local, url)
+    except (OSError, ValueError, ConfigError) as exc:  # pyarrow: OSError (network, S3 errors), ArrowInvalid
+        return mark_unpublished(local, url, _said(exc))
+    return None
+
+
+def check_no_run(url: str) -> None:
+    """Refuse (exit 2) to write a run to a URL that already holds one: it would be replaced."""
+    fs, base = filesystem(url)
+    try:
+        infos = fs.get_file_info([f"{base}/{name}" for name in PUBLISHED])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{url}: cannot be read ({_said(exc)})") from None
+    held = [name for name, info in zip(PUBLISHED, infos, strict=True) if info.size is not None]
+    if held:
+        raise ConfigError(
+            f"--out {url}: it already holds a run ({', '.join(held)}); merging would replace it and lose its "
+            "answers. Merge into a new location"
+        )
+
+
 def publish_run(local: Path, url: str) -> None:
     """The run directory's files → `url`, the manifest last; each object written whole."""
     fs, base = filesystem(url)
@@ -118,11 +161,19 @@ def publish_run(local: Path, url: str) -> None:
 
 def fetch_run(url: str, names: tuple[str, ...] = READ, into: Path | None = None) -> Path:
     """A remote run's files → a local directory (the cache, or `into`); returns it."""
+    local = into or (cache_root() / "read" / staging_dir(url).name)
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_files(url, names, local)
+    except (OSError, ValueError) as exc:  # the store is gone, or refuses
+        raise ConfigError(f"{url}: cannot be read ({_said(exc)})") from None
+    return local
+
+
+def _fetch_files(url: str, names: tuple[str, ...], local: Path) -> None:
     import pyarrow.fs as pafs
 
     fs, base = filesystem(url)
-    local = into or (cache_root() / "read" / staging_dir(url).name)
-    local.mkdir(parents=True, exist_ok=True)
     infos = fs.get_file_info([f"{base}/{n}" for n in names])
     if infos[0].type == pafs.FileType.NotFound:
         raise ConfigError(f"{url}: no {names[0]} there; is it a run directory?")
@@ -134,7 +185,6 @@ def fetch_run(url: str, names: tuple[str, ...] = READ, into: Path | None = None)
         with fs.open_input_stream(info.path) as src, tmp.open("wb") as dst:
             _copy_stream(src, dst)
         os.replace(tmp, local / name)
-    return local
 
 
 def list_runs(parent_url: str) -> list[str]:
@@ -166,6 +216,13 @@ def fetch_dataset(url: str) -> Path:
             raise ConfigError(f"dataset {url}: cannot download it ({exc})") from None
         os.replace(tmp, target)
         return target
+    try:
+        return _fetch_copy(url, root, suffix)
+    except (OSError, ValueError) as exc:  # the store is gone, or refuses
+        raise ConfigError(f"dataset {url}: cannot read it ({_said(exc)})") from None
+
+
+def _fetch_copy(url: str, root: Path, suffix: str) -> Path:
     import pyarrow.fs as pafs
 
     fs, path = filesystem(url)

@@ -238,10 +238,12 @@ def finish_workers(
     if plan.location:
         merged["location"] = plan.location
     write_json(plan.run_dir / MANIFEST, merged)
+    unpublished = None
     if plan.location:
-        from evalrun.run.storage import publish_run
+        from evalrun.run.storage import publish_or_keep
 
-        publish_run(plan.run_dir, plan.location)
+        if (unpublished := publish_or_keep(plan.run_dir, plan.location)) is not None:
+            messages.append(unpublished)
     missing = merged["counts"]["missing"]
     if merged["status"] != "completed":
         messages.append(
@@ -249,7 +251,7 @@ def finish_workers(
             f"continue with: evalrun run --resume {plan.location or plan.run_dir}"
         )
         return (130 if any(c in (130, -signal.SIGINT) for c in codes.values()) else 1), messages
-    return (1 if failed else 0), messages
+    return (1 if failed or unpublished else 0), messages
 
 
 def _completed(d: Path) -> bool:
