@@ -177,7 +177,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         done=frozenset(done),
         keys=keys,
         pricing=pricing,
-        max_requests=opts.max_requests or exp.config.budget.max_requests,
+        max_requests=exp.config.budget.max_requests if opts.max_requests is None else opts.max_requests,
         max_cost=max_cost,
         evaluator=evaluator,
         resumed=opts.resume is not None,
