@@ -67,7 +67,10 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
             "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>"
         )
     currency, note = price_label(run.manifest)[0], ""
-    if run.has_cost:
+    if run.has_cost and "cost_per_graded_request" in cells:
+        xcol, xname = "cost_per_graded_request", f"cost per request, its judging included ({currency})"
+        xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
+    elif run.has_cost:
         xcol, xname = "cost_per_request", f"cost per request ({currency})"
         xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
     else:
