@@ -88,7 +88,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--max-cost",
         type=_positive(float),
         metavar="AMOUNT",
-        help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
+        help="stop cleanly before the cost, judges included, would exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
     add_run_arguments(s)

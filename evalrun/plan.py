@@ -306,7 +306,8 @@ def run_checks(exp: Experiment, max_cost: float | None) -> list[str]:
         raise ConfigError(
             f"--max-cost {max_cost:g}: one request of {cell.model} may cost up to {cost:.4f} {pricing.currency} "
             f"(≈{prompts[cell.prompt_id]:,} prompt tokens and all {output_budget(cell.params):,} output tokens of "
-            "max_tokens), and the budget holds each request's worst case, so it could never be sent; "
+            "max_tokens), and the budget holds a model's worst case until it has answered once, so it could never "
+            "be sent; "
             f"raise --max-cost above {cost:.4f} (one request) or lower max_tokens"
         )
     return notes
