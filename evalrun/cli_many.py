@@ -108,8 +108,18 @@ def _new_plan(args: argparse.Namespace) -> Any:
     used = {c.provider for c in plan.cells}
     shared = all(exp.providers[n].limiter for n in used)
     limited = any(exp.providers[n].rpm or exp.providers[n].tpm for n in used)
-    run_dir, _, location = new_run_dir(exp, args.run_dir)  # shards local; the merged run is published
     max_requests, max_cost = _budgets(args, exp)
+    if max_cost is not None:  # a worker's share of the budget must fit one request, like a run's
+        from evalrun.plan import run_checks
+        from evalrun.run.workers import cost_share
+
+        try:
+            run_checks(exp, cost_share(max_cost, args.workers))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"--workers {args.workers} gives each worker 1/{args.workers} of the budget: {exc}, or use fewer workers"
+            ) from None
+    run_dir, _, location = new_run_dir(exp, args.run_dir)  # shards local; the merged run is published
     wplan = WorkersPlan(
         config=args.config,
         workers=args.workers,

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import base_config, read_results, write_config
+from conftest import Reply, base_config, completion, read_results, write_config
 
 from evalrun.run.workers import cost_share, count_share
 
@@ -50,3 +50,28 @@ def test_more_workers_than_requests_sends_only_the_budget(tmp_path, scripted, cl
     again = cli("run", "--resume", res.run_dir, "--no-progress", "--max-requests", "100")
     assert again.code == 0, again.err
     assert len(server.requests) == 12 and len({orjson.dumps(r["messages"]) for r in server.requests}) == 12
+
+
+def _priced(tmp_path: Path, url: str, rows: int) -> Path:
+    cfg = base_config(tmp_path, _rows(tmp_path, rows), url)
+    cfg["models"] = ["m"]
+    cfg["prices"] = {"models": {"m": {"input": 1.0, "output": 10.0}}}  # an answer below: ≈0.002
+    return write_config(tmp_path, cfg)
+
+
+def test_a_cost_budget_split_across_workers_is_never_passed_together(tmp_path, scripted, cli) -> None:
+    usage = {"prompt_tokens": 13, "completion_tokens": 200, "total_tokens": 213}
+    server = scripted(default=lambda p: Reply(json=completion(usage=usage)))
+    res = cli("run", _priced(tmp_path, server.base_url, 16), "--workers", "2", "--no-progress", "--max-cost", "0.012")
+    assert res.code == 1 and "--resume" in res.err
+    df = read_results(res.run_dir)
+    assert 0.006 <= df.cost_total.sum() <= 0.012 and len(server.requests) == len(df)
+
+
+def test_a_worker_share_below_one_request_is_refused_before_anything_starts(tmp_path, scripted, cli) -> None:
+    server = scripted()
+    # one request may cost ≈0.0026 (256 max_tokens at 10/M): 0.004 fits one run, not half of it
+    res = cli("run", _priced(tmp_path, server.base_url, 4), "--workers", "2", "--max-cost", "0.004")
+    assert res.code == 2 and server.requests == []
+    assert "--workers 2 gives each worker 1/2 of the budget: --max-cost 0.002" in res.err
+    assert not (tmp_path / "reports").exists()
