@@ -75,3 +75,16 @@ def test_plan_estimates_the_judges(tmp_path, cli) -> None:
     assert report["judge_requests"] == 6 * 2 * 2 + 6 * 2
     assert 0 < report["judge_cost_expected"] < report["cost_expected"]
     assert "of which judges" in cli("plan", _judged(tmp_path, 6)).out
+
+
+def test_judges_spend_the_budget_too_and_a_resume_finishes_them(judged, tmp_path, cli) -> None:
+    answers, judges = float(read_results(judged).cost_total.sum()), _judge_spend(judged)
+    budget = answers + judges / 2
+    config, run_dir = _judged(tmp_path, 6), tmp_path / "budgeted"
+    r = cli("run", config, "--no-progress", "--max-cost", repr(budget), "--run-dir", run_dir)
+    assert r.code == 1 and f"--max-cost {budget:g}" in r.err
+    assert 0 < len(list(read_journal(run_dir / "judge_journal.jsonl"))) < 36  # stopped while judging
+    assert spent(run_dir) <= budget  # the judges' spend counted against it
+    again = cli("run", "--resume", run_dir, "--no-progress", "--max-cost", repr(3 * (answers + judges)))
+    assert again.code == 0, again.err
+    assert read_results(run_dir).score_factual.notna().all()
