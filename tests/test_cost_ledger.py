@@ -62,7 +62,7 @@ def test_summary_and_report_total_the_judges_too(judged, cli) -> None:
     assert f"cost {total:.4f}: answers" in printed and "+ judges" in printed
     page = Path(cli("report", judged).out.strip().splitlines()[-1]).read_text()
     assert f"${total:.3f}" in page and "+ judges" in page
-    assert "judging included" in page  # the score-vs-cost axis
+    assert "judging included" in page and "+ judging" in page  # the score-vs-cost axis, its tooltips
 
 
 def test_a_resumed_budget_counts_what_the_judges_spent(judged) -> None:
