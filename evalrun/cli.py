@@ -200,7 +200,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_cost(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from evalrun.analysis.cost import cost_breakdown, partial_note
+    from evalrun.analysis.cost import cost_breakdown, judge_rows, partial_note
     from evalrun.analysis.views import cost_table, terminal_width
     from evalrun.config.prices import load_pricing
     from evalrun.run.store import manifest_if_any, results_file
@@ -214,7 +214,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     heavy = {"logprobs", "messages", "content", "tool_calls", "error_message", "retry_types"}
     columns = [c for c in pq.read_schema(path).names if c not in heavy or c in by]
-    breakdown = cost_breakdown(pd.read_parquet(path, columns=columns), by, pricing)
+    breakdown = cost_breakdown(pd.read_parquet(path, columns=columns), by, pricing, judge_rows(args.run_dir))
     note = partial_note(breakdown, str(args.prices) if args.prices else None)
     manifest = manifest_if_any(args.run_dir)  # optional; damaged: one line
     currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
@@ -226,7 +226,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         title = f"{args.run_dir.name}: cost in {currency or '(no prices)'}" + (
             f" at {args.prices}" if args.prices else ""
         )
-        _console().print(cost_table(breakdown.table, by, title, terminal_width(), [note] if note else []))
+        _console().print(cost_table(breakdown.table, breakdown.by, title, terminal_width(), [note] if note else []))
     if note and args.format != "table":  # the table says it under itself
         print(f"evalrun: {note}", file=sys.stderr)
     return 0
@@ -315,9 +315,10 @@ def _console() -> Console:
 def _print_summary(summary: list[dict[str, object]] | None, title: str) -> None:
     if summary is None:
         return
-    from evalrun.analysis.views import answer_notes, summary_table, terminal_width
+    from evalrun.analysis.views import answer_notes, cost_note, summary_table, terminal_width
 
-    _console().print(summary_table(summary, title, terminal_width(), answer_notes(summary)))
+    notes = cost_note(summary) + answer_notes(summary)
+    _console().print(summary_table(summary, title, terminal_width(), notes))
 
 
 COMMANDS = {

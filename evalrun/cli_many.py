@@ -67,6 +67,7 @@ def wants_workers(args: argparse.Namespace) -> bool:
 
 def run_workers_cmd(args: argparse.Namespace) -> int:
     """`run --workers K` / `run --resume DIR` of a --workers run."""
+    from evalrun.config.load import load_experiment
     from evalrun.run.workers import plan_from_manifest, run_workers
 
     if args.resume is not None:
@@ -78,7 +79,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
             )
         plan = plan_from_manifest(args.resume, args.retry_errors)
         assert plan is not None
-        plan.max_requests, plan.max_cost = args.max_requests, args.max_cost
+        plan.max_requests, plan.max_cost = _budgets(args, load_experiment(plan.config, plan.overrides))
         plan.progress = not args.no_progress
         resume = True
     else:
@@ -139,6 +140,17 @@ def _new_plan(args: argparse.Namespace) -> Any:
     used = {c.provider for c in plan.cells}
     shared = all(exp.providers[n].limiter for n in used)
     limited = any(exp.providers[n].rpm or exp.providers[n].tpm for n in used)
+    max_requests, max_cost = _budgets(args, exp)
+    if max_cost is not None:  # a worker's share of the budget must fit one request, like a run's
+        from evalrun.plan import run_checks
+        from evalrun.run.workers import cost_share
+
+        try:
+            run_checks(exp, cost_share(max_cost, args.workers))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"--workers {args.workers} gives each worker 1/{args.workers} of the budget: {exc}, or use fewer workers"
+            ) from None
     run_dir, _, location = new_run_dir(exp, args.run_dir)  # shards local; the merged run is published
     wplan = WorkersPlan(
         config=args.config,
@@ -147,8 +159,8 @@ def _new_plan(args: argparse.Namespace) -> Any:
         # --no-cache as the shards' --set: recorded in their manifests, so their resumes keep it
         overrides=[*args.overrides, *(["cache=false"] if args.no_cache else [])],
         limit=args.limit,
-        max_requests=args.max_requests,
-        max_cost=args.max_cost,
+        max_requests=max_requests,
+        max_cost=max_cost,
         shared_limiter=shared,
         limited=limited,
         location=location,
@@ -157,6 +169,16 @@ def _new_plan(args: argparse.Namespace) -> Any:
     )
     start_manifest(wplan, exp.name)
     return wplan
+
+
+def _budgets(args: argparse.Namespace, exp: Any) -> tuple[int | None, float | None]:
+    """The run's budgets (the flags, else the config's `budget:`), split by the parent: a shard
+    told nothing would read the config's whole budget, K times over."""
+    budget = exp.config.budget
+    return (
+        budget.max_requests if args.max_requests is None else args.max_requests,
+        args.max_cost or budget.max_cost,
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

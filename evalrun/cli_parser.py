@@ -32,6 +32,17 @@ def _no_cache(s: argparse.ArgumentParser) -> None:
     )
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with evalrun's error format: one line, the command's --help as the hint."""
 
@@ -80,12 +91,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--retry-errors", action="store_true", help="with --resume: also re-send requests that ended in error"
     )
     s.add_argument("--force", action="store_true", help="with --resume: continue even if the grid changed")
-    s.add_argument("--max-requests", type=_positive(int), help="stop cleanly after sending this many requests")
+    s.add_argument("--max-requests", type=_count, help="stop cleanly after sending this many requests (0: send none)")
     s.add_argument(
         "--max-cost",
         type=_positive(float),
         metavar="AMOUNT",
-        help="stop cleanly before the cost could exceed AMOUNT (the price table's currency)",
+        help="stop cleanly before the cost, judges included, would exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
     _no_cache(s)

@@ -9,12 +9,15 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evalrun.analysis.rubrics import RUBRICS
 from evalrun.config.load import Experiment, model_warnings
-from evalrun.config.params import output_budget
-from evalrun.config.prices import load_pricing
+from evalrun.config.params import clean_params, output_budget
+from evalrun.config.prices import Pricing, load_pricing
+from evalrun.config.scorers import LabelModel, PairwiseModel, ScoreModel
 from evalrun.errors import ConfigError
 from evalrun.run.datasets import estimate_tokens, iter_rows, render
 from evalrun.run.grid import Plan, build_plan
+from evalrun.run.records import Cell
 from evalrun.run.store import RESULTS, request_rows
 from evalrun.sim.tasks import find_arithmetic, find_multiple_choice
 from evalrun.sim.tokens import message_text
@@ -55,6 +58,7 @@ def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
     cost_expected: float | None = 0.0 if pricing else None
     cost_worst: float | None = 0.0 if pricing else None
     unpriced: set[str] = set()
+    judge_requests, judge_expected = 0, 0.0
     for cell in plan.cells:
         reqs = plan.dataset.rows * repeats
         tin = prompt_tokens[cell.prompt_id] * repeats
@@ -79,6 +83,11 @@ def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
                 cost_worst += reqs * (
                     pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0
                 )
+                asked, expected, worst = _judging(exp, pricing, cell, reqs, per_req_in + expected_out / reqs, unpriced)
+                judge_requests += asked
+                judge_expected += expected
+                cost_expected += expected
+                cost_worst += worst
         t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
         t["requests"] += reqs
         t["tokens"] += tin + tout
@@ -122,9 +131,40 @@ def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
         "cost_basis": (f"mean output per cell of {basis}, else " if basis else "")
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
         "unpriced_models": sorted(unpriced),
+        "judge_requests": judge_requests,  # counted when prices are known
+        "judge_cost_expected": round(judge_expected, 6) if pricing else None,
         "notes": model_warnings(exp) + simulator_misses(plan),
         "cache": None if no_cache else cache_hits(plan),
     }
+
+
+def _judging(
+    exp: Experiment, pricing: Pricing, cell: Cell, reqs: int, graded_tokens: float, unpriced: set[str]
+) -> tuple[int, float, float]:
+    """(requests, expected cost, worst case) of the judges grading one cell's `reqs` answers: a
+    judge's prompt is its rubric, the question and the answer (`graded_tokens`, the prompt and
+    the expected answer); its answer is assumed the same share of its max_tokens as the cell's."""
+    asked, expected, worst = 0, 0.0, 0.0
+    for cfg in exp.config.scorers:
+        if not isinstance(cfg, LabelModel | ScoreModel | PairwiseModel):
+            continue
+        if isinstance(cfg, PairwiseModel) and cfg.baseline.model == cell.model:
+            continue  # the baseline is not graded against itself
+        if not pricing.known(cfg.model):
+            unpriced.add(cfg.model)
+            continue
+        times = reqs * (2 if isinstance(cfg, PairwiseModel) else 1)  # pairwise: both orders
+        rubric = RUBRICS.get(cfg.rubric)
+        prompt = round(
+            graded_tokens
+            + estimate_tokens([{"role": "user", "content": rubric.instructions if rubric else cfg.rubric}])
+        )
+        out = output_budget(clean_params(cfg.params))
+        usage = {"prompt_tokens": prompt, "completion_tokens": round(out * ASSUMED_OUTPUT_SHARE)}
+        asked += times
+        expected += times * (pricing.cost(cfg.model, usage)["cost_total"] or 0.0)
+        worst += times * (pricing.worst_case(cfg.model, prompt, out) or 0.0)
+    return asked, expected, worst
 
 
 def cache_hits(plan: Plan) -> dict[str, Any] | None:
@@ -177,6 +217,11 @@ def format_plan(report: dict[str, Any]) -> str:
             f"({report['cost_basis']}), ≤ {report['cost_worst_case']:.4f} if every request uses max_tokens; "
             f"prices: {report['prices']}"
         )
+        if report.get("judge_requests"):
+            lines.append(
+                f"             of which judges ≈{report['judge_cost_expected']:.4f} for "
+                f"{report['judge_requests']:,} judge requests (their answers: {ASSUMED_OUTPUT_SHARE:.0%} of max_tokens)"
+            )
         if report["unpriced_models"]:
             lines.append(f"             no price for {', '.join(report['unpriced_models'])}: not included")
     else:
@@ -272,7 +317,8 @@ def run_checks(exp: Experiment, max_cost: float | None) -> list[str]:
         raise ConfigError(
             f"--max-cost {max_cost:g}: one request of {cell.model} may cost up to {cost:.4f} {pricing.currency} "
             f"(≈{prompts[cell.prompt_id]:,} prompt tokens and all {output_budget(cell.params):,} output tokens of "
-            "max_tokens), and the budget holds each request's worst case, so it could never be sent; "
+            "max_tokens), and the budget holds a model's worst case until it has answered once, so it could never "
+            "be sent; "
             f"raise --max-cost above {cost:.4f} (one request) or lower max_tokens"
         )
     return notes

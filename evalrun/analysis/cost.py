@@ -1,15 +1,22 @@
 """`evalrun cost RUN_DIR`: cost and tokens grouped by any report columns, optionally at other
-prices (recomputed from the recorded usage; nothing is sent)."""
+prices (recomputed from the recorded usage; nothing is sent).
+
+One ledger: the experiment's requests (results.parquet) and its judges' (judge_journal.jsonl:
+one row per judge request, its latest answer, an answer before a failure) are told apart by a
+`kind` column, experiment or judge, with a subtotal for each when the run has judges and the
+grand total last."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from evalrun.config.diagnostics import did_you_mean
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.errors import ConfigError
+from evalrun.run.journal import JUDGE_JOURNAL, read_journal
 from evalrun.run.store import DATA_PREFIX, request_rows
 
 if TYPE_CHECKING:
@@ -33,7 +40,9 @@ DIMENSIONS = (
     "error_type",
     "http_status",
     "finish_reason",
+    "kind",  # experiment or judge
 )
+KINDS = ("experiment", "judge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +51,46 @@ class CostBreakdown:
 
     table: pd.DataFrame
     unpriced: list[str]  # models with usage but no cost: the total is partial without them
+    by: list[str]  # what it is grouped by: as asked, with kind first when the run has judges
 
 
 def groupable(columns: list[str]) -> list[str]:
     return [c for c in (*DIMENSIONS, *(c for c in columns if c.startswith(DATA_PREFIX))) if c in columns]
 
 
-def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None = None) -> CostBreakdown:
-    """Cost and tokens grouped by `by`. With `pricing`, cost is recomputed from the recorded
-    usage (other prices, no requests)."""
+def judge_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's judge requests as rows (usage and cost on each): per judge request id its
+    latest answer, or its latest failure when it never got one."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for entry in read_journal(run_dir / JUDGE_JOURNAL, report=False):
+        rows = entry.get("rows") or []
+        known = chosen.get(entry["id"])
+        if rows and (known is None or entry["status"] == "ok" or known.get("status") != "ok"):
+            chosen[entry["id"]] = {k: v for k, v in rows[0].items() if k not in ("logprobs", "messages", "content")}
+    return list(chosen.values())
+
+
+def ledger(results: pd.DataFrame, judges: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per request, the experiment's and its judges', with their `kind`."""
     import pandas as pd
 
-    req = request_rows(results).copy()
+    req = request_rows(results).assign(kind=KINDS[0])
+    if not judges:
+        return req
+    extra = pd.DataFrame(judges).assign(kind=KINDS[1])
+    return pd.concat([req, extra[[c for c in extra.columns if c in req.columns]]], ignore_index=True)
+
+
+def cost_breakdown(
+    results: pd.DataFrame, by: list[str], pricing: Pricing | None = None, judges: list[dict[str, Any]] | None = None
+) -> CostBreakdown:
+    """Cost and tokens grouped by `by` (and by kind when the run has judges). With `pricing`,
+    cost is recomputed from the recorded usage (other prices, no requests)."""
+    import pandas as pd
+
+    req = ledger(results, judges or []).copy()
+    if judges and "kind" not in by:
+        by = ["kind", *by]
     missing = [c for c in by if c not in req]
     if missing:
         choices = groupable(list(req.columns))
@@ -75,7 +112,27 @@ def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None
     for t in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens"):
         req[t] = req[t].astype("Float64")
     req["visible_output_tokens"] = req["completion_tokens"] - req["reasoning_tokens"].fillna(0)
-    agg = req.groupby(by, dropna=False).agg(
+    agg = _grouped(req, by)
+    label = "(all, partial)" if unpriced else "(all)"
+    parts = [agg.reset_index()]
+    if judges and len(by) > 1:  # a subtotal per kind, under its rows
+        parts = []
+        for kind in KINDS:
+            rows = agg[agg.index.get_level_values("kind") == kind]
+            sub = _total(rows, by, label)
+            sub["kind"] = kind
+            parts += [rows.reset_index(), sub]
+    table = pd.concat([*parts, _total(agg, by, label)], ignore_index=True)
+    table["cost_per_request"] = table["cost_total"] / table["requests"]
+    output = table["visible_output_tokens"] + table["reasoning_tokens"]
+    table["reasoning_share"] = table["reasoning_tokens"] / output.where(output > 0)
+    for c in COUNTS:  # counts are whole numbers in csv and json too
+        table[c] = pd.array(table[c].round(), dtype="Float64").astype("Int64")
+    return CostBreakdown(table, unpriced, by)
+
+
+def _grouped(req: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return req.groupby(by, dropna=False).agg(
         requests=("request_id", "nunique"),
         prompt_tokens=("prompt_tokens", "sum"),
         cached_tokens=("cached_tokens", "sum"),
@@ -83,17 +140,14 @@ def cost_breakdown(results: pd.DataFrame, by: list[str], pricing: Pricing | None
         reasoning_tokens=("reasoning_tokens", "sum"),
         **{c: (c, lambda s: s.sum(min_count=1)) for c in COST_COLUMNS},
     )
+
+
+def _total(agg: pd.DataFrame, by: list[str], label: str) -> pd.DataFrame:
     total = agg.sum(numeric_only=True).to_frame().T
     for c in COST_COLUMNS:  # a total over no priced request is unknown, not 0
         total[c] = agg[c].sum(min_count=1)
-    total[by] = "(all, partial)" if unpriced else "(all)"
-    table = pd.concat([agg.reset_index(), total], ignore_index=True)
-    table["cost_per_request"] = table["cost_total"] / table["requests"]
-    output = table["visible_output_tokens"] + table["reasoning_tokens"]
-    table["reasoning_share"] = table["reasoning_tokens"] / output.where(output > 0)
-    for c in COUNTS:  # counts are whole numbers in csv and json too
-        table[c] = pd.array(table[c].round(), dtype="Float64").astype("Int64")
-    return CostBreakdown(table, unpriced)
+    total[by] = label
+    return total
 
 
 def partial_note(b: CostBreakdown, prices: str | None) -> str | None:

@@ -127,6 +127,8 @@ class SummaryBuilder:
             row["rows"] = c["rows"]
             row["truncated_answers"], row["empty_answers"] = c["truncated"], c["empty"]
             row["judge_cost"] = c["judge_cost"]  # what grading this cell's answers cost (model judges)
+            costs = [v for v in (c["cost_total"], c["judge_cost"]) if v is not None]
+            row["cost_with_judges"] = sum(costs) if costs else None  # the cell's share of the run's spend
             for n in self.scorers:
                 passes, scores, graded = c[f"passes_{n}"], c[f"scores_{n}"], c[f"graded_{n}"]
                 lo, hi = wilson_interval(passes, graded) if graded else (None, None)

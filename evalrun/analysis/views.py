@@ -135,6 +135,7 @@ NOT_PARAMS = {
     "reasoning_share",
     "cost_per_request",
     "judge_cost",
+    "cost_with_judges",
     *COST_COLUMNS,
 }
 
@@ -258,6 +259,18 @@ def cost_table(frame: pd.DataFrame, by: list[str], title: str, width: int, notes
         for r in frame.to_dict("records")
     ]
     return table(title, columns, rows, width, notes)
+
+
+def cost_note(summary: list[dict[str, Any]]) -> list[str]:
+    """The run's spend in one line when judges graded it: the answers' cost and the judges'."""
+    judged = [r["judge_cost"] for r in summary if not missing(r.get("judge_cost"))]
+    if not judged:
+        return []
+    answers = sum(r["cost_total"] for r in summary if not missing(r.get("cost_total")))
+    return [
+        f"cost {money(answers + sum(judged))}: answers {money(answers)} + judges {money(sum(judged))} "
+        "(evalrun cost RUN_DIR breaks it down)"
+    ]
 
 
 def answer_notes(summary: list[dict[str, Any]], shown: int = 4) -> list[str]:

@@ -138,7 +138,8 @@ class Pricing:
         return cost
 
     def worst_case(self, model: str, prompt_tokens: int, max_output: int) -> float | None:
-        """Cost if every output token is spent (no cache): the budget's reservation."""
+        """Cost if every output token is spent (no cache): what the budget holds for a request
+        until its model has answered once."""
         price = self.table.models.get(model)
         if price is None:
             return None
@@ -204,42 +205,3 @@ def load_pricing(prices: PricesConfig | str | None, config_path: Path) -> Pricin
     if base is None:
         return None
     return Pricing(base, source)
-
-
-class CostBudget:
-    """Stops dispatching before a budget could be exceeded.
-
-    Each request reserves its worst case (its prompt estimate plus every output token it may
-    generate) until its real cost is known; a request is dispatched only if what is spent,
-    what is reserved and its own worst case all fit. So the budget holds even if every
-    request in flight used its whole max_tokens.
-    """
-
-    def __init__(self, limit: float, pricing: Pricing, spent: float = 0.0) -> None:
-        self.limit = limit
-        self.pricing = pricing
-        self.spent = spent
-        self.reserved = 0.0
-        self._held: dict[str, float] = {}
-
-    def reserve(self, request_id: str, model: str, prompt_tokens: int, max_output: int) -> bool:
-        worst = self.pricing.worst_case(model, prompt_tokens, max_output) or 0.0
-        if self.spent + self.reserved + worst > self.limit:
-            return False
-        self.reserved += worst
-        self._held[request_id] = worst
-        return True
-
-    def settle(self, request_id: str, cost: float | None) -> None:
-        self.release(request_id)
-        self.spent += cost or 0.0
-
-    def release(self, request_id: str) -> None:
-        self.reserved -= self._held.pop(request_id, 0.0)
-
-    @property
-    def reason(self) -> str:
-        return (
-            f"budget: the next request could take the cost past --max-cost {self.limit:g} "
-            f"{self.pricing.currency} (spent {self.spent:.4f}, {self.reserved:.4f} reserved in flight)"
-        )

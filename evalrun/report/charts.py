@@ -11,6 +11,8 @@ from evalrun.report.format import esc, fmt_money, fmt_num, fmt_pct, fmt_secs, pr
 from evalrun.report.svg import WIDTH, Scale, cut, legend, line, rect, scale, svg, text, text_width, tip, x_axis, y_axis
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
     from evalrun.report.data import Run
@@ -59,6 +61,13 @@ def dodge(xy: list[tuple[float, float]], near: float = DODGE_PX) -> list[tuple[f
     return out
 
 
+def _judging_split(r: Any, xfmt: Callable[[Any], str]) -> str:
+    """What a request's cost on the chart is made of: its answer and its judging."""
+    answer = (r.cost_total or 0.0) / r.requests if r.requests else 0.0
+    judging = (r.judge_cost or 0.0) / r.requests if r.requests else 0.0
+    return f"\nanswer {xfmt(answer)} + judging {xfmt(judging)} a request"
+
+
 def score_vs_cost(run: Run, s: str | None = None) -> str:
     cells, s = run.cells, s or run.scorer
     if s is None:
@@ -67,7 +76,10 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
             "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>"
         )
     currency, note = price_label(run.manifest)[0], ""
-    if run.has_cost:
+    if run.has_cost and "cost_per_graded_request" in cells:
+        xcol, xname = "cost_per_graded_request", f"cost per request, its judging included ({currency})"
+        xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
+    elif run.has_cost:
         xcol, xname = "cost_per_request", f"cost per request ({currency})"
         xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
     else:
@@ -113,6 +125,7 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
         hint = (
             f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
             f"\n{r.requests} requests"
+            + (_judging_split(r, xfmt) if xcol == "cost_per_graded_request" else "")
             + ("\non the Pareto front" if on else "")
             + (f"\ndrawn beside {len(same)} other cell(s) with the same figures" if same else "")
         )

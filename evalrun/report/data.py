@@ -64,6 +64,10 @@ def load_run(run_dir: Path) -> Run:
                 cells["cost_per_request"] = cells.cost_total / cells.requests
             if scorer and f"cost_per_pass_{scorer}" not in cells:
                 cells[f"cost_per_pass_{scorer}"] = cells.cost_total / cells.passes.where(cells.passes > 0)
+            if "judge_cost" in cells and cells.judge_cost.notna().any():  # one ledger: judging included
+                cells["cost_per_graded_request"] = (
+                    cells.cost_total.fillna(0) + cells.judge_cost.fillna(0)
+                ) / cells.requests
     return Run(run_dir, manifest, requests, cells, scorer, scorers, params, has_cost, colours)
 
 

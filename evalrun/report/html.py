@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from evalrun.analysis.compare import FLIPS_SHOWN
 from evalrun.analysis.compare_text import verdict_note
+from evalrun.analysis.cost import judge_rows
 from evalrun.analysis.views import answer_notes
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
 from evalrun.report.data import Run, load_run
@@ -229,10 +230,11 @@ def _header(run: Run) -> dict[str, str]:
         best = cells.loc[cells[f"pass_rate_{run.scorer}"].idxmax()]
         kpis.append((f"best {run.scorer}", fmt_pct(best[f"pass_rate_{run.scorer}"]), best.label))
     if run.has_cost:
-        total = req.cost_total.sum()
-        kpis.append(
-            ("total cost", fmt_money(total, currency), f"{fmt_money(total / max(len(req), 1), currency)} per request")
-        )
+        answers, judges = req.cost_total.sum(), sum(r.get("cost_total") or 0.0 for r in judge_rows(run.dir))
+        total = answers + judges
+        per = f"{fmt_money(answers / max(len(req), 1), currency)} per request"
+        sub = f"answers {fmt_money(answers, currency)} + judges {fmt_money(judges, currency)}" if judges else per
+        kpis.append(("total cost", fmt_money(total, currency), sub))
     desc = (m.get("config") or {}).get("description")
     cards = (
         f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{esc(k)}</div>'

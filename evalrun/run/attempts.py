@@ -3,7 +3,8 @@
     repeat:
         rate slot       limiter.acquire          (waiting: interruptible, holds nothing)
         concurrency     the provider's slots     (waiting: interruptible)
-        admission       --max-requests / --max-cost, at the first send only
+        admission       --max-requests / --max-cost, at the first send only (the cost budget's
+                        room is held before the rate slot, waiting in turn, holding nothing)
         send            client.send → Sent       (on the wire: counted in `in_flight`)
         answer          success → Result; else classify once → side effects → wait or end
         wait            Retry-After or backoff   (waiting: interruptible)
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from evalrun.config.models import RetryConfig
 from evalrun.config.params import output_budget
-from evalrun.config.prices import CostBudget
+from evalrun.run.budget import CostBudget
 from evalrun.run.client import Sent
 from evalrun.run.errors import RequestError
 from evalrun.run.limiter import MONOTONIC, Clock, ModelLimiter
@@ -70,22 +71,26 @@ class Lane:
 
 
 class Admission:
-    """The run's budgets, checked at each request's first send (so "sent" is exact)."""
+    """The run's budgets: the cost budget's room is held before a request's first send (in turn,
+    holding no slot), --max-requests is counted at the first send (so "sent" is exact)."""
 
     def __init__(self, max_requests: int | None = None, budget: CostBudget | None = None) -> None:
         self.max_requests = max_requests
         self.budget = budget
         self.admitted = 0
 
-    def admit(self, spec: RequestSpec) -> str | None:
+    async def hold(self, spec: RequestSpec) -> str | None:
+        """None once the cost budget holds room for the request; else why the run must stop."""
+        budget = self.budget
+        if budget is None:
+            return None
+        cell, prompt, output = spec.cell, spec.est_prompt_tokens, output_budget(spec.params)
+        return None if await budget.hold(spec.request_id, cell.cell_id, cell.model, prompt, output) else budget.reason
+
+    def admit(self) -> str | None:
         """None when the request may go; else why the run must stop sending."""
         if self.max_requests is not None and self.admitted >= self.max_requests:
             return f"budget: --max-requests {self.max_requests} reached"
-        budget = self.budget
-        if budget is not None and not budget.reserve(
-            spec.request_id, spec.cell.model, spec.est_prompt_tokens, output_budget(spec.params)
-        ):
-            return budget.reason
         self.admitted += 1
         return None
 
@@ -103,6 +108,7 @@ class _Progress:
     t0: float  # clock time, for max_total_s
     attempts: int = 0
     waited: float = 0.0
+    held: bool = False  # the cost budget holds room for it
     admitted: bool = False
 
 
@@ -129,7 +135,7 @@ class Attempts:
         try:
             return await self._loop(spec, lane, st, parking)
         except Interrupted:
-            if st.admitted:
+            if st.held:
                 self.admission.release(spec)
             return None
 
@@ -139,6 +145,13 @@ class Attempts:
         retry_types: list[str] = []
         holding = False  # a retry without a wait may keep its slot (see below)
         while True:
+            if not st.held:  # the cost budget's wait comes before the slots: it holds none of them
+                with stops.interruptible(provider):
+                    why = await self.admission.hold(spec)
+                if why is not None:
+                    stops.stop_budget(why)
+                    raise Interrupted
+                st.held = True
             if not holding:
                 # the common case takes both slots at once, without a coroutine or a wait
                 rated = limiter.try_acquire(est)
@@ -156,7 +169,7 @@ class Attempts:
                 if dead is not None:  # found out while this request waited: it is not sent
                     return not_sent(spec, dead)
                 if not st.admitted:
-                    why = self.admission.admit(spec)
+                    why = self.admission.admit()
                     if why is not None:
                         stops.stop_budget(why)
                         raise Interrupted

@@ -133,7 +133,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     plan = build_plan(exp, limit)
     evaluator = opts.evaluator(exp, plan.dataset.columns) if opts.evaluator is not None else None
     max_cost = opts.max_cost or exp.config.budget.max_cost
-    pricing = _pricing(plan, max_cost)
+    pricing = _pricing(plan, max_cost, {m for _, m in evaluator.judge_lanes()} if evaluator else set())
     # the providers this run talks to: its cells' and its judges'
     judges = evaluator.judge_providers if evaluator else set()
     providers = frozenset(judges if opts.judges_only else {c.provider for c in plan.cells} | judges)
@@ -180,7 +180,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         done=frozenset(done),
         keys=keys,
         pricing=pricing,
-        max_requests=opts.max_requests or exp.config.budget.max_requests,
+        max_requests=exp.config.budget.max_requests if opts.max_requests is None else opts.max_requests,
         max_cost=max_cost,
         evaluator=evaluator,
         resumed=opts.resume is not None,
@@ -307,12 +307,14 @@ def _check_limiters(exp: Experiment, providers: frozenset[str]) -> None:
         check_reachable(urls)
 
 
-def _pricing(plan: Plan, max_cost: float | None) -> Pricing | None:
-    """The run's prices; with a cost budget every model must have one (else it is unbounded)."""
+def _pricing(plan: Plan, max_cost: float | None, judges: set[str]) -> Pricing | None:
+    """The run's prices; with a cost budget every model must have one, the judges' too (else
+    it is unbounded)."""
     exp = plan.exp
     pricing = load_pricing(exp.config.prices, exp.path)
     if max_cost is not None:
-        missing = sorted({c.model for c in plan.cells if pricing is None or not pricing.known(c.model)})
+        models = {c.model for c in plan.cells} | judges
+        missing = sorted({m for m in models if pricing is None or not pricing.known(m)})
         if missing:
             raise ConfigError(
                 f"{exp.where('budget')}: a cost budget needs a price for every model; none for {', '.join(missing)} "

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from evalrun.config.prices import CostBudget, Pricing
+from evalrun.config.prices import Pricing
+from evalrun.run.budget import CostBudget
 from evalrun.run.cache import CachedAnswer, ResponseCache, cached_rows
-from evalrun.run.journal import JOURNAL, Journal, read_journal
+from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, Journal, read_journal
 from evalrun.run.progress import RunStats
 from evalrun.run.records import RequestSpec, Result
 from evalrun.run.sink import ResultsSink
@@ -117,5 +118,11 @@ class Recorder:
 
 
 def spent(run_dir: Path) -> float:
-    """What the recorded requests of a run cost so far (for a resumed cost budget)."""
-    return sum((row.get("cost_total") or 0.0) for e in read_journal(run_dir / JOURNAL) for row in e["rows"])
+    """What the recorded requests of a run cost so far, its judges' included (for a resumed
+    cost budget): every entry, since each was paid for."""
+    return sum(
+        (row.get("cost_total") or 0.0)
+        for journal in (JOURNAL, JUDGE_JOURNAL)
+        for e in read_journal(run_dir / journal)
+        for row in e["rows"]
+    )

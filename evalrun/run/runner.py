@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.config.models import ProviderConfig
-from evalrun.config.prices import CostBudget
+from evalrun.run.budget import CostBudget
 from evalrun.run.cache import Caches, open_caches
 from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
 from evalrun.run.journal import JUDGE_JOURNAL

@@ -7,7 +7,10 @@
 Every shard process runs `evalrun run CONFIG --shard I/K --run-dir <run_dir>/shards/IofK`. They
 share the provider's budget through the Redis limiter when the provider has one; otherwise
 each paces at an even 1/K of rpm and tpm (rounded down: never more than the budget together),
-and the run says so. `--max-requests` and `--max-cost` are split the same way.
+and the run says so. `--max-requests` and `--max-cost` (or the config's `budget:`) are split so
+that the K parts add up to the budget and never more: whole requests go one more to the first
+shards (with K > N the last K − N shards get 0 and stop before sending anything), money is
+rounded down.
 
 `evalrun run --resume <run_dir>` of such a run resumes each shard that did not complete (a
 shard killed with kill -9 resumes from its journal) and merges again.
@@ -16,11 +19,13 @@ shard killed with kill -9 resumes from its journal) and merges again.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,21 @@ def share_limits(rpm: int | None, tpm: int | None, share: int) -> tuple[int | No
     if share <= 1:
         return rpm, tpm
     return (None if rpm is None else max(1, rpm // share), None if tpm is None else max(1, tpm // share))
+
+
+def count_share(total: int, workers: int, index: int) -> int:
+    """Shard `index`'s (1-based) part of a whole-number budget: the parts add up to `total`
+    exactly (a 1/K share rounded up would send more than asked; rounded down, less)."""
+    return total // workers + (index <= total % workers)
+
+
+def cost_share(total: float, workers: int) -> float:
+    """A 1/workers part of a money budget, rounded down: K of them never add up to more than
+    `total` (`total / K` in floating point can be a hair more than a K-th)."""
+    share = total / workers
+    while Fraction(share) * workers > Fraction(total):
+        share = math.nextafter(share, 0.0)
+    return share
 
 
 @dataclass
@@ -81,24 +101,24 @@ def child_argv(plan: WorkersPlan, shard: Shard, resume: bool) -> list[str]:
         argv += ["--set", o]
     if plan.limit is not None:
         argv += ["--limit", str(plan.limit)]
-    return argv + _shares(plan)
+    return argv + _shares(plan, shard)
 
 
 def resume_argv(plan: WorkersPlan, shard: Shard) -> list[str]:
     """The command that resumes a shard from its journal."""
     argv = [sys.executable, "-m", "evalrun", "run", "--resume", str(shard_dir(plan.run_dir, shard))]
-    return argv + (["--retry-errors"] if plan.retry_errors else []) + _shares(plan)
+    return argv + (["--retry-errors"] if plan.retry_errors else []) + _shares(plan, shard)
 
 
-def _shares(plan: WorkersPlan) -> list[str]:
-    """What every shard process is told: its share of the rate and of the budgets."""
+def _shares(plan: WorkersPlan, shard: Shard) -> list[str]:
+    """What a shard process is told: its share of the rate and of the budgets."""
     argv = ["--no-progress"]
     if plan.workers > 1:  # the 1/K share, or with a shared limiter the floor of its fallback share
         argv += ["--rate-share", str(plan.workers)]
-    if plan.max_requests is not None:
-        argv += ["--max-requests", str(max(1, plan.max_requests // plan.workers))]
+    if plan.max_requests is not None:  # 0 for some shards when K > the budget: they send nothing
+        argv += ["--max-requests", str(count_share(plan.max_requests, plan.workers, shard.index))]
     if plan.max_cost is not None:
-        argv += ["--max-cost", repr(plan.max_cost / plan.workers)]
+        argv += ["--max-cost", repr(cost_share(plan.max_cost, plan.workers))]
     return argv
 
 
