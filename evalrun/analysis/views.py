@@ -116,13 +116,25 @@ def table(title: str, columns: list[Column], rows: list[dict[str, str]], width: 
 # --------------------------------------------------------------------------- the summary
 
 IDENTITY = ("cell_id", "provider", "model", "prompt_id")
-SCORED = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_", "ungraded_")
+SCORED = (
+    "pass_rate_",
+    "pass_ci_",
+    "mean_score_",
+    "cost_per_pass_",
+    "ungraded_",
+    "stable_pass_",
+    "flaky_",
+    "stable_fail_",
+    "pass_at_",
+    "pass_pow_",
+)
 NOT_PARAMS = {
     "requests",
     "errors",
     "attempts",
     "retries",
     "rows",
+    "items",
     "error_rate",
     "truncated_answers",
     "empty_answers",
