@@ -102,17 +102,37 @@ def _flips(cell: str, m: pd.DataFrame, b: pd.DataFrame, n: pd.DataFrame) -> pd.D
     )
 
 
-def compare_cell(cell: str, b: pd.DataFrame, n: pd.DataFrame, min_passes: int | None) -> CellRows:
-    """The row-level figures of one cell present on both sides (b and n: its answers)."""
-    rb, rn = per_row(b, min_passes), per_row(n, min_passes)
+@dataclass(frozen=True, slots=True)
+class RowTest:
+    """What the gate decides on: the matched rows, the mean per-row difference and its p-value."""
+
+    rows: pd.DataFrame  # per_row() of both sides, joined on row id (suffixes _base, _new)
+    delta: float
+    p_value: float
+    test: str  # "mcnemar" or "sign-flip"
+    changed: int  # rows whose value differs
+
+
+def paired_rows(rb: pd.DataFrame, rn: pd.DataFrame, min_passes: int | None) -> RowTest:
+    """The paired test on the rows both sides answered (rb, rn: per_row() of each side)."""
     m = rb.merge(rn, left_index=True, right_index=True, suffixes=("_base", "_new"))
-    k = len(m)
+    if m.empty:
+        return RowTest(m, math.nan, math.nan, "", 0)
     bv, nv = m.value_base.to_numpy(), m.value_new.to_numpy()
     # one pass/fail per row on each side: the exact test on rows, as with repeats = 1
     binary = bool(min_passes) or bool(((m.answers_base == 1) & (m.answers_new == 1)).all())
-    p_value, test = paired_row_test(bv, nv, binary) if k else (math.nan, "")
+    p_value, test = paired_row_test(bv, nv, binary)
+    return RowTest(m, float(nv.mean() - bv.mean()), p_value, test, int((bv != nv).sum()))
+
+
+def compare_cell(cell: str, b: pd.DataFrame, n: pd.DataFrame, min_passes: int | None) -> CellRows:
+    """The row-level figures of one cell present on both sides (b and n: its answers)."""
+    rb, rn = per_row(b, min_passes), per_row(n, min_passes)
+    t = paired_rows(rb, rn, min_passes)
+    m, k = t.rows, len(t.rows)
+    bv, nv = m.value_base.to_numpy(), m.value_new.to_numpy()
     lo, hi = paired_bootstrap_ci(bv, nv) if k else (math.nan, math.nan)
-    flips = _flips(cell, m, b, n) if k else _flips(cell, m.iloc[:0], b, n)
+    flips = _flips(cell, m, b, n)
     matched_b, matched_n = b[b.row_id.isin(m.index)], n[n.row_id.isin(m.index)]
     figures: dict[str, Any] = {
         "matched": k,
@@ -122,14 +142,14 @@ def compare_cell(cell: str, b: pd.DataFrame, n: pd.DataFrame, min_passes: int | 
         "new_answers": len(matched_n),
         "base_pass_rate": float(bv.mean()) if k else math.nan,
         "new_pass_rate": float(nv.mean()) if k else math.nan,
-        "delta": float(nv.mean() - bv.mean()) if k else math.nan,
+        "delta": t.delta,
         "delta_ci_low": lo,
         "delta_ci_high": hi,
         "pass_to_fail": int((flips.direction == "pass→fail").sum()),
         "fail_to_pass": int((flips.direction == "fail→pass").sum()),
-        "changed_rows": int((bv != nv).sum()),
-        "p_value": p_value,
-        "test": test,
+        "changed_rows": t.changed,
+        "p_value": t.p_value,
+        "test": t.test,
         "score_delta": float(matched_n.score.mean() - matched_b.score.mean()) if k else math.nan,
         **_classes(m.rename(columns={"cls_base": "cls"}), "base"),
         **_classes(m.rename(columns={"cls_new": "cls"}), "new"),

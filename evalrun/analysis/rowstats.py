@@ -139,10 +139,12 @@ def sign_flip_p(diffs: Sequence[float], seed: int = 0) -> float:
         z = abs(d.sum()) / math.sqrt(float((d * d).sum()))
         return math.erfc(z / math.sqrt(2))
     rng = np.random.default_rng(seed)
-    hits, block = 0, max(1, 2_000_000 // k)
+    hits, block, total = 0, max(1, 4_000_000 // k), d.sum()
     for start in range(0, FLIP_ROUNDS, block):
-        signs = rng.integers(0, 2, size=(min(block, FLIP_ROUNDS - start), k)) * 2 - 1
-        hits += int((np.abs(signs @ d) >= observed).sum())
+        size = min(block, FLIP_ROUNDS - start)
+        # one random bit per row and round (bytes unpacked: a tenth of the time of integer draws)
+        flip = np.unpackbits(rng.integers(0, 256, size=(size, (k + 7) // 8), dtype=np.uint8), axis=1, count=k)
+        hits += int((np.abs(total - 2 * (flip.astype(float) @ d)) >= observed).sum())
     return (hits + 1) / (FLIP_ROUNDS + 1)
 
 
