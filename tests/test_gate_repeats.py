@@ -99,6 +99,15 @@ def test_http_runs_match_the_drawn_outcomes_and_the_gate_passes_noise(tmp_path, 
     # the row effect widens the interval beyond the (row × repeat) Wilson interval of old
     old_lo, old_hi = wilson_interval(int(n.passes.sum()), 150)
     assert s.pass_ci_high_correct - s.pass_ci_low_correct > 1.2 * (old_hi - old_lo)
+    assert "flaky rows" in cli("summary", runs["new"]).out
+    # the report: the row-level interval, the classes, the flipped rows with their passes
+    r = cli("report", runs["new"], "--compare", runs["base"])
+    assert r.code == 0, r.err
+    page = (runs["new"] / "report.html").read_text()
+    assert "95% interval over rows" in page and "rows stable-pass/flaky/stable-fail · correct" in page
+    stable, flaky, fail = (int(s[f"{c}_correct"]) for c in ("stable_pass", "flaky", "stable_fail"))
+    assert f"{stable}/{flaky}/{fail}" in page and "the unit is the dataset row" in page
+    assert cell.pass_to_fail + cell.fail_to_pass > 0 and '<th class="num">base passes</th>' in page
 
 
 def _answering(wrong: set[int]) -> Any:

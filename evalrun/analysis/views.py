@@ -167,6 +167,9 @@ def summary_columns(summary: list[dict[str, Any]], short: bool = False) -> list[
         cols.append(Column("prompt_id", "prompt", NEVER_DROPPED, True))
     scorers = [c[len("pass_rate_") :] for c in first if c.startswith("pass_rate_")]
     cols += [Column(f"pass_rate_{s}", f"pass {s}", 90 - i) for i, s in enumerate(scorers)]
+    if scorers and any((r.get("rows") or 0) > (r.get("items") or r.get("rows") or 0) for r in summary):
+        # several answers per row: how many rows passed only sometimes
+        cols.append(Column(f"flaky_{scorers[0]}", "flaky rows" + (f" {scorers[0]}" if len(scorers) > 1 else ""), 55))
     cols += [Column("requests", "requests", 60), Column("errors", "errors", 70)]
     if any(r.get("truncated_answers") for r in summary):
         cols.append(Column("truncated_answers", "cut at max", 85))
