@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from evalrun.analysis.stats import Z95, mcnemar_exact
+from evalrun.analysis.stats import mcnemar_exact, wilson_at
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,14 +52,6 @@ def row_fractions(passes: Sequence[int], graded: Sequence[int]) -> np.ndarray:
     p, g = np.asarray(passes, dtype=float), np.asarray(graded, dtype=float)
     keep = g > 0
     return np.asarray(p[keep] / g[keep], dtype=float)
-
-
-def wilson_at(p: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion p with a (possibly fractional) sample size n."""
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def row_rate(passes: Sequence[int], graded: Sequence[int]) -> RowRate:
