@@ -213,3 +213,33 @@ def test_false_alarms_at_most_alpha_on_200_pairs_of_the_same_config_and_a_5_poin
     print(f"false alarms {alarms / PAIRS:.3f}, power {caught / (PAIRS // 2):.3f}")
     assert alarms / PAIRS <= GATE.alpha
     assert caught / (PAIRS // 2) >= 0.1
+
+
+def test_ungraded_answers_leave_their_row_fraction_alone() -> None:
+    from evalrun.analysis.summary import SummaryBuilder
+
+    b = SummaryBuilder()
+    rows = [("a", True), ("a", None), ("a", False), ("b", True), ("b", True), ("c", None)]
+    b.add(
+        [
+            {"cell_id": "x", "row_id": r, "repeat": i, "choice_index": 0, "status": "ok", "pass_j": p, "score_j": None}
+            for i, (r, p) in enumerate(rows)
+        ]
+    )
+    (s,) = b.rows()
+    assert s["pass_rate_j"] == pytest.approx((1 / 2 + 1) / 2) and s["items"] == 3 and s["ungraded_j"] == 2
+    assert (s["stable_pass_j"], s["flaky_j"], s["stable_fail_j"]) == (1, 1, 0)
+    assert s["pass_at_2_j"] == pytest.approx((1 / 1 + 1) / 2)  # row a: 1 of 2 graded answers passes
+
+
+def test_workers_and_one_process_give_the_same_row_figures(tmp_path, cli) -> None:
+    cfg = _cfg(tmp_path, 12, 5)
+    one = cli("run", write_config(tmp_path, cfg, "one.yaml"), "--no-progress")
+    two = cli("run", write_config(tmp_path, cfg, "two.yaml"), "--no-progress", "--workers", "2")
+    assert one.code == 0 and two.code == 0, two.err
+    cols = ["items", "pass_rate_correct", "pass_ci_low_correct", "stable_pass_correct", "flaky_correct"]
+    a, b = (pd.read_parquet(r.run_dir / "summary.parquet")[cols] for r in (one, two))
+    pd.testing.assert_frame_equal(a, b)
+    r = cli("compare", one.run_dir, two.run_dir)
+    cell = pd.read_parquet(two.run_dir / "compare.parquet").iloc[0]
+    assert r.code == 0 and cell.verdict == "no change" and cell.matched == 12 and cell.new_answers == 60
