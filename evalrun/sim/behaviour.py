@@ -207,7 +207,6 @@ class _Task:
     arith: Arithmetic | None
     mc: MultipleChoice | None
     mc_truth: str  # the correct letter when `mc` is set, else ""
-    u_question: float
     qdigest: bytes
     judge: Verdict | None = None  # a grading prompt: the verdict every choice gives
 
@@ -237,9 +236,7 @@ def _analyse(body: ChatRequest, seed_prefix: bytes) -> _Task:
         if m.get("role") in ("system", "developer", "user")
     )
     qdigest = _question_digest(body, seed_prefix)
-    return _Task(
-        last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, _u(qdigest), qdigest
-    )
+    return _Task(last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, qdigest)
 
 
 def _question_digest(body: ChatRequest, seed_prefix: bytes) -> bytes:  # the question's own draws
