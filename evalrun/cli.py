@@ -182,7 +182,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base, new = args.runs
     else:
         raise ConfigError("evalrun compare BASE_RUN NEW_RUN (or --baseline latest NEW_RUN)")
-    gate = gate_for(new, args.scorer, args.fail_on_drop, args.alpha, args.strict)
+    gate = gate_for(new, args.scorer, args.fail_on_drop, args.alpha, args.strict, args.min_passes)
     result = compare_runs(base, new, gate)
     out = args.out or new
     write_outputs(result, out, args.junit)

@@ -118,7 +118,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
     s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
-    s.add_argument("--alpha", type=float, help="…and McNemar p < alpha (default 0.05)")
+    s.add_argument("--alpha", type=float, help="…and the paired test on rows gives p < alpha (default 0.05)")
+    s.add_argument(
+        "--min-passes",
+        type=int,
+        metavar="K",
+        help="a row passes when K of its answers (repeats × choices) pass (default: gate.min_passes, else "
+        "the row's pass fraction)",
+    )
     s.add_argument("--out", type=Path, help="where compare.md/.parquet go (default: the new run's directory)")
     s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
     s.add_argument(

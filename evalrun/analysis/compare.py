@@ -1,9 +1,11 @@
-"""`evalrun compare BASE NEW`: per-cell pass-rate deltas with a paired bootstrap interval and
-an exact McNemar test, the items that flipped, and a CI gate.
+"""`evalrun compare BASE NEW`: per-cell pass-rate deltas with the dataset row as the unit (a
+bootstrap interval over rows and a paired test on rows: compare_rows.py), the rows that flipped,
+and a CI gate.
 
 Cells are matched by (model, prompt name, parameters) — not by cell id, so a changed prompt
-text under the same prompt name is compared with its old self. Items are matched by
-(row id, repeat, choice index). Everything present on one side only is reported as such.
+text under the same prompt name is compared with its old self. Rows are matched by row id; a
+row's repeats and choices are its answers, never matched one to one (repeat i of one run has
+nothing to do with repeat i of another). Everything present on one side only is reported as such.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci
+from evalrun.analysis.compare_rows import FLIP_COLUMNS, compare_cell
 from evalrun.errors import ConfigError
 from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, manifest_if_any, require_finished
 
@@ -32,6 +34,7 @@ class Gate:
     fail_on_drop: float
     alpha: float
     strict: bool = False  # a baseline that differs (provider, dataset, parameters, cells) fails the gate
+    min_passes: int | None = None  # a row passes when k of its answers (repeats × choices) pass
 
 
 @dataclass
@@ -55,18 +58,26 @@ class Comparison:
 
 
 def gate_for(
-    new_dir: Path, scorer: str | None, fail_on_drop: float | None, alpha: float | None, strict: bool = False
+    new_dir: Path,
+    scorer: str | None,
+    fail_on_drop: float | None,
+    alpha: float | None,
+    strict: bool = False,
+    min_passes: int | None = None,
 ) -> Gate:
     """The gate: command-line values, else the new run's `gate:` config, else the defaults."""
     for name, value in (("--fail-on-drop", fail_on_drop), ("--alpha", alpha)):
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    if min_passes is not None and min_passes < 1:
+        raise ConfigError(f"--min-passes must be a whole number of at least 1, got {min_passes}")
     cfg = (manifest_if_any(new_dir).get("config") or {}).get("gate") or {}  # damaged: one line
     return Gate(
         scorer=scorer or cfg.get("scorer"),
         fail_on_drop=fail_on_drop if fail_on_drop is not None else cfg.get("fail_on_drop", 0.02),
         alpha=alpha if alpha is not None else cfg.get("alpha", 0.05),
         strict=strict,
+        min_passes=min_passes if min_passes is not None else cfg.get("min_passes"),
     )
 
 
@@ -237,20 +248,44 @@ def verdict(delta: float, p_value: float, gate: Gate, flips: int) -> str:
     return "within threshold"
 
 
-def _side_stats(m: pd.DataFrame, side: str) -> dict[str, float]:
-    """Per-request figures over the matched items only (choice 0 carries a request's usage and
-    cost): a baseline with fewer rows must not make a cell look cheaper."""
-    req = m[m.choice_index == 0]
-    cost = req.get(f"cost_total_{side}")
+def _side_stats(matched: pd.DataFrame) -> dict[str, float]:
+    """Per-request figures over one side's answers to the matched rows only (choice 0 carries a
+    request's usage and cost): a baseline with fewer rows must not make a cell look cheaper."""
+    req = matched[matched.choice_index == 0]
+    cost = req.get("cost_total")
     return {
-        "latency_p50_s": req[f"latency_s_{side}"].quantile(0.5),
-        "latency_p95_s": req[f"latency_s_{side}"].quantile(0.95),
-        "tokens_per_request": req[f"total_tokens_{side}"].mean(),
+        "latency_p50_s": req.latency_s.quantile(0.5),
+        "latency_p95_s": req.latency_s.quantile(0.95),
+        "tokens_per_request": req.total_tokens.mean(),
         "cost_per_item": math.nan if cost is None or cost.isna().all() else float(cost.fillna(0).mean()),
     }
 
 
-COUNTS = ("base_items", "new_items", "matched", "only_base_items", "only_new_items", "pass_to_fail", "fail_to_pass")
+COUNTS = (
+    "base_items",
+    "new_items",
+    "matched",
+    "only_base_items",
+    "only_new_items",
+    "base_answers",
+    "new_answers",
+    "pass_to_fail",
+    "fail_to_pass",
+    "changed_rows",
+    *(f"{side}_{cls}" for side in ("base", "new") for cls in ("stable_pass", "flaky", "stable_fail")),
+)
+
+
+def _check_min_passes(gate: Gate, b: pd.DataFrame, n: pd.DataFrame, cell: str) -> None:
+    """gate.min_passes must be reachable: k answers of a row must exist to pass k of them."""
+    if gate.min_passes is None:
+        return
+    most = int(min(b.groupby("row_id").size().max(), n.groupby("row_id").size().max()))
+    if gate.min_passes > most:
+        raise ConfigError(
+            f"gate.min_passes: {gate.min_passes} is more than the {most} answer(s) per row (repeats × choices) "
+            f"of the cell {cell}; allowed: 1 to {most}"
+        )
 
 
 def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
@@ -267,62 +302,32 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
     warnings = _differences(base_m, new_m, base, new)
     params = [c["params"] for c in base_m.get("cells", []) + new_m.get("cells", [])]
     varying = {k for k in {k for p in params for k in p} if len({orjson.dumps(p.get(k)) for p in params}) > 1}
-    item = ["row_id", "repeat", "choice_index"]
     rows: list[dict[str, Any]] = []
     flips: list[pd.DataFrame] = []
     for key in sorted(set(base.cell_key.dropna()) | set(new.cell_key.dropna())):
         b, n = base[base.cell_key == key], new[new.cell_key == key]
-        row: dict[str, Any] = {"cell": _label(key, varying), "cell_key": key, "base_items": len(b), "new_items": len(n)}
+        row: dict[str, Any] = {
+            "cell": _label(key, varying),
+            "cell_key": key,
+            "base_items": b.row_id.nunique(),
+            "new_items": n.row_id.nunique(),
+        }
         if b.empty or n.empty:
             row["verdict"] = "only in new" if b.empty else "only in base"
             rows.append(row)
             continue
-        m = b.merge(n, on=item, suffixes=("_base", "_new"))
-        k = len(m)
-        bp, np_ = m.passed_base.to_numpy(), m.passed_new.to_numpy()
-        b_to_f = int((bp & ~np_).sum())
-        f_to_p = int((~bp & np_).sum())
-        lo, hi = paired_bootstrap_ci(bp.astype(float), np_.astype(float)) if k else (math.nan, math.nan)
-        p_value = mcnemar_exact(b_to_f, f_to_p)
-        delta = float(np_.mean() - bp.mean()) if k else math.nan
-        row.update(
-            {
-                "matched": k,
-                "only_base_items": len(b) - k,
-                "only_new_items": len(n) - k,
-                "base_pass_rate": float(bp.mean()) if k else math.nan,
-                "new_pass_rate": float(np_.mean()) if k else math.nan,
-                "delta": delta,
-                "delta_ci_low": lo,
-                "delta_ci_high": hi,
-                "pass_to_fail": b_to_f,
-                "fail_to_pass": f_to_p,
-                "p_value": p_value,
-                "score_delta": float(m.score_new.mean() - m.score_base.mean()) if k else math.nan,
-                "base_errors": int((b.status == "error").sum()),
-                "new_errors": int((n.status == "error").sum()),
-            }
-        )
-        for side in ("base", "new"):
-            row.update({f"{side}_{what}": v for what, v in _side_stats(m, side).items()})
+        _check_min_passes(gate, b, n, row["cell"])
+        one = compare_cell(row["cell"], b, n, gate.min_passes)
+        row.update(one.figures)
+        row.update({"base_errors": int((b.status == "error").sum()), "new_errors": int((n.status == "error").sum())})
+        k, both = row["matched"], set(b.row_id) & set(n.row_id)
+        for side, frame in (("base", b), ("new", n)):
+            row.update({f"{side}_{what}": v for what, v in _side_stats(frame[frame.row_id.isin(both)]).items()})
         for what in ("latency_p50_s", "latency_p95_s", "tokens_per_request", "cost_per_item"):
             row[f"delta_{what}"] = row[f"new_{what}"] - row[f"base_{what}"]
-        row["verdict"] = verdict(delta, p_value, gate, b_to_f + f_to_p) if k else "no matched items"
-        flipped = m[m.passed_base != m.passed_new]
-        if len(flipped):
-            flips.append(
-                pd.DataFrame(
-                    {
-                        "cell": row["cell"],
-                        "row_id": flipped.row_id,
-                        "repeat": flipped.repeat,
-                        "choice_index": flipped.choice_index,
-                        "direction": ["pass→fail" if x else "fail→pass" for x in flipped.passed_base],
-                        "base_content": flipped.content_base,
-                        "new_content": flipped.content_new,
-                    }
-                )
-            )
+        row["verdict"] = verdict(row["delta"], row["p_value"], gate, row["changed_rows"]) if k else "no matched items"
+        if len(one.flips):
+            flips.append(one.flips)
         rows.append(row)
     cells = pd.DataFrame(rows)
     for c in COUNTS:  # counts stay whole numbers (a one-sided cell has none: <NA>, not NaN)
@@ -339,13 +344,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
         sides = [(int(partial[f"only_{side}_items"].sum()), side) for side in ("base", "new")]
         counts = " and ".join(f"{n} item(s) only in {side}" for n, side in sides if n)
         warnings.append(f"{counts}, in {len(partial)} cell(s): deltas use the matched items only")
-    flip_df = (
-        pd.concat(flips, ignore_index=True)
-        if flips
-        else pd.DataFrame(
-            columns=["cell", "row_id", "repeat", "choice_index", "direction", "base_content", "new_content"]
-        )
-    )
+    flip_df = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame(columns=list(FLIP_COLUMNS))
     return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df, warnings)
 
 

@@ -53,6 +53,35 @@ def verdict_note(r: dict[str, Any]) -> str:
     return ""
 
 
+def gate_rule(c: Comparison) -> str:
+    """What a cell's pass rate is and when it regresses, in one paragraph (compare.md, the report)."""
+    g = c.gate
+    unit = (
+        f"a row passes when at least {g.min_passes} of its answers (repeats × choices) pass"
+        if g.min_passes
+        else "each row's pass fraction over its answers (repeats × choices)"
+    )
+    return (
+        f"Scorer `{c.scorer}`; the unit is the dataset row: {unit}, and a cell's pass rate is the mean over its "
+        f"rows. A cell regresses when its pass rate drops by more than {g.fail_on_drop * 100:g} points and the "
+        f"paired test on rows gives p < {g.alpha:g} (the exact McNemar test when each row is one pass/fail, else "
+        "a sign-flip permutation test on the per-row differences). Deltas are over the rows both runs answered; "
+        "intervals are a bootstrap over rows."
+    )
+
+
+def classes(r: dict[str, Any], side: str) -> str:
+    """A side's rows by class: stable-pass / flaky / stable-fail."""
+    return "/".join(_int(r.get(f"{side}_{c}")) for c in ("stable_pass", "flaky", "stable_fail"))
+
+
+def passes(f: dict[str, Any], side: str) -> str:
+    """A flipped row's passes on one side, "3/5", from an older compare_flips row: "–"."""
+    if missing(f.get(f"{side}_passes")):
+        return "–"
+    return f"{int(f[f'{side}_passes'])}/{int(f[f'{side}_answers'])}"
+
+
 def headline(c: Comparison) -> str:
     if len(c.regressed):
         return f"**FAIL**: {len(c.regressed)} cell(s) regressed"
@@ -62,31 +91,29 @@ def headline(c: Comparison) -> str:
 
 
 def to_markdown(c: Comparison, flips: bool = True) -> str:
-    g = c.gate
-    out = [
-        f"## evalrun compare: {headline(c)}",
-        "",
-        f"Base `{c.base_dir}` → new `{c.new_dir}`. Scorer `{c.scorer}`; a cell regresses when its pass rate "
-        f"drops by more than {g.fail_on_drop * 100:g} points and the exact McNemar test gives p < {g.alpha:g}. "
-        "Deltas are over the items both runs answered.",
-        "",
-    ]
+    out = [f"## evalrun compare: {headline(c)}", "", f"Base `{c.base_dir}` → new `{c.new_dir}`. {gate_rule(c)}", ""]
     out += [f"> ⚠️ {w}" for w in c.warnings] + ([""] if c.warnings else [])
+    # with several answers per row, the rows by class (stable-pass/flaky/stable-fail) on each side
+    several = "base_answers" in c.cells and bool((c.cells.base_answers > c.cells.matched).fillna(False).any())
     out += [
-        "| cell | items | base | new | Δ pts [95% CI] | p | Δ score | Δ p50 s | Δ p95 s | Δ tokens/req | Δ cost/item | |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| cell | rows | base | new | Δ pts [95% CI] | p | Δ score | Δ p50 s | Δ p95 s | Δ tokens/req | Δ cost/item | "
+        + ("rows ✓/~/✗ base → new | " if several else "")
+        + "|",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|" + ("---|" if several else "") + "---|",
     ]
     for r in c.cells.to_dict("records"):
         if r["verdict"].startswith("only"):
             items = r["base_items"] if r["verdict"] == "only in base" else r["new_items"]
-            out.append(f"| {_cellmd(r['cell'])} | {_int(items)} | | | | | | | | | | {ICON[r['verdict']]} |")
+            gap = "| " if several else ""
+            out.append(f"| {_cellmd(r['cell'])} | {_int(items)} | | | | | | | | | | {gap}{ICON[r['verdict']]} |")
             continue
+        kinds = f"{classes(r, 'base')} → {classes(r, 'new')} | " if several else ""
         out.append(
             f"| {_cellmd(r['cell'])} | {_int(r['matched'])} | {_pct(r['base_pass_rate'])} | "
             f"{_pct(r['new_pass_rate'])} | {_pts(r['delta'])} [{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}]"
             f" | {_num(r['p_value'], '.3g')} | {_num(r['score_delta'])} | {_num(r['delta_latency_p50_s'])} | "
             f"{_num(r['delta_latency_p95_s'])} | {_num(r['delta_tokens_per_request'], '+.1f')} | "
-            f"{_num(r['delta_cost_per_item'], '+.6f')} | {ICON.get(r['verdict'], '')}{verdict_note(r)} |"
+            f"{_num(r['delta_cost_per_item'], '+.6f')} | {kinds}{ICON.get(r['verdict'], '')}{verdict_note(r)} |"
         )
     if len(c.flips) and not flips:
         out += ["", f"{len(c.flips)} item(s) flipped between the runs: listed in compare.md."]
@@ -102,13 +129,13 @@ def to_markdown(c: Comparison, flips: bool = True) -> str:
                 out += [
                     f"**{_cellmd(cell)}** — {len(part)} {direction}",
                     "",
-                    "| row | repeat | base answer | new answer |",
-                    "|---|---:|---|---|",
+                    "| row | base passes | new passes | base answer | new answer |",
+                    "|---|---:|---:|---|---|",
                 ]
                 for f in part.head(FLIPS_SHOWN).to_dict("records"):
                     out.append(
-                        f"| {_cellmd(f['row_id'])} | {f['repeat']} | {_cellmd(f['base_content'])} | "
-                        f"{_cellmd(f['new_content'])} |"
+                        f"| {_cellmd(f['row_id'])} | {passes(f, 'base')} | {passes(f, 'new')} | "
+                        f"{_cellmd(f['base_content'])} | {_cellmd(f['new_content'])} |"
                     )
                 if len(part) > FLIPS_SHOWN:
                     out.append(f"\n…and {len(part) - FLIPS_SHOWN} more in compare_flips.parquet")
@@ -127,7 +154,8 @@ def to_junit(c: Comparison) -> str:
         if r["verdict"] == "regressed":
             msg = (
                 f"pass rate {_pct(r['base_pass_rate'])} → {_pct(r['new_pass_rate'])} ({_pts(r['delta'])} pts, "
-                f"p={r['p_value']:.3g}); {r['pass_to_fail']} item(s) pass→fail"
+                f"p={r['p_value']:.3g}, {r.get('test') or 'mcnemar'} on {_int(r['matched'])} rows); "
+                f"{r['pass_to_fail']} row(s) pass→fail"
             )
             cases.append(_case(r["cell"], f'<failure message="{html.escape(msg, quote=True)}"/>'))
         elif r["verdict"].startswith("only"):
@@ -161,6 +189,7 @@ def write_outputs(c: Comparison, out_dir: Path, junit: Path | None) -> None:
             "scorer": c.scorer,
             "fail_on_drop": c.gate.fail_on_drop,
             "alpha": c.gate.alpha,
+            "min_passes": c.gate.min_passes,
             "strict": c.gate.strict,
             "warnings": c.warnings,
             "regressed": list(c.regressed.cell),

@@ -13,10 +13,14 @@ def wilson_interval(passes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95 % Wilson score interval of a pass rate; (nan, nan) when n == 0."""
     if n <= 0:
         return math.nan, math.nan
-    p = passes / n
+    return wilson_at(passes / n, n, z)
+
+
+def wilson_at(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p with a (possibly fractional) sample size n."""
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalrun.analysis.stats import wilson_interval
+from evalrun.analysis.rowstats import class_counts, pass_k_columns, row_rate
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.quantiles import quantile
@@ -23,7 +23,9 @@ class SummaryBuilder:
     writes results.parquet, or from reading it — so no whole-file frame is ever built.
 
     Requests are counted once (their choice-0 or error row), so n>1 choices never double the
-    request count, the latency, the tokens or the cost; scores count every row (choice)."""
+    request count, the latency, the tokens or the cost. Pass rates are per dataset row: each
+    row's answers (repeats × choices) are counted per row, and rates, intervals and classes are
+    taken over rows (rowstats.py says why)."""
 
     def __init__(self) -> None:
         self._cells: dict[str, dict[str, Any]] = {}
@@ -47,6 +49,7 @@ class SummaryBuilder:
                     "attempts": 0,
                     "retries": 0,
                     "rows": 0,
+                    "items": set(),  # the dataset rows the cell answered: the unit of its pass rates
                     "truncated": 0,
                     "empty": 0,
                     "latency": [],
@@ -55,6 +58,7 @@ class SummaryBuilder:
                     **{f"passes_{n}": 0 for n in self.scorers},
                     **{f"graded_{n}": 0 for n in self.scorers},
                     **{f"scores_{n}": [] for n in self.scorers},
+                    **{f"by_row_{n}": {} for n in self.scorers},  # row id → [passes, graded]
                     "judge_cost": None,
                 }
                 self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
@@ -64,6 +68,7 @@ class SummaryBuilder:
                     if p not in self._not_cell_level and row.get(p) != first[p]:
                         self._not_cell_level.add(p)
             c["rows"] += 1
+            c["items"].add(row.get("row_id"))
             if row.get("status") == "ok":
                 # answers that say nothing: cut at max_tokens (thinking can eat the whole budget), or empty
                 c["truncated"] += row.get("finish_reason") == "length"
@@ -74,6 +79,9 @@ class SummaryBuilder:
                 # pass null: that row is not graded, and not counted as a failure
                 c[f"graded_{n}"] += passed is not None
                 c[f"passes_{n}"] += bool(passed)
+                counts = c[f"by_row_{n}"].setdefault(row.get("row_id"), [0, 0])
+                counts[0] += bool(passed)
+                counts[1] += passed is not None
                 jc = row.get(f"judge_cost_{n}")
                 if jc is not None:
                     c["judge_cost"] = jc if c["judge_cost"] is None else c["judge_cost"] + jc
@@ -124,16 +132,14 @@ class SummaryBuilder:
             row.update({f"latency_p{q}_s": quantile(lat, q / 100) for q in (50, 95, 99)})
             row.update({t: c[t] for t in COST_COLUMNS})
             row["cost_per_request"] = None if c["cost_total"] is None else c["cost_total"] / c["requests"]
-            row["rows"] = c["rows"]
+            row["rows"], row["items"] = c["rows"], len(c["items"])
             row["truncated_answers"], row["empty_answers"] = c["truncated"], c["empty"]
             row["judge_cost"] = c["judge_cost"]  # what grading this cell's answers cost (model judges)
             costs = [v for v in (c["cost_total"], c["judge_cost"]) if v is not None]
             row["cost_with_judges"] = sum(costs) if costs else None  # the cell's share of the run's spend
             for n in self.scorers:
                 passes, scores, graded = c[f"passes_{n}"], c[f"scores_{n}"], c[f"graded_{n}"]
-                lo, hi = wilson_interval(passes, graded) if graded else (None, None)
-                row[f"pass_rate_{n}"] = passes / graded if graded else None
-                row[f"pass_ci_low_{n}"], row[f"pass_ci_high_{n}"] = lo, hi
+                row.update(_row_level(n, c[f"by_row_{n}"]))
                 if graded < c["rows"]:
                     row[f"ungraded_{n}"] = c["rows"] - graded
                 row[f"mean_score_{n}"] = sum(scores) / len(scores) if scores else None
@@ -146,6 +152,23 @@ class SummaryBuilder:
             key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k]) for k in key)
         )
         return out
+
+
+def _row_level(name: str, by_row: dict[Any, list[int]]) -> dict[str, Any]:
+    """A scorer's per-row figures for one cell: the pass rate over rows with its interval, the
+    rows that always / sometimes / never passed, pass@k and pass^k."""
+    passes, graded = [c for c, _ in by_row.values()], [g for _, g in by_row.values()]
+    r = row_rate(passes, graded)
+    out: dict[str, Any] = {
+        f"pass_rate_{name}": r.rate if r.rows else None,
+        f"pass_ci_low_{name}": r.low if r.rows else None,
+        f"pass_ci_high_{name}": r.high if r.rows else None,
+    }
+    classes = class_counts(passes, graded)
+    out.update({f"{cls.replace('-', '_')}_{name}": count for cls, count in classes.items()})
+    for k, (at_k, hat_k) in pass_k_columns(passes, graded).items():
+        out[f"pass_at_{k}_{name}"], out[f"pass_pow_{k}_{name}"] = at_k, hat_k
+    return out
 
 
 def _empty(row: dict[str, Any]) -> bool:

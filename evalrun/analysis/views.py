@@ -116,13 +116,25 @@ def table(title: str, columns: list[Column], rows: list[dict[str, str]], width: 
 # --------------------------------------------------------------------------- the summary
 
 IDENTITY = ("cell_id", "provider", "model", "prompt_id")
-SCORED = ("pass_rate_", "pass_ci_", "mean_score_", "cost_per_pass_", "ungraded_")
+SCORED = (
+    "pass_rate_",
+    "pass_ci_",
+    "mean_score_",
+    "cost_per_pass_",
+    "ungraded_",
+    "stable_pass_",
+    "flaky_",
+    "stable_fail_",
+    "pass_at_",
+    "pass_pow_",
+)
 NOT_PARAMS = {
     "requests",
     "errors",
     "attempts",
     "retries",
     "rows",
+    "items",
     "error_rate",
     "truncated_answers",
     "empty_answers",
@@ -156,6 +168,9 @@ def summary_columns(summary: list[dict[str, Any]], short: bool = False) -> list[
         cols.append(Column("prompt_id", "prompt", NEVER_DROPPED, True))
     scorers = [c[len("pass_rate_") :] for c in first if c.startswith("pass_rate_")]
     cols += [Column(f"pass_rate_{s}", f"pass {s}", 90 - i) for i, s in enumerate(scorers)]
+    if scorers and any((r.get("rows") or 0) > (r.get("items") or r.get("rows") or 0) for r in summary):
+        # several answers per row: how many rows passed only sometimes
+        cols.append(Column(f"flaky_{scorers[0]}", "flaky rows" + (f" {scorers[0]}" if len(scorers) > 1 else ""), 55))
     cols += [Column("requests", "requests", 60), Column("errors", "errors", 70)]
     if any(r.get("truncated_answers") for r in summary):
         cols.append(Column("truncated_answers", "cut at max", 85))

@@ -178,3 +178,9 @@ class GateConfig(BaseModel):
     scorer: str | None = Field(None, description="which scorer's pass rate gates; default the first")
     fail_on_drop: float = Field(0.02, ge=0, le=1)
     alpha: float = Field(0.05, gt=0, lt=1)
+    min_passes: int | None = Field(
+        None,
+        ge=1,
+        description="a dataset row counts as passing when at least this many of its answers "
+        "(repeats × choices) pass; at most repeats × choices",
+    )

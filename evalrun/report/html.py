@@ -15,7 +15,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from evalrun.analysis.compare import FLIPS_SHOWN
-from evalrun.analysis.compare_text import verdict_note
+from evalrun.analysis.compare_text import classes, gate_rule, passes, verdict_note
 from evalrun.analysis.cost import judge_rows
 from evalrun.analysis.views import answer_notes
 from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
@@ -82,6 +82,7 @@ def summary_table(run: Run) -> str:
     names = {"cost_total": "cost", "cost_per_request": "cost / req", f"cost_per_pass_{run.scorer}": "cost / correct"}
     costs = [c for c in names if run.has_cost and c in cells]
     cut = [c for c in ("truncated_answers", "empty_answers") if c in cells and cells[c].fillna(0).gt(0).any()]
+    several = "items" in cells and bool((cells.rows > cells["items"]).any())  # repeats or choices: classes say more
     heads = [
         ("model", ""),
         *((p, "") for p in run.params),
@@ -89,6 +90,7 @@ def summary_table(run: Run) -> str:
         *((h, "num") for h in ("requests", "errors", "retries")),
         *((ANSWER_HEADS[c], "num") for c in cut),
         *((f"pass · {s}", "") for s in scorers),
+        *((f"rows stable-pass/flaky/stable-fail · {s}", "num") for s in scorers if several),
         *((h, "num") for h in ("tokens / req", "p50 s", "p95 s")),
         *((names[c], "num") for c in costs),
     ]
@@ -113,8 +115,9 @@ def summary_table(run: Run) -> str:
             )
             text = f'<div class="rate"><span class="r">{fmt_pct(rate)}<small>[{fmt_pct(lo, 0)}–{fmt_pct(hi, 0)}]</small></span>'
             tds.append(
-                td(text + bar + "</div>", rate, "", tip(f"{s}: 95% Wilson interval {fmt_pct(lo)}–{fmt_pct(hi)}"))
+                td(text + bar + "</div>", rate, "", tip(f"{s}: 95% interval over rows {fmt_pct(lo)}–{fmt_pct(hi)}"))
             )
+        tds += [_classes_td(r, s) for s in scorers if several]
         tds += [td(fmt_num(r["tokens_per_request"]), r["tokens_per_request"])]
         tds += [td("–" if is_missing(r[c]) else f"{r[c]:.3f}", r[c]) for c in ("latency_p50_s", "latency_p95_s")]
         tds += [td(fmt_money(r[c], currency), r[c]) for c in costs]
@@ -124,16 +127,21 @@ def summary_table(run: Run) -> str:
     return warn + html_table("summary-table", heads, rows)
 
 
+def _classes_td(r: dict[str, object], scorer: str) -> str:
+    """A cell's rows by class for one scorer: how many always, sometimes, never passed."""
+    counts = [r.get(f"{c}_{scorer}") for c in ("stable_pass", "flaky", "stable_fail")]
+    text = "/".join(fmt_num(x) for x in counts)
+    return td(esc(text), counts[1], "num", tip(f"{scorer}: rows that passed in every answer / some / none"))
+
+
 def compare_view(c: Comparison) -> str:
     n_reg = int((c.cells.verdict == "regressed").sum())
     out = [
         f'<div class="banner bad"><b>FAIL</b> {n_reg} cell(s) regressed</div>'
         if n_reg
         else '<div class="banner good"><b>PASS</b> no cell regressed</div>',
-        f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. Scorer <code>{esc(c.scorer)}</code>; a cell '
-        f"regresses when its pass rate drops by more than {c.gate.fail_on_drop * 100:g} points and the exact "
-        f"McNemar test gives p &lt; {c.gate.alpha:g}. Cells are matched by model, prompt name and parameters; "
-        "items by row, repeat and choice; deltas are over the items both runs answered.</p>",
+        f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. {esc(gate_rule(c)).replace("`", "")} '
+        "Cells are matched by model, prompt name and parameters; rows by row id.</p>",
         *(f'<div class="banner warn">⚠️ {esc(w)}</div>' for w in c.warnings),
     ]
     rows, pts = [], lambda x: fmt_signed(x * 100, ".1f")
@@ -141,7 +149,7 @@ def compare_view(c: Comparison) -> str:
         v, tds = r["verdict"], [td(esc(r["cell"]), r["cell"], "")]
         rank, tone = VERDICT.get(v, (3, ""))
         if v.startswith("only") or v == "no matched items":
-            tds += [td("–")] * 7
+            tds += [td("–")] * 8
         else:  # the delta is coloured only when the gate calls it significant
             ci = f"<small>[{pts(r['delta_ci_low'])}, {pts(r['delta_ci_high'])}]</small>"
             tds += [
@@ -151,38 +159,50 @@ def compare_view(c: Comparison) -> str:
                 td(pts(r["delta"]) + ci, r["delta"], f"num delta-{tone}"),
                 td(f"{r['p_value']:.3g}", r["p_value"]),
                 td(f"{r['pass_to_fail']} / {r['fail_to_pass']}", r["pass_to_fail"]),
+                td(f"{classes(r, 'base')} → {classes(r, 'new')}", r.get("new_flaky")),
                 td(fmt_signed(r["delta_latency_p50_s"], ".3f"), r["delta_latency_p50_s"]),
             ]
         note = verdict_note(r)  # the interval, where the test could not tell
         tds.append(td(f'<span class="badge {tone}">{esc(v)}</span><small>{esc(note)}</small>', rank, ""))
         rows.append(f'<tr class="{esc(v.replace(" ", "-"))}">' + "".join(tds) + "</tr>")
-    heads = ["cell", "items", "base", "new", "Δ pts [95% CI]", "p", "pass→fail / fail→pass", "Δ p50 s", "verdict"]
-    out.append(html_table("compare-table", [(h, "num" if 0 < i < 8 else "") for i, h in enumerate(heads)], rows))
+    heads = [
+        "cell",
+        "rows",
+        "base",
+        "new",
+        "Δ pts [95% CI]",
+        "p",
+        "rows pass→fail / fail→pass",
+        "rows stable-pass/flaky/stable-fail base → new",
+        "Δ p50 s",
+        "verdict",
+    ]
+    out.append(html_table("compare-table", [(h, "num" if 0 < i < 9 else "") for i, h in enumerate(heads)], rows))
     return "".join(out) + _flips(c)
 
 
 def _flips(c: Comparison) -> str:
     if c.flips.empty:
-        return '<h3>Flipped items</h3><p class="sub">No item changed between pass and fail.</p>'
+        return '<h3>Flipped rows</h3><p class="sub">No row changed class (stable-pass, flaky, stable-fail).</p>'
     verdicts = dict(zip(c.cells.cell, c.cells.verdict))
-    out = [f'<h3>Flipped items <span class="badge">{len(c.flips)}</span></h3>']
+    out = [f'<h3>Flipped rows <span class="badge">{len(c.flips)}</span></h3>']
     for cell, group in sorted(c.flips.groupby("cell"), key=lambda kv: VERDICT.get(verdicts.get(kv[0], ""), (3,))[0]):
         pf = int((group.direction == "pass→fail").sum())
         shown = group.sort_values("direction", ascending=False, kind="stable").groupby("direction").head(FLIPS_SHOWN)
         shown = shown.sort_values("direction", ascending=False, kind="stable")  # pass→fail first
         rows = "".join(
-            f'<tr class="flip"><td class="mono">{esc(f.row_id)}</td><td class="num">{f.repeat}</td>'
-            f'<td class="num">{f.choice_index}</td><td><span class="badge {TONE[f.direction]}">'
-            f'{f.direction}</span></td><td><div class="answer">{esc(shorten(f.base_content))}'
-            f'</div></td><td><div class="answer">{esc(shorten(f.new_content))}</div></td></tr>'
-            for f in shown.itertuples()
+            f'<tr class="flip"><td class="mono">{esc(f["row_id"])}</td><td class="num">{passes(f, "base")}</td>'
+            f'<td class="num">{passes(f, "new")}</td><td><span class="badge {TONE[f["direction"]]}">'
+            f'{f["direction"]}</span></td><td><div class="answer">{esc(shorten(f["base_content"]))}'
+            f'</div></td><td><div class="answer">{esc(shorten(f["new_content"]))}</div></td></tr>'
+            for f in shown.to_dict("records")
         )
         more = len(group) - len(shown)
         out.append(
             f'<details class="flips"{" open" if verdicts.get(cell) == "regressed" else ""}><summary>{esc(cell)} '
             f'— <span class="delta-neg">{pf} pass→fail</span>, <span class="delta-pos">{len(group) - pf} '
-            'fail→pass</span></summary><table><thead><tr><th>row</th><th class="num">repeat</th><th class='
-            '"num">choice</th><th></th><th>base answer</th><th>new answer</th></tr></thead><tbody>'
+            'fail→pass</span></summary><table><thead><tr><th>row</th><th class="num">base passes</th><th class='
+            '"num">new passes</th><th></th><th>base answer</th><th>new answer</th></tr></thead><tbody>'
             f"{rows}</tbody></table>"
             + (
                 f'<p class="more">…and {more} more in compare_flips.parquet (evalrun compare writes it)</p>'

@@ -168,9 +168,26 @@ class Plan:
                         yield RequestSpec(rid, cell, row_id, repeat, messages, row, est, rparams)
 
 
+def _check_min_passes(exp: Experiment, cells: list[Cell]) -> None:
+    """gate.min_passes counts a row's answers (repeats × choices): a k no cell can reach would
+    make every row fail the gate, so it is refused before anything is sent."""
+    k, repeats = exp.config.gate.min_passes, exp.config.repeats
+    if k is None:
+        return
+    for cell in cells:
+        answers = repeats * (cell.params.get("n") or 1)
+        if k > answers:
+            raise ConfigError(
+                f"{exp.where('gate', 'min_passes')}: gate.min_passes: {k} is more than the answers per row of "
+                f"the cell {cell.model} · {cell.prompt_id} (repeats × choices = {repeats} × "
+                f"{cell.params.get('n') or 1}); allowed: 1 to {answers}"
+            )
+
+
 def build_plan(exp: Experiment, limit: int | None = None) -> Plan:
     """Validate the grid and the dataset (one streaming pass); no request is sent."""
     cells = expand_cells(exp)
+    _check_min_passes(exp, cells)
     templates = prompt_templates(exp)
     needed = {name: placeholders(msgs) for name, msgs in templates.items()}
     ds = exp.config.dataset

@@ -44,7 +44,7 @@ from evalrun.sim.tokens import PromptCount, count_prompt, message_text, tokenize
 from evalrun.sim.vocab import filler_tokens
 from evalrun.sim.wire import ChatRequest, ToolCall
 
-__all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "profile_for"]
+__all__ = ["Answer", "ChoiceAnswer", "Dist", "ModelProfile", "answer_request", "correct_choices", "profile_for"]
 
 
 CREATED_BASE = 1_760_000_000
@@ -207,7 +207,6 @@ class _Task:
     arith: Arithmetic | None
     mc: MultipleChoice | None
     mc_truth: str  # the correct letter when `mc` is set, else ""
-    u_question: float
     qdigest: bytes
     judge: Verdict | None = None  # a grading prompt: the verdict every choice gives
 
@@ -236,13 +235,15 @@ def _analyse(body: ChatRequest, seed_prefix: bytes) -> _Task:
         for m in messages
         if m.get("role") in ("system", "developer", "user")
     )
-    qdigest = blake2b(seed_prefix + orjson.dumps(messages, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-    return _Task(
-        last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, _u(qdigest), qdigest
-    )
+    qdigest = _question_digest(body, seed_prefix)
+    return _Task(last_user, prompt_words(last_user), proper_nouns(last_user), bare, arith, mc, truth, qdigest)
 
 
-def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
+def _question_digest(body: ChatRequest, seed_prefix: bytes) -> bytes:  # the question's own draws
+    return blake2b(seed_prefix + orjson.dumps(body["messages"], option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _choose(qdigest: bytes, index: int, repeat: int, rng: random.Random) -> float:
     """A uniform draw for correctness that is partly shared across models and settings.
 
     Half the time it depends only on the messages (some questions are just hard), a quarter
@@ -250,12 +251,10 @@ def _choose(task: _Task, index: int, repeat: int, rng: random.Random) -> float:
     """
     coin, own = rng.random(), rng.random()
     if coin < 0.5:
-        return task.u_question
+        return _u(qdigest)
     if coin < 0.75:
         return _u(
-            blake2b(
-                task.qdigest + repeat.to_bytes(8, "big", signed=True) + index.to_bytes(4, "big"), digest_size=8
-            ).digest()
+            blake2b(qdigest + repeat.to_bytes(8, "big", signed=True) + index.to_bytes(4, "big"), digest_size=8).digest()
         )
     return own
 
@@ -264,7 +263,7 @@ def _make_choice(
     body: ChatRequest, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float
 ) -> ChoiceAnswer:
     rng = random.Random(seed)
-    correct = _choose(task, index, repeat, rng) < p
+    correct = _choose(task.qdigest, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
     reasoning = rng.randint(lo, hi) if hi else 0
 
@@ -378,6 +377,22 @@ def answer_request(body: ChatRequest, seed: int = 0, repeat: int = 0) -> Answer:
         # a pairwise verdict does not depend on the order the two answers were shown in
         task.judge = judge_verdict(judging, p, seed)
     n = body.get("n") or 1
-    choices = [_make_choice(body, task, i, repeat, base + i * 0x9E3779B97F4A7C15, effort, p) for i in range(n)]
+    choices = [_make_choice(body, task, i, repeat, _choice_seed(base, i), effort, p) for i in range(n)]
     prompt = count_prompt(body["messages"], body.get("tools"))
     return Answer(f"chatcmpl-{digest.hex()}", CREATED_BASE + base % 86_400, model, choices, prompt)
+
+
+def _choice_seed(base: int, index: int) -> int:  # each choice its own Random
+    return base + index * 0x9E3779B97F4A7C15
+
+
+def correct_choices(body: ChatRequest, seed: int, repeats: range) -> list[list[bool]]:
+    """Per repeat, which choices answer_request gets right — its own first draw, without writing
+    the answers (a simulation of thousands of runs needs only these)."""
+    profile = profile_for(body["model"])
+    p, question = _p_correct(body, profile, _effort(body, profile)), _question_digest(body, f"{seed}|".encode())
+    digests = {r: int.from_bytes(request_digest(body, seed, r), "big") for r in repeats}
+    n = body.get("n") or 1
+    return [
+        [_choose(question, i, r, random.Random(_choice_seed(digests[r], i))) < p for i in range(n)] for r in repeats
+    ]
