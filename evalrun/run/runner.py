@@ -112,6 +112,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
+    messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pop("pace_held_by", [])]
     result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
         from evalrun.run.storage import publish_run
@@ -261,6 +262,7 @@ async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
                 ctx.shard.count if ctx.shard else 1,
                 exp.config.retry.retry_after_max_s,
             )
+            limiters.start_from(ctx.manifest.get("learned_limits"), ctx.rate_share)
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
                 Lane(
@@ -310,6 +312,7 @@ async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
                 pass
             finally:
                 progress.stop()
+                limiters.record(ctx.manifest)
                 await limiters.aclose()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
