@@ -8,7 +8,8 @@ accepted rate measured by arrival looks tiny (issue 24: 54 rpm learnt against a 
 * Window full, without headers: the last WINDOW_RUN sends before this one, in *send* order, were
   all rejected (a request still in flight breaks the run: with sporadic 429s answered at once,
   the accepted requests around them are still on the wire), and at least WINDOW_SHARE of the
-  answered sends of the span were. A probe above the known-good rate that meets any 429 failed.
+  answered sends of the span were. Once a limit is learnt, any 429 to a request sent at or
+  above the ceiling says the ceiling is too high (a failed probe); the lane is not blocked for it.
 * Accepted rate: the sends of the last `span` before the rejected one that were not rejected
   (answered 200, or still on the wire: rejections come back no later than acceptances), over
   `span` = max(Retry-After, the longest recent latency, MIN_EPISODE_S). Nothing accepted there
@@ -93,10 +94,19 @@ class AdaptiveRate:
     def probing(self) -> bool:
         return self.rate is not None and self.ceiling is not None and self.rate > self.ceiling
 
+    def over_ceiling(self, send: Send) -> bool:
+        """Whether a 429 answers a request sent at or above the learnt ceiling: then it says the
+        ceiling is too high (a failed probe, or a ceiling a lucky probe set a hair too high — on
+        a fixed window that shows as one 429 at each window's end, never a run of them)."""
+        return (
+            self.rate is not None
+            and self.ceiling is not None
+            and self.rate >= self.ceiling
+            and send.at > self.changed_at
+        )
+
     def full_window(self, send: Send, span: float) -> bool:
         """Whether a 429 without headers means the window is full (see the module doc)."""
-        if self.probing() and send.at > self.changed_at:
-            return True
         n = n429 = run = 0
         counting_run = True
         for s in reversed(self._sends):
@@ -132,8 +142,9 @@ class AdaptiveRate:
             return False  # nothing got through: the window is still full from before
         if self.probing():
             assert self.rate is not None and self.ceiling is not None
-            # the probe failed: back to the last rate that passed, and probe less often
-            self.ceiling = max(self.ceiling, min(accepted, self.rate))
+            # the probe failed: back to the last rate that passed (not to what the probe got
+            # through: on a fixed window that over-counts, and the ceiling would creep up by a
+            # probe step each time), and probe less often
             self.rate = self.ceiling
             self._hold = min(PROBE_AFTER, self._hold * 2)
         else:

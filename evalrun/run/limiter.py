@@ -249,10 +249,10 @@ class ModelLimiter:
         elif headers is not None and headers.window_open:
             return False
         else:
-            probe = aimd.probing()
-            full = aimd.full_window(send, aimd.span(retry_after))
-            if full and not (probe and send.at > aimd.changed_at):
-                # a failed probe only drops back to the known-good rate; a full window is waited out
+            soft = aimd.over_ceiling(send)
+            full = soft or aimd.full_window(send, aimd.span(retry_after))
+            if full and not soft:
+                # a ceiling found too high only drops the rate; a full window is waited out
                 self._block(retry_after if retry_after is not None else MIN_EPISODE_S)
         if full and aimd.on_full(now, send, retry_after, self.request_rate()):
             self._adapted(decreased=True)
