@@ -12,14 +12,15 @@ accepted rate measured by arrival looks tiny (issue 24: 54 rpm learnt against a 
   above the ceiling says the ceiling is too high (a failed probe); the lane is not blocked for it.
 * Accepted rate: the sends of the last `span` before the rejected one that were not rejected
   (answered 200, or still on the wire: rejections come back no later than acceptances), over
-  `span` = max(Retry-After, the longest recent latency, MIN_EPISODE_S). Nothing accepted there
+  `span` = max(Retry-After, or else the longest recent latency, MIN_EPISODE_S). Nothing accepted there
   means the window is still full from before: the block waits it out, and the rate stays.
 * Decrease, at most once per pace: a window-full 429 answering a request sent before the last
   change of pace says nothing about the new pace. The known-good `ceiling` becomes the accepted
   rate (or DECREASE × the pace in force, if that was lower: the pace itself was too fast), and
   the rate DECREASE × the ceiling.
-* Recovery, per clean episode (max(latency, MIN_EPISODE_S) of answers to requests sent at the
-  new pace, with no decrease): multiplicative (× RECOVER) up to the ceiling — back there in one
+* Recovery, per clean episode (the requests sent in the first max(Retry-After, MIN_EPISODE_S)
+  at the new pace all answered, and one sent after that answered 200, with no decrease — judged
+  by send time, so a 2-s latency cannot pass a probe before its 429s are back): multiplicative (× RECOVER) up to the ceiling — back there in one
   or two episodes; then, after `hold` clean episodes at it, probes above it by a step that
   doubles per clean probe (INCREASE, 2×, 4×… of the ceiling, capped at MAX_STEP): an
   underestimate of 5× is made up in about eight episodes. A clean probe becomes the new ceiling;
@@ -130,7 +131,9 @@ class AdaptiveRate:
         return ok / span * self.scale
 
     def span(self, retry_after: float | None) -> float:
-        return max(retry_after or 0.0, self.latency(), MIN_EPISODE_S)
+        """The server's window, as well as it can be told: its Retry-After, else the longest
+        recent latency (answers lag their sends by that much), at least MIN_EPISODE_S."""
+        return max(retry_after if retry_after is not None else self.latency(), MIN_EPISODE_S)
 
     def on_full(self, now: float, send: Send, retry_after: float | None, pace: float | None) -> bool:
         """A window-full 429 answering `send`, `pace` the rate in force; True if the rate decreased."""
@@ -156,14 +159,26 @@ class AdaptiveRate:
         self._step = INCREASE
         self.decreases += 1
         self.changed_at = now
-        self.next_increase = now + span
+        self.next_increase = now + max(retry_after or 0.0, MIN_EPISODE_S)
         return True
+
+    def _unanswered(self) -> bool:
+        """Whether a request sent within the episode still waits for its answer (it may be a 429)."""
+        for s in reversed(self._sends):
+            if s.at < self.changed_at:
+                return False
+            if s.at < self.next_increase and s.rejected is None:
+                return True
+        return False
 
     def on_success(self, now: float, send: Send) -> bool:
         """A 200; True when it ended a clean episode and the rate rose."""
-        if self.rate is None or self.ceiling is None or send.at <= self.changed_at or now < self.next_increase:
+        # the episode is judged by send time: only an answer to a request sent after it ended
+        # says it was clean (the 429s of requests sent within it come back no later, whatever
+        # the latency); judged by arrival, a probe passed before its 429s came back
+        if self.rate is None or self.ceiling is None or send.at < self.next_increase or self._unanswered():
             return False
-        self.next_increase = now + max(self.latency(), MIN_EPISODE_S)
+        self.next_increase = now + MIN_EPISODE_S
         if self.rate < self.ceiling:
             self.rate = min(self.ceiling, self.rate * RECOVER)
         elif self.probing():  # a clean probe: it is the new ceiling, and the next step is bigger
