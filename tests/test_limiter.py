@@ -9,15 +9,8 @@ import random
 import pytest
 from conftest import FakeClock
 
-from evalrun.run.limiter import (
-    DECREASE,
-    INCREASE,
-    MIN_EPISODE_S,
-    PROBE_AFTER,
-    SPACING_MARGIN,
-    Limiters,
-    ModelLimiter,
-)
+from evalrun.run.adaptive import DECREASE, INCREASE, MIN_EPISODE_S
+from evalrun.run.limiter import SPACING_MARGIN, Limiters, ModelLimiter
 from evalrun.run.ratelimits import RateHeaders, parse_duration, parse_rate_headers
 
 
@@ -58,14 +51,16 @@ def test_a_full_window_slows_the_lane_to_what_the_server_accepted_once_per_episo
     lim, clock = lane()
     full = _burst(lim, ok=10, rejected=90)  # 10 accepted, then the window is full
     assert full.index(True) == 9  # the 10th 429 makes 429s half of what was heard: window full
-    assert lim.decreases == 1  # 81 more window-full 429s in the same episode: no more decreases
+    # 81 more window-full 429s answering requests sent at the old pace: no more decreases (the
+    # old rule counted episodes by answer time; now by send time — same outcome here)
+    assert lim.decreases == 1
     assert lim.ceiling == pytest.approx(10 / MIN_EPISODE_S)
     assert lim.adaptive == pytest.approx(DECREASE * 10)
     assert lim.blocked_until == pytest.approx(1.0)
     assert lim.reserve(1) == pytest.approx(1.0)  # the whole lane waits for the window
     assert "server window full" in (lim.describe() or "")
     clock.t = 1.5
-    assert (lim.describe() or "").split(": ", 1)[1] == "slowed to 540 rpm after 429s"
+    assert (lim.describe() or "").split(": ", 1)[1] == "held to 540 rpm, a limit learnt from 429s"
 
 
 def test_sporadic_429s_never_slow_the_lane() -> None:
@@ -135,21 +130,88 @@ def test_announced_limit_paces_before_any_429() -> None:
     assert lim2.request_rate() == pytest.approx(2.0)
 
 
-def test_additive_increase_per_clean_episode_up_to_the_ceiling_then_a_probe() -> None:
+def test_recovery_is_multiplicative_to_the_ceiling_then_probes_with_growing_steps() -> None:
+    # the old rule added 5 % of the ceiling per clean episode and probed only after 20 clean
+    # episodes at it: an underestimate of 5x took minutes to make up (issue 24)
     lim, clock = lane()
     _burst(lim, ok=10, rejected=20)
     rates = []
-    for step in range(1, 40):  # one success per episode
+    for step in range(1, 9):  # answers to requests sent at the current pace, one per episode
         clock.t = step * (MIN_EPISODE_S + 0.01)
-        lim.on_success(0.01)
+        lim.on_success(0.01, None, lim.sent())
+        clock.t += 0.001
+        lim.on_success(0.01, None, lim.sent())
         rates.append(lim.adaptive)
-    assert rates[0] == pytest.approx(DECREASE * 10 + INCREASE * 10)
-    assert rates[1] == pytest.approx(10.0)  # back at the ceiling, not above
-    assert all(r == pytest.approx(10.0) for r in rates[1 : 1 + PROBE_AFTER])
-    assert rates[1 + PROBE_AFTER] == pytest.approx(10 * (1 + INCREASE))  # the probe
-    # a single 429 answering the probe counts as window full: back under the old ceiling
-    assert lim.on_rate_limited(0.5) is True
-    assert lim.adaptive == pytest.approx(DECREASE * 10) and lim.decreases == 2
+    assert rates[0] == pytest.approx(10.0)  # × RECOVER, capped at the ceiling: back in one episode
+    assert rates[1] == pytest.approx(10.0)  # one episode held at the ceiling
+    # then probes of 5 %, 10 %, 20 %, 40 % … of the ceiling, each clean one the new ceiling
+    assert rates[2] == pytest.approx(10 * (1 + INCREASE))
+    assert rates[3] == pytest.approx(10 * (1 + INCREASE) * (1 + 2 * INCREASE))
+    assert rates[5] == pytest.approx(10 * 1.05 * 1.1 * 1.2 * 1.4)
+    # a single 429 answering a probe means it failed: back to the last rate that passed, at once
+    ceiling = lim.ceiling
+    clock.t += 0.01
+    assert lim.on_rate_limited(0.5, None, lim.sent()) is True
+    assert lim.adaptive == pytest.approx(ceiling) and lim.decreases == 2
+    assert lim.blocked_until < clock.t  # a failed probe is not a full window: nobody waits
+
+
+def test_an_underestimate_is_made_up_within_ten_seconds_of_clean_answers() -> None:
+    lim, clock = lane()
+    lim.start_from(120, "the last run")  # told 2/s; the server allows 10/s
+    t = 0.0
+    while lim.adaptive is not None and lim.adaptive < 0.9 * 10:
+        t += 1 / lim.adaptive
+        clock.t = t
+        lim.on_success(0.02, None, lim.sent())
+    assert t <= 10.0
+
+
+def test_rejections_answered_before_the_acceptances_do_not_collapse_the_rate() -> None:
+    # issue 24: 10 per 1-s window, 32 sent at once; the 22 rejections come back at once, the
+    # 10 acceptances 20 ms later. Counted by answer time the accepted rate looked like ~0/s.
+    lim, clock = lane()
+    sends = [lim.sent() for _ in range(32)]
+    clock.t = 0.001
+    for s in sends[10:]:
+        lim.on_rate_limited(1.0, None, s)
+    assert lim.decreases == 1 and lim.ceiling == pytest.approx(10.0)
+    clock.t = 0.02
+    for s in sends[:10]:
+        lim.on_success(0.02, None, s)
+    assert lim.adaptive == pytest.approx(9.0)
+
+
+def test_sporadic_429s_answered_before_the_successes_never_slow_the_lane() -> None:
+    # 30 % sporadic 429s answered at once, 200s after 50 ms: by arrival, 429s come in runs
+    lim, clock = lane()
+    rng = random.Random(3)
+    pending: list[tuple[float, object]] = []
+    for i in range(3000):
+        clock.t = i / 1000
+        for _due, s in [p for p in pending if p[0] <= clock.t]:
+            lim.on_success(0.05, None, s)  # type: ignore[arg-type]
+        pending = [p for p in pending if p[0] > clock.t]
+        send = lim.sent()
+        if rng.random() < 0.3:
+            assert lim.on_rate_limited(1.0, None, send) is False
+        else:
+            pending.append((clock.t + 0.05, send))
+    assert lim.adaptive is None and lim.decreases == 0
+
+
+def test_an_announced_limit_is_the_ceiling_at_once_and_a_raise_lifts_a_learnt_rate() -> None:
+    lim, clock = lane()
+    burst = [lim.sent() for _ in range(30)]
+    clock.t = 0.001
+    # the first 429 announces 600 rpm: the burst's other 429s were sent before it was known
+    for s in burst[10:]:
+        lim.on_rate_limited(1.0, RateHeaders(limit_requests=600), s)
+    assert lim.decreases == 0 and lim.request_rate() == pytest.approx(10.0)
+    assert lim.learned() == (600, "x-ratelimit headers")
+    lim.start_from(300, "the last run")
+    lim.on_success(0.01, RateHeaders(limit_requests=1200), lim.sent())  # the server raised it
+    assert lim.adaptive is None and lim.request_rate() == pytest.approx(20.0)
 
 
 def test_a_block_that_starts_while_waiting_is_waited_out() -> None:
@@ -160,6 +222,7 @@ def test_a_block_that_starts_while_waiting_is_waited_out() -> None:
 
         first = await lim.acquire(1)
         assert first == 0.0
+        lim.on_success(0.0, None, lim.sent())  # the server accepted one: the 429 below can decrease
         blocker = asyncio.ensure_future(later())
         waited = await lim.acquire(1)  # booked for 0.1 s; the block from 0.05 s moves it to 2.05 s
         await blocker

@@ -4,6 +4,7 @@ windows, sporadic upstream 429s, x-ratelimit-* headers. Assertions are on what t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,11 +42,15 @@ class Gateway:
 
     limits: dict[str, int] = field(default_factory=dict)
     headers: bool = False
+    headers_on_429_only: bool = False
+    sliding: bool = False  # a sliding 1-s window (Retry-After: 1) instead of a fixed one
+    latency_s: float = 0.0  # before a 200; 429s are answered at once, as real gateways do
     sporadic: Callable[[str, int], bool] = lambda key, attempt: False
     seen: list[Seen] = field(default_factory=list)
     base_url: str = ""
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (window, used)
     _attempts: dict[str, int] = field(default_factory=dict)
+    _kept: dict[str, list[float]] = field(default_factory=dict)  # model → accepted in the sliding window
 
     async def handle(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -55,7 +60,23 @@ class Gateway:
         headers: dict[str, str] = {}
         status = 200
         limit = self.limits.get(model)
-        if limit is not None:
+        if limit is not None and self.sliding:
+            kept = self._kept.setdefault(model, [])
+            kept[:] = [t for t in kept if t > now - 1.0]
+            if len(kept) >= limit:
+                status = 429
+                headers["Retry-After"] = "1"
+            else:
+                kept.append(now)
+            if self.headers or self.headers_on_429_only:
+                headers.update(
+                    {
+                        "x-ratelimit-limit-requests": str(limit * 60),
+                        "x-ratelimit-remaining-requests": str(limit - len(kept)),
+                        "x-ratelimit-reset-requests": "1s",
+                    }
+                )
+        elif limit is not None:
             window = int(now)
             w, used = self._windows.get(model, (window, 0))
             if w != window:
@@ -79,6 +100,12 @@ class Gateway:
             status = 429
             headers["Retry-After"] = "1"
         self.seen.append(Seen(now, model, key, status))
+        if status == 429 and self.headers_on_429_only is False and not self.headers:
+            headers = {k: v for k, v in headers.items() if not k.startswith("x-ratelimit")}
+        if status == 200 and self.headers_on_429_only:
+            headers = {k: v for k, v in headers.items() if not k.startswith("x-ratelimit")}
+        if status == 200 and self.latency_s:
+            await asyncio.sleep(self.latency_s)
         if status == 429:
             err = {"error": {"message": "rate limited", "type": "rate_limit_error"}}
             return web.Response(
@@ -163,3 +190,59 @@ def test_a_full_window_told_by_headers_holds_the_lane_not_the_other_model(tmp_pa
     fast = [s.t for s in gw.seen if s.model == "fast"]
     slow_ok = sorted(s.t for s in gw.seen if s.model == "slow" and s.status == 200)
     assert len(fast) == 8 and max(fast) < slow_ok[4]  # fast finished within slow's first two windows
+
+
+def _spread(gw: Gateway) -> float:
+    return max(s.t for s in gw.seen) - min(s.t for s in gw.seen)
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["headers-on-429s-only", "no-headers"])
+def test_a_limit_nobody_told_is_run_at_full_speed_when_429s_come_back_first(
+    tmp_path, gateway, cli, announced: bool
+) -> None:
+    # issue 24's first measurement, scaled down: 10 per sliding 1-s window, 200s after 20 ms,
+    # 429s at once with Retry-After: 1. The old controller measured the accepted rate by answer
+    # time, saw the rejections first and fell to ~1 request/s (60 requests: ~60 s, not ~6 s).
+    gw = gateway(limits={"m": 10}, sliding=True, latency_s=0.02, headers_on_429_only=announced)
+    n = 60
+    _run(cli, tmp_path, gw.base_url, n, ["m"], max_concurrency=16)
+    assert _spread(gw) <= 1.15 * n / 10 + 1.0
+    late = [s for s in gw.seen if s.status == 429 and s.t > gw.seen[0].t + 2.5]
+    assert len(late) <= 0.05 * n
+
+
+def test_sporadic_429s_answered_before_the_successes_cost_only_their_retries(tmp_path, gateway, cli) -> None:
+    # 20 % sporadic 429s answered at once, 200s after 30 ms: by arrival the 429s come in runs;
+    # by send order they are scattered, so the lane is never slowed (the old rule slowed it)
+    order: dict[str, int] = {}
+    gw = gateway(
+        sporadic=lambda key, attempt: attempt == 1 and order.setdefault(key, len(order)) % 5 == 0, latency_s=0.03
+    )
+    n = 200
+    _run(cli, tmp_path, gw.base_url, n, ["m"], max_concurrency=32)
+    firsts = [s for i, s in enumerate(gw.seen) if s.key not in {x.key for x in gw.seen[:i]}]
+    # 200 first attempts at concurrency 32 and 30 ms take ~0.2 s unpaced; a slowed lane takes seconds
+    assert max(s.t for s in firsts) - firsts[0].t < 1.5
+
+
+def test_the_learnt_limit_is_in_the_manifest_and_a_resume_starts_from_it(tmp_path, gateway, cli) -> None:
+    # rpm: auto (the default, spelled out): the first session learns 10 per sliding 1-s window
+    # from a burst of 429s; the resumed session starts paced at it, without a burst
+    gw = gateway(limits={"m": 10}, sliding=True, latency_s=0.02)
+    cfg = base_config(tmp_path, _rows(tmp_path, 50), gw.base_url)
+    cfg["models"] = ["m"]
+    cfg["providers"]["sim"].update(max_concurrency=16, rpm="auto")
+    cfg["retry"] = {"max_attempts": 8, "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    r = cli("run", write_config(tmp_path, cfg), "--no-progress", "--max-requests", "30")
+    assert r.code != 2, r.err
+    manifest = orjson.loads((r.run_dir / "manifest.json").read_bytes())
+    learned = manifest["learned_limits"]["sim/m"]
+    assert learned["source"] == "429s" and 500 <= learned["rpm"] <= 700
+    assert "pace held back by the server's limit: sim/m:" in r.err + r.out
+    first_session = len(gw.seen)
+    r2 = cli("run", "--resume", r.run_dir, "--no-progress")
+    assert r2.code == 0, r2.err
+    resumed = gw.seen[first_session:]
+    done_first = {s.key for s in gw.seen[:first_session] if s.status == 200}
+    assert {s.key for s in resumed if s.status == 200} | done_first == {s.key for s in gw.seen}
+    assert sum(1 for s in resumed if s.status == 429) <= 2  # no burst: it started at the learnt pace

@@ -88,6 +88,15 @@ def _evalrun(*args: object, **kw: object) -> subprocess.Popen:
     )  # type: ignore[call-overload]
 
 
+def _wait_for_sent(sim: Sim, n: int = 1, timeout: float = 30.0) -> None:
+    """Wait until the simulator has received n requests: a fixed sleep raced a slow start-up on a
+    loaded machine (the signal came before the run existed and the test saw no run folder)."""
+    deadline = time.monotonic() + timeout
+    while sim.stats()["requests"] < n:
+        assert time.monotonic() < deadline, f"the run sent fewer than {n} requests in {timeout} s"
+        time.sleep(0.05)
+
+
 def _grid_ids(config: Path) -> set[str]:
     return {s.request_id for s in build_plan(load_experiment(config)).specs()}
 
@@ -255,7 +264,8 @@ def test_ctrl_c_once_finishes_in_flight_and_says_how_to_resume(tmp_path, slow_si
     config = _config(tmp_path, slow_sim.url)
     run_dir = tmp_path / "run"
     proc = _evalrun("run", config, "--run-dir", run_dir)
-    time.sleep(1.0)
+    _wait_for_sent(slow_sim)
+    time.sleep(0.3)  # a few more on the wire
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -281,7 +291,7 @@ def test_second_ctrl_c_exits_at_once_without_corruption(tmp_path) -> None:
         config = _config(tmp_path, sim.url)
         run_dir = tmp_path / "run"
         proc = _evalrun("run", config, "--run-dir", run_dir)
-        time.sleep(1.0)
+        _wait_for_sent(sim)  # requests are on the wire (each takes 3 s)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -335,7 +345,11 @@ def test_ctrl_c_at_random_moments_never_records_a_broken_row_and_resume_is_exact
         run_dir = tmp_path / f"run{i}"
         before = slow_sim.stats()["requests"]
         proc = _evalrun("run", config, "--run-dir", run_dir)
-        time.sleep(rng.uniform(0.4, 2.0))
+        if i % 2:  # every other try lands while requests are going out, however slow the start-up
+            _wait_for_sent(slow_sim, before + 1)
+            time.sleep(rng.uniform(0.0, 0.4))  # the grid takes about 1 s to send
+        else:
+            time.sleep(rng.uniform(0.4, 2.0))
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
         manifest_path = run_dir / "manifest.json"

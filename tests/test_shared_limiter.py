@@ -171,13 +171,16 @@ def test_blocks_decreases_and_token_corrections_reach_every_process(redis_server
         assert float(await client_a.hget(key, "tok")) == pytest.approx(tok0 + 1000 * 1.002 / 1000)
         # a full window heard by A (remaining 0, reset in 2.5 s) blocks B as well (the token slot
         # is only ~1.1 s ahead)
-        a.on_rate_limited(None, RateHeaders(remaining_requests=0, reset_requests_s=2.5))
+        a.on_success(0.01, None, a.sent())  # one accepted in the last second, by A's ledger
+        a.on_rate_limited(None, RateHeaders(remaining_requests=0, reset_requests_s=2.5), a.sent())
         await a.aclose()
         assert float(await client_b.hget(key, "blocked")) > 0
-        # A's decrease is B's pace too, and B's 429 in the same episode does not decrease again
+        # A's decrease (to 0.9 × the 1/s it saw accepted) is B's pace too, and B's decrease in
+        # the same episode is refused
         adaptive = float(await client_a.hget(key, "adaptive"))
-        assert adaptive == pytest.approx(10 * 0.9 / 1.002, rel=0.01)
-        b._decrease(b.clock.now(), None)
+        assert adaptive == pytest.approx(0.9, rel=0.01)
+        b.aimd.rate = b.aimd.ceiling = 5.0
+        b._adapted(decreased=True)
         await b.aclose()
         assert float(await client_b.hget(key, "adaptive")) == adaptive
         waited = await b.acquire(1)  # blocked until A's window resets
@@ -224,17 +227,19 @@ def test_a_clean_episode_raises_the_shared_rate_for_everyone(redis_server: Redis
         key = budget_key("http://127.0.0.1:1/v1", KEY, "m2")
         a = SharedLimiter("m2", 600, None, client, key, redis_server.url)
         b = SharedLimiter("m2", 600, None, client, key, redis_server.url)
-        a._decrease(a.clock.now(), None)  # rate 10/s → 9/s (÷ the spacing margin), ceiling 10/s
+        a.aimd.rate, a.aimd.ceiling = 9.0, 10.0  # as a decrease from 10/s leaves it
+        a.aimd.next_increase = a.clock.now() + 1.0
+        a._adapted(decreased=True)
         await a.aclose()
         low = float(await client.hget(key, "adaptive"))
         await asyncio.sleep(1.05)  # the episode (MIN_EPISODE_S) ends on Redis's clock
         b.on_success(0.01)  # B has not heard of the decrease yet: it learns it from its next booking
         await b.acquire(1)
-        b.on_success(0.01)  # a success after the episode: one additive increase, for everyone
+        b.on_success(0.01)  # a success after the episode: back toward the ceiling, for everyone
         await b.aclose()
         high = float(await client.hget(key, "adaptive"))
         ceiling = float(await client.hget(key, "ceiling"))
-        assert high == pytest.approx(min(ceiling, low + 0.05 * ceiling))
+        assert high == pytest.approx(min(ceiling, low * 2.0)) and high > low
         await a.acquire(1)
         assert a.adaptive == pytest.approx(high)
         await client.aclose()

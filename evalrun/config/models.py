@@ -71,7 +71,9 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(180.0, gt=0, le=3600, description="per attempt")
     connect_timeout_s: float = Field(10.0, gt=0, le=600)
     max_concurrency: int = Field(16, ge=1, le=2000)
-    rpm: int | None = Field(None, ge=1, le=10**9, description="requests per minute per model")
+    rpm: int | None = Field(
+        None, ge=1, le=10**9, description="requests per minute per model; auto (the default): learn the server's"
+    )
     tpm: int | None = Field(None, ge=1, le=10**12, description="tokens per minute per model")
     fallback_after: int = Field(3, ge=1, le=100, description="failures before the next base URL")
     limiter: str | None = Field(None, description="redis://HOST:PORT/DB: share rpm/tpm with every process using it")
@@ -82,6 +84,12 @@ class ProviderConfig(_Strict):
     )
     # the simulator owns its knobs' schema; embedded here, its errors name the exact key and line
     simulator: SimOptions = Field(default_factory=SimOptions)
+
+    @field_validator("rpm", mode="before")
+    @classmethod
+    def _rpm_auto(cls, v: Any) -> Any:
+        # "auto" is the default spelled out: learn the limit from the server (run/adaptive.py)
+        return None if v == "auto" else v
 
     @field_validator("limiter")
     @classmethod

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from evalrun.config.models import RetryConfig
 from evalrun.config.params import output_budget
+from evalrun.run.adaptive import Send
 from evalrun.run.budget import CostBudget
 from evalrun.run.client import Sent
 from evalrun.run.errors import RequestError
@@ -177,6 +178,7 @@ class Attempts:
                 if stops.halted(provider):
                     raise Interrupted
                 self.in_flight += 1
+                ticket = limiter.sent()  # its answer is attributed to now, when it was sent
                 try:
                     sent = await lane.client.send(spec)
                 finally:
@@ -185,7 +187,7 @@ class Attempts:
                 if sent.error is not None:
                     exc = sent.error
                     decision = classify(exc)
-                    self._after_failure(lane, spec, sent, exc, decision)
+                    self._after_failure(lane, spec, sent, exc, decision, ticket)
                     wait = self._next_wait(decision, st)
                     # an immediate retry keeps its slot when its rate slot is free now too (the rate
                     # slot still comes first, and nothing else could have used the slot meanwhile)
@@ -196,7 +198,7 @@ class Attempts:
             if sent.error is None:
                 assert sent.completion is not None
                 lane.client.note_success(sent.url)
-                limiter.on_success(sent.latency_s, sent.rate)
+                limiter.on_success(sent.latency_s, sent.rate, ticket)
                 limiter.settle(est, sent.completion.usage.total_tokens)
                 return _ended(spec, st, sent, retry_types)
             if wait is None:
@@ -234,11 +236,14 @@ class Attempts:
             return None
         return wait
 
-    def _after_failure(self, lane: Lane, spec: RequestSpec, sent: Sent, exc: RequestError, decision: Decision) -> None:
+    def _after_failure(
+        self, lane: Lane, spec: RequestSpec, sent: Sent, exc: RequestError, decision: Decision, ticket: Send
+    ) -> None:
         """What a failed attempt means beyond its own request."""
         if decision.rate_limited:
             ra = decision.wait_s
-            lane.limiter.on_rate_limited(min(ra, self.retry.retry_after_max_s) if ra is not None else None, sent.rate)
+            ra = min(ra, self.retry.retry_after_max_s) if ra is not None else None
+            lane.limiter.on_rate_limited(ra, sent.rate, ticket)
         if decision.counts_for_fallback:
             lane.client.note_failure(sent.url)
         if decision.action is Action.STOP_PROVIDER:

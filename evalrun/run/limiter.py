@@ -17,52 +17,34 @@ documents them), and the adaptive rate below. With none of them the lane is unpa
 What a 429 means — decided once per 429 (`on_rate_limited`), from the evidence at hand:
 
 * window full: the server's window is exhausted. Evidence, strongest first:
-  `x-ratelimit-remaining-requests` / `-tokens` is 0; or, without such headers, 429s dominate what
-  this lane heard lately: the last WINDOW_RUN answers were all 429s *and* 429s are at least
-  WINDOW_SHARE of the answers within the last max(Retry-After, MIN_EPISODE_S) — a full window
-  rejects everything until it resets, while sporadic 429s come between successes (a run of 6
-  at a 30 % sporadic rate has odds of 0.07 %); or the lane is probing above a rate
-  it already learned and a 429 answers the probe. The whole lane then waits until the window
-  frees (`x-ratelimit-reset-*`, `retry-after-ms`, `Retry-After`, capped) and the rate decreases.
-  A 200 that says `remaining: 0` blocks the lane the same way, before any 429.
+  `x-ratelimit-remaining-requests` / `-tokens` is 0; or, without such headers, the rule of
+  `adaptive.py` (a run of rejections in *send* order, or a failed probe). The whole lane then
+  waits until the window frees (`x-ratelimit-reset-*`, `retry-after-ms`, `Retry-After`, capped)
+  and the adaptive rate decreases (a failed probe only drops back to the known-good rate). A 200
+  that says `remaining: 0` blocks the lane the same way, before any 429.
 * sporadic: anything else (`remaining` > 0, or 429s scattered among successes, which is what an
   overloaded upstream behind a gateway produces). Only that request waits its Retry-After (the
   retry loop does that); the lane's rate is untouched, so sporadic 429s at any rate cost their
   own retries and nothing else.
 
-AIMD with episodes. A decrease sets the adaptive rate to DECREASE × the rate the server accepted
-over the last max(Retry-After, MIN_EPISODE_S) seconds (successes counted — when we over-send, that
-is the server's limit) and remembers that accepted rate as the lane's ceiling. It opens an
-episode lasting max(Retry-After, recent latency, MIN_EPISODE_S): window-full 429s inside it are
-answers to requests sent before the decrease, so they do not decrease again (at most one
-decrease per episode). Each episode that ends without one raises the rate by INCREASE × ceiling
-(additive), up to the ceiling; after PROBE_AFTER clean episodes at the ceiling, the ceiling
-itself is raised by INCREASE (the server may have raised its limit) — a 429 during such a probe
-counts as window full and brings the rate back down.
+An announced limit (`x-ratelimit-limit-*` on any answer, a 200 or a 429) is the ceiling at once:
+the pace is never above it, a learnt rate below a *raised* announced limit is dropped (the
+server said more is allowed), and 429s answering requests sent before the limit was known do
+not decrease the rate. How the adaptive rate is learnt and recovers: `adaptive.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
-from typing import Protocol
+from typing import Any, Protocol, TypedDict
 
+from evalrun.run.adaptive import MIN_EPISODE_S, AdaptiveRate, Send
 from evalrun.run.ratelimits import RateHeaders
 
-# ---- every number in one place -------------------------------------------------------------
 # Sends are spaced a hair wider than 60/R so that network jitter can never put R+1 of them
-# in one 60 s window on the server's clock.
+# in one 60 s window on the server's clock. (The adaptive rule's numbers are in adaptive.py.)
 SPACING_MARGIN = 1.002
-DECREASE = 0.9  # multiplicative decrease, of the accepted rate, once per episode
-INCREASE = 0.05  # additive increase per clean episode, as a fraction of the ceiling
-PROBE_AFTER = 20  # clean episodes at the ceiling before probing above it
-MIN_EPISODE_S = 1.0  # shortest episode, and the shortest span an accepted rate is measured over
-WINDOW_RUN = 6  # 429s in a row, the latest answers, before "window full" without headers
-WINDOW_SHARE = 0.5  # share of 429s among recent answers that means "window full"
-MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
-ANSWERS_KEPT = 1024  # recent answers remembered per lane (bounded memory)
-LATENCY_EWMA = 0.2
 
 
 class Clock(Protocol):
@@ -108,21 +90,33 @@ class ModelLimiter:
         self.block_cap_s = block_cap_s
         self.header_rpm: int | None = None  # announced by the server
         self.header_tpm: int | None = None
-        self.adaptive: float | None = None  # requests/s, set by the first window-full 429
-        self.ceiling: float | None = None  # the accepted rate at the last decrease
-        self.decreases = 0
+        self.aimd = AdaptiveRate()  # the rate learnt from 429s (see adaptive.py)
         self.blocked_until = 0.0
         self.waiting = 0  # requests waiting here right now
-        self._episode_end = 0.0  # the episode of the last decrease
-        self._next_increase = 0.0
-        self._clean_at_ceiling = 0
-        self._probing = False
-        self._latency: float | None = None
         self._last_request = -float("inf")
         self._next_token = 0.0
         self._queue = asyncio.Lock()  # FIFO: the waiter at its head sleeps until the slot
-        # (time, was_429) of recent answers, and times of recent successes
-        self._answers: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ANSWERS_KEPT)
+
+    # adaptive.py holds the learnt rate; these name it for the pace, the progress line and Redis
+    @property
+    def adaptive(self) -> float | None:
+        return self.aimd.rate
+
+    @adaptive.setter
+    def adaptive(self, rate: float | None) -> None:
+        self.aimd.rate = rate
+
+    @property
+    def ceiling(self) -> float | None:
+        return self.aimd.ceiling
+
+    @ceiling.setter
+    def ceiling(self, rate: float | None) -> None:
+        self.aimd.ceiling = rate
+
+    @property
+    def decreases(self) -> int:
+        return self.aimd.decreases
 
     # ---- the pace ----------------------------------------------------------------------------
 
@@ -204,7 +198,8 @@ class ModelLimiter:
         """Take in the server's headers; True when they say the window is exhausted (lane blocked)."""
         if headers is None:
             return False
-        if headers.limit_requests:
+        if headers.limit_requests and headers.limit_requests != self.header_rpm:
+            self._announced(self.header_rpm, headers.limit_requests)
             self.header_rpm = headers.limit_requests
         if headers.limit_tokens:
             self.header_tpm = headers.limit_tokens
@@ -216,83 +211,72 @@ class ModelLimiter:
         self._block(wait if wait is not None else MIN_EPISODE_S)
         return True
 
-    def _block(self, seconds: float) -> None:
-        until = self.clock.now() + min(seconds, self.block_cap_s)
-        if until > self.blocked_until:
-            self.blocked_until = until
+    def _announced(self, old: int | None, new: int) -> None:
+        """A new announced request limit: the ceiling at once. Requests sent before it was known
+        did not know it (their 429s do not decrease); a learnt rate under a raised limit is
+        dropped — the server says more is allowed, and 429s will teach again if not."""
+        aimd = self.aimd
+        aimd.changed_at = self.clock.now()
+        if old is not None and new > old and aimd.rate is not None:
+            aimd.rate = aimd.ceiling = None
 
-    def on_success(self, latency_s: float | None = None, headers: RateHeaders | None = None) -> None:
+    def sent(self) -> Send:
+        """A request goes on the wire now: its entry in the ledger its answer is attributed to."""
+        return self.aimd.sent(self.clock.now())
+
+    def on_success(
+        self, latency_s: float | None = None, headers: RateHeaders | None = None, send: Send | None = None
+    ) -> None:
         now = self.clock.now()
-        self._answers.append((now, False))
-        if latency_s is not None:
-            self._latency = (
-                latency_s if self._latency is None else self._latency + LATENCY_EWMA * (latency_s - self._latency)
-            )
+        send = send if send is not None else self.aimd.sent(now)  # callers without a ledger entry
+        self.aimd.answered(send, False, latency_s)
         self._learn(headers, None)
-        if self.adaptive is not None and now >= self._next_increase:
-            self._clean_episode(now)
+        if self.aimd.on_success(now, send):
+            self._adapted(decreased=False)
 
-    def _clean_episode(self, now: float) -> None:
-        """An episode ended without a window-full 429: additive increase, then probing."""
-        assert self.adaptive is not None and self.ceiling is not None
-        self._next_increase = now + self._episode_len(None)
-        if self.adaptive < self.ceiling:
-            self.adaptive = min(self.ceiling, self.adaptive + INCREASE * self.ceiling)
-            return
-        self._clean_at_ceiling += 1
-        if self._clean_at_ceiling >= PROBE_AFTER:
-            self._clean_at_ceiling = 0
-            self._probing = True
-            self.adaptive = self.ceiling * (1 + INCREASE)
-
-    def on_rate_limited(self, retry_after: float | None = None, headers: RateHeaders | None = None) -> bool:
+    def on_rate_limited(
+        self, retry_after: float | None = None, headers: RateHeaders | None = None, send: Send | None = None
+    ) -> bool:
         """A 429. Returns True when it means the server's window is full (the lane was slowed
         and blocked), False when it was sporadic (only that request waits)."""
         now = self.clock.now()
-        self._answers.append((now, True))
+        aimd = self.aimd
+        send = send if send is not None else aimd.sent(now)
+        aimd.answered(send, True, None)
         retry_after = _finer(retry_after, headers)
         if self._learn(headers, retry_after):
             full = True
         elif headers is not None and headers.window_open:
             return False
         else:
-            full = self._probing or self._dominated(now, retry_after)
-            if full:
+            soft = aimd.over_ceiling(send)
+            full = soft or aimd.full_window(send, aimd.span(retry_after))
+            if full and not soft:
+                # a ceiling found too high only drops the rate; a full window is waited out
                 self._block(retry_after if retry_after is not None else MIN_EPISODE_S)
-        if full and now >= self._episode_end:
-            self._decrease(now, retry_after)
+        if full and aimd.on_full(now, send, retry_after, self.request_rate()):
+            self._adapted(decreased=True)
         return full
 
-    def _dominated(self, now: float, retry_after: float | None) -> bool:
-        span = max(retry_after or 0.0, MIN_EPISODE_S)
-        n = n429 = run = 0
-        for t, was_429 in reversed(self._answers):
-            if t < now - span:
-                break
-            n += 1
-            n429 += was_429
-            if run == n - 1 and was_429:
-                run += 1
-        return run >= WINDOW_RUN and n429 >= WINDOW_SHARE * n
+    def _adapted(self, decreased: bool) -> None:
+        """The learnt rate changed (the shared limiter tells every process through Redis)."""
 
-    def _decrease(self, now: float, retry_after: float | None) -> None:
-        span = max(retry_after or 0.0, MIN_EPISODE_S)
-        accepted = sum(1 for t, was_429 in self._answers if not was_429 and t >= now - span) / span
-        if self._probing and self.ceiling is not None:
-            accepted = max(accepted, self.ceiling)  # the probe failed: the old ceiling held
-        if accepted <= 0:  # nothing got through lately: what we offered is the best guess
-            accepted = sum(1 for t, _ in self._answers if t >= now - span) / span * DECREASE
-        current = self.request_rate()
-        base = accepted if current is None else min(current, accepted)
-        self.ceiling = max(MIN_RATE, accepted)
-        self.adaptive = max(MIN_RATE, base * DECREASE)
-        self._probing = False
-        self._clean_at_ceiling = 0
-        self.decreases += 1
-        self._episode_end = self._next_increase = now + self._episode_len(retry_after)
+    def _block(self, seconds: float) -> None:
+        until = self.clock.now() + min(seconds, self.block_cap_s)
+        if until > self.blocked_until:
+            self.blocked_until = until
 
-    def _episode_len(self, retry_after: float | None) -> float:
-        return max(retry_after or 0.0, self._latency or 0.0, MIN_EPISODE_S)
+    def learned(self) -> tuple[int, str] | None:
+        """The server's limit as this run learnt it, in rpm, and from what; None if nothing was."""
+        if self.header_rpm and (self.aimd.rate is None or self.aimd.rate * 60 >= self.header_rpm):
+            return self.header_rpm, "x-ratelimit headers"
+        if self.aimd.ceiling is not None:
+            return max(1, round(self.aimd.ceiling * 60)), self.aimd.source
+        return None
+
+    def start_from(self, rpm: int, source: str) -> None:
+        """Start at a limit learnt by an earlier run (its manifest), instead of a burst."""
+        self.aimd.start_from(rpm / 60.0, source)
 
     # ---- for the progress line -----------------------------------------------------------------
 
@@ -303,7 +287,7 @@ class ModelLimiter:
             return f"{self.name}: server window full, resumes in {self.blocked_until - now:.1f} s"
         rate = self.request_rate()
         if self.adaptive is not None and rate == self.adaptive:
-            return f"{self.name}: slowed to {self.adaptive * 60:,.0f} rpm after 429s"
+            return f"{self.name}: held to {self.adaptive * 60:,.0f} rpm, a limit learnt from {self.aimd.source}"
         if not self.waiting:
             return None
         limits = []
@@ -313,6 +297,13 @@ class ModelLimiter:
             elif theirs:
                 limits.append(f"{kind} {theirs:,} (server's x-ratelimit headers)")
         return f"{self.name}: {self.waiting} waiting on {', '.join(limits) or 'the pace'}"
+
+
+class LearnedLimit(TypedDict):
+    """A lane's learnt limit as the manifest records it."""
+
+    rpm: int
+    source: str
 
 
 class Limiters:
@@ -337,3 +328,31 @@ class Limiters:
 
     def describe(self) -> list[str]:
         return [d for lim in self._by_key.values() if (d := lim.describe()) is not None]
+
+    def learned(self) -> dict[str, LearnedLimit]:
+        """'provider/model' → the server's limit as learnt and from what (the manifest's record)."""
+        out: dict[str, LearnedLimit] = {}
+        for (provider, model), lim in sorted(self._by_key.items()):
+            got = lim.learned()
+            if got is not None:
+                out[f"{provider}/{model}"] = {"rpm": got[0], "source": got[1]}
+        return out
+
+    def record(self, manifest: dict[str, Any]) -> None:
+        """Into the manifest: the limit learnt per lane, for a resume; and, for this session's
+        summary, what held the pace back ("pace_held_by", taken out again by the runner)."""
+        learned = self.learned()
+        if learned:
+            manifest["learned_limits"] = {**(manifest.get("learned_limits") or {}), **learned}
+            manifest["pace_held_by"] = [f"{k}: {v['rpm']:,} rpm, learnt from {v['source']}" for k, v in learned.items()]
+
+    def start_from(self, learned: object, share: int = 1) -> None:
+        """Lanes without a configured rpm start at the limit a manifest recorded (1/share of it
+        with --workers), instead of learning it again from a burst of 429s. Bad records are skipped."""
+        if not isinstance(learned, dict):
+            return
+        for key, rec in learned.items():
+            provider, _, model = str(key).partition("/")
+            rpm = rec.get("rpm") if isinstance(rec, dict) else None
+            if isinstance(rpm, int) and rpm > 0 and self._limits.get(provider, (None, None))[0] is None:
+                self.get(provider, model).start_from(max(1, rpm // max(1, share)), "the last run")

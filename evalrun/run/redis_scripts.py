@@ -4,11 +4,11 @@ strings: Redis would truncate a Lua float reply to an integer."""
 
 # KEYS: state hash, peers zset. ARGV: seconds per request (0: unpaced), seconds per token (0: none),
 # estimated tokens, process id, peer ttl, spacing margin, key ttl.
-# Reply: {booked 0/1, wait s, blocked-for s, adaptive req/s or '', processes sharing}
+# Reply: {booked 0/1, wait s, blocked-for s, adaptive req/s or '', processes sharing, ceiling or ''}
 BOOK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local h = redis.call('HMGET', KEYS[1], 'last', 'tok', 'blocked', 'adaptive')
+local h = redis.call('HMGET', KEYS[1], 'last', 'tok', 'blocked', 'adaptive', 'ceiling')
 local last = tonumber(h[1]) or -1e18
 local tok = tonumber(h[2]) or 0
 local blocked = tonumber(h[3]) or 0
@@ -32,7 +32,8 @@ if ready <= now then
   end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-return {booked, tostring(math.max(0, ready - now)), tostring(math.max(0, blocked - now)), tostring(adaptive or ''), peers}
+return {booked, tostring(math.max(0, ready - now)), tostring(math.max(0, blocked - now)), tostring(adaptive or ''), peers,
+  tostring(h[5] or '')}
 """
 
 BLOCK = """
@@ -45,43 +46,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# ARGV: pace in force (req/s), episode length (s), DECREASE, MIN_RATE, ttl
-DECREASE_LUA = """
+# The learnt rate, decided by the process that heard the 429s or the clean episode (adaptive.py)
+# and set for everyone unless another process already changed it within the episode.
+# ARGV: new adaptive req/s, new ceiling req/s, episode length s, 1 for a decrease / 0 for an
+# increase, ttl. A decrease is refused inside the episode of the last one; an increase before
+# the next increase is due.
+ADAPT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local h = redis.call('HMGET', KEYS[1], 'episode_end', 'adaptive', 'ceiling', 'probing')
-if now < (tonumber(h[1]) or 0) then return 0 end
-local offered = tonumber(ARGV[1])
-local adaptive = tonumber(h[2])
-if adaptive and adaptive < offered then offered = adaptive end
-local ceiling = offered
-if h[4] == '1' and tonumber(h[3]) then ceiling = tonumber(h[3]) end
-local new = math.max(tonumber(ARGV[4]), offered * tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], 'adaptive', tostring(new), 'ceiling', tostring(math.max(tonumber(ARGV[4]), ceiling)),
-  'episode_end', tostring(now + tonumber(ARGV[2])), 'next_inc', tostring(now + tonumber(ARGV[2])),
-  'clean', '0', 'probing', '0')
+local h = redis.call('HMGET', KEYS[1], 'episode_end', 'next_inc')
+local decrease = ARGV[4] == '1'
+if decrease and now < (tonumber(h[1]) or 0) then return 0 end
+if (not decrease) and now < (tonumber(h[2]) or 0) then return 0 end
+local ends = tostring(now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'adaptive', ARGV[1], 'ceiling', ARGV[2], 'next_inc', ends)
+if decrease then redis.call('HSET', KEYS[1], 'episode_end', ends) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
-# ARGV: episode length, INCREASE, PROBE_AFTER, ttl
-INCREASE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local h = redis.call('HMGET', KEYS[1], 'adaptive', 'ceiling', 'next_inc', 'clean')
-local adaptive, ceiling = tonumber(h[1]), tonumber(h[2])
-if not adaptive or not ceiling or now < (tonumber(h[3]) or 0) then return 0 end
-redis.call('HSET', KEYS[1], 'next_inc', tostring(now + tonumber(ARGV[1])))
-if adaptive < ceiling then
-  redis.call('HSET', KEYS[1], 'adaptive', tostring(math.min(ceiling, adaptive + tonumber(ARGV[2]) * ceiling)))
-else
-  local clean = (tonumber(h[4]) or 0) + 1
-  if clean >= tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[1], 'clean', '0', 'probing', '1', 'adaptive', tostring(ceiling * (1 + tonumber(ARGV[2]))))
-  else
-    redis.call('HSET', KEYS[1], 'clean', tostring(clean))
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """

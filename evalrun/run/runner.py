@@ -4,8 +4,7 @@ The stages of one run, each in its module: `context` (decided once: config, plan
 scorers, keys, run dir), `recorder` (journal + per-result bookkeeping), `pool` / `attempts` /
 `limiter` (scheduling, the retry loop, rate control), `stops` (one cancellation path). This
 module wires them: the manifest, the event loop, signals, the progress display, exit codes.
-
-Also resume: the journal says which requests already have a row; only the others are sent.
+Resume: the journal says which requests already have a row; only the others are sent.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_INTERRUPTED", "RunOptions", "RunOutcome", "run"]
 
 GRACE_S = 10.0  # after the first Ctrl-C, how long requests on the wire may finish
-
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -112,6 +110,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
+    messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pop("pace_held_by", [])]
     result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
         from evalrun.run.storage import publish_or_keep
@@ -267,6 +266,7 @@ async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
                 ctx.shard.count if ctx.shard else 1,
                 exp.config.retry.retry_after_max_s,
             )
+            limiters.start_from(ctx.manifest.get("learned_limits"), ctx.rate_share)
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
                 Lane(
@@ -316,6 +316,7 @@ async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
                 pass
             finally:
                 progress.stop()
+                limiters.record(ctx.manifest)
                 await limiters.aclose()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,11 +12,11 @@ the local limiter's (see `limiter.py`) — wait your turn, never reject — with
   a process only the head of a FIFO queue asks Redis, so Redis sees ~one call per send and waiter.
 * `settle` corrects the token slot from the real usage (HINCRBYFLOAT), as the local limiter does.
 * `block` (a full server window, from headers or a run of 429s) sets blocked-until for everyone.
-* `decrease` / `increase`: AIMD with episodes across processes. A decrease multiplies the pace in
-  force (the rate every process together was held to) by DECREASE and opens an episode on
-  Redis's clock: window-full 429s of other processes within it do not decrease again. Each clean
-  episode adds INCREASE × ceiling, up to the ceiling; PROBE_AFTER clean episodes at the ceiling
-  raise it. (Which 429s mean a full window is decided per process, by `limiter.ModelLimiter`.)
+* `adapt`: the learnt rate across processes, with the local rules of `adaptive.py`. The process
+  that hears a window-full 429 (or ends a clean episode) decides the new rate and ceiling from
+  its own ledger — its accepted rate times the processes sharing the budget — and sets them for
+  everyone; on Redis's clock, a decrease opens an episode within which other processes' decreases
+  are refused, and an increase is refused before the next one is due.
 
 Keys are `evalrun:rl:<hash>` of the endpoint host, a keyed hash of the API key (never the key,
 never reversible) and the model; they expire an hour after the last send.
@@ -41,19 +41,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from evalrun.errors import ConfigError
-from evalrun.run.limiter import (
-    DECREASE,
-    INCREASE,
-    MIN_EPISODE_S,
-    MIN_RATE,
-    MONOTONIC,
-    PROBE_AFTER,
-    SPACING_MARGIN,
-    Clock,
-    Limiters,
-    ModelLimiter,
-)
-from evalrun.run.redis_scripts import BLOCK, BOOK, DECREASE_LUA, INCREASE_LUA
+from evalrun.run.limiter import MONOTONIC, SPACING_MARGIN, Clock, Limiters, ModelLimiter
+from evalrun.run.redis_scripts import ADAPT_LUA, BLOCK, BOOK
 
 logger = logging.getLogger(__name__)
 
@@ -189,19 +178,21 @@ class SharedLimiter(ModelLimiter):
             [self.key, self.peers_key],
             [interval, tok_per, est_tokens, self.me, PEER_TTL_S, SPACING_MARGIN, KEY_TTL_S],
         )
-        booked, wait, blocked, adaptive, peers = (
+        booked, wait, blocked, adaptive, peers, ceiling = (
             int(reply[0]),
             float(reply[1]),
             float(reply[2]),
             reply[3],
             int(reply[4]),
+            reply[5],
         )
         now = self.clock.now()
         self.blocked_until = now + blocked if blocked > 0 else min(self.blocked_until, now)
-        self.adaptive = float(adaptive) if adaptive not in (b"", "") else None
-        if self.adaptive is not None and self.ceiling is None:
-            self.ceiling = self.adaptive  # another process decreased: this one's episodes start now
+        if adaptive not in (b"", ""):  # the learnt rate, as whichever process last changed it set it
+            self.adaptive = float(adaptive)
+            self.ceiling = float(ceiling) if ceiling not in (b"", "") else self.adaptive
         self.peers = max(self.peers, peers)
+        self.aimd.scale = self.peers  # this process's accepted rate is 1/peers of the budget's
         return bool(booked), wait
 
     async def _run(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
@@ -257,31 +248,12 @@ class SharedLimiter(ModelLimiter):
             secs = min(seconds, self.block_cap_s)
             self._background(self._run("block", BLOCK, [self.key], [secs, KEY_TTL_S]))
 
-    def _decrease(self, now: float, retry_after: float | None) -> None:
-        if self.fallen_back is not None:
-            return super()._decrease(now, retry_after)
-        interval, _ = self._intervals()
-        offered = [1.0 / interval] if interval else []
-        if self.adaptive is not None:
-            offered.append(self.adaptive)
-        if not offered:  # unpaced: what this process heard lately, times the processes sharing
-            span = max(retry_after or 0.0, MIN_EPISODE_S)
-            offered.append(max(MIN_RATE, sum(1 for t, _ in self._answers if t >= now - span) / span * self.peers))
-        episode = self._episode_len(retry_after)
-        self.decreases += 1
-        self._episode_end = self._next_increase = now + episode
-        args = [min(offered), episode, DECREASE, MIN_RATE, KEY_TTL_S]
-        self._background(self._run("decrease", DECREASE_LUA, [self.key], args))
-        self.adaptive = max(MIN_RATE, min(offered) * DECREASE)  # until Redis's answer
-        self.ceiling = self.ceiling or min(offered)
-
-    def _clean_episode(self, now: float) -> None:
-        if self.fallen_back is not None:
-            return super()._clean_episode(now)
-        self._next_increase = now + self._episode_len(None)
-        self._background(
-            self._run("increase", INCREASE_LUA, [self.key], [self._episode_len(None), INCREASE, PROBE_AFTER, KEY_TTL_S])
-        )
+    def _adapted(self, decreased: bool) -> None:
+        if self.fallen_back is not None or self.adaptive is None or self.ceiling is None:
+            return
+        episode = max(0.0, self.aimd.next_increase - self.clock.now())
+        args = [repr(self.adaptive), repr(self.ceiling), episode, 1 if decreased else 0, KEY_TTL_S]
+        self._background(self._run("adapt", ADAPT_LUA, [self.key], args))
 
     async def aclose(self) -> None:
         if self._tasks:

@@ -1,0 +1,194 @@
+"""The adaptive rate of one lane: what 429s teach when nobody told evalrun the server's limit.
+
+Every answer is attributed to the moment its request was *sent* (a `Send` in the lane's ledger),
+never to when the answer arrived. Real gateways reject in microseconds and answer in seconds, so
+by arrival time the rejections of a burst come back before its accepted requests do, and an
+accepted rate measured by arrival looks tiny (issue 24: 54 rpm learnt against a 600-rpm server).
+
+* Window full, without headers: the last WINDOW_RUN sends before this one, in *send* order, were
+  all rejected (a request still in flight breaks the run: with sporadic 429s answered at once,
+  the accepted requests around them are still on the wire), and at least WINDOW_SHARE of the
+  answered sends of the span were. Once a limit is learnt, any 429 to a request sent at or
+  above the ceiling says the ceiling is too high (a failed probe); the lane is not blocked for it.
+* Accepted rate: the sends of the last `span` before the rejected one that were not rejected
+  (answered 200, or still on the wire: rejections come back no later than acceptances), over
+  `span` = max(Retry-After, or else the longest recent latency, MIN_EPISODE_S). Nothing accepted there
+  means the window is still full from before: the block waits it out, and the rate stays.
+* Decrease, at most once per pace: a window-full 429 answering a request sent before the last
+  change of pace says nothing about the new pace. The known-good `ceiling` becomes the accepted
+  rate (or DECREASE × the pace in force, if that was lower: the pace itself was too fast), and
+  the rate DECREASE × the ceiling.
+* Recovery, per clean episode (the requests sent in the first max(Retry-After, MIN_EPISODE_S)
+  at the new pace all answered, and one sent after that answered 200, with no decrease — judged
+  by send time, so a 2-s latency cannot pass a probe before its 429s are back): multiplicative (× RECOVER) up to the ceiling — back there in one
+  or two episodes; then, after `hold` clean episodes at it, probes above it by a step that
+  doubles per clean probe (INCREASE, 2×, 4×… of the ceiling, capped at MAX_STEP): an
+  underestimate of 5× is made up in about eight episodes. A clean probe becomes the new ceiling;
+  a failed one goes back to the ceiling and doubles `hold` (up to PROBE_AFTER), so a ceiling
+  that holds is probed less and less often — no repeated 429 storms — yet a server that raises
+  its limit is followed within PROBE_AFTER + a few episodes.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+DECREASE = 0.9  # the rate after a decrease, as a fraction of the known-good ceiling
+RECOVER = 2.0  # multiplicative step back toward the ceiling, per clean episode
+INCREASE = 0.05  # the first probe step above the ceiling, as a fraction of it; doubles per clean probe
+MAX_STEP = 1.0
+PROBE_AFTER = 16  # the most clean episodes at the ceiling before probing again (after failed probes)
+MIN_EPISODE_S = 1.0  # shortest episode, and the shortest span an accepted rate is measured over
+WINDOW_RUN = 6  # 429s in a row, in send order, before "window full" without headers
+WINDOW_SHARE = 0.5  # share of 429s among the span's answered sends that means "window full"
+MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
+SENDS_KEPT = 4096  # sends remembered per lane (bounded memory)
+LATENCIES_KEPT = 64
+
+
+@dataclass(slots=True)
+class Send:
+    """One request put on the wire, in the lane's ledger. Mutable on purpose: its answer (None
+    while in flight, then rejected or not) is filled in when it comes."""
+
+    at: float
+    rejected: bool | None = None
+
+
+class AdaptiveRate:
+    """The ledger of sends and the AIMD state of one lane (requests per second; None: not learnt)."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self.ceiling: float | None = None  # the highest rate known to pass
+        self.source = "429s"  # what taught `rate`: "429s" or "the last run"
+        self.decreases = 0
+        self.scale = 1  # processes sharing the budget (shared_limiter.py): the ledger is one of them
+        self.changed_at = -float("inf")  # sends before this went at an older pace
+        self.next_increase = 0.0
+        self._step = INCREASE
+        self._hold = 1
+        self._hold_left = 1
+        self._sends: collections.deque[Send] = collections.deque(maxlen=SENDS_KEPT)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCIES_KEPT)
+
+    def start_from(self, rate: float, source: str) -> None:
+        """Begin at a rate learnt earlier (a resumed run's manifest): known good until a 429 says not."""
+        self.rate = self.ceiling = max(MIN_RATE, rate)
+        self.source = source
+
+    def sent(self, now: float) -> Send:
+        send = Send(now)
+        self._sends.append(send)
+        return send
+
+    def latency(self) -> float:
+        """The longest recent latency (how long an answer can lag its send)."""
+        return max(self._latencies, default=0.0)
+
+    def answered(self, send: Send, rejected: bool, latency_s: float | None) -> None:
+        send.rejected = rejected
+        if latency_s is not None:
+            self._latencies.append(latency_s)
+
+    def probing(self) -> bool:
+        return self.rate is not None and self.ceiling is not None and self.rate > self.ceiling
+
+    def over_ceiling(self, send: Send) -> bool:
+        """Whether a 429 answers a request sent at or above the learnt ceiling: then it says the
+        ceiling is too high (a failed probe, or a ceiling a lucky probe set a hair too high — on
+        a fixed window that shows as one 429 at each window's end, never a run of them)."""
+        return (
+            self.rate is not None
+            and self.ceiling is not None
+            and self.rate >= self.ceiling
+            and send.at > self.changed_at
+        )
+
+    def full_window(self, send: Send, span: float) -> bool:
+        """Whether a 429 without headers means the window is full (see the module doc)."""
+        n = n429 = run = 0
+        counting_run = True
+        for s in reversed(self._sends):
+            if s.at > send.at:
+                continue
+            if s.at < send.at - span:
+                break
+            if s.rejected is not None:
+                n += 1
+                n429 += s.rejected
+            if counting_run:
+                if s.rejected:
+                    run += 1
+                else:
+                    counting_run = False
+        return run >= WINDOW_RUN and n429 >= WINDOW_SHARE * n
+
+    def accepted(self, send: Send, span: float) -> float:
+        """Requests per second the server accepted over the span before `send` (by send time)."""
+        ok = sum(1 for s in self._sends if send.at - span < s.at <= send.at and not s.rejected)
+        return ok / span * self.scale
+
+    def span(self, retry_after: float | None) -> float:
+        """The server's window, as well as it can be told: its Retry-After, else the longest
+        recent latency (answers lag their sends by that much), at least MIN_EPISODE_S."""
+        return max(retry_after if retry_after is not None else self.latency(), MIN_EPISODE_S)
+
+    def on_full(self, now: float, send: Send, retry_after: float | None, pace: float | None) -> bool:
+        """A window-full 429 answering `send`, `pace` the rate in force; True if the rate decreased."""
+        if send.at <= self.changed_at:
+            return False  # sent at an older pace: that pace was already corrected
+        span = self.span(retry_after)
+        accepted = self.accepted(send, span)
+        if accepted <= 0:
+            return False  # nothing got through: the window is still full from before
+        if self.probing():
+            assert self.rate is not None and self.ceiling is not None
+            # the probe failed: back to the last rate that passed (not to what the probe got
+            # through: on a fixed window that over-counts, and the ceiling would creep up by a
+            # probe step each time), and probe less often
+            self.rate = self.ceiling
+            self._hold = min(PROBE_AFTER, self._hold * 2)
+        else:
+            self.ceiling = max(MIN_RATE, accepted if pace is None or accepted < pace else pace * DECREASE)
+            self.rate = max(MIN_RATE, self.ceiling * DECREASE)
+            self._hold = 1
+        self.source = "429s"
+        self._hold_left = self._hold
+        self._step = INCREASE
+        self.decreases += 1
+        self.changed_at = now
+        self.next_increase = now + max(retry_after or 0.0, MIN_EPISODE_S)
+        return True
+
+    def _unanswered(self) -> bool:
+        """Whether a request sent within the episode still waits for its answer (it may be a 429)."""
+        for s in reversed(self._sends):
+            if s.at < self.changed_at:
+                return False
+            if s.at < self.next_increase and s.rejected is None:
+                return True
+        return False
+
+    def on_success(self, now: float, send: Send) -> bool:
+        """A 200; True when it ended a clean episode and the rate rose."""
+        # the episode is judged by send time: only an answer to a request sent after it ended
+        # says it was clean (the 429s of requests sent within it come back no later, whatever
+        # the latency); judged by arrival, a probe passed before its 429s came back
+        if self.rate is None or self.ceiling is None or send.at < self.next_increase or self._unanswered():
+            return False
+        self.next_increase = now + MIN_EPISODE_S
+        if self.rate < self.ceiling:
+            self.rate = min(self.ceiling, self.rate * RECOVER)
+        elif self.probing():  # a clean probe: it is the new ceiling, and the next step is bigger
+            self.ceiling = self.rate
+            self._step = min(MAX_STEP, self._step * 2)
+            self.rate = self.ceiling * (1 + self._step)
+        elif self._hold_left > 0:
+            self._hold_left -= 1
+            return False
+        else:
+            self.rate = self.ceiling * (1 + self._step)
+        self.changed_at = now
+        return True
