@@ -157,11 +157,12 @@ def _walk(
     return -1, own
 
 
-def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
+def logprobs(value: Any, where: str, notes: Notes, offset: int = 0) -> Logprobs | None:
     """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
     its column's type; anything else drops the list (a partly-kept list would misalign the
     tokens). Checked and flattened in two walks, the tokens then all their alternatives (see
-    records.Logprobs for why flat)."""
+    records.Logprobs for why flat). `offset`: where `value` starts in the answer's list (a
+    stream's chunk), for the notes."""
     if value is None:
         return None
     if type(value) is not list:
@@ -171,7 +172,7 @@ def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
     lps: list[float | None] = []
     bad, own = _walk(value, tokens, lps)
     if bad >= 0:
-        notes.bad(f"{where}[{bad}]", value[bad], _TOKEN)
+        notes.bad(f"{where}[{bad + offset}]", value[bad], _TOKEN)
         return None
     n_top: list[int | None] = []
     every_top: list[Any] = []
@@ -183,13 +184,56 @@ def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
             n_top.append(len(tops))
             every_top += tops
         else:
-            notes.bad(f"{where}[{i}].top_logprobs", tops, _TOPS)
+            notes.bad(f"{where}[{i + offset}].top_logprobs", tops, _TOPS)
             return None
     top_tokens: list[str | None] = []
     top_lps: list[float | None] = []
     bad, top_own = _walk(every_top, top_tokens, top_lps)
     if bad >= 0:  # named by the position whose alternatives it is among
         i = next(i for i, end in enumerate(itertools.accumulate(n or 0 for n in n_top)) if bad < end)
-        notes.bad(f"{where}[{i}].top_logprobs", value[i]["top_logprobs"], _TOPS)
+        notes.bad(f"{where}[{i + offset}].top_logprobs", value[i]["top_logprobs"], _TOPS)
         return None
     return Logprobs(tokens, lps, n_top, top_tokens, top_lps, own, top_own)
+
+
+class LogprobsSoFar:
+    """A streamed choice's logprobs, flattened chunk by chunk as they arrive.
+
+    Why not keep the chunks' token objects until the end: a 2,000-token answer with top-5
+    holds 12,000 of them, ≈ 4 MB of dicts per request on the wire (issue 23); flat, ≈ 1 MB.
+    The first bad chunk drops the whole list, as `logprobs` does for an answer's list."""
+
+    def __init__(self) -> None:
+        self.flat: Logprobs | None = None  # its lists grow in place; `bytes` are set on `own`
+        self.own: dict[str, list[list[int] | None]] = {}  # bytes / top_bytes, once one is not UTF-8
+        self.seen = 0  # tokens so far, good or not (the notes' index)
+        self.dropped = False
+
+    def add(self, tokens: list[Any], where: str, notes: Notes) -> None:
+        if self.dropped or not tokens:
+            return
+        piece = logprobs(tokens, where, notes, self.seen)
+        self.seen += len(tokens)
+        if piece is None:
+            self.dropped, self.flat = True, None
+            return
+        flat = self.flat = self.flat or Logprobs([], [], [], [], [])
+        for name, text in (("bytes", "token"), ("top_bytes", "top_token")):
+            theirs = getattr(piece, name)
+            if name not in self.own and theirs is not None:  # the first bytes that are not UTF-8
+                self.own[name] = [list(t.encode()) for t in getattr(flat, text)]
+            if name in self.own:
+                self.own[name] += theirs if theirs is not None else [list(t.encode()) for t in getattr(piece, text)]
+        flat.token.extend(piece.token)
+        flat.logprob.extend(piece.logprob)
+        flat.n_top.extend(piece.n_top)
+        flat.top_token.extend(piece.top_token)
+        flat.top_logprob.extend(piece.top_logprob)
+
+    def result(self) -> Logprobs | None:
+        f = self.flat
+        if f is None:
+            return None
+        return Logprobs(
+            f.token, f.logprob, f.n_top, f.top_token, f.top_logprob, self.own.get("bytes"), self.own.get("top_bytes")
+        )
