@@ -16,8 +16,7 @@ with os.wait4 (bench.measure: user+sys CPU and peak RSS of exactly that process)
 --reps are printed as a Markdown table.
 
 --startup measures `evalrun run` of 1 request against the simulator instead: the CPU the
-process has used when the first request arrives (evalrun prints it to stderr when
-EVALRUN_BENCH_STARTUP is set, see run/client.py), and `--help`.
+process has used when its first request goes out (tests/bench/startup_probe.py), and `--help`.
 """
 
 from __future__ import annotations
@@ -224,9 +223,8 @@ def startup(work: Path, reps: int) -> None:
             data = bench.write_dataset(work / "data_1.jsonl", 1)
             d = Path(tempfile.mkdtemp(dir=work))
             cfg = bench.write_config(d / "experiment.yaml", sim.base_url, data)
-            env = {**bench.ENV, "EVALRUN_BENCH_STARTUP": "1"}
-            cmd = [*bench.EVALRUN, "run", str(cfg), "--no-progress", "--run-dir", str(d / "run")]
-            m = bench.measure(cmd, 120, env=env)
+            probe = [bench.PY, str(bench.HERE / "startup_probe.py")]
+            m = bench.measure([*probe, "run", str(cfg), "--no-progress", "--run-dir", str(d / "run")], 120)
         first = [ln for ln in m.stderr.splitlines() if ln.startswith("bench: first request at cpu")]
         cpu_first = float(first[0].split()[-2]) if first else float("nan")
         h = bench.measure([*bench.EVALRUN, "--help"], 60)
