@@ -100,7 +100,7 @@ def _peak_rss_mb(cmd: list[str]) -> tuple[int, float, str]:
 def test_a_run_of_long_answers_keeps_its_memory_small(tmp_path: Path, loop_thread: LoopThread, n: int) -> None:
     """At n = 500 the rows that waited as Python objects (128-row batches, 1,024-row groups) and
     the answers each worker kept until its next one came took ≈ 700 MB (measured: 527 MB at
-    n = 300); bounded by bytes the run peaks near 300 MB whatever n."""
+    n = 300); bounded by bytes the run peaks near 250 MB whatever n."""
     body = _long_body()
 
     async def handle(request: web.Request) -> web.Response:

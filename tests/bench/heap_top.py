@@ -39,6 +39,9 @@ def main() -> int:
         stop.set()
         th.join()
         peak = tracemalloc.get_traced_memory()[1]
+        if "pyarrow" in sys.modules:  # Arrow's buffers are not traced: its pool's own peak
+            pool = sys.modules["pyarrow"].default_memory_pool()
+            print(f"heap: Arrow pool {pool.backend_name}, peak {pool.max_memory() / 2**20:.0f} MB", file=sys.stderr)
         snap = best["snap"]
         print(
             f"heap: traced peak {peak / 2**20:.0f} MB; at the largest snapshot {best['bytes'] / 2**20:.0f} MB (0.5 s samples)",

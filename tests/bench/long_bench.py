@@ -196,13 +196,15 @@ def run_one(work: Path, who: str, n: int, concurrency: int, stream: bool, k: int
             run = d / "run"
             evalrun = [bench.PY, str(bench.HERE / "heap_top.py")] if HEAP else bench.EVALRUN
             cmd = [*evalrun, "run", str(d / "experiment.yaml"), "--no-progress", "--run-dir", str(run)]
-            m = bench.measure(cmd, 1800)
+            m = bench.measure(cmd, 1800, watch=run)
             if HEAP:
                 print("\n".join(ln for ln in m.stderr.splitlines() if ln.startswith("heap:")), file=sys.stderr)
             man = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
             c = man.get("counts", {})
             ok = m.rc == 0 and (c.get("ok"), c.get("rows")) == (n, n)
-            extra = {"journal_mb": round((run / "journal.jsonl").stat().st_size / 2**20, 1)} if run.exists() else {}
+            extra = {"rss_by_phase": {k: round(v) for k, v in m.rss_by_phase.items()}}
+            if run.exists():
+                extra["journal_mb"] = round((run / "journal.jsonl").stat().st_size / 2**20, 1)
             extra["parquet_mb"] = round((run / "results.parquet").stat().st_size / 2**20, 1) if ok else None
             shutil.rmtree(d, ignore_errors=True)  # N × 0.9 MB answers: keep the disk free
     finally:
