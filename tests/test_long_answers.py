@@ -188,3 +188,13 @@ def test_a_bad_token_in_a_later_chunk_drops_the_streamed_logprobs_and_names_its_
     assert row["logprobs"] is None or len(row["logprobs"]) == 0 or row["logprobs"] != row["logprobs"]
     assert row["error_type"] == "malformed_response"
     assert "choices[0].logprobs.content[2]" in row["error_message"]
+
+
+def test_a_null_logprob_in_a_later_chunk_is_kept_as_null(tmp_path, cli, loop_thread) -> None:
+    """The streamed logprobs are kept in arrays of doubles until a null comes: it stays a null."""
+    tokens = [_tok("a"), _tok("b"), {**_tok("c"), "logprob": None}, _tok("d")]
+    tokens[3]["top_logprobs"][1]["logprob"] = None
+    got = list(_streamed_run(tmp_path, cli, loop_thread, tokens)["logprobs"])
+    assert [t["logprob"] for t in got] == [-0.5, -0.5, None, -0.5]
+    assert [x["logprob"] for x in got[3]["top_logprobs"]] == [-1.0, None]
+    assert [x["logprob"] for x in got[0]["top_logprobs"]] == [-1.0, -2.0]

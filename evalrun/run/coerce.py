@@ -13,6 +13,8 @@ float64 and finite; text is a str.
 from __future__ import annotations
 
 import itertools
+import sys
+from array import array
 from typing import Any
 
 from evalrun.run.records import Logprobs
@@ -200,11 +202,19 @@ class LogprobsSoFar:
     """A streamed choice's logprobs, flattened chunk by chunk as they arrive.
 
     Why not keep the chunks' token objects until the end: a 2,000-token answer with top-5
-    holds 12,000 of them, ≈ 4 MB of dicts per request on the wire (issue 23); flat, ≈ 1 MB.
-    The first bad chunk drops the whole list, as `logprobs` does for an answer's list."""
+    holds 12,000 of them, ≈ 4 MB of dicts per request on the wire (issue 23); flat lists,
+    ≈ 1 MB; ≈ 0.3 MB with the tokens interned (a vocabulary's tokens recur, the alternatives
+    above all) and the logprobs in arrays of doubles (8 bytes, not a 24-byte float object and
+    its 8-byte slot), for as long as the stream lasts. The first bad chunk drops the whole
+    list, as `logprobs` does for an answer's list."""
 
     def __init__(self) -> None:
-        self.flat: Logprobs | None = None  # its lists grow in place; `bytes` are set on `own`
+        self.token: list[str | None] = []
+        self.top_token: list[str | None] = []
+        self.n_top: list[int | None] = []
+        # a list once a null logprob came (an array cannot hold it)
+        self.logprob: array[float] | list[float | None] = array("d")
+        self.top_logprob: array[float] | list[float | None] = array("d")
         self.own: dict[str, list[list[int] | None]] = {}  # bytes / top_bytes, once one is not UTF-8
         self.seen = 0  # tokens so far, good or not (the notes' index)
         self.dropped = False
@@ -215,25 +225,38 @@ class LogprobsSoFar:
         piece = logprobs(tokens, where, notes, self.seen)
         self.seen += len(tokens)
         if piece is None:
-            self.dropped, self.flat = True, None
+            self.dropped = True
             return
-        flat = self.flat = self.flat or Logprobs([], [], [], [], [])
         for name, text in (("bytes", "token"), ("top_bytes", "top_token")):
             theirs = getattr(piece, name)
             if name not in self.own and theirs is not None:  # the first bytes that are not UTF-8
-                self.own[name] = [list(t.encode()) for t in getattr(flat, text)]
+                self.own[name] = [list(t.encode()) for t in getattr(self, text)]
             if name in self.own:
                 self.own[name] += theirs if theirs is not None else [list(t.encode()) for t in getattr(piece, text)]
-        flat.token.extend(piece.token)
-        flat.logprob.extend(piece.logprob)
-        flat.n_top.extend(piece.n_top)
-        flat.top_token.extend(piece.top_token)
-        flat.top_logprob.extend(piece.top_logprob)
+        self.token += [t if t is None else sys.intern(t) for t in piece.token]
+        self.top_token += [t if t is None else sys.intern(t) for t in piece.top_token]
+        self.n_top += piece.n_top
+        self.logprob = _extended(self.logprob, piece.logprob)
+        self.top_logprob = _extended(self.top_logprob, piece.top_logprob)
 
     def result(self) -> Logprobs | None:
-        f = self.flat
-        if f is None:
+        if self.dropped or not self.token:
             return None
         return Logprobs(
-            f.token, f.logprob, f.n_top, f.top_token, f.top_logprob, self.own.get("bytes"), self.own.get("top_bytes")
+            self.token,
+            list(self.logprob),
+            self.n_top,
+            self.top_token,
+            list(self.top_logprob),
+            self.own.get("bytes"),
+            self.own.get("top_bytes"),
         )
+
+
+def _extended(into: array[float] | list[float | None], values: list[float | None]) -> array[float] | list[float | None]:
+    n = len(into)
+    try:
+        into.extend(values)  # type: ignore[arg-type]
+    except TypeError:  # a null logprob (an array extends item by item: cut what it took)
+        return [*into[:n], *values]
+    return into

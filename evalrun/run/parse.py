@@ -7,7 +7,9 @@ Everything a server sends is read here and nowhere else, so a malformed answer i
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from array import array
 from typing import Any
 
 import aiohttp
@@ -168,7 +170,7 @@ class _ChoiceStream:
         self.finish: str | None = None
         self.first: float | None = None
         self.last: float | None = None
-        self.gaps: list[float] = []
+        self.gaps: array[float] = array("d")  # one per token: doubles, not float objects
 
     def feed(self, ch: dict[str, Any], now: float, notes: Notes, index: int = 0) -> None:
         delta = ch.get("delta") or {}
@@ -177,7 +179,7 @@ class _ChoiceStream:
         text = coerce.content(delta.get("content"), "delta.content", notes)
         produced = bool(text)  # an empty delta ("" or {}) is no token: not in TTFT or the gaps
         if text:
-            self.content.append(text)
+            self.content.append(sys.intern(text))  # a long answer's pieces recur
         calls = delta.get("tool_calls") or []
         if not isinstance(calls, list):
             raise MalformedResponse(f"stream chunk has tool_calls that are not a list: {_shown(calls)}")
