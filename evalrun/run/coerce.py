@@ -13,6 +13,8 @@ float64 and finite; text is a str.
 from __future__ import annotations
 
 import itertools
+import sys
+from array import array
 from typing import Any
 
 from evalrun.run.records import Logprobs
@@ -157,11 +159,12 @@ def _walk(
     return -1, own
 
 
-def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
+def logprobs(value: Any, where: str, notes: Notes, offset: int = 0) -> Logprobs | None:
     """Token logprobs: a list of {token, logprob, bytes, top_logprobs} objects, each field of
     its column's type; anything else drops the list (a partly-kept list would misalign the
     tokens). Checked and flattened in two walks, the tokens then all their alternatives (see
-    records.Logprobs for why flat)."""
+    records.Logprobs for why flat). `offset`: where `value` starts in the answer's list (a
+    stream's chunk), for the notes."""
     if value is None:
         return None
     if type(value) is not list:
@@ -171,7 +174,7 @@ def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
     lps: list[float | None] = []
     bad, own = _walk(value, tokens, lps)
     if bad >= 0:
-        notes.bad(f"{where}[{bad}]", value[bad], _TOKEN)
+        notes.bad(f"{where}[{bad + offset}]", value[bad], _TOKEN)
         return None
     n_top: list[int | None] = []
     every_top: list[Any] = []
@@ -183,13 +186,77 @@ def logprobs(value: Any, where: str, notes: Notes) -> Logprobs | None:
             n_top.append(len(tops))
             every_top += tops
         else:
-            notes.bad(f"{where}[{i}].top_logprobs", tops, _TOPS)
+            notes.bad(f"{where}[{i + offset}].top_logprobs", tops, _TOPS)
             return None
     top_tokens: list[str | None] = []
     top_lps: list[float | None] = []
     bad, top_own = _walk(every_top, top_tokens, top_lps)
     if bad >= 0:  # named by the position whose alternatives it is among
         i = next(i for i, end in enumerate(itertools.accumulate(n or 0 for n in n_top)) if bad < end)
-        notes.bad(f"{where}[{i}].top_logprobs", value[i]["top_logprobs"], _TOPS)
+        notes.bad(f"{where}[{i + offset}].top_logprobs", value[i]["top_logprobs"], _TOPS)
         return None
     return Logprobs(tokens, lps, n_top, top_tokens, top_lps, own, top_own)
+
+
+class LogprobsSoFar:
+    """A streamed choice's logprobs, flattened chunk by chunk as they arrive.
+
+    Why not keep the chunks' token objects until the end: a 2,000-token answer with top-5
+    holds 12,000 of them, ≈ 4 MB of dicts per request on the wire (issue 23); flat lists,
+    ≈ 1 MB; ≈ 0.3 MB with the tokens interned (a vocabulary's tokens recur, the alternatives
+    above all) and the logprobs in arrays of doubles (8 bytes, not a 24-byte float object and
+    its 8-byte slot), for as long as the stream lasts. The first bad chunk drops the whole
+    list, as `logprobs` does for an answer's list."""
+
+    def __init__(self) -> None:
+        self.token: list[str | None] = []
+        self.top_token: list[str | None] = []
+        self.n_top: list[int | None] = []
+        # a list once a null logprob came (an array cannot hold it)
+        self.logprob: array[float] | list[float | None] = array("d")
+        self.top_logprob: array[float] | list[float | None] = array("d")
+        self.own: dict[str, list[list[int] | None]] = {}  # bytes / top_bytes, once one is not UTF-8
+        self.seen = 0  # tokens so far, good or not (the notes' index)
+        self.dropped = False
+
+    def add(self, tokens: list[Any], where: str, notes: Notes) -> None:
+        if self.dropped or not tokens:
+            return
+        piece = logprobs(tokens, where, notes, self.seen)
+        self.seen += len(tokens)
+        if piece is None:
+            self.dropped = True
+            return
+        for name, text in (("bytes", "token"), ("top_bytes", "top_token")):
+            theirs = getattr(piece, name)
+            if name not in self.own and theirs is not None:  # the first bytes that are not UTF-8
+                self.own[name] = [list(t.encode()) for t in getattr(self, text)]
+            if name in self.own:
+                self.own[name] += theirs if theirs is not None else [list(t.encode()) for t in getattr(piece, text)]
+        self.token += [t if t is None else sys.intern(t) for t in piece.token]
+        self.top_token += [t if t is None else sys.intern(t) for t in piece.top_token]
+        self.n_top += piece.n_top
+        self.logprob = _extended(self.logprob, piece.logprob)
+        self.top_logprob = _extended(self.top_logprob, piece.top_logprob)
+
+    def result(self) -> Logprobs | None:
+        if self.dropped or not self.token:
+            return None
+        return Logprobs(
+            self.token,
+            list(self.logprob),
+            self.n_top,
+            self.top_token,
+            list(self.top_logprob),
+            self.own.get("bytes"),
+            self.own.get("top_bytes"),
+        )
+
+
+def _extended(into: array[float] | list[float | None], values: list[float | None]) -> array[float] | list[float | None]:
+    n = len(into)
+    try:
+        into.extend(values)  # type: ignore[arg-type]
+    except TypeError:  # a null logprob (an array extends item by item: cut what it took)
+        return [*into[:n], *values]
+    return into

@@ -7,7 +7,9 @@ Everything a server sends is read here and nowhere else, so a malformed answer i
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from array import array
 from typing import Any
 
 import aiohttp
@@ -164,20 +166,20 @@ class _ChoiceStream:
     def __init__(self) -> None:
         self.content: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}  # tool-call index → the call so far
-        self.logprobs: list[Any] = []
+        self.logprobs = coerce.LogprobsSoFar()
         self.finish: str | None = None
         self.first: float | None = None
         self.last: float | None = None
-        self.gaps: list[float] = []
+        self.gaps: array[float] = array("d")  # one per token: doubles, not float objects
 
-    def feed(self, ch: dict[str, Any], now: float, notes: Notes) -> None:
+    def feed(self, ch: dict[str, Any], now: float, notes: Notes, index: int = 0) -> None:
         delta = ch.get("delta") or {}
         if not isinstance(delta, dict):
             raise MalformedResponse(f"stream chunk has a delta that is not an object: {_shown(delta)}")
         text = coerce.content(delta.get("content"), "delta.content", notes)
         produced = bool(text)  # an empty delta ("" or {}) is no token: not in TTFT or the gaps
         if text:
-            self.content.append(text)
+            self.content.append(sys.intern(text))  # a long answer's pieces recur
         calls = delta.get("tool_calls") or []
         if not isinstance(calls, list):
             raise MalformedResponse(f"stream chunk has tool_calls that are not a list: {_shown(calls)}")
@@ -185,8 +187,8 @@ class _ChoiceStream:
             produced |= self._tool_delta(tc, notes)
         lp = _obj(ch.get("logprobs"), "logprobs", notes)
         tokens = lp.get("content")
-        if isinstance(tokens, list):  # checked whole when the choice is assembled
-            self.logprobs.extend(tokens)
+        if isinstance(tokens, list):  # flattened now: a long answer's token objects are not kept
+            self.logprobs.add(tokens, f"choices[{index}].logprobs.content", notes)
         elif tokens is not None:
             notes.bad("logprobs.content", tokens, "a list of token objects")
         finish = coerce.text(ch.get("finish_reason"), "finish_reason", notes)
@@ -231,7 +233,7 @@ class _ChoiceStream:
             content="".join(self.content) if self.content or not self.calls else None,
             finish_reason=self.finish,
             tool_calls=[self.calls[k] for k in sorted(self.calls)] or None,
-            logprobs=coerce.logprobs(self.logprobs or None, f"choices[{index}].logprobs.content", notes),
+            logprobs=self.logprobs.result(),
             ttft_s=None if self.first is None else self.first - t0,
             itl_mean_s=sum(gaps) / len(gaps) if gaps else None,
             itl_p95_s=quantile(gaps, 0.95),
@@ -274,7 +276,7 @@ class _Stream:
             if not isinstance(ch, dict):
                 raise MalformedResponse(f"stream chunk {self.chunks} has a choice that is not an object")
             index = coerce.index(ch.get("index"), i, "choices.index", notes)
-            self.choices.setdefault(index, _ChoiceStream()).feed(ch, now, notes)
+            self.choices.setdefault(index, _ChoiceStream()).feed(ch, now, notes, index)
 
     def completion(self) -> Completion:
         notes = Notes()

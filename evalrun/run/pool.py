@@ -143,6 +143,9 @@ class Pool:
                 )
             if result is not None:
                 self._record(result)
+            # recorded (journal, sink): the answer, ≈ 1 MB of logprobs at 2,000 tokens, is not kept
+            # alive by this worker while it waits for its next request (issue 23)
+            result = None
 
     def _record(self, result: Result) -> None:
         """Hand a result to the journal. If that fails, nothing more can be kept: stop."""
