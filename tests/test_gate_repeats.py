@@ -193,6 +193,7 @@ def test_row_statistics_by_hand() -> None:
 
 
 PAIRS, ROWS = 200, 60
+POWER_PAIRS, POWER_ROWS = 50, 400
 GATE = Gate(None, 0.02, 0.05)
 
 
@@ -204,15 +205,17 @@ def _regressed_on_rows(base: pd.DataFrame, new: pd.DataFrame) -> bool:
 def test_false_alarms_at_most_alpha_on_200_pairs_of_the_same_config_and_a_5_point_drop_is_caught() -> None:
     """False alarms: 200 pairs of runs of the same config (repeats 5, temperature 1) against
     simulators with their own seeds (which rows are hard is drawn per run: the strongest row effect
-    the simulator has). Power: 100 pairs of one seed's repeats 0-4 against repeats 5-9 of the same
+    the simulator has). Power: 50 pairs (400 rows) of one seed's repeats 0-4 against repeats 5-9 of the same
     questions 5 points worse (a higher temperature); the questions keep their difficulty."""
     alarms = sum(_regressed_on_rows(_drawn(ROWS, 2 * k, 1.0), _drawn(ROWS, 2 * k + 1, 1.0)) for k in range(PAIRS))
     caught = sum(
-        _regressed_on_rows(_drawn(ROWS, k, 1.0), _drawn(ROWS, k, DROP_T, range(5, 10))) for k in range(PAIRS // 2)
+        _regressed_on_rows(_drawn(POWER_ROWS, k, 1.0), _drawn(POWER_ROWS, k, DROP_T, range(5, 10)))
+        for k in range(POWER_PAIRS)
     )
-    print(f"false alarms {alarms / PAIRS:.3f}, power {caught / (PAIRS // 2):.3f}")
+    print(f"false alarms {alarms / PAIRS:.3f}, power {caught / POWER_PAIRS:.3f}")
     assert alarms / PAIRS <= GATE.alpha
-    assert caught / (PAIRS // 2) >= 0.1
+    # a 5-point drop needs a few hundred rows whatever the repeats (RESULTS.md): at 400 it is caught
+    assert caught / POWER_PAIRS >= 0.5
 
 
 def test_ungraded_answers_leave_their_row_fraction_alone() -> None:
