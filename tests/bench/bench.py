@@ -5,7 +5,7 @@
 Everything runs on 127.0.0.1. The simulator is started in its own process
 (`python -m evalrun serve-sim --port 0 ...`), a fresh one for every measured run, and both
 `evalrun run` and the floor (tests/bench/floor_client.py: bare aiohttp + Semaphore + gather)
-run as subprocesses. Each subprocess is measured with `os.wait4`: wall time from spawn to
+run as subprocesses. Each subprocess is measured through tests/own_rusage.py (wait4 in a small launcher): wall from fork to
 exit, user+sys CPU and peak RSS (ru_maxrss) of exactly that process. The simulator's CPU
 during a run is read from /proc/<pid>/stat before and after.
 
@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -45,6 +44,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # tests/: own_rusage
+from own_rusage import MeasuredProcess  # noqa: E402
+
 PY = sys.executable
 _script = Path(PY).parent / "evalrun"
 EVALRUN = [str(_script)] if _script.exists() else [PY, "-m", "evalrun"]
@@ -124,42 +126,40 @@ def measure(
     env: dict[str, str] | None = None,
     watch: Path | None = None,
 ) -> Measured:
-    """Spawn, wait with os.wait4 (rusage of exactly this child), kill on timeout. With `watch`
-    (an evalrun run dir), also sample the child's RSS every 0.2 s, by phase of the run."""
+    """Spawn through own_rusage's launcher (wall, user+sys CPU and peak RSS of exactly the command:
+    wait4 on a child of this driver would report the driver's peak RSS when it is the higher),
+    kill on timeout. With `watch` (an evalrun run dir), also sample the command's RSS every
+    0.2 s, by phase of the run."""
     by_phase: dict[str, float] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env or ENV, stdin=subprocess.DEVNULL)
-        box: dict[str, Any] = {}
-
-        def waiter() -> None:
-            box["r"] = os.wait4(proc.pid, 0)
-            box["t"] = time.perf_counter()
-
-        th = threading.Thread(target=waiter, daemon=True)
-        th.start()
+        proc = MeasuredProcess(
+            cmd, stdout=out, stderr=err, cwd=cwd, env=env or ENV, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
-        while th.is_alive() and time.monotonic() < deadline:
-            if watch is not None:
-                phase, rss = _run_phase(watch), _rss_mb(proc.pid)
-                if rss is not None and "r" not in box:
+        while proc.proc.poll() is None and time.monotonic() < deadline:
+            if watch is not None and proc.command_pid is not None:
+                phase, rss = _run_phase(watch), _rss_mb(proc.command_pid)
+                if rss is not None:
                     by_phase[phase] = max(by_phase.get(phase, 0.0), rss)
-            th.join(min(0.2, max(0.0, deadline - time.monotonic())))
-        timed_out = th.is_alive()
+            try:
+                proc.proc.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                pass
+        timed_out = proc.proc.poll() is None
         if timed_out:
-            os.kill(proc.pid, signal.SIGKILL)
-            th.join(30)
-        _, status, ru = box["r"]
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher's own session: the command and it
+        wall = time.perf_counter() - t0
+        code, usage = proc.wait(30)
         out.seek(0)
         err.seek(0)
         return Measured(
             cmd,
-            box["t"] - t0,
-            ru.ru_utime,
-            ru.ru_stime,
-            ru.ru_maxrss / 1024.0,
-            proc.returncode,
+            usage.wall_s if usage is not None else wall,
+            usage.user_s if usage is not None else 0.0,
+            usage.sys_s if usage is not None else 0.0,
+            usage.maxrss_mb if usage is not None else 0.0,
+            code,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
             timed_out,
@@ -1197,7 +1197,7 @@ def render(
             "figures are robust to such load, wall figures are not"
         ),
         (
-            "- measured per subprocess with `os.wait4` (wall from spawn to exit; user+sys CPU and peak RSS of that "
+            "- measured per subprocess through a small launcher's `os.wait4` (tests/own_rusage.py: wall from fork to exit; user+sys CPU and peak RSS of that "
             "process alone; no `/usr/bin/time` needed); the simulator (`evalrun serve-sim`, a fresh process per run, "
             "uvloop) is not included in those figures; its CPU during the run is shown separately"
         ),

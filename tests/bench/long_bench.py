@@ -12,7 +12,7 @@ CPU is the same for every client.
 The floor is bare aiohttp in the same invocation: floor_client.py (json.loads of every body),
 or, with --stream, `stream_floor` below (json.loads of every SSE data line). Runs alternate
 floor, evalrun, floor, evalrun, … against one fresh server each; every process is measured
-with os.wait4 (bench.measure: user+sys CPU and peak RSS of exactly that process). Medians of
+through bench.measure (a launcher's os.wait4: user+sys CPU and peak RSS of exactly that process). Medians of
 --reps are printed as a Markdown table.
 
 --startup measures `evalrun run` of 1 request against the simulator instead: the CPU the
