@@ -246,3 +246,71 @@ def test_the_learnt_limit_is_in_the_manifest_and_a_resume_starts_from_it(tmp_pat
     done_first = {s.key for s in gw.seen[:first_session] if s.status == 200}
     assert {s.key for s in resumed if s.status == 200} | done_first == {s.key for s in gw.seen}
     assert sum(1 for s in resumed if s.status == 429) <= 2  # no burst: it started at the learnt pace
+
+
+def test_the_next_run_of_the_experiment_starts_from_the_limit_the_last_one_learnt(tmp_path, gateway, cli) -> None:
+    # the nightly case: night 1 learns 10 per sliding 1-s window from a burst of 429s; night 2, a
+    # new run of the same experiment against the same server, starts paced at it; the experiment
+    # pointed at another server learns again (that server's limit may be anything)
+    gw = gateway(limits={"m": 10}, sliding=True, latency_s=0.02)
+    cfg = base_config(tmp_path, _rows(tmp_path, 30), gw.base_url)
+    cfg["models"] = ["m"]
+    cfg["providers"]["sim"].update(max_concurrency=16)
+    cfg["retry"] = {"max_attempts": 8, "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    config = write_config(tmp_path, cfg)
+
+    def night(server: Gateway) -> tuple[Any, list[Seen]]:
+        time.sleep(1.1)  # the last night's requests have left the server's 1-s window
+        before = len(server.seen)
+        r = cli("run", config, "--no-progress")
+        assert r.code == 0, r.err
+        assert len(read_results(r.run_dir)) == 30
+        return r, server.seen[before:]
+
+    r1, seen1 = night(gw)
+    first = orjson.loads((r1.run_dir / "manifest.json").read_bytes())
+    assert 500 <= first["learned_limits"]["sim/m"]["rpm"] <= 700
+    assert sum(s.status == 429 for s in seen1) >= 5  # the burst a next night should not pay again
+    r2, seen2 = night(gw)
+    assert r2.run_dir != r1.run_dir
+    assert sum(s.status == 429 for s in seen2) <= 2
+    assert (
+        f"(started at {first['learned_limits']['sim/m']['rpm']:,} rpm, the limit run {first['run_id']} learnt)"
+        in r2.err
+    )
+    second = orjson.loads((r2.run_dir / "manifest.json").read_bytes())
+    assert 500 <= second["learned_limits"]["sim/m"]["rpm"] <= 700  # kept for the night after
+
+    other = gateway(limits={"m": 10}, sliding=True, latency_s=0.02)
+    cfg["providers"]["sim"]["base_urls"] = [other.base_url]
+    config = write_config(tmp_path, cfg)
+    _, seen3 = night(other)
+    assert sum(s.status == 429 for s in seen3) >= 5
+
+
+def test_only_an_earlier_whole_run_of_the_experiment_on_the_same_server_is_a_starting_point(tmp_path) -> None:
+    from evalrun.run.prior_limits import prior_limits
+
+    server = {"kind": "openai", "preset": None, "base_urls": ["http://127.0.0.1:1/v1"], "api_key_env": "K"}
+    now = {"experiment": "t", "started_at": "2026-12-05T03:00:00Z", "providers": {"gw": server, "b": server}}
+
+    def earlier(name: str, **m: Any) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        base = {"experiment": "t", "run_id": name, "config_path": "exp.yaml", "started_at": "2026-12-04T03:00:00Z"}
+        base["providers"] = now["providers"]
+        (d / "manifest.json").write_bytes(orjson.dumps({**base, **m}))
+
+    learned = {"gw/m": {"rpm": 600, "source": "429s"}, "b/m": {"rpm": 60, "source": "429s"}}
+    earlier("older", learned_limits={"gw/m": {"rpm": 1, "source": "429s"}}, started_at="2026-12-03T03:00:00Z")
+    earlier("night", learned_limits=learned, providers={"gw": server, "b": {**server, "base_urls": ["http://x/v1"]}})
+    earlier("shard", learned_limits={"gw/m": {"rpm": 2, "source": "429s"}}, shard={"index": 1, "count": 2})
+    earlier("other", learned_limits={"gw/m": {"rpm": 3, "source": "429s"}}, experiment="u")
+    earlier("later", learned_limits={"gw/m": {"rpm": 4, "source": "429s"}}, started_at="2026-12-06T03:00:00Z")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "manifest.json").write_bytes(b"{not json")
+    here = tmp_path / "now"
+    here.mkdir()
+    # the latest earlier whole run of "t"; provider b pointed elsewhere that night: not taken
+    assert prior_limits(here, now) == ({"gw/m": learned["gw/m"]}, "run night")
+    assert prior_limits(here, {**now, "experiment": "v"}) == ({}, "")

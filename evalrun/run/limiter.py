@@ -91,6 +91,7 @@ class ModelLimiter:
         self.header_rpm: int | None = None  # announced by the server
         self.header_tpm: int | None = None
         self.aimd = AdaptiveRate()  # the rate learnt from 429s (see adaptive.py)
+        self.started_from: str | None = None  # "600 rpm, the limit the last run learnt", in words
         self.blocked_until = 0.0
         self.waiting = 0  # requests waiting here right now
         self._last_request = -float("inf")
@@ -277,6 +278,7 @@ class ModelLimiter:
     def start_from(self, rpm: int, source: str) -> None:
         """Start at a limit learnt by an earlier run (its manifest), instead of a burst."""
         self.aimd.start_from(rpm / 60.0, source)
+        self.started_from = f"started at {rpm:,} rpm, the limit {source} learnt"
 
     # ---- for the progress line -----------------------------------------------------------------
 
@@ -344,9 +346,13 @@ class Limiters:
         learned = self.learned()
         if learned:
             manifest["learned_limits"] = {**(manifest.get("learned_limits") or {}), **learned}
-            manifest["pace_held_by"] = [f"{k}: {v['rpm']:,} rpm, learnt from {v['source']}" for k, v in learned.items()]
+            started = {f"{p}/{m}": lim.started_from for (p, m), lim in self._by_key.items() if lim.started_from}
+            manifest["pace_held_by"] = [
+                f"{k}: {v['rpm']:,} rpm, learnt from {v['source']}" + (f" ({started[k]})" if k in started else "")
+                for k, v in learned.items()
+            ]
 
-    def start_from(self, learned: object, share: int = 1) -> None:
+    def start_from(self, learned: object, source: str = "the last run", share: int = 1) -> None:
         """Lanes without a configured rpm start at the limit a manifest recorded (1/share of it
         with --workers), instead of learning it again from a burst of 429s. Bad records are skipped."""
         if not isinstance(learned, dict):
@@ -355,4 +361,4 @@ class Limiters:
             provider, _, model = str(key).partition("/")
             rpm = rec.get("rpm") if isinstance(rec, dict) else None
             if isinstance(rpm, int) and rpm > 0 and self._limits.get(provider, (None, None))[0] is None:
-                self.get(provider, model).start_from(max(1, rpm // max(1, share)), "the last run")
+                self.get(provider, model).start_from(max(1, rpm // max(1, share)), source)

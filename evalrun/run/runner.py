@@ -1,9 +1,8 @@
 """`evalrun run`: context → run directory → simulator/clients → lanes → pool → journal → Parquet → summary.
 
-The stages of one run, each in its module: `context` (decided once: config, plan, prices,
-scorers, keys, run dir), `recorder` (journal + per-result bookkeeping), `pool` / `attempts` /
-`limiter` (scheduling, the retry loop, rate control), `stops` (one cancellation path). This
-module wires them: the manifest, the event loop, signals, the progress display, exit codes.
+Each stage in its module: `context` (decided once: config, plan, prices, scorers, keys, run
+dir), `recorder` (journal + bookkeeping), `pool` / `attempts` / `limiter` (scheduling, retries,
+rate control), `stops` (one cancellation path); here: manifest, loop, signals, progress, exits.
 Resume: the journal says which requests already have a row; only the others are sent.
 """
 
@@ -24,6 +23,7 @@ from evalrun.run.budget import CostBudget
 from evalrun.run.cache import Caches, open_caches
 from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
 from evalrun.run.journal import JUDGE_JOURNAL
+from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
 from evalrun.run.records import Cell, RequestSpec
@@ -266,7 +266,7 @@ async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
                 ctx.shard.count if ctx.shard else 1,
                 exp.config.retry.retry_after_max_s,
             )
-            limiters.start_from(ctx.manifest.get("learned_limits"), ctx.rate_share)
+            limiters.start_from(*learned_at_start(ctx), share=ctx.rate_share)
             slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
             lanes = [
                 Lane(
