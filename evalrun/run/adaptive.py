@@ -42,6 +42,7 @@ PROBE_AFTER = 16  # the most clean episodes at the ceiling before probing again 
 MIN_EPISODE_S = 1.0  # shortest episode, and the shortest span an accepted rate is measured over
 WINDOW_RUN = 6  # 429s in a row, in send order, before "window full" without headers
 WINDOW_SHARE = 0.5  # share of 429s among the span's answered sends that means "window full"
+MAX_WINDOW_S = 120.0  # the longest server window evalrun will infer
 MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
 SENDS_KEPT = 4096  # sends remembered per lane (bounded memory)
 LATENCIES_KEPT = 64
@@ -66,10 +67,16 @@ class AdaptiveRate:
         self.decreases = 0
         self.scale = 1  # processes sharing the budget (shared_limiter.py): the ledger is one of them
         self.changed_at = -float("inf")  # sends before this went at an older pace
+        self.decreased_at = -float("inf")
         self.next_increase = 0.0
         self._step = INCREASE
         self._hold = 1
         self._hold_left = 1
+        # the longest window the server has shown: how long a full window went on rejecting (the
+        # first 429 of an episode → the last one, by send time). Not its Retry-After: a server
+        # may ask for 5 s over a 1-s window, and a rate measured over 5 s would be a fifth of it
+        self.window_s = 0.0
+        self._episode: tuple[float, float] | None = None  # (first, last) window-full 429s by send time
         self._sends: collections.deque[Send] = collections.deque(maxlen=SENDS_KEPT)
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCIES_KEPT)
 
@@ -131,16 +138,47 @@ class AdaptiveRate:
         return ok / span * self.scale
 
     def span(self, retry_after: float | None) -> float:
-        """The server's window, as well as it can be told: its Retry-After, else the longest
-        recent latency (answers lag their sends by that much), at least MIN_EPISODE_S."""
+        """How far back a 429 is judged: its Retry-After, else the longest recent latency
+        (answers lag their sends by that much), at least MIN_EPISODE_S."""
         return max(retry_after if retry_after is not None else self.latency(), MIN_EPISODE_S)
+
+    def _memory(self) -> float:
+        """How long the server remembers a pace: a window longer than an episode (10 s, 60 s)
+        still holds what the old pace sent for that long after a change."""
+        return self.window_s if self.window_s > MIN_EPISODE_S else 0.0
+
+    def _window_seen(self, send: Send) -> None:
+        """A window-full 429 answering `send`: the episode it belongs to goes on at least till then."""
+        first = send.at if self._episode is None else self._episode[0]
+        self._episode = (first, max(send.at, self._episode[1] if self._episode else send.at))
+
+    def _episode_over(self, send: Send) -> None:
+        """An accepted send after an episode's first 429: the window was full from the first
+        429 to the last one (a probe interval more at most: the lane blocks MIN_EPISODE_S at
+        a time while it knows nothing better)."""
+        if self._episode is None or send.at <= self._episode[0]:
+            return
+        first, last = self._episode
+        self._episode = None
+        shown = min(send.at, last + MIN_EPISODE_S) - first
+        self.window_s = min(MAX_WINDOW_S, max(self.window_s, shown))
+
+    def block_s(self, now: float, retry_after: float | None) -> float:
+        """How long a full window is waited out: the server's Retry-After, else the longest
+        window it has shown (at least MIN_EPISODE_S) — and, after a decrease, until a window
+        longer than an episode no longer holds the old pace (a gateway answering every 429
+        with Retry-After: 1 over a 10-s window would otherwise be asked again every second)."""
+        wait = retry_after if retry_after is not None else max(MIN_EPISODE_S, self.window_s)
+        return max(wait, self.decreased_at + self._memory() - now)
 
     def on_full(self, now: float, send: Send, retry_after: float | None, pace: float | None) -> bool:
         """A window-full 429 answering `send`, `pace` the rate in force; True if the rate decreased."""
-        if send.at <= self.changed_at:
-            return False  # sent at an older pace: that pace was already corrected
-        span = self.span(retry_after)
-        accepted = self.accepted(send, span)
+        self._window_seen(send)
+        if send.at <= max(self.changed_at, self.decreased_at + self._memory()):
+            return False  # sent at an older pace, or while the window still held a faster one
+        # the accepted rate over the whole window, once its length is known: a 10-s window
+        # measured over 1 s looks ten times as generous as it is
+        accepted = self.accepted(send, max(self.span(retry_after), self.window_s))
         if accepted <= 0:
             return False  # nothing got through: the window is still full from before
         if self.probing():
@@ -158,8 +196,8 @@ class AdaptiveRate:
         self._hold_left = self._hold
         self._step = INCREASE
         self.decreases += 1
-        self.changed_at = now
-        self.next_increase = now + max(retry_after or 0.0, MIN_EPISODE_S)
+        self.changed_at = self.decreased_at = now
+        self.next_increase = now + max(retry_after or 0.0, MIN_EPISODE_S, self.window_s)
         return True
 
     def _unanswered(self) -> bool:
@@ -173,12 +211,14 @@ class AdaptiveRate:
 
     def on_success(self, now: float, send: Send) -> bool:
         """A 200; True when it ended a clean episode and the rate rose."""
+        self._episode_over(send)
         # the episode is judged by send time: only an answer to a request sent after it ended
         # says it was clean (the 429s of requests sent within it come back no later, whatever
         # the latency); judged by arrival, a probe passed before its 429s came back
         if self.rate is None or self.ceiling is None or send.at < self.next_increase or self._unanswered():
             return False
-        self.next_increase = now + MIN_EPISODE_S
+        # an episode lasts a window: over a 10-s window, a pace too fast shows only after 10 s
+        self.next_increase = now + max(MIN_EPISODE_S, self.window_s)
         if self.rate < self.ceiling:
             self.rate = min(self.ceiling, self.rate * RECOVER)
         elif self.probing():  # a clean probe: it is the new ceiling, and the next step is bigger

@@ -254,7 +254,7 @@ class ModelLimiter:
             full = soft or aimd.full_window(send, aimd.span(retry_after))
             if full and not soft:
                 # a ceiling found too high only drops the rate; a full window is waited out
-                self._block(retry_after if retry_after is not None else MIN_EPISODE_S)
+                self._block(aimd.block_s(now, retry_after))
         if full and aimd.on_full(now, send, retry_after, self.request_rate()):
             self._adapted(decreased=True)
         return full
