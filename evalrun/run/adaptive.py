@@ -72,9 +72,10 @@ class AdaptiveRate:
         self._step = INCREASE
         self._hold = 1
         self._hold_left = 1
-        # the longest window the server has shown: how long a full window went on rejecting (the
-        # first 429 of an episode → the last one, by send time). Not its Retry-After: a server
-        # may ask for 5 s over a 1-s window, and a rate measured over 5 s would be a fifth of it
+        # the longest window the server has shown: the longest Retry-After of a full window, or
+        # how long a full window went on rejecting (the first 429 of an episode → the last one,
+        # by send time). A Retry-After longer than the real window (5 s over 1 s) makes the
+        # rate learnt lower than the server's — honouring it is slower anyway.
         self.window_s = 0.0
         self._episode: tuple[float, float] | None = None  # (first, last) window-full 429s by send time
         self._sends: collections.deque[Send] = collections.deque(maxlen=SENDS_KEPT)
@@ -147,8 +148,11 @@ class AdaptiveRate:
         still holds what the old pace sent for that long after a change."""
         return self.window_s if self.window_s > MIN_EPISODE_S else 0.0
 
-    def _window_seen(self, send: Send) -> None:
-        """A window-full 429 answering `send`: the episode it belongs to goes on at least till then."""
+    def _window_seen(self, send: Send, retry_after: float | None) -> None:
+        """A window-full 429 answering `send`: the window lasts at least its Retry-After, and
+        the episode it belongs to goes on at least till then."""
+        if retry_after is not None:
+            self.window_s = min(MAX_WINDOW_S, max(self.window_s, retry_after))
         first = send.at if self._episode is None else self._episode[0]
         self._episode = (first, max(send.at, self._episode[1] if self._episode else send.at))
 
@@ -173,7 +177,7 @@ class AdaptiveRate:
 
     def on_full(self, now: float, send: Send, retry_after: float | None, pace: float | None) -> bool:
         """A window-full 429 answering `send`, `pace` the rate in force; True if the rate decreased."""
-        self._window_seen(send)
+        self._window_seen(send, retry_after)
         if send.at <= max(self.changed_at, self.decreased_at + self._memory()):
             return False  # sent at an older pace, or while the window still held a faster one
         # the accepted rate over the whole window, once its length is known: a 10-s window
