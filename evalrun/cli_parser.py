@@ -51,8 +51,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from evalrun.cli_many import add_merge_parser, add_run_arguments
-
     p = _Parser(
         prog="evalrun",
         description="Batch evaluation of chat-completion APIs: YAML grid → rate-limited requests → Parquet.",
@@ -60,18 +58,38 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    # the order of the calls is the order of the commands in --help
+    _add_config_commands(sub)
+    _add_run_commands(sub)
+    _add_score_command(sub)
+    _add_compare_command(sub)
+    _add_reading_commands(sub)
+    _add_setup_commands(sub, argv)
+    return p
 
+
+def _set_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+
+def _add_config_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """validate and plan: read an experiment file, send nothing."""
     s = sub.add_parser("validate", help="check an experiment file and its dataset; sends nothing")
     s.add_argument("config", type=Path)
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _set_option(s)
     _no_cache(s)
 
     s = sub.add_parser("plan", help="count cells, requests, tokens and the shortest duration; sends nothing")
     s.add_argument("config", type=Path)
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _set_option(s)
     s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _no_cache(s)
+
+
+def _add_run_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """run (with its scale-out flags) and merge."""
+    from evalrun.cli_many import add_merge_parser, add_run_arguments
 
     s = sub.add_parser("run", help="run an experiment (or resume one) and write its report")
     s.add_argument("config", type=Path, nargs="?", help="experiment YAML (optional with --resume)")
@@ -103,10 +121,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_run_arguments(s)
     add_merge_parser(sub)
 
+
+def _add_score_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("score", help="(re)compute the scores of a finished run; sends nothing")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--config", type=Path, help="take the scorers from this file (default: the run's own config)")
 
+
+def _add_compare_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """compare: the CI gate's flags."""
     s = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 if a cell regressed (a CI gate)")
     s.add_argument(
         "runs", type=Path, nargs="+", metavar="RUN_DIR", help="BASE_RUN NEW_RUN, or NEW_RUN with --baseline latest"
@@ -134,6 +157,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="also fail (exit 1) when the baseline's provider, dataset, parameters or cells differ",
     )
 
+
+def _add_reading_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """cost, report and summary: read a finished run, send nothing."""
     s = sub.add_parser("cost", help="cost and tokens of a finished run, broken down; sends nothing")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--by", default="model", help="report columns to group by, comma-separated (default: model)")
@@ -149,10 +175,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
 
+
+def _add_setup_commands(sub: argparse._SubParsersAction[_Parser], argv: list[str] | None) -> None:
+    """models, init and serve-sim: around an experiment rather than in one."""
     s = sub.add_parser("models", help="list the models a provider's server serves (GET /v1/models); sends no chat")
     s.add_argument("provider", metavar="PROVIDER", help="a preset (evolink, simulator) or a provider of --config")
     s.add_argument("--config", type=Path, help="the experiment file that defines PROVIDER")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _set_option(s)
 
     s = sub.add_parser("init", help="write a quickstart experiment (config, prices, dataset) into DIR")
     s.add_argument("dir", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: here")
@@ -163,4 +192,3 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         from evalrun.sim import add_sim_arguments
 
         add_sim_arguments(s)
-    return p

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,57 +41,55 @@ def _observed_output(plan: Plan) -> tuple[dict[str, float], str | None]:
     return df.groupby("cell_id").completion_tokens.mean().dropna().to_dict(), str(runs[-1])
 
 
-def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
-    """Counts and estimates. Streams the dataset once; never materialises the requests."""
-    exp = plan.exp
-    repeats = plan.repeats
-    # prompt tokens per prompt variant, summed over rows (one pass over the dataset)
+def _prompt_tokens(plan: Plan) -> Counter[str]:
+    """Prompt tokens per prompt variant, summed over rows (one pass over the dataset)."""
     prompt_tokens: Counter[str] = Counter()
     for _, row in iter_rows(plan.dataset):
         for name, templates in plan.templates.items():
             prompt_tokens[name] += estimate_tokens(render(templates, row))
-    per_target: dict[tuple[str, str], dict[str, float]] = {}
-    est_in = 0
-    est_out_max = 0
-    out_bounded = True
-    pricing = load_pricing(exp.config.prices, exp.path)
-    observed, basis = _observed_output(plan)
-    cost_expected: float | None = 0.0 if pricing else None
-    cost_worst: float | None = 0.0 if pricing else None
-    unpriced: set[str] = set()
-    judge_requests, judge_expected = 0, 0.0
-    for cell in plan.cells:
-        reqs = plan.dataset.rows * repeats
-        tin = prompt_tokens[cell.prompt_id] * repeats
-        has_cap = bool(cell.params.get("max_tokens") or cell.params.get("max_completion_tokens"))
-        tout = output_budget(cell.params) * reqs
-        out_bounded &= has_cap
-        est_in += tin
-        est_out_max += tout
-        if pricing is not None and cost_expected is not None and cost_worst is not None:
-            if not pricing.known(cell.model):
-                unpriced.add(cell.model)
-            else:
-                expected_out = observed.get(cell.cell_id, output_budget(cell.params) * ASSUMED_OUTPUT_SHARE) * reqs
-                per_req_in = tin / reqs if reqs else 0
-                cost_expected += reqs * (
-                    pricing.cost(
-                        cell.model,
-                        {"prompt_tokens": round(per_req_in), "completion_tokens": round(expected_out / reqs)},
-                    )["cost_total"]
-                    or 0.0
-                )
-                cost_worst += reqs * (
-                    pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0
-                )
-                asked, expected, worst = _judging(exp, pricing, cell, reqs, per_req_in + expected_out / reqs, unpriced)
-                judge_requests += asked
-                judge_expected += expected
-                cost_expected += expected
-                cost_worst += worst
-        t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
-        t["requests"] += reqs
-        t["tokens"] += tin + tout
+    return prompt_tokens
+
+
+@dataclass(slots=True)
+class _CostTally:
+    """The plan's cost estimates, added up cell by cell (the cells' judges included)."""
+
+    pricing: Pricing
+    observed: dict[str, float]  # mean completion tokens per cell of the latest run
+    expected: float = 0.0
+    worst: float = 0.0
+    judge_requests: int = 0
+    judge_expected: float = 0.0
+    unpriced: set[str] = field(default_factory=set)
+
+    def add(self, exp: Experiment, cell: Cell, reqs: int, tin: int) -> None:
+        """One cell's `reqs` requests, `tin` prompt tokens in all."""
+        pricing = self.pricing
+        if not pricing.known(cell.model):
+            self.unpriced.add(cell.model)
+            return
+        expected_out = self.observed.get(cell.cell_id, output_budget(cell.params) * ASSUMED_OUTPUT_SHARE) * reqs
+        per_req_in = tin / reqs if reqs else 0
+        self.expected += reqs * (
+            pricing.cost(
+                cell.model,
+                {"prompt_tokens": round(per_req_in), "completion_tokens": round(expected_out / reqs)},
+            )["cost_total"]
+            or 0.0
+        )
+        self.worst += reqs * (pricing.worst_case(cell.model, round(per_req_in), output_budget(cell.params)) or 0.0)
+        asked, expected, worst = _judging(exp, pricing, cell, reqs, per_req_in + expected_out / reqs, self.unpriced)
+        self.judge_requests += asked
+        self.judge_expected += expected
+        self.expected += expected
+        self.worst += worst
+
+
+def _targets(
+    exp: Experiment, per_target: dict[tuple[str, str], dict[str, float]]
+) -> tuple[list[dict[str, Any]], float]:
+    """Per provider × model: requests, limits and the shortest time its rpm/tpm allow; and the
+    run's shortest duration (the slowest target's)."""
     targets = []
     shortest = 0.0
     for (provider, model), t in per_target.items():
@@ -111,6 +110,35 @@ def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
                 "limited_by": "rpm" if bound and by_rpm >= by_tpm else "tpm" if bound else None,
             }
         )
+    return targets, shortest
+
+
+def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
+    """Counts and estimates. Streams the dataset once; never materialises the requests."""
+    exp = plan.exp
+    repeats = plan.repeats
+    prompt_tokens = _prompt_tokens(plan)
+    per_target: dict[tuple[str, str], dict[str, float]] = {}
+    est_in = 0
+    est_out_max = 0
+    out_bounded = True
+    pricing = load_pricing(exp.config.prices, exp.path)
+    observed, basis = _observed_output(plan)
+    tally = _CostTally(pricing, observed) if pricing else None
+    for cell in plan.cells:
+        reqs = plan.dataset.rows * repeats
+        tin = prompt_tokens[cell.prompt_id] * repeats
+        has_cap = bool(cell.params.get("max_tokens") or cell.params.get("max_completion_tokens"))
+        tout = output_budget(cell.params) * reqs
+        out_bounded &= has_cap
+        est_in += tin
+        est_out_max += tout
+        if tally is not None:
+            tally.add(exp, cell, reqs, tin)
+        t = per_target.setdefault((cell.provider, cell.model), {"requests": 0, "tokens": 0})
+        t["requests"] += reqs
+        t["tokens"] += tin + tout
+    targets, shortest = _targets(exp, per_target)
     return {
         "experiment": exp.name,
         "config": str(exp.path),
@@ -126,13 +154,13 @@ def plan_report(plan: Plan, no_cache: bool = False) -> dict[str, Any]:
         "targets": targets,
         "currency": pricing.currency if pricing else None,
         "prices": pricing.source if pricing else None,
-        "cost_expected": None if cost_expected is None else round(cost_expected, 6),
-        "cost_worst_case": None if cost_worst is None else round(cost_worst, 6),
+        "cost_expected": None if tally is None else round(tally.expected, 6),
+        "cost_worst_case": None if tally is None else round(tally.worst, 6),
         "cost_basis": (f"mean output per cell of {basis}, else " if basis else "")
         + f"{ASSUMED_OUTPUT_SHARE:.0%} of max_tokens",
-        "unpriced_models": sorted(unpriced),
-        "judge_requests": judge_requests,  # counted when prices are known
-        "judge_cost_expected": round(judge_expected, 6) if pricing else None,
+        "unpriced_models": sorted(tally.unpriced) if tally else [],
+        "judge_requests": tally.judge_requests if tally else 0,  # counted when prices are known
+        "judge_cost_expected": round(tally.judge_expected, 6) if tally else None,
         "notes": model_warnings(exp) + simulator_misses(plan),
         "cache": None if no_cache else cache_hits(plan),
     }

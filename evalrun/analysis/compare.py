@@ -305,34 +305,48 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
     rows: list[dict[str, Any]] = []
     flips: list[pd.DataFrame] = []
     for key in sorted(set(base.cell_key.dropna()) | set(new.cell_key.dropna())):
-        b, n = base[base.cell_key == key], new[new.cell_key == key]
-        row: dict[str, Any] = {
-            "cell": _label(key, varying),
-            "cell_key": key,
-            "base_items": b.row_id.nunique(),
-            "new_items": n.row_id.nunique(),
-        }
-        if b.empty or n.empty:
-            row["verdict"] = "only in new" if b.empty else "only in base"
-            rows.append(row)
-            continue
-        _check_min_passes(gate, b, n, row["cell"])
-        one = compare_cell(row["cell"], b, n, gate.min_passes)
-        row.update(one.figures)
-        row.update({"base_errors": int((b.status == "error").sum()), "new_errors": int((n.status == "error").sum())})
-        k, both = row["matched"], set(b.row_id) & set(n.row_id)
-        for side, frame in (("base", b), ("new", n)):
-            row.update({f"{side}_{what}": v for what, v in _side_stats(frame[frame.row_id.isin(both)]).items()})
-        for what in ("latency_p50_s", "latency_p95_s", "tokens_per_request", "cost_per_item"):
-            row[f"delta_{what}"] = row[f"new_{what}"] - row[f"base_{what}"]
-        row["verdict"] = verdict(row["delta"], row["p_value"], gate, row["changed_rows"]) if k else "no matched items"
-        if len(one.flips):
-            flips.append(one.flips)
+        row, cell_flips = _compare_key(key, base[base.cell_key == key], new[new.cell_key == key], gate, varying)
+        if cell_flips is not None and len(cell_flips):
+            flips.append(cell_flips)
         rows.append(row)
     cells = pd.DataFrame(rows)
     for c in COUNTS:  # counts stay whole numbers (a one-sided cell has none: <NA>, not NaN)
         if c in cells:
             cells[c] = cells[c].astype("Int64")
+    warnings += _coverage_warnings(cells)
+    flip_df = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame(columns=list(FLIP_COLUMNS))
+    return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df, warnings)
+
+
+def _compare_key(
+    key: str, b: pd.DataFrame, n: pd.DataFrame, gate: Gate, varying: set[str]
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """One cell's comparison row and its flipped rows (None for a cell only one run has)."""
+    row: dict[str, Any] = {
+        "cell": _label(key, varying),
+        "cell_key": key,
+        "base_items": b.row_id.nunique(),
+        "new_items": n.row_id.nunique(),
+    }
+    if b.empty or n.empty:
+        row["verdict"] = "only in new" if b.empty else "only in base"
+        return row, None
+    _check_min_passes(gate, b, n, row["cell"])
+    one = compare_cell(row["cell"], b, n, gate.min_passes)
+    row.update(one.figures)
+    row.update({"base_errors": int((b.status == "error").sum()), "new_errors": int((n.status == "error").sum())})
+    k, both = row["matched"], set(b.row_id) & set(n.row_id)
+    for side, frame in (("base", b), ("new", n)):
+        row.update({f"{side}_{what}": v for what, v in _side_stats(frame[frame.row_id.isin(both)]).items()})
+    for what in ("latency_p50_s", "latency_p95_s", "tokens_per_request", "cost_per_item"):
+        row[f"delta_{what}"] = row[f"new_{what}"] - row[f"base_{what}"]
+    row["verdict"] = verdict(row["delta"], row["p_value"], gate, row["changed_rows"]) if k else "no matched items"
+    return row, one.flips
+
+
+def _coverage_warnings(cells: pd.DataFrame) -> list[str]:
+    """What was not compared: cells only one run has, items only one side of a cell has."""
+    warnings = []
     if len(cells):
         for side in ("base", "new"):
             names = list(cells.cell[cells.verdict == f"only in {side}"])
@@ -344,8 +358,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
         sides = [(int(partial[f"only_{side}_items"].sum()), side) for side in ("base", "new")]
         counts = " and ".join(f"{n} item(s) only in {side}" for n, side in sides if n)
         warnings.append(f"{counts}, in {len(partial)} cell(s): deltas use the matched items only")
-    flip_df = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame(columns=list(FLIP_COLUMNS))
-    return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df, warnings)
+    return warnings
 
 
 def _first_scorer(manifest: dict[str, Any]) -> str | None:

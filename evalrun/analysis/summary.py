@@ -37,73 +37,69 @@ class SummaryBuilder:
         for row in rows:
             if not self.scorers and any(k.startswith("pass_") for k in row):
                 self.scorers = [k[5:] for k in row if k.startswith("pass_") and f"score_{k[5:]}" in row]
-            cid = row["cell_id"]
-            c = self._cells.get(cid)
-            if c is None:
-                c = self._cells[cid] = {
-                    "provider": row.get("provider"),
-                    "model": row.get("model"),
-                    "prompt_id": row.get("prompt_id"),
-                    "requests": 0,
-                    "errors": 0,
-                    "attempts": 0,
-                    "retries": 0,
-                    "rows": 0,
-                    "items": set(),  # the dataset rows the cell answered: the unit of its pass rates
-                    "truncated": 0,
-                    "empty": 0,
-                    "latency": [],
-                    "started": row.get("started_at"),
-                    **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
-                    **{f"passes_{n}": 0 for n in self.scorers},
-                    **{f"graded_{n}": 0 for n in self.scorers},
-                    **{f"scores_{n}": [] for n in self.scorers},
-                    **{f"by_row_{n}": {} for n in self.scorers},  # row id → [passes, graded]
-                    "judge_cost": None,
-                }
-                self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
-            else:
-                first = self._params[cid]
-                for p in PARAM_COLUMN.values():
-                    if p not in self._not_cell_level and row.get(p) != first[p]:
-                        self._not_cell_level.add(p)
+            c = self._cell(row)
             c["rows"] += 1
             c["items"].add(row.get("row_id"))
             if row.get("status") == "ok":
                 # answers that say nothing: cut at max_tokens (thinking can eat the whole budget), or empty
                 c["truncated"] += row.get("finish_reason") == "length"
                 c["empty"] += _empty(row)
-            for n in self.scorers:
-                passed = row.get(f"pass_{n}")
-                # a judge that could not grade (it failed, or this is the pairwise baseline) leaves
-                # pass null: that row is not graded, and not counted as a failure
-                c[f"graded_{n}"] += passed is not None
-                c[f"passes_{n}"] += bool(passed)
-                counts = c[f"by_row_{n}"].setdefault(row.get("row_id"), [0, 0])
-                counts[0] += bool(passed)
-                counts[1] += passed is not None
-                jc = row.get(f"judge_cost_{n}")
-                if jc is not None:
-                    c["judge_cost"] = jc if c["judge_cost"] is None else c["judge_cost"] + jc
-                score = row.get(f"score_{n}")
-                if score is not None:
-                    c[f"scores_{n}"].append(score)
-            if row.get("choice_index") not in (None, 0):
-                continue  # the request's own numbers sit on its first row
-            c["requests"] += 1
-            c["errors"] += row.get("status") == "error"
-            attempts = row.get("attempts") or 0
-            c["attempts"] += attempts
-            c["retries"] += max(0, attempts - 1)  # never-sent requests (a dead model) have 0
-            if row.get("latency_s") is not None:
-                c["latency"].append(row["latency_s"])
-            for t in (*TOKEN_COLUMNS, *COST_COLUMNS):
-                v = row.get(t)
-                if v is not None:  # a cell whose answers carried no usage stays null, not 0
-                    c[t] = v if c[t] is None else c[t] + v
-            started = row.get("started_at")
-            if started is not None and (c["started"] is None or started < c["started"]):
-                c["started"] = started
+            self._count_grades(c, row)
+            if row.get("choice_index") in (None, 0):  # the request's own numbers sit on its first row
+                _count_request(c, row)
+
+    def _cell(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row's cell's aggregates, opened on its first row; later rows check which
+        parameters vary inside the cell."""
+        cid = row["cell_id"]
+        c = self._cells.get(cid)
+        if c is not None:
+            first = self._params[cid]
+            for p in PARAM_COLUMN.values():
+                if p not in self._not_cell_level and row.get(p) != first[p]:
+                    self._not_cell_level.add(p)
+            return c
+        c = self._cells[cid] = {
+            "provider": row.get("provider"),
+            "model": row.get("model"),
+            "prompt_id": row.get("prompt_id"),
+            "requests": 0,
+            "errors": 0,
+            "attempts": 0,
+            "retries": 0,
+            "rows": 0,
+            "items": set(),  # the dataset rows the cell answered: the unit of its pass rates
+            "truncated": 0,
+            "empty": 0,
+            "latency": [],
+            "started": row.get("started_at"),
+            **{t: None for t in (*TOKEN_COLUMNS, *COST_COLUMNS)},
+            **{f"passes_{n}": 0 for n in self.scorers},
+            **{f"graded_{n}": 0 for n in self.scorers},
+            **{f"scores_{n}": [] for n in self.scorers},
+            **{f"by_row_{n}": {} for n in self.scorers},  # row id → [passes, graded]
+            "judge_cost": None,
+        }
+        self._params[cid] = {p: row.get(p) for p in PARAM_COLUMN.values()}
+        return c
+
+    def _count_grades(self, c: dict[str, Any], row: dict[str, Any]) -> None:
+        """Every scorer's pass, score and judge cost of one answer."""
+        for n in self.scorers:
+            passed = row.get(f"pass_{n}")
+            # a judge that could not grade (it failed, or this is the pairwise baseline) leaves
+            # pass null: that row is not graded, and not counted as a failure
+            c[f"graded_{n}"] += passed is not None
+            c[f"passes_{n}"] += bool(passed)
+            counts = c[f"by_row_{n}"].setdefault(row.get("row_id"), [0, 0])
+            counts[0] += bool(passed)
+            counts[1] += passed is not None
+            jc = row.get(f"judge_cost_{n}")
+            if jc is not None:
+                c["judge_cost"] = jc if c["judge_cost"] is None else c["judge_cost"] + jc
+            score = row.get(f"score_{n}")
+            if score is not None:
+                c[f"scores_{n}"].append(score)
 
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per cell, sorted by model, the varying parameters and prompt."""
@@ -152,6 +148,24 @@ class SummaryBuilder:
             key=lambda r: tuple((r[k] is None, str(r[k]) if not isinstance(r[k], (int, float)) else r[k]) for k in key)
         )
         return out
+
+
+def _count_request(c: dict[str, Any], row: dict[str, Any]) -> None:
+    """A request's own numbers (its first row): outcome, attempts, latency, tokens, cost."""
+    c["requests"] += 1
+    c["errors"] += row.get("status") == "error"
+    attempts = row.get("attempts") or 0
+    c["attempts"] += attempts
+    c["retries"] += max(0, attempts - 1)  # never-sent requests (a dead model) have 0
+    if row.get("latency_s") is not None:
+        c["latency"].append(row["latency_s"])
+    for t in (*TOKEN_COLUMNS, *COST_COLUMNS):
+        v = row.get(t)
+        if v is not None:  # a cell whose answers carried no usage stays null, not 0
+            c[t] = v if c[t] is None else c[t] + v
+    started = row.get("started_at")
+    if started is not None and (c["started"] is None or started < c["started"]):
+        c["started"] = started
 
 
 def _row_level(name: str, by_row: dict[Any, list[int]]) -> dict[str, Any]:

@@ -143,6 +143,55 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
+def _located(exc: ValidationError, raw: Any) -> list[tuple[Any, tuple[Any, ...], bool]]:
+    """(error, its path in the data, whether pydantic's location was tagged), one per place."""
+    errors = []
+    for err in exc.errors():
+        data_path = _data_path(tuple(err["loc"]), raw)
+        # a shorter data path: the location had pydantic's tags for union members or dict keys
+        errors.append((err, data_path, len(data_path) < len(err["loc"])))
+    # a union (e.g. stop: str | list[str]) reports once per member: keep the deepest, most precise one
+    return [
+        (err, dp, tagged)
+        for err, dp, tagged in errors
+        if not (tagged and any(len(o) > len(dp) and o[: len(dp)] == dp for _, o, _ in errors))
+    ]
+
+
+def _set_origin(data_path: tuple[Any, ...], overridden: dict[tuple[str, ...], str] | None) -> str | None:
+    """The --set that wrote this value (or a part of it), if one did."""
+    return next(
+        (
+            item
+            for key, item in (overridden or {}).items()
+            if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)
+        ),
+        None,
+    )
+
+
+def _what_is_wrong(err: Any, data_path: tuple[Any, ...], schema: type[BaseModel], alternatives: list[Any]) -> str:
+    """The message of one error: an unknown key and what is allowed, a missing key, the union's
+    members that all failed here, or pydantic's own words."""
+    if err["type"] == "extra_forbidden":
+        key = str(data_path[-1]) if data_path else "?"
+        allowed = _allowed_keys(schema, data_path[:-1])
+        if key == "api_key":
+            return "a key must not be written in the config: set it in an environment variable and name it with api_key_env"
+        msg = f"unknown key{did_you_mean(key, allowed)}"
+        if allowed:
+            msg += f"; allowed here: {', '.join(allowed)}"
+        return msg
+    if err["type"] == "missing":
+        return "required key is missing"
+    if len(alternatives) > 1:
+        msg = "; or ".join(dict.fromkeys(_error_text(e, with_input=False) for e in alternatives))
+        if not isinstance(err.get("input"), (dict, list)):
+            msg += f" (got {err.get('input')!r})"
+        return msg
+    return _error_text(err)
+
+
 def format_validation(
     exc: ValidationError,
     schema: type[BaseModel],
@@ -152,17 +201,7 @@ def format_validation(
     overridden: dict[tuple[str, ...], str] | None = None,
 ) -> str:
     """Every pydantic error as `file:line: key.path: what is wrong and what is allowed`."""
-    errors = []
-    for err in exc.errors():
-        data_path = _data_path(tuple(err["loc"]), raw)
-        # a shorter data path: the location had pydantic's tags for union members or dict keys
-        errors.append((err, data_path, len(data_path) < len(err["loc"])))
-    # a union (e.g. stop: str | list[str]) reports once per member: keep the deepest, most precise one
-    errors = [
-        (err, dp, tagged)
-        for err, dp, tagged in errors
-        if not (tagged and any(len(o) > len(dp) and o[: len(dp)] == dp for _, o, _ in errors))
-    ]
+    errors = _located(exc, raw)
     typos = {  # unknown keys that are a typo of a missing one explain that one too
         dp[:-1] + (m,): dp
         for err, dp, _ in errors
@@ -177,38 +216,13 @@ def format_validation(
     for err, data_path, _tagged in errors:
         if err["type"] == "missing" and data_path in typos:
             continue
-        origin = next(
-            (
-                item
-                for key, item in (overridden or {}).items()
-                if data_path and (data_path[: len(key)] == key or key[: len(data_path)] == data_path)
-            ),
-            None,
-        )
+        origin = _set_origin(data_path, overridden)
         line = None if origin else (lines.get(data_path) or lines.get(data_path[:-1]))
         where = f"{path}:{line}" if line else str(path)
-        key_path = dotted(data_path) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = str(data_path[-1]) if data_path else "?"
-            allowed = _allowed_keys(schema, data_path[:-1])
-            if key == "api_key":
-                msg = "a key must not be written in the config: set it in an environment variable and name it with api_key_env"
-            else:
-                msg = f"unknown key{did_you_mean(key, allowed)}"
-                if allowed:
-                    msg += f"; allowed here: {', '.join(allowed)}"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif len(alternatives.get(data_path, ())) > 1:
-            either = alternatives[data_path]
-            msg = "; or ".join(dict.fromkeys(_error_text(e, with_input=False) for e in either))
-            if not isinstance(err.get("input"), (dict, list)):
-                msg += f" (got {err.get('input')!r})"
-        else:
-            msg = _error_text(err)
+        msg = _what_is_wrong(err, data_path, schema, alternatives.get(data_path, []))
         if origin:
             msg += f" (from --set {origin})"
-        messages.append(f"{where}: {key_path}: {msg}")
+        messages.append(f"{where}: {dotted(data_path) or '(top level)'}: {msg}")
     unique = list(dict.fromkeys(messages))
     more = f"\n(and {len(unique) - 8} more)" if len(unique) > 8 else ""
     return "\n".join(unique[:8]) + more

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from evalrun.report.format import esc, fmt_money, fmt_num, fmt_pct, fmt_secs, price_label, shorten
+from evalrun.report.format import esc, fmt_money, fmt_num, fmt_pct, fmt_secs, price_label
 from evalrun.report.svg import WIDTH, Scale, cut, legend, line, rect, scale, svg, text, text_width, tip, x_axis, y_axis
 
 if TYPE_CHECKING:
@@ -26,10 +26,6 @@ TOKEN_PARTS = (
     ("output", "visible output", "#2f9e5b"),
     ("reasoning", "reasoning", "#a463f2"),
 )
-OK_COLOUR, WAIT_COLOUR, RETRY_COLOUR = "#b9c8ee", "#efb118", "#17202c"
-BIN_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
-WAIT_SHOWN = 0.01  # seconds waited in all before the wait panel is drawn (the limiter's own µs are not waits)
-ERROR_COLOURS = ("#d1495b", "#f08a24", "#8f2d56", "#e0b11b", "#6d597a", "#b56576")
 
 
 # --------------------------------------------------------------------------- charts
@@ -75,19 +71,7 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
             '<p class="empty">This run has no scorers, so there is no pass rate to plot. Add <code>scorers:'
             "</code> to the experiment and run <code>evalrun score RUN_DIR</code>.</p>"
         )
-    currency, note = price_label(run.manifest)[0], ""
-    if run.has_cost and "cost_per_graded_request" in cells:
-        xcol, xname = "cost_per_graded_request", f"cost per request, its judging included ({currency})"
-        xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
-    elif run.has_cost:
-        xcol, xname = "cost_per_request", f"cost per request ({currency})"
-        xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
-    else:
-        xcol, xname, xfmt, tfmt = "tokens_per_request", "total tokens per request", fmt_num, fmt_num
-        note = (
-            '<p class="note">This run has no cost columns (no prices were known when it ran), so the x axis '
-            "is total tokens per request instead of cost.</p>"
-        )
+    xcol, xname, xfmt, tfmt, note = _x_measure(run)
     pts = cells[cells[xcol].notna() & cells[f"pass_rate_{s}"].notna()].reset_index(drop=True)
     if pts.empty:
         return note + f'<p class="empty">No cell has both a pass rate and a {esc(xname)}.</p>'
@@ -112,9 +96,7 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
     ]
     offsets = dodge([(sx(x), sy(y)) for x, y in xy])
     at = [(sx(x) + dx, sy(y) + dy) for (x, y), (dx, dy) in zip(xy, offsets)]  # where each dot is drawn
-    taken: list[tuple[float, ...]] = [(px - 7, py - 7, px + 7, py + 7) for px, py in at]
-    for (x1, y1), (x2, y2) in itertools.pairwise(steps):  # labels keep off the staircase too
-        taken += [(sx(x1) + 8, sy(y1) - 3, sx(x2), sy(y1) + 3), (sx(x2) - 3, sy(y2) + 8, sx(x2) + 3, sy(y1))]
+    taken = _taken(at, steps, sx, sy)
     spot: dict[tuple[float, float], list[str]] = {}  # cells spread around one spot: say so
     for (x, y), label in zip(xy, pts.label):
         spot.setdefault((x, y), []).append(label)
@@ -122,12 +104,8 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
     for i in sorted(range(len(xy)), key=lambda i: (i not in front, -xy[i][1])):  # front labels pick first
         r, (x, y), on, (px, py) = pts.iloc[i], xy[i], i in front, at[i]
         same = [o for o in spot[x, y] if o != r.label]
-        hint = (
-            f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}"
-            f"\n{r.requests} requests"
-            + (_judging_split(r, xfmt) if xcol == "cost_per_graded_request" else "")
-            + ("\non the Pareto front" if on else "")
-            + (f"\ndrawn beside {len(same)} other cell(s) with the same figures" if same else "")
+        hint = f"{r.label}\npass rate {fmt_pct(y)} [{fmt_pct(lo_ci[i])}–{fmt_pct(hi_ci[i])}]\n{xname}: {xfmt(x)}" + (
+            _point_notes(r, xfmt, xcol == "cost_per_graded_request", on, len(same))
         )
         body.append(
             f'<circle class="pt{" front" if on else ""}" cx="{px:.1f}" cy="{py:.1f}" '
@@ -142,6 +120,47 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
         [(m, c, "dot") for m, c in run.colours.items() if m in set(pts.model)]
         + [("Pareto front", "", "ring"), ("95% interval", "#c9d0da", "")]
     )
+    return note + key + svg(H, body, f"pass rate vs {xname} per cell") + _after_scatter(offsets, unlabelled)
+
+
+def _x_measure(run: Run) -> tuple[str, str, Callable[[Any], str], Callable[[Any], str], str]:
+    """The scatter's x axis: (column, name, value format, tick format, note). Cost per request,
+    its judging included when the run has it; tokens per request for a run without prices."""
+    currency = price_label(run.manifest)[0]
+    if not run.has_cost:
+        note = (
+            '<p class="note">This run has no cost columns (no prices were known when it ran), so the x axis '
+            "is total tokens per request instead of cost.</p>"
+        )
+        return "tokens_per_request", "total tokens per request", fmt_num, fmt_num, note
+    xfmt, tfmt = (lambda v: fmt_money(v, currency)), (lambda v: fmt_money(v, currency, tick=True))
+    if "cost_per_graded_request" in run.cells:
+        return "cost_per_graded_request", f"cost per request, its judging included ({currency})", xfmt, tfmt, ""
+    return "cost_per_request", f"cost per request ({currency})", xfmt, tfmt, ""
+
+
+def _taken(
+    at: list[tuple[float, float]], steps: list[tuple[float, float]], sx: Scale, sy: Scale
+) -> list[tuple[float, ...]]:
+    """The boxes a label must keep off: every dot, and the Pareto staircase."""
+    taken: list[tuple[float, ...]] = [(px - 7, py - 7, px + 7, py + 7) for px, py in at]
+    for (x1, y1), (x2, y2) in itertools.pairwise(steps):
+        taken += [(sx(x1) + 8, sy(y1) - 3, sx(x2), sy(y1) + 3), (sx(x2) - 3, sy(y2) + 8, sx(x2) + 3, sy(y1))]
+    return taken
+
+
+def _point_notes(r: Any, xfmt: Callable[[Any], str], graded: bool, on_front: bool, same: int) -> str:
+    """The tooltip lines of a dot after its pass rate and x value."""
+    return (
+        f"\n{r.requests} requests"
+        + (_judging_split(r, xfmt) if graded else "")
+        + ("\non the Pareto front" if on_front else "")
+        + (f"\ndrawn beside {same} other cell(s) with the same figures" if same else "")
+    )
+
+
+def _after_scatter(offsets: list[tuple[float, float]], unlabelled: list[str]) -> str:
+    """The notes under the scatter: dots drawn apart, labels left out."""
     after = ""
     if any(dx or dy for dx, dy in offsets):
         after += (
@@ -150,7 +169,7 @@ def score_vs_cost(run: Run, s: str | None = None) -> str:
         )
     if unlabelled:
         after += f'<p class="sub">No room for the label of: {esc("; ".join(unlabelled))} (hover the dots).</p>'
-    return note + key + svg(H, body, f"pass rate vs {xname} per cell") + after
+    return after
 
 
 SPOTS = (
@@ -303,72 +322,3 @@ def token_bars(run: Run) -> str:
     )
     key = legend([(name, colour, "") for _, name, colour in TOKEN_PARTS])
     return note + key + svg(H, body, "mean tokens per request per cell")
-
-
-def timeline(run: Run) -> str:
-    import pandas as pd
-
-    # a request is placed when it ended — an error when it happened, not when its first attempt
-    # was taken; runs written before finished_at existed fall back to the start
-    at = "finished_at" if "finished_at" in run.requests and run.requests.finished_at.notna().any() else "started_at"
-    req = run.requests[run.requests[at].notna()]
-    if req.empty:
-        return '<p class="empty">No request was recorded.</p>'
-    el = (req[at] - req[at].min()).dt.total_seconds()
-    width = next((w for w in BIN_S if el.max() / w < 48), BIN_S[-1])
-    nbins, b = int(el.max() // width) + 1, (el // width).astype(int)
-    outcome = req.error_type.fillna("error").where(req.status == "error", "ok")
-    counts = pd.crosstab(b, outcome).reindex(range(nbins), fill_value=0)
-    retries = (req.attempts.fillna(1) - 1).clip(lower=0).groupby(b).sum().reindex(range(nbins), fill_value=0)
-    waits = req.limiter_wait_s.fillna(0).groupby(b).sum().reindex(range(nbins), fill_value=0)
-    rtypes = req.retry_types.explode().dropna()
-    by_type = pd.crosstab(b.loc[rtypes.index].to_numpy(), rtypes.to_numpy()) if len(rtypes) else pd.DataFrame()
-    kinds = ["ok"] + sorted(k for k in counts.columns if k != "ok")
-    errs = req[req.status == "error"]
-    example = {
-        k: "\ne.g. " + shorten(next((m for m in g.error_message if isinstance(m, str)), ""))[:200]
-        for k, g in errs.groupby(errs.error_type.fillna("error"))
-    } | {"ok": ""}
-    colour = {"ok": OK_COLOUR} | {k: ERROR_COLOURS[i % len(ERROR_COLOURS)] for i, k in enumerate(kinds[1:])}
-    waited = float(waits.sum()) >= WAIT_SHOWN
-    L, R, T, top = 64, 28, 10, 210
-    gap, low = (34, 76) if waited else (0, 0)
-    base, H = T + top, T + top + gap + low + 44
-    sx = Scale(0, nbins * width, L, WIDTH - R)
-    sy = scale([counts.sum(axis=1).max(), retries.max()], base, T, n=4, whole=True)
-    sw = scale([max(1.0, waits.max())], base + gap + low, base + gap, n=2)  # ≥ 1 s: the limiter's µs stay flat
-    body = y_axis(sy, L, WIDTH - R, fmt_num, "requests", 4)
-    if waited:  # a panel of nothing but a zero line says nothing: it is drawn only when requests waited
-        body += y_axis(sw, L, WIDTH - R, lambda v: f"{v:g} s", "", 2)
-        body.append(text(L, base + gap - 8, "rate-limit wait (seconds, summed over the requests in the bin)", "title"))
-    span_title = (
-        f"time since the first request {'ended' if at == 'finished_at' else 'started'} · bins of {fmt_secs(width)}"
-    )
-    body += [*x_axis(sx, base + gap, base + gap + low, fmt_secs, span_title), line(L, base, WIDTH - R, base, "axis")]
-    pad, dots = 1 if nbins < 120 else 0, []
-    bw = max(1.0, sx(width) - sx(0) - 2 * pad)
-    for i in range(nbins):
-        x, y, span = sx(i * width) + pad, float(base), f"{fmt_secs(i * width)}–{fmt_secs((i + 1) * width)}"
-        for k in kinds:
-            if n := int(counts.at[i, k]):
-                y -= sy(0) - sy(n)
-                hint = f"{span}: {n} {k}{example[k]}"
-                body.append(rect("tl-ok" if k == "ok" else "tl-err", x, y, bw, sy(0) - sy(n), colour[k], hint))
-        if waited and (wait := float(waits.iat[i])) > 0:
-            hint = f"{span}: {wait:.3g} s waiting for the rate limiter"
-            body.append(rect("wait-bar", x, sw(wait), bw, sw(0) - sw(wait), WAIT_COLOUR, hint))
-        if retries.iat[i] > 0:
-            types = ", ".join(f"{t} ×{n}" for t, n in by_type.loc[i].items() if n) if i in by_type.index else ""
-            dots.append(
-                f'<circle class="retry-pt" cx="{sx((i + 0.5) * width):.1f}" cy="{sy(float(retries.iat[i])):.1f}" '
-                f'r="3.2"{tip(f"{span}: {int(retries.iat[i])} retries ({types})")}/>'
-            )
-    if retries.sum() > 0:
-        path = "L".join(f"{sx((i + 0.5) * width):.1f},{sy(float(retries.iat[i])):.1f}" for i in range(nbins))
-        body += [f'<path class="retry-line" d="M{path}"/>', *dots]  # dots last: on top, for their tooltips
-    items = [(f"{k} ({int(counts[k].sum())})", colour[k], "") for k in kinds]
-    types = ": " + ", ".join(f"{t} {n}" for t, n in rtypes.value_counts().items()) if len(rtypes) else ""
-    items.append((f"retries ({int(retries.sum())}{types})", RETRY_COLOUR, "dot"))
-    items += [(f"rate-limit wait ({fmt_num(waits.sum())} s)", WAIT_COLOUR, "")] if waited else []
-    note = "" if waited else '<p class="sub">No request waited for the rate limiter.</p>'
-    return legend(items) + svg(H, body, "requests, errors, retries and rate-limit waits over time") + note

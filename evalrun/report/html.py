@@ -18,7 +18,7 @@ from evalrun.analysis.compare import FLIPS_SHOWN
 from evalrun.analysis.compare_text import classes, gate_rule, passes, verdict_note
 from evalrun.analysis.cost import judge_rows
 from evalrun.analysis.views import answer_notes
-from evalrun.report.charts import latency_boxes, score_vs_cost, timeline, token_bars
+from evalrun.report.charts import latency_boxes, score_vs_cost, token_bars
 from evalrun.report.data import Run, load_run
 from evalrun.report.format import (
     esc,
@@ -36,6 +36,7 @@ from evalrun.report.format import (
     td,
 )
 from evalrun.report.svg import tip
+from evalrun.report.timeline import timeline
 from evalrun.run.store import RESULTS
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from hashlib import blake2b
 import orjson
 
 from evalrun.sim.judge import Verdict, find_judge, judge_verdict
+from evalrun.sim.output import fit_budget, split_slot, tool_call_for
 from evalrun.sim.profiles import (
     EFFORT_BONUS,
     GUESS_CUE,
@@ -53,7 +54,6 @@ CREATED_BASE = 1_760_000_000
 _NOT_IN_KEY = frozenset(
     {"stream", "stream_options", "logprobs", "top_logprobs", "stop", "max_tokens", "max_completion_tokens"}
 )
-_TOOL_CALL_OVERHEAD = 3
 _WRONG_OFFSETS = (1, 1, 1, 2, 2, 3, 4, 5, 10)
 _NEIGHBOURS = (1, -1, 2, -2, 10, -10, 3, -3, 5, -5)
 
@@ -167,35 +167,6 @@ def _letter_dist(
     return _with_p(sampled, ps, [truth] + others, [scale * 1.6] + weights)
 
 
-def _apply_stop(tokens: list[str], stops: list[str]) -> tuple[list[str], bool]:
-    text = "".join(tokens)
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    if not hits:
-        return tokens, False
-    cut, out, acc = min(hits), [], 0
-    for tok in tokens:
-        if acc + len(tok) <= cut:
-            out.append(tok)
-            acc += len(tok)
-            continue
-        if cut > acc:
-            out.append(tok[: cut - acc])
-        break
-    return out, True
-
-
-def _split_slot(text: str, literal: str, quoted: bool) -> tuple[list[str], int | None]:
-    """Tokenize serialized JSON, making the answer literal one token at a known index."""
-    slot = orjson.dumps(ANSWER_SLOT).decode()
-    head, sep, tail = text.partition(slot)
-    if not sep:
-        return tokenize(text), None
-    if quoted:
-        head, tail = head + '"', '"' + tail
-    left = tokenize(head)
-    return left + [literal] + tokenize(tail), len(left)
-
-
 @dataclass(slots=True)
 class _Task:
     """What the prompt asks, shared by all choices of one request."""
@@ -259,6 +230,59 @@ def _choose(qdigest: bytes, index: int, repeat: int, rng: random.Random) -> floa
     return own
 
 
+def _answer_and_dist(task: _Task, correct: bool, p: float, rng: random.Random) -> tuple[str | None, Dist | None, bool]:
+    """The literal to place (e.g. "42" or "B"), its logprob distribution, and whether it is a
+    number; (None, None, False) for a prompt that asks nothing recognised."""
+    if task.judge is not None:  # the verdict first, alone on its line, then the reasoning
+        v = task.judge
+        return v.first, _with_p(v.first, v.p, list(v.rivals), [1.0 / (k + 1) for k in range(len(v.rivals))]), False
+    if task.mc is not None:
+        letters = task.mc.letters
+        answer = task.mc_truth if correct else rng.choice([x for x in letters if x != task.mc_truth])
+        return answer, _letter_dist(answer, task.mc_truth, letters, correct, p, rng), False
+    if task.arith is not None:
+        truth = task.arith.value
+        value = truth if correct else truth + rng.choice(_WRONG_OFFSETS) * rng.choice((-1, 1))
+        prefix = "" if task.bare else " "
+        return format_number(value), _number_dist(value, truth, correct, p, rng, prefix), True
+    return None, None, False
+
+
+def _text_tokens(
+    body: ChatRequest, task: _Task, rng: random.Random, answer: str | None, number_answer: bool, dist: Dist | None
+) -> tuple[list[str], dict[int, Dist]]:
+    """A text answer's tokens (JSON when response_format asks for it) and the distributions
+    at the answer's token."""
+    dists: dict[int, Dist] = {}
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if fmt is not None else None
+    if fmt is not None and kind in ("json_object", "json_schema"):
+        placed = None
+        if kind == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+            ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, schema)
+            obj = instance_for_schema(schema, ctx)
+            placed = ctx.placed
+        elif answer is not None:
+            obj, placed = {"answer": ANSWER_SLOT}, "raw" if number_answer else "quoted"
+        else:
+            obj = {"answer": " ".join(task.words[:3]) or "ok", "keywords": task.words[:3]}
+        tokens, at = split_slot(orjson.dumps(obj).decode(), answer or "", quoted=placed == "quoted")
+        if at is not None and dist is not None:
+            dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
+        return tokens, dists
+    if task.judge is not None and dist is not None:
+        dists[0] = dist
+        return [task.judge.first, "\n", *tokenize(task.judge.reasoning)], dists
+    if answer is not None and dist is not None:  # both are set for a quiz or a sum, or neither
+        if task.mc is not None or task.bare:
+            dists[0] = dist
+            return [answer], dists
+        dists[3] = dist
+        return ["The", " answer", " is", " " + answer, "."], dists
+    return filler_tokens(rng, task.words), dists
+
+
 def _make_choice(
     body: ChatRequest, task: _Task, index: int, repeat: int, seed: int, effort: str, p: float
 ) -> ChoiceAnswer:
@@ -266,23 +290,7 @@ def _make_choice(
     correct = _choose(task.qdigest, index, repeat, rng) < p
     lo, hi = REASONING_TOKENS[effort]
     reasoning = rng.randint(lo, hi) if hi else 0
-
-    answer: str | None = None  # the literal to place, e.g. "42" or "B"
-    dist: Dist | None = None
-    number_answer = False
-    if task.judge is not None:  # the verdict first, alone on its line, then the reasoning
-        v = task.judge
-        answer, dist = v.first, _with_p(v.first, v.p, list(v.rivals), [1.0 / (k + 1) for k in range(len(v.rivals))])
-    elif task.mc is not None:
-        letters = task.mc.letters
-        answer = task.mc_truth if correct else rng.choice([x for x in letters if x != task.mc_truth])
-        dist = _letter_dist(answer, task.mc_truth, letters, correct, p, rng)
-    elif task.arith is not None:
-        truth = task.arith.value
-        value = truth if correct else truth + rng.choice(_WRONG_OFFSETS) * rng.choice((-1, 1))
-        answer, number_answer = format_number(value), True
-        prefix = "" if task.bare else " "
-        dist = _number_dist(value, truth, correct, p, rng, prefix)
+    answer, dist, number_answer = _answer_and_dist(task, correct, p, rng)
 
     tools = body.get("tools")
     fn = pick_tool(tools, body.get("tool_choice", "auto"), task.last_user, rng) if tools else None
@@ -291,67 +299,10 @@ def _make_choice(
     tool_call: ToolCall | None = None
     if fn is not None:
         ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, fn.get("parameters") or {})
-        args = instance_for_schema(fn.get("parameters") or {"type": "object", "properties": {}}, ctx)
-        arguments = orjson.dumps(args).decode()
-        if ctx.placed and answer is not None:
-            slot = orjson.dumps(ANSWER_SLOT).decode()
-            arguments = arguments.replace(slot, answer if ctx.placed == "raw" else f'"{answer}"')
-        tool_call = {
-            "id": f"call_{rng.getrandbits(96):024x}",
-            "type": "function",
-            "function": {"name": fn.get("name", ""), "arguments": arguments},
-        }
+        tool_call = tool_call_for(fn, ctx, rng, answer)
     else:
-        fmt = body.get("response_format")
-        kind = fmt.get("type") if fmt is not None else None
-        if fmt is not None and kind in ("json_object", "json_schema"):
-            placed = None
-            if kind == "json_schema":
-                schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-                ctx = SchemaContext(rng, task.words, task.names, answer, number_answer, schema)
-                obj = instance_for_schema(schema, ctx)
-                placed = ctx.placed
-            elif answer is not None:
-                obj, placed = {"answer": ANSWER_SLOT}, "raw" if number_answer else "quoted"
-            else:
-                obj = {"answer": " ".join(task.words[:3]) or "ok", "keywords": task.words[:3]}
-            text = orjson.dumps(obj).decode()
-            tokens, at = _split_slot(text, answer or "", quoted=placed == "quoted")
-            if at is not None and dist is not None:
-                dists[at] = Dist(dist.p, tuple((a.strip(), q) for a, q in dist.alts))
-        elif task.judge is not None and dist is not None:
-            tokens, dists[0] = [task.judge.first, "\n", *tokenize(task.judge.reasoning)], dist
-        elif answer is not None and dist is not None:  # both are set for a quiz or a sum, or neither
-            if task.mc is not None or task.bare:
-                tokens, dists[0] = [answer], dist
-            else:
-                tokens = ["The", " answer", " is", " " + answer, "."]
-                dists[3] = dist
-        else:
-            tokens = filler_tokens(rng, task.words)
-
-    budget = body.get("max_completion_tokens") or body.get("max_tokens")
-    finish = "stop"
-    if budget is not None and reasoning >= budget:
-        reasoning, tokens, tool_call, finish = budget, [], None, "length"
-        visible = 0
-    elif tool_call is not None:
-        visible = (
-            len(tokenize(tool_call["function"]["name"]))
-            + len(tokenize(tool_call["function"]["arguments"]))
-            + _TOOL_CALL_OVERHEAD
-        )
-        finish = "tool_calls"
-        if budget is not None and reasoning + visible > budget:
-            # the call was cut mid-arguments: nothing usable comes back
-            tool_call, visible, finish = None, budget - reasoning, "length"
-    else:
-        stop = body.get("stop")
-        if stop:
-            tokens, _ = _apply_stop(tokens, [stop] if isinstance(stop, str) else stop)
-        if budget is not None and len(tokens) > budget - reasoning:
-            tokens, finish = tokens[: budget - reasoning], "length"
-        visible = len(tokens)
+        tokens, dists = _text_tokens(body, task, rng, answer, number_answer, dist)
+    reasoning, tokens, tool_call, visible, finish = fit_budget(body, reasoning, tokens, tool_call)
     content = None if tool_call is not None else "".join(tokens)
     return ChoiceAnswer(index, tokens, dists, content, tool_call, reasoning, visible, finish, seed ^ 0x5EED_1090B5)
 

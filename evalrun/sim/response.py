@@ -7,9 +7,10 @@ how many generated tokens each "took", so the server can spread latency over the
 
 from __future__ import annotations
 
+import functools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -22,6 +23,7 @@ from evalrun.sim.wire import (
     ChatCompletionChunk,
     Delta,
     TokenLogprob,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -141,73 +143,92 @@ def _event(obj: ChatCompletionChunk) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _chunk(
+    answer: Answer, index: int, delta: Delta, lp: list[TokenLogprob] | None = None, finish: str | None = None
+) -> bytes:
+    """One SSE event of choice `index`."""
+    return _event(
+        {
+            "id": answer.id,
+            "object": "chat.completion.chunk",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": {"content": lp} if lp is not None else None,
+                    "finish_reason": finish,
+                }
+            ],
+        }
+    )
+
+
 def _choice_events(answer: Answer, c: ChoiceAnswer, logprobs: bool, top_k: int) -> Iterator[tuple[int, bytes]]:
     rng = random.Random(c.lp_seed ^ _STREAM_SALT)
-
-    def chunk(delta: Delta, lp: list[TokenLogprob] | None = None, finish: str | None = None) -> bytes:
-        return _event(
-            {
-                "id": answer.id,
-                "object": "chat.completion.chunk",
-                "created": answer.created,
-                "model": answer.model,
-                "choices": [
-                    {
-                        "index": c.index,
-                        "delta": delta,
-                        "logprobs": {"content": lp} if lp is not None else None,
-                        "finish_reason": finish,
-                    }
-                ],
-            }
-        )
-
+    chunk = functools.partial(_chunk, answer, c.index)
     # the first byte arrives after the thinking is done
     yield c.reasoning, chunk({"role": "assistant"})
     if rng.random() < 0.5:
         yield 0, KEEP_ALIVE
     empty_at = rng.randrange(max(1, len(c.tokens)))  # where a gateway's empty delta appears
     if c.tool_call is not None:
-        call, fn = c.tool_call, c.tool_call["function"]
-        yield (
-            1,
-            chunk(
-                {
-                    "tool_calls": [
-                        {
-                            "index": 0,
-                            "id": call["id"],
-                            "type": "function",
-                            "function": {"name": fn["name"], "arguments": ""},
-                        }
-                    ]
-                }
-            ),
-        )
-        pieces = tokenize(fn["arguments"])
-        i = 0
-        while i < len(pieces):
-            step = 2 + rng.randrange(5)
-            yield step, chunk({"tool_calls": [{"index": 0, "function": {"arguments": "".join(pieces[i : i + step])}}]})
-            i += step
+        yield from _tool_call_events(chunk, c.tool_call, rng)
     elif c.tokens:
         entries = logprob_content(c, top_k) if logprobs else None
-        i = 0
-        while i < len(c.tokens):
-            step = 1 + rng.randrange(3)
-            if i <= empty_at < i + step and rng.random() < 0.5:
-                yield 0, chunk({"content": ""} if rng.random() < 0.5 else {}, [] if logprobs else None)
-            yield (
-                step,
-                chunk(
-                    {"content": "".join(c.tokens[i : i + step])}, entries[i : i + step] if entries is not None else None
-                ),
-            )
-            i += step
+        yield from _content_events(chunk, c.tokens, entries, logprobs, empty_at, rng)
     elif c.visible:
         # a budget-truncated tool call: tokens were spent but nothing usable was sent
         yield c.visible, chunk({"content": ""}, [] if logprobs else None)
     yield 0, chunk({}, None, c.finish_reason)
+
+
+def _tool_call_events(chunk: Callable[..., bytes], call: ToolCall, rng: random.Random) -> Iterator[tuple[int, bytes]]:
+    """The call's id and name first, then its arguments a few tokens at a time."""
+    fn = call["function"]
+    yield (
+        1,
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": ""},
+                    }
+                ]
+            }
+        ),
+    )
+    pieces = tokenize(fn["arguments"])
+    i = 0
+    while i < len(pieces):
+        step = 2 + rng.randrange(5)
+        yield step, chunk({"tool_calls": [{"index": 0, "function": {"arguments": "".join(pieces[i : i + step])}}]})
+        i += step
+
+
+def _content_events(
+    chunk: Callable[..., bytes],
+    tokens: list[str],
+    entries: list[TokenLogprob] | None,
+    logprobs: bool,
+    empty_at: int,
+    rng: random.Random,
+) -> Iterator[tuple[int, bytes]]:
+    """The text 1-3 tokens an event, with one empty delta somewhere, as gateways send."""
+    i = 0
+    while i < len(tokens):
+        step = 1 + rng.randrange(3)
+        if i <= empty_at < i + step and rng.random() < 0.5:
+            yield 0, chunk({"content": ""} if rng.random() < 0.5 else {}, [] if logprobs else None)
+        yield (
+            step,
+            chunk({"content": "".join(tokens[i : i + step])}, entries[i : i + step] if entries is not None else None),
+        )
+        i += step
 
 
 def sse_events(

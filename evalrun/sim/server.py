@@ -20,7 +20,7 @@ from evalrun.sim.profiles import profile_for
 from evalrun.sim.response import completion_body, sse_events, usage_of
 from evalrun.sim.structured import SchemaTooComplex
 from evalrun.sim.validate import parse_request
-from evalrun.sim.wire import KNOWN_MODELS, Usage, error_body
+from evalrun.sim.wire import KNOWN_MODELS, ChatRequest, Usage, error_body
 
 __all__ = ["Simulator"]
 
@@ -128,6 +128,41 @@ class Simulator:
     async def _chat(self, request: web.Request, now: float) -> web.StreamResponse:
         o, fs = self.options, self.faults
         u, u_status = fs.draw(o)
+        refused = self._refuse_unread(request)
+        if refused is not None:
+            return refused
+        chat = await self._read_chat(request)
+        if isinstance(chat, web.Response):
+            return chat
+        repeat = self._repeat(request)
+        if isinstance(repeat, web.Response):
+            return repeat
+        try:
+            answer = answer_request(chat, o.seed, repeat)
+        except SchemaTooComplex as exc:
+            return self._error(400, str(exc))
+        limited = self._admit(chat["model"], now, answer.total_tokens)
+        if limited is not None:
+            return limited
+
+        fault, status = fs.pick(o, u, u_status)
+        if fault is not None:
+            self._note_fault(fault.value)
+        if fault is Fault.RATE_429:
+            return self._error(429, "Rate limit reached for requests (simulated).", retry_after=o.retry_after)
+        if fault is Fault.STATUS_5XX:
+            return self._fault_error(status, "simulated")
+        if fault is Fault.HANG:
+            return await self._hang(o.hang_s)
+        response, delivered = await self._reply(request, chat, answer, fault)
+        if delivered:
+            fs.successes += 1
+            self.stats.tokens_total += answer.total_tokens
+        return response
+
+    def _refuse_unread(self, request: web.Request) -> web.Response | None:
+        """auth → fail_first → quota: the refusals that come before the body is read."""
+        o, fs = self.options, self.faults
         if not self._authorized(request):
             return self._error(401)
         fs.arrivals += 1
@@ -137,6 +172,11 @@ class Simulator:
         if o.quota_after is not None and fs.successes >= o.quota_after:
             self._note_fault("quota")
             return self._error(o.quota_status, _QUOTA_MESSAGE, type_="insufficient_quota")
+        return None
+
+    async def _read_chat(self, request: web.Request) -> ChatRequest | web.Response:
+        """The body as a valid chat request, or the 413 / 404 / 400 a gateway answers instead."""
+        o = self.options
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -160,7 +200,10 @@ class Simulator:
         chat = parse_request(body)
         if isinstance(chat, tuple):
             return self._error(400, chat[0], param=chat[1])
-        model = chat["model"]
+        return chat
+
+    def _repeat(self, request: web.Request) -> int | web.Response:
+        """The repeat index the client sent in its header (0 without one), or a 400."""
         try:
             repeat = int(request.headers.get(REPEAT_HEADER, 0))
             if not 0 <= repeat <= MAX_REPEAT:
@@ -171,12 +214,11 @@ class Simulator:
                 f"Invalid value for header '{REPEAT_HEADER}': expected an integer from 0 to {MAX_REPEAT}.",
                 param=REPEAT_HEADER,
             )
+        return repeat
 
-        try:
-            answer = answer_request(chat, o.seed, repeat)
-        except SchemaTooComplex as exc:
-            return self._error(400, str(exc))
-        tokens = answer.total_tokens
+    def _admit(self, model: str, now: float, tokens: int) -> web.Response | None:
+        """Take the request into the model's rpm/tpm window, or the 429 when it is full."""
+        o = self.options
         wait = self.windows.retry_after(model, now, tokens, o)
         if wait is not None:
             return self._error(
@@ -189,24 +231,20 @@ class Simulator:
             self.stats.max_in_window[model] = in_window
         if tokens_in_window > self.stats.max_tokens_in_window.get(model, 0):
             self.stats.max_tokens_in_window[model] = tokens_in_window
+        return None
 
-        fault, status = fs.pick(o, u, u_status)
-        if fault is not None:
-            self._note_fault(fault.value)
-        if fault is Fault.RATE_429:
-            return self._error(429, "Rate limit reached for requests (simulated).", retry_after=o.retry_after)
-        if fault is Fault.STATUS_5XX:
-            return self._fault_error(status, "simulated")
-        if fault is Fault.HANG:
-            return await self._hang(o.hang_s)
-
+    async def _reply(
+        self, request: web.Request, chat: ChatRequest, answer: Answer, fault: Fault | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """The answer, streamed or whole, after its latency; False when a fault spoilt a whole body
+        (it does not count as a success)."""
         usage: Usage | bool | None = True
         if fault is Fault.NULL_USAGE:
-            fs.null_usage_flips += 1
-            usage = None if fs.null_usage_flips % 2 else _partial_usage(answer)
+            self.faults.null_usage_flips += 1
+            usage = None if self.faults.null_usage_flips % 2 else _partial_usage(answer)
         logprobs = chat.get("logprobs") is True
         top_k = chat.get("top_logprobs") or 0
-        base_s, per_s = self._delays(model)
+        base_s, per_s = self._delays(chat["model"])
         if chat.get("stream") is True:
             include_usage = bool((chat.get("stream_options") or {}).get("include_usage"))
             response = await self._stream(
@@ -220,21 +258,18 @@ class Simulator:
                 include_usage=include_usage,
                 usage=usage,
             )
-        else:
-            delay = base_s + per_s * answer.completion_tokens
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if fault is Fault.ERROR_200:
-                self.stats.count_status(200)
-                return web.Response(body=_ERROR_200, content_type=_JSON)
-            payload = orjson.dumps(completion_body(answer, logprobs=logprobs, top_k=top_k, usage=usage))
-            if fault is Fault.MALFORMED:
-                self.stats.count_status(200)
-                return web.Response(body=payload[: len(payload) // 2], content_type=_JSON)
-            response = self._ok(payload)
-        fs.successes += 1
-        self.stats.tokens_total += tokens
-        return response
+            return response, True
+        delay = base_s + per_s * answer.completion_tokens
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault is Fault.ERROR_200:
+            self.stats.count_status(200)
+            return web.Response(body=_ERROR_200, content_type=_JSON), False
+        payload = orjson.dumps(completion_body(answer, logprobs=logprobs, top_k=top_k, usage=usage))
+        if fault is Fault.MALFORMED:
+            self.stats.count_status(200)
+            return web.Response(body=payload[: len(payload) // 2], content_type=_JSON), False
+        return self._ok(payload), True
 
     def _ok(self, payload: bytes) -> web.Response:
         self.stats.count_status(200)

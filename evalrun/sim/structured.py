@@ -107,27 +107,11 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
     # the answer literal, when this field is where it goes
     answer = ctx.answer if not ctx.placed and _is_answer_field(name) else None
     if kind == "object":
-        props = schema.get("properties")
-        out: dict[str, object] = {}
-        if isinstance(props, dict):
-            for key, sub in props.items():
-                out[key] = instance_for_schema(sub, ctx, depth + 1, key)
-        return out
+        return _object_instance(schema, ctx, depth)
     if kind == "array":
-        min_items, max_items = schema.get("minItems"), schema.get("maxItems")
-        fewest = min_items if isinstance(min_items, int) else 1
-        most = max_items if isinstance(max_items, int) else max(fewest, 3)
-        count = max(fewest, min(most, 1 + ctx.rng.randrange(3)))
-        return [instance_for_schema(schema.get("items"), ctx, depth + 1) for _ in range(count)]
+        return _array_instance(schema, ctx, depth)
     if kind in ("number", "integer"):
-        if answer is not None and ctx.answer_is_number and (kind == "number" or "." not in answer):
-            ctx.placed = "raw"
-            return ANSWER_SLOT
-        lo, hi = _bounds(schema, 1 if kind == "integer" else 0.01)
-        if kind == "integer":
-            lo_i, hi_i = math.ceil(lo), math.floor(hi)
-            return ctx.rng.randint(lo_i, max(lo_i, hi_i))
-        return round(lo + (hi - lo) * ctx.rng.random(), 2) if hi > lo else lo
+        return _number_instance(schema, ctx, kind, answer)
     if kind == "boolean":
         return ctx.rng.random() < 0.5
     if kind == "null":
@@ -136,6 +120,40 @@ def instance_for_schema(schema: object, ctx: SchemaContext, depth: int = 0, name
     if answer is not None:
         ctx.placed = "quoted"
         return ANSWER_SLOT
+    return _string_instance(schema, ctx)
+
+
+def _object_instance(schema: JsonSchema, ctx: SchemaContext, depth: int) -> dict[str, object]:
+    props = schema.get("properties")
+    out: dict[str, object] = {}
+    if isinstance(props, dict):
+        for key, sub in props.items():
+            out[key] = instance_for_schema(sub, ctx, depth + 1, key)
+    return out
+
+
+def _array_instance(schema: JsonSchema, ctx: SchemaContext, depth: int) -> list[object]:
+    min_items, max_items = schema.get("minItems"), schema.get("maxItems")
+    fewest = min_items if isinstance(min_items, int) else 1
+    most = max_items if isinstance(max_items, int) else max(fewest, 3)
+    count = max(fewest, min(most, 1 + ctx.rng.randrange(3)))
+    return [instance_for_schema(schema.get("items"), ctx, depth + 1) for _ in range(count)]
+
+
+def _number_instance(schema: JsonSchema, ctx: SchemaContext, kind: str, answer: str | None) -> object:
+    """A number within the schema's bounds, or the answer's slot when a number answer goes here."""
+    if answer is not None and ctx.answer_is_number and (kind == "number" or "." not in answer):
+        ctx.placed = "raw"
+        return ANSWER_SLOT
+    lo, hi = _bounds(schema, 1 if kind == "integer" else 0.01)
+    if kind == "integer":
+        lo_i, hi_i = math.ceil(lo), math.floor(hi)
+        return ctx.rng.randint(lo_i, max(lo_i, hi_i))
+    return round(lo + (hi - lo) * ctx.rng.random(), 2) if hi > lo else lo
+
+
+def _string_instance(schema: JsonSchema, ctx: SchemaContext) -> str:
+    """A string of the schema's format, else prompt names or words fitted to min/maxLength."""
     fmt = schema.get("format")
     if fmt == "date":
         return "2025-10-10"

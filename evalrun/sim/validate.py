@@ -125,17 +125,36 @@ def validate_request(body: object) -> Problem | None:
     """The first problem with a chat-completions body, or None."""
     if not isinstance(body, dict):
         return "The request body must be a JSON object.", None
+    # in this order: the first problem a gateway would name is the one answered
+    return (
+        _model(body)
+        or _messages(body)
+        or _ranges(body)
+        or _switches(body)
+        or _effort_and_stop(body)
+        or _response_format(body)
+        or _tools(body)
+    )
+
+
+def _model(body: Body) -> Problem | None:
     model = body.get("model")
     if model is None:
         return "Missing required parameter: 'model'.", "model"
     if not isinstance(model, str) or not model:
         return "Invalid value for 'model': expected a non-empty string.", "model"
-    problem = _messages(body)
-    if problem:
-        return problem
+    return None
+
+
+def _ranges(body: Body) -> Problem | None:
     for name, limits in _RANGES.items():
         if name in body and (problem := _range(body, name, *limits)):
             return problem
+    return None
+
+
+def _switches(body: Body) -> Problem | None:
+    """stream, logprobs and what only they allow (top_logprobs, stream_options)."""
     for flag in ("stream", "logprobs"):
         if body.get(flag) is not None and not isinstance(body[flag], bool):
             return f"Invalid type for '{flag}': expected a boolean.", flag
@@ -146,6 +165,10 @@ def validate_request(body: object) -> Problem | None:
             return "Invalid value for 'stream_options': only allowed when 'stream' is true.", "stream_options"
         if not isinstance(body["stream_options"], dict):
             return "Invalid type for 'stream_options': expected an object.", "stream_options"
+    return None
+
+
+def _effort_and_stop(body: Body) -> Problem | None:
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in _EFFORTS:
         return (
@@ -159,7 +182,7 @@ def validate_request(body: object) -> Problem | None:
         and not (isinstance(stop, list) and len(stop) <= 16 and all(isinstance(s, str) for s in stop))
     ):
         return "Invalid value for 'stop': expected a string or an array of up to 16 strings.", "stop"
-    return _response_format(body) or _tools(body)
+    return None
 
 
 def parse_request(body: object) -> ChatRequest | Problem:
