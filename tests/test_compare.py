@@ -174,3 +174,18 @@ def test_summary_formats(tmp_path, cli, fmt, marker) -> None:
     run = _run(cli, tmp_path, _config(tmp_path), "base")
     r = cli("summary", run, "--format", fmt)
     assert r.code == 0 and marker in r.out
+
+
+def test_runs_with_no_cell_in_common_fail_the_gate_instead_of_passing_it(tmp_path, cli) -> None:
+    # two runs of the same experiment at other temperatures share no cell: compare used to end
+    # in a traceback (AttributeError in the coverage warnings); a verdict of PASS would be worse
+    first = _run(cli, tmp_path, _config(tmp_path, temps=[0.0]), "first")
+    second = _run(cli, tmp_path, _config(tmp_path, temps=[1.0]), "second")
+    junit = tmp_path / "junit.xml"
+    r = cli("compare", first, second, "--junit", junit)
+    assert r.code == 1, r.err
+    assert "Traceback" not in r.err
+    assert r.out.startswith("## evalrun compare: **FAIL**: no cell in common with matched rows, nothing was compared")
+    assert "2 cell(s) only in base, not compared" in r.err and "2 cell(s) only in new, not compared" in r.err
+    assert orjson.loads((second / "compare.json").read_bytes())["verdict"] == "fail"
+    assert 'failures="1"' in junit.read_text() and 'name="cells compared"' in junit.read_text()

@@ -52,9 +52,16 @@ class Comparison:
         return self.cells[self.cells.verdict == "regressed"]
 
     @property
+    def compared(self) -> int:
+        """Cells both runs answered on at least one common row: the cells a verdict is about."""
+        unmatched = {"only in base", "only in new", "no matched items"}
+        return int((~self.cells.verdict.isin(unmatched)).sum()) if len(self.cells) else 0
+
+    @property
     def failed(self) -> bool:
-        """The gate's answer: a cell regressed, or (strict) the runs are not comparable as they are."""
-        return bool(len(self.regressed)) or (self.gate.strict and bool(self.warnings))
+        """The gate's answer: a cell regressed, nothing could be compared (a gate that compared
+        nothing must not pass), or (strict) the runs are not comparable as they are."""
+        return bool(len(self.regressed)) or not self.compared or (self.gate.strict and bool(self.warnings))
 
 
 def gate_for(
@@ -353,7 +360,9 @@ def _coverage_warnings(cells: pd.DataFrame) -> list[str]:
             if names:
                 more = f" and {len(names) - 3} more" if len(names) > 3 else ""
                 warnings.append(f"{len(names)} cell(s) only in {side}, not compared: {'; '.join(names[:3])}{more}")
-    partial = cells[(cells.get("only_base_items", 0).fillna(0) > 0) | (cells.get("only_new_items", 0).fillna(0) > 0)]
+    if "only_base_items" not in cells:  # no cell in common: no item counts at all
+        return warnings
+    partial = cells[(cells.only_base_items.fillna(0) > 0) | (cells.only_new_items.fillna(0) > 0)]
     if len(partial):
         sides = [(int(partial[f"only_{side}_items"].sum()), side) for side in ("base", "new")]
         counts = " and ".join(f"{n} item(s) only in {side}" for n, side in sides if n)

@@ -85,6 +85,8 @@ def passes(f: dict[str, Any], side: str) -> str:
 def headline(c: Comparison) -> str:
     if len(c.regressed):
         return f"**FAIL**: {len(c.regressed)} cell(s) regressed"
+    if not c.compared:
+        return "**FAIL**: no cell in common with matched rows, nothing was compared"
     if c.failed:
         return "**FAIL** (--strict): the baseline differs from this run"
     return "**PASS**: no cell regressed"
@@ -162,6 +164,8 @@ def to_junit(c: Comparison) -> str:
             cases.append(_case(r["cell"], f'<skipped message="{r["verdict"]}"/>'))
         else:
             cases.append(_case(r["cell"]))
+    if not c.compared:  # a gate that compared nothing must not read as green in a CI's test view
+        cases.append(_case("cells compared", '<failure message="no cell in common with matched rows"/>'))
     if c.warnings:  # one case for "is the baseline comparable?": a failure only under --strict
         msg = html.escape("; ".join(c.warnings), quote=True)
         tag = "failure" if c.gate.strict else "skipped"
