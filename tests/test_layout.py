@@ -26,7 +26,7 @@ ALLOWED = {
 FOUNDATION = {"evalrun.errors", "evalrun.logs", "evalrun.quantiles", "evalrun"}
 TOP = {"evalrun.cli", "evalrun.cli_parser", "evalrun.cli_many", "evalrun.plan", "evalrun.__main__"}
 # what analysis and report may read of the run stage: the stored schema and file names
-RUN_SCHEMA = {"evalrun.run.store", "evalrun.run.journal", "evalrun.run.records"}
+RUN_SCHEMA = {"evalrun.run.store.store", "evalrun.run.store.journal", "evalrun.run.records.records"}
 
 
 def _modules() -> dict[str, Path]:

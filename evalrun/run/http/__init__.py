@@ -1,0 +1,1 @@
+"""One provider's HTTP side: the client with per-URL fallback, answer parsing, request errors, keys."""

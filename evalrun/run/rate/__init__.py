@@ -1,0 +1,1 @@
+"""Rate control: pacing, x-ratelimit-* headers, the adaptive rate, the Redis-shared limiter."""

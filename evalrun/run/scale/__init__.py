@@ -1,0 +1,1 @@
+"""Scale-out: shards, merge, --workers and Ray."""

@@ -1,0 +1,1 @@
+"""Sending: lanes per provider × model and their workers, the one retry loop, stops, slots, the budget."""

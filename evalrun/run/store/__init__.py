@@ -1,0 +1,1 @@
+"""What a run keeps: the journal, results.parquet, the response cache, the run directory, object storage."""
