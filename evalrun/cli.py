@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from evalrun.errors import ConfigError
     from evalrun.logs import setup_logging
-    from evalrun.run.http.errors import StorageError
+    from evalrun.run.http import StorageError
 
     setup_logging(args.verbose)
     try:
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from evalrun.analysis.evaluation import for_experiment
     from evalrun.config.load import load_experiment, model_warnings
     from evalrun.run.context import cache_file
-    from evalrun.run.grid.grid import build_plan
+    from evalrun.run.grid import build_plan
 
     plan = build_plan(load_experiment(args.config, args.overrides))
     for_experiment(plan.exp, plan.dataset.columns)  # scorers and judges, compiled as `run` does
@@ -73,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from evalrun.config.load import load_experiment
     from evalrun.plan import format_plan, plan_report
-    from evalrun.run.grid.grid import build_plan
+    from evalrun.run.grid import build_plan
 
     report = plan_report(build_plan(load_experiment(args.config, args.overrides), args.limit), args.no_cache)
     if args.json:
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from evalrun.analysis.summary import summary_from_file
     from evalrun.analysis.views import answer_notes, summary_markdown
-    from evalrun.run.store.store import results_file
+    from evalrun.run.store import results_file
 
     path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     summary = summary_from_file(path)
@@ -203,7 +203,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from evalrun.analysis.cost import cost_breakdown, judge_rows, partial_note
     from evalrun.analysis.views import cost_table, terminal_width
     from evalrun.config.prices import load_pricing
-    from evalrun.run.store.store import manifest_if_any, results_file
+    from evalrun.run.store import manifest_if_any, results_file
 
     path = results_file(args.run_dir)  # missing or damaged: one line, and how to rebuild it
     pricing = load_pricing(str(args.prices.resolve()), args.prices) if args.prices else None
@@ -241,8 +241,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from evalrun.config.catalog import catalog
-    from evalrun.run.http.secrets import provider_key
-    from evalrun.run.store.listing import ListingError, find_provider, list_models
+    from evalrun.run.records import provider_key
+    from evalrun.run.store import ListingError, find_provider, list_models
 
     provider, where = find_provider(args.provider, args.config, args.overrides)
     key = provider_key(args.provider, provider.api_key_env, where) if provider.api_key_env else None

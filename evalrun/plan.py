@@ -15,10 +15,9 @@ from evalrun.config.params import clean_params, output_budget
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.config.scorers import LabelModel, PairwiseModel, ScoreModel
 from evalrun.errors import ConfigError
-from evalrun.run.grid.datasets import estimate_tokens, iter_rows, render
-from evalrun.run.grid.grid import Plan, build_plan
-from evalrun.run.records.records import Cell
-from evalrun.run.store.store import RESULTS, request_rows
+from evalrun.run.grid import Plan, build_plan, estimate_tokens, iter_rows, render
+from evalrun.run.records import Cell
+from evalrun.run.store import RESULTS, request_rows
 from evalrun.sim.tasks import find_arithmetic, find_multiple_choice
 from evalrun.sim.tokens import message_text
 
@@ -173,7 +172,7 @@ def cache_hits(plan: Plan) -> dict[str, Any] | None:
     import sqlite3
 
     from evalrun.run.context import cache_file
-    from evalrun.run.store.cache import Keyer, ResponseCache, endpoint_identity, fix_hint
+    from evalrun.run.store import Keyer, ResponseCache, endpoint_identity, fix_hint
 
     path = cache_file(plan.exp)
     if path is None:

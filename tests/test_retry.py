@@ -14,7 +14,8 @@ from evalrun.run.http.errors import (
     StreamTruncated,
     TransportError,
 )
-from evalrun.run.send.retry import Action, backoff, classify, parse_retry_after, retry_wait
+from evalrun.run.rate.ratelimits import parse_retry_after
+from evalrun.run.send.retry import Action, backoff, classify, retry_wait
 
 
 def status(

@@ -19,7 +19,7 @@ import orjson
 
 from evalrun.analysis.compare_rows import FLIP_COLUMNS, compare_cell
 from evalrun.errors import ConfigError
-from evalrun.run.store.store import DATA_PREFIX, MANIFEST, RESULTS, manifest_if_any, require_finished
+from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, manifest_if_any, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd

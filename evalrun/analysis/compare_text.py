@@ -8,7 +8,7 @@ from typing import Any
 
 from evalrun.analysis.compare import ANSWER_CHARS, FLIPS_SHOWN, Comparison
 from evalrun.analysis.views import missing
-from evalrun.run.store.store import write_json
+from evalrun.run.store import write_json
 
 
 def _pct(x: Any) -> str:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from evalrun.analysis.judges import Judges, compile_judges
 from evalrun.analysis.scoring import JUDGES, Scorers, load_scorers
 from evalrun.analysis.summary import SummaryBuilder, write_summary
-from evalrun.run.records.records import RequestSpec
-from evalrun.run.store.journal import JOURNAL, read_journal
-from evalrun.run.store.store import DATA_PREFIX
+from evalrun.run.records import RequestSpec
+from evalrun.run.store import DATA_PREFIX, JOURNAL, read_journal
 
 if TYPE_CHECKING:
     from evalrun.config.load import Experiment
@@ -97,7 +96,7 @@ def for_experiment(exp: Experiment, data_columns: tuple[str, ...]) -> Evaluation
 def has_judges(run_dir: Path, config: Path | None) -> bool:
     """Whether the scorers of `config` (default: the run's own) include model judges."""
     from evalrun.config.load import load_experiment
-    from evalrun.run.store.store import require_finished
+    from evalrun.run.store import require_finished
 
     manifest = require_finished(run_dir)
     exp = load_experiment(config or Path(manifest["config_path"]), manifest.get("overrides") or [])
@@ -110,7 +109,7 @@ def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]
     import pyarrow.parquet as pq
 
     from evalrun.config.load import load_experiment
-    from evalrun.run.store.store import MANIFEST, RESULTS, require_finished, rescore, write_json
+    from evalrun.run.store import MANIFEST, RESULTS, require_finished, rescore, write_json
 
     manifest = require_finished(run_dir)
     exp = load_experiment(config or Path(manifest["config_path"]), manifest.get("overrides") or [])
@@ -128,7 +127,7 @@ def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]
 def stopped_note(run_dir: Path) -> str | None:
     """What `score` says of a run that did not finish: it scored the rows there are, and how
     to finish the run (score itself never sends the experiment's requests)."""
-    from evalrun.run.store.store import manifest_if_any
+    from evalrun.run.store import manifest_if_any
 
     counts = manifest_if_any(run_dir).get("counts") or {}
     missing, total = int(counts.get("missing") or 0), int(counts.get("requests") or 0)

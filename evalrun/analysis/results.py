@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evalrun.run.store.store import RESULTS
+from evalrun.run.store import RESULTS
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -24,7 +24,7 @@ import orjson
 from evalrun.config.scorers import ChoiceLogprobs, Custom, JsonSchemaMatch, LabelModel, PairwiseModel, ScoreModel
 from evalrun.config.templates import cell_text, fill, placeholders
 from evalrun.errors import ConfigError
-from evalrun.run.records.records import Logprobs
+from evalrun.run.records import Logprobs
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -9,7 +9,7 @@ from evalrun.analysis.rowstats import class_counts, pass_k_columns, row_rate
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.quantiles import quantile
-from evalrun.run.store.store import RESULTS, SUMMARY
+from evalrun.run.store import RESULTS, SUMMARY
 
 if TYPE_CHECKING:
     import pandas as pd

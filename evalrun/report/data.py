@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from evalrun.analysis.summary import scorer_names, summary_from_file
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.report.format import fmt_val
-from evalrun.run.store.store import DATA_PREFIX, RESULTS, request_rows, require_finished
+from evalrun.run.store import DATA_PREFIX, RESULTS, request_rows, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -36,7 +36,7 @@ from evalrun.report.format import (
     td,
 )
 from evalrun.report.svg import tip
-from evalrun.run.store.store import RESULTS
+from evalrun.run.store import RESULTS
 
 if TYPE_CHECKING:
     from evalrun.analysis.compare import Comparison

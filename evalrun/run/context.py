@@ -23,8 +23,8 @@ from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
 from evalrun.run.grid.grid import Plan, build_plan
-from evalrun.run.http.secrets import provider_key, use_keys
 from evalrun.run.records.records import RequestSpec
+from evalrun.run.records.secrets import provider_key, use_keys
 from evalrun.run.scale.shards import Shard, shard_from_manifest
 from evalrun.run.store.cache import CACHE_FILE, cache_problem
 from evalrun.run.store.journal import JOURNAL, journal_state, repair_journal

@@ -30,10 +30,9 @@ from evalrun.run.http.errors import (
     TransportError,
 )
 from evalrun.run.http.parse import MAX_ERROR_MESSAGE, loads_body, parse_completion, read_stream
-from evalrun.run.http.secrets import mask, mask_bytes
-from evalrun.run.rate.ratelimits import RateHeaders, parse_rate_headers
+from evalrun.run.rate.ratelimits import RateHeaders, parse_rate_headers, parse_retry_after
 from evalrun.run.records.records import ChatRequest, Completion, RequestSpec
-from evalrun.run.send.retry import parse_retry_after
+from evalrun.run.records.secrets import mask, mask_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import orjson
 
 from evalrun.quantiles import quantile
 from evalrun.run.http.errors import AttemptTimeout, ErrorIn200, MalformedResponse, RequestError, StreamTruncated
-from evalrun.run.http.secrets import mask
 from evalrun.run.records import coerce
 from evalrun.run.records.coerce import Notes
 from evalrun.run.records.records import Choice, Completion, Usage
+from evalrun.run.records.secrets import mask
 
 MAX_ERROR_MESSAGE = 2000  # characters of a server's error text kept in the report
 # After [DONE], the rest of the body (the chunked-encoding end) is read so that the connection

@@ -7,13 +7,17 @@ The OpenAI shape, which most compatible gateways copy:
     x-ratelimit-reset-requests: 1s         until the window frees ("6m0s", "20ms", "1h2m3.5s")
     x-ratelimit-{limit,remaining,reset}-tokens   the same for tokens
     retry-after-ms: 1500                   a finer Retry-After
+    retry-after: 2 (or an HTTP date)       the standard one, on a 429 or 503
 
 `limiter.py` decides what they mean for the pace.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -107,3 +111,26 @@ def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders | None:
         parse_duration(st),
         ra_ms / 1000.0 if ra_ms is not None else None,
     )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return seconds  # may be inf: the caller caps it

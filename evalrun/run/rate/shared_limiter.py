@@ -320,8 +320,13 @@ def make_limiters(
 ) -> SharedLimiters:
     """The run's limiters. A provider with `limiter:` shares its whole budget through Redis (the
     share is then only the floor of its fallback); the others pace at 1/rate_share of theirs."""
-    from evalrun.run.scale.workers import share_limits
-
     limits = {n: (p.rpm, p.tpm) if p.limiter else share_limits(p.rpm, p.tpm, rate_share) for n, p in providers.items()}
     shared = {n: (p.limiter, base_urls[n][0], keys.get(n)) for n, p in providers.items() if p.limiter}
     return SharedLimiters(limits, shared, max(min_peers, rate_share), block_cap_s)
+
+
+def share_limits(rpm: int | None, tpm: int | None, share: int) -> tuple[int | None, int | None]:
+    """A 1/share part of a budget, rounded down (K parts never add up to more than the whole)."""
+    if share <= 1:
+        return rpm, tpm
+    return (None if rpm is None else max(1, rpm // share), None if tpm is None else max(1, tpm // share))

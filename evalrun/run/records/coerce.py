@@ -17,8 +17,8 @@ import sys
 from array import array
 from typing import Any
 
-from evalrun.run.http.secrets import mask
 from evalrun.run.records.records import Logprobs
+from evalrun.run.records.secrets import mask
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)

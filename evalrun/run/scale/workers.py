@@ -45,13 +45,6 @@ PROGRESS_EVERY_S = 10.0  # how often the parent prints what the shards have reco
 POLL_S = 0.2
 
 
-def share_limits(rpm: int | None, tpm: int | None, share: int) -> tuple[int | None, int | None]:
-    """A 1/share part of a budget, rounded down (K parts never add up to more than the whole)."""
-    if share <= 1:
-        return rpm, tpm
-    return (None if rpm is None else max(1, rpm // share), None if tpm is None else max(1, tpm // share))
-
-
 def count_share(total: int, workers: int, index: int) -> int:
     """Shard `index`'s (1-based) part of a whole-number budget: the parts add up to `total`
     exactly (a 1/K share rounded up would send more than asked; rounded down, less)."""

@@ -1,5 +1,5 @@
-"""What to do after a failed attempt: one pure `classify` function, Retry-After parsing and
-the wait before the next attempt. The one retry loop that uses them is `attempts.py`.
+"""What to do after a failed attempt: one pure `classify` function and the wait before the
+next attempt (Retry-After is parsed with the other rate headers, `rate/ratelimits.py`). The one retry loop that uses them is `attempts.py`.
 
 The wait after failed attempt k (k = 1, 2, …):
 
@@ -18,11 +18,8 @@ The wait after failed attempt k (k = 1, 2, …):
 
 from __future__ import annotations
 
-import email.utils
 import enum
-import math
 import random
-import time
 from dataclasses import dataclass
 
 from evalrun.run.http.errors import (
@@ -83,29 +80,6 @@ def classify(exc: BaseException) -> Decision:
     if isinstance(exc, RequestError):
         return Decision(Action.FAIL, exc.error_type)
     return Decision(Action.FAIL, "internal_error")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, seconds)
-    if math.isnan(seconds) or seconds < 0:
-        return None
-    return seconds  # may be inf: the caller caps it
 
 
 def backoff(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from evalrun.run.http.errors import FULL_ERRNOS, StorageError
-from evalrun.run.http.secrets import mask_bytes
+from evalrun.run.records.secrets import mask_bytes
 from evalrun.run.store.framing import LineError, decode, encode
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from evalrun.config.diagnostics import did_you_mean
 from evalrun.config.models import PRESETS, ProviderConfig
 from evalrun.config.proxy import proxy_for
 from evalrun.errors import ConfigError, EvalrunError
-from evalrun.run.http.secrets import mask, use_keys
+from evalrun.run.records.secrets import mask, use_keys
 
 MAX_LIST_BYTES = 16 * 1024 * 1024  # a catalog of thousands of models is well under this
 LIST_TIMEOUT_S = 30.0  # one small GET: a provider's timeout_s (for long generations) would be too patient

@@ -21,7 +21,7 @@ import orjson
 
 from evalrun.errors import ConfigError
 from evalrun.run.http.errors import FULL_ERRNOS, StorageError
-from evalrun.run.http.secrets import mask_bytes
+from evalrun.run.records.secrets import mask_bytes
 from evalrun.run.store.journal import JOURNAL, read_journal
 
 if TYPE_CHECKING:
