@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from evalrun.errors import ConfigError
     from evalrun.logs import setup_logging
-    from evalrun.run.errors import StorageError
+    from evalrun.run.http import StorageError
 
     setup_logging(args.verbose)
     try:
@@ -241,8 +241,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from evalrun.config.catalog import catalog
-    from evalrun.run.listing import ListingError, find_provider, list_models
-    from evalrun.run.secrets import provider_key
+    from evalrun.run.records import provider_key
+    from evalrun.run.store import ListingError, find_provider, list_models
 
     provider, where = find_provider(args.provider, args.config, args.overrides)
     key = provider_key(args.provider, provider.api_key_env, where) if provider.api_key_env else None

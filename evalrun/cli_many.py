@@ -40,7 +40,7 @@ def evaluator_factory() -> Any:
 
 def shard_option(args: argparse.Namespace) -> Any:
     """--shard, parsed and checked against the other options (a ConfigError is exit 2)."""
-    from evalrun.run.shards import parse_shard
+    from evalrun.run.scale import parse_shard
 
     if args.shard is None:
         return None
@@ -56,7 +56,7 @@ def wants_workers(args: argparse.Namespace) -> bool:
     if args.engine != "local":
         raise ConfigError(f"--engine {args.engine} goes with --workers K")
     if args.resume is not None and (args.resume / "manifest.json").is_file():
-        from evalrun.run.rundir import manifest_if_any
+        from evalrun.run.store import manifest_if_any
 
         try:
             return isinstance(manifest_if_any(args.resume).get("workers"), dict)
@@ -68,7 +68,7 @@ def wants_workers(args: argparse.Namespace) -> bool:
 def run_workers_cmd(args: argparse.Namespace) -> int:
     """`run --workers K` / `run --resume DIR` of a --workers run."""
     from evalrun.config.load import load_experiment
-    from evalrun.run.workers import plan_from_manifest, run_workers
+    from evalrun.run.scale import plan_from_manifest, run_workers
 
     if args.resume is not None:
         if args.workers is not None or args.config is not None:
@@ -86,7 +86,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
         plan = _new_plan(args)
         resume = False
     if args.engine == "ray":
-        from evalrun.run.engine_ray import run_on_ray
+        from evalrun.run.scale import run_on_ray
 
         code, messages = run_on_ray(plan, evaluator_factory(), resume)
     else:
@@ -103,7 +103,7 @@ def run_workers_cmd(args: argparse.Namespace) -> int:
 def pending_judges(run_dir: Path) -> int:
     """How many judge requests a merged run still needs: a pairwise judge whose two answers
     were in different shards could be asked by neither shard (and a stopped shard asked none)."""
-    from evalrun.run.rundir import manifest_if_any
+    from evalrun.run.store import manifest_if_any
 
     if not (run_dir / "results.parquet").is_file():
         return 0  # not merged (a shard failed to start): the resume merges, then judges
@@ -128,7 +128,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
     from evalrun.config.load import load_experiment
     from evalrun.run.context import cache_file, new_run_dir
     from evalrun.run.grid import build_plan
-    from evalrun.run.workers import MAX_WORKERS, WorkersPlan, start_manifest
+    from evalrun.run.scale import MAX_WORKERS, WorkersPlan, start_manifest
 
     if args.config is None:
         raise ConfigError("evalrun run --workers K needs a CONFIG file")
@@ -143,7 +143,7 @@ def _new_plan(args: argparse.Namespace) -> Any:
     max_requests, max_cost = _budgets(args, exp)
     if max_cost is not None:  # a worker's share of the budget must fit one request, like a run's
         from evalrun.plan import run_checks
-        from evalrun.run.workers import cost_share
+        from evalrun.run.scale import cost_share
 
         try:
             run_checks(exp, cost_share(max_cost, args.workers))
@@ -182,8 +182,8 @@ def _budgets(args: argparse.Namespace, exp: Any) -> tuple[int | None, float | No
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from evalrun.run.merge import check_out, merge_runs
-    from evalrun.run.storage import check_no_run, publish_or_keep
+    from evalrun.run.scale import check_out, merge_runs
+    from evalrun.run.store import check_no_run, publish_or_keep
 
     target = getattr(args, "publish_to", None)
     if target:
@@ -219,7 +219,7 @@ def localize(args: argparse.Namespace) -> None:
     when this machine has none) and publishes to URL again at the end; the reading commands get
     a cached copy of manifest, results and summary; `merge --out URL` merges locally, then
     publishes."""
-    from evalrun.run import storage
+    from evalrun.run.store import storage
 
     cmd = args.command
     if cmd == "run":
@@ -257,7 +257,7 @@ def _latest_remote(new_url: str) -> str:
     """--baseline latest for a run on object storage: the sibling run that started last before it."""
     import orjson
 
-    from evalrun.run import storage
+    from evalrun.run.store import storage
 
     parent = new_url.rstrip("/").rsplit("/", 1)[0]
     new = orjson.loads((storage.fetch_run(new_url, ("manifest.json",)) / "manifest.json").read_bytes())

@@ -11,7 +11,7 @@
             ├── ErrorIn200          body is an `{"error": …}` envelope
             └── StreamTruncated     an SSE stream that ended before `[DONE]`
 
-What to do about each is decided in one place: `evalrun.run.retry.classify`.
+What to do about each is decided in one place: `evalrun.run.send.retry.classify`.
 """
 
 from __future__ import annotations

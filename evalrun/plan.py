@@ -16,8 +16,7 @@ from evalrun.config.params import clean_params, output_budget
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.config.scorers import LabelModel, PairwiseModel, ScoreModel
 from evalrun.errors import ConfigError
-from evalrun.run.datasets import estimate_tokens, iter_rows, render
-from evalrun.run.grid import Plan, build_plan
+from evalrun.run.grid import Plan, build_plan, estimate_tokens, iter_rows, render
 from evalrun.run.records import Cell
 from evalrun.run.store import RESULTS, request_rows
 from evalrun.sim.tasks import find_arithmetic, find_multiple_choice
@@ -200,8 +199,8 @@ def cache_hits(plan: Plan) -> dict[str, Any] | None:
     A cache the run could not use is refused here as the run would refuse it (exit 2)."""
     import sqlite3
 
-    from evalrun.run.cache import Keyer, ResponseCache, endpoint_identity, fix_hint
     from evalrun.run.context import cache_file
+    from evalrun.run.store import Keyer, ResponseCache, endpoint_identity, fix_hint
 
     path = cache_file(plan.exp)
     if path is None:

@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _no_retry_waits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry waits are zero unless a test measures them (marker real_waits)."""
     if request.node.get_closest_marker("real_waits") is None:
-        monkeypatch.setattr("evalrun.run.attempts.retry_wait", lambda *a, **k: 0.0)
+        monkeypatch.setattr("evalrun.run.send.attempts.retry_wait", lambda *a, **k: 0.0)
 
 
 # ---------------------------------------------------------------------------- configs

@@ -26,15 +26,15 @@ from conftest import Reply, base_config, completion, serve_loopback, write_confi
 
 from evalrun.config.load import load_experiment
 from evalrun.config.models import RetryConfig
-from evalrun.run.attempts import Admission, Attempts, Lane
-from evalrun.run.client import ProviderClient, Sent
-from evalrun.run.errors import AttemptTimeout, StreamTruncated
-from evalrun.run.grid import build_plan
-from evalrun.run.limiter import ModelLimiter
-from evalrun.run.records import Cell, Choice, Completion, RequestSpec, Result, Usage
-from evalrun.run.slots import Slots
-from evalrun.run.stops import Stops
-from evalrun.run.store import result_rows
+from evalrun.run.grid.grid import build_plan
+from evalrun.run.http.client import ProviderClient, Sent
+from evalrun.run.http.errors import AttemptTimeout, StreamTruncated
+from evalrun.run.rate.limiter import ModelLimiter
+from evalrun.run.records.records import Cell, Choice, Completion, RequestSpec, Result, Usage
+from evalrun.run.send.attempts import Admission, Attempts, Lane
+from evalrun.run.send.slots import Slots
+from evalrun.run.send.stops import Stops
+from evalrun.run.store.store import result_rows
 from evalrun.sim import SimOptions, start_simulator
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"

@@ -999,8 +999,8 @@ def test_bad_input_is_rejected_before_any_request(
 def test_csv_with_bom_and_id_column_is_read(tmp_path: Path, scripted: Any, cli: Any) -> None:
     """A UTF-8 BOM (as Excel writes it) is not part of the first column's name, and not an error."""
     from evalrun.config.load import load_experiment
-    from evalrun.run.datasets import iter_rows
-    from evalrun.run.grid import build_plan
+    from evalrun.run.grid.datasets import iter_rows
+    from evalrun.run.grid.grid import build_plan
 
     srv = scripted()
     data = tmp_path / "data.csv"

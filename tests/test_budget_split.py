@@ -11,7 +11,7 @@ import orjson
 import pytest
 from conftest import Reply, base_config, completion, read_results, write_config
 
-from evalrun.run.workers import cost_share, count_share
+from evalrun.run.scale.workers import cost_share, count_share
 
 
 def _rows(tmp_path: Path, n: int) -> Path:

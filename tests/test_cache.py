@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from evalrun.run.cache import CachedAnswer, ResponseCache, cached_rows, request_key
+from evalrun.run.store.cache import CachedAnswer, ResponseCache, cached_rows, request_key
 
 
 def test_the_key_is_the_body_the_endpoint_and_the_repeat_never_anything_else() -> None:

@@ -13,11 +13,11 @@ from conftest import completion
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from evalrun.run.convert import convert_batch
-from evalrun.run.errors import BadResponse
-from evalrun.run.parse import parse_completion
-from evalrun.run.records import Cell, RequestSpec, Result
-from evalrun.run.store import result_rows, results_schema
+from evalrun.run.http.errors import BadResponse
+from evalrun.run.http.parse import parse_completion
+from evalrun.run.records.records import Cell, RequestSpec, Result
+from evalrun.run.store.convert import convert_batch
+from evalrun.run.store.store import result_rows, results_schema
 
 # JSON as orjson reads it: ints up to 2^64-1 (above int64), finite floats, text, nesting
 scalars = st.one_of(
@@ -136,7 +136,7 @@ def _chunk() -> dict[str, Any]:
 @given(path=st.sampled_from(STREAM_PATHS), value=json_values)
 @example(path=("choices", 0, "index"), value=2**64 - 1)
 def test_any_value_anywhere_in_a_stream_chunk_is_stored_or_refused(path: tuple[Any, ...], value: Any) -> None:
-    from evalrun.run.parse import _Stream
+    from evalrun.run.http.parse import _Stream
 
     chunk = _chunk()
     _set(chunk, path, value)

@@ -12,8 +12,8 @@ import pytest
 from conftest import read_results
 from test_judging_run import _judged
 
-from evalrun.run.journal import read_journal
 from evalrun.run.recorder import spent
+from evalrun.run.store.journal import read_journal
 
 
 @pytest.fixture

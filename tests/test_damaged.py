@@ -12,7 +12,7 @@ import orjson
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.run.framing import decode
+from evalrun.run.store.framing import decode
 
 U64 = 2**64 - 1
 
@@ -167,8 +167,8 @@ def test_a_full_disk_anywhere_in_the_run_is_one_line_and_the_manifest_says_why(t
     summary, the manifest — surfaces from the run as a StorageError, not a traceback."""
     import errno
 
-    from evalrun.run.errors import StorageError
-    from evalrun.run.rundir import holding_run_dirs, lock_run_dir
+    from evalrun.run.http.errors import StorageError
+    from evalrun.run.store.rundir import holding_run_dirs, lock_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

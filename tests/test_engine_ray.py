@@ -18,7 +18,7 @@ from many import Gateway, RedisServer, gateway, journal_lines, redis_server, wai
 
 from evalrun.cli import main
 from evalrun.config.load import load_experiment
-from evalrun.run.grid import build_plan
+from evalrun.run.grid.grid import build_plan
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
 KEY = "sk-ray-test-key"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evalrun.config.load import load_experiment
-from evalrun.run.grid import build_plan, expand_cells
+from evalrun.run.grid.grid import build_plan, expand_cells
 
 TEMPS = [0.0, 0.5, 1.0, 1.5, 2.0]
 EFFORTS = ["none", "low", "medium", "high"]

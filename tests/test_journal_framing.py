@@ -1,4 +1,4 @@
-"""The journal's compact line framing (run/framing.py): lossless round trips, the bytes that
+"""The journal's compact line framing (run/store/framing.py): lossless round trips, the bytes that
 would break a line, and — over real HTTP — a damaged compressed line or a torn one skipped,
 reported and re-sent by --resume, with every request ending as exactly one row."""
 
@@ -12,10 +12,10 @@ import orjson
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.run.coerce import Notes
-from evalrun.run.coerce import logprobs as flatten
-from evalrun.run.framing import MARK, LineError, decode, encode
-from evalrun.run.journal import JOURNAL, journal_state, read_journal
+from evalrun.run.records.coerce import Notes
+from evalrun.run.records.coerce import logprobs as flatten
+from evalrun.run.store.framing import MARK, LineError, decode, encode
+from evalrun.run.store.journal import JOURNAL, journal_state, read_journal
 
 
 def _tok(token: str, logprob: float, raw: Any = "utf8", tops: Any = ()) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def test_a_damaged_line_is_refused(damage: Any) -> None:
 
 def _z1_line(entry: dict[str, Any]) -> bytes:
     """A line as the previous evalrun wrote it: deflate against the same dictionary (Z1)."""
-    from evalrun.run.framing import ZDICT
+    from evalrun.run.store.framing import ZDICT
 
     c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT)
     data = c.compress(orjson.dumps(entry)) + c.flush()
@@ -195,7 +195,7 @@ def test_a_torn_compressed_last_line_is_cut_and_its_request_sent_again(tmp_path,
 
 def test_zlib_dictionary_is_what_older_lines_need() -> None:
     """ZDICT is part of the format: a line written today must inflate with it forever."""
-    from evalrun.run.framing import ZDICT
+    from evalrun.run.store.framing import ZDICT
 
     assert zlib.crc32(ZDICT) == ZDICT_CRC, "ZDICT changed: old journals could not be read; add a new MARK instead"
 

@@ -15,7 +15,7 @@ from conftest import read_results
 from test_judging_run import ANSWERS, JUDGE, _judged
 from test_resume import Sim
 
-from evalrun.run.journal import read_journal
+from evalrun.run.store.journal import read_journal
 
 ROWS = 10
 OTHER = "gemini-3-pro-preview"  # the experiment's second model (see test_judging_run._judged)

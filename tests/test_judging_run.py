@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import base_config, read_results, write_config
 from test_resume import Sim, _evalrun
 
-from evalrun.run.journal import read_journal
+from evalrun.run.store.journal import read_journal
 
 PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 JUDGE = "gemini-3.1-pro-preview"

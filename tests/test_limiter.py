@@ -9,9 +9,9 @@ import random
 import pytest
 from conftest import FakeClock
 
-from evalrun.run.adaptive import DECREASE, INCREASE, MIN_EPISODE_S
-from evalrun.run.limiter import SPACING_MARGIN, Limiters, ModelLimiter
-from evalrun.run.ratelimits import RateHeaders, parse_duration, parse_rate_headers
+from evalrun.run.rate.adaptive import DECREASE, INCREASE, MIN_EPISODE_S
+from evalrun.run.rate.limiter import SPACING_MARGIN, Limiters, ModelLimiter
+from evalrun.run.rate.ratelimits import RateHeaders, parse_duration, parse_rate_headers
 
 
 def lane(rpm: int | None = None, tpm: int | None = None) -> tuple[ModelLimiter, FakeClock]:

@@ -1,4 +1,4 @@
-"""Logprobs kept flat (records.Logprobs, run/logprobs.py): the results column built from the
+"""Logprobs kept flat (records.Logprobs, run/records/logprobs.py): the results column built from the
 flat lists is exactly what Arrow makes of the token objects the server sent, for every shape
 the column takes (nulls, bytes that are not the token's UTF-8, missing alternatives), and the
 stored forms read back to the same record."""
@@ -20,11 +20,11 @@ from conftest import base_config, read_results, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evalrun.run.coerce import Notes
-from evalrun.run.coerce import logprobs as flatten
-from evalrun.run.logprobs import from_stored, to_arrow
-from evalrun.run.records import Logprobs
-from evalrun.run.store import results_schema
+from evalrun.run.records.coerce import Notes
+from evalrun.run.records.coerce import logprobs as flatten
+from evalrun.run.records.logprobs import from_stored, to_arrow
+from evalrun.run.records.records import Logprobs
+from evalrun.run.store.store import results_schema
 
 COLUMN = results_schema().field("logprobs").type
 

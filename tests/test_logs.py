@@ -16,7 +16,7 @@ def test_other_libraries_keep_their_own_handling(capsys) -> None:
     root_before = list(logging.getLogger().handlers)
     setup_logging(0)
     assert logging.getLogger().handlers == root_before  # the root logger is left alone
-    logging.getLogger("evalrun.run.pool").warning("ours")
+    logging.getLogger("evalrun.run.send.pool").warning("ours")
     logging.getLogger("asyncio").error("Task was destroyed but it is pending!")
     err = capsys.readouterr().err
     assert "evalrun: WARNING: ours" in err
@@ -29,11 +29,11 @@ def test_known_keys_and_bearer_tokens_are_masked(capsys) -> None:
     add_secret(key)
     add_secret("short")  # too short to be a key: left alone
     try:
-        logging.getLogger("evalrun.run.client").info("echoed %s and header Bearer abc.def", key)
+        logging.getLogger("evalrun.run.http.client").info("echoed %s and header Bearer abc.def", key)
         try:
             raise ValueError(f"boom {key}")
         except ValueError:
-            logging.getLogger("evalrun.run.pool").exception("failed")
+            logging.getLogger("evalrun.run.send.pool").exception("failed")
     finally:
         REDACT.secrets.clear()
     err = capsys.readouterr().err

@@ -18,8 +18,8 @@ from aiohttp import web
 from conftest import LoopThread, base_config, read_results, serve_loopback, write_config
 from own_rusage import MeasuredProcess
 
-import evalrun.run.sink as sink
-from evalrun.run.records import Logprobs
+import evalrun.run.store.sink as sink
+from evalrun.run.records.records import Logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

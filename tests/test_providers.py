@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import base_config, read_results, write_config
 
-from evalrun.run.journal import JUDGE_JOURNAL, read_journal
+from evalrun.run.store.journal import JUDGE_JOURNAL, read_journal
 from evalrun.sim import SimOptions, start_simulator
 
 FLASH, PRO31, PRO3 = "gemini-2.5-flash-lite", "gemini-3.1-pro-preview", "gemini-3-pro-preview"

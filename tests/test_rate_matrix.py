@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import FakeClock
 
-from evalrun.run.limiter import ModelLimiter
+from evalrun.run.rate.limiter import ModelLimiter
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""results.parquet written while the run goes (run/sink.py), over real HTTP to the embedded
+"""results.parquet written while the run goes (run/store/sink.py), over real HTTP to the embedded
 simulator: several row groups, every request exactly one row, the summary hook fed each row
 exactly once; a resumed run still rebuilds from the journal."""
 
@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, read_results, write_config
 
-import evalrun.run.sink as sink
+import evalrun.run.store.sink as sink
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import pytest
 from conftest import base_config, read_results, write_config
 
 from evalrun.config.load import load_experiment
-from evalrun.run.framing import decode
-from evalrun.run.grid import build_plan
-from evalrun.run.journal import journal_state
+from evalrun.run.grid.grid import build_plan
+from evalrun.run.store.framing import decode
+from evalrun.run.store.journal import journal_state
 
 N_ROWS = 60
 

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from evalrun.run.errors import (
+from evalrun.run.http.errors import (
     APIStatusError,
     AttemptTimeout,
     ErrorIn200,
@@ -14,7 +14,8 @@ from evalrun.run.errors import (
     StreamTruncated,
     TransportError,
 )
-from evalrun.run.retry import Action, backoff, classify, parse_retry_after, retry_wait
+from evalrun.run.rate.ratelimits import parse_retry_after
+from evalrun.run.send.retry import Action, backoff, classify, retry_wait
 
 
 def status(

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, read_results, write_config
 
-from evalrun.run.store import results_schema
+from evalrun.run.store.store import results_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

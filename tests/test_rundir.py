@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 from conftest import base_config, completion, read_results, serve_loopback, write_config
 
-from evalrun.run.framing import decode
+from evalrun.run.store.framing import decode
 
 GATE_POLLS = 3000  # × 20 ms: a held request is answered within 60 s whatever happens
 

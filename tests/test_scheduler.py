@@ -12,14 +12,14 @@ import pytest
 from conftest import FakeClock
 
 from evalrun.config.models import RetryConfig
-from evalrun.run.attempts import Admission, Attempts, Lane
-from evalrun.run.client import Sent
-from evalrun.run.errors import APIStatusError, RequestError
-from evalrun.run.limiter import ModelLimiter
-from evalrun.run.pool import Pool
-from evalrun.run.records import Cell, Choice, Completion, RequestSpec, Result, Usage
-from evalrun.run.slots import Slots
-from evalrun.run.stops import PoolOutcome, Stops
+from evalrun.run.http.client import Sent
+from evalrun.run.http.errors import APIStatusError, RequestError
+from evalrun.run.rate.limiter import ModelLimiter
+from evalrun.run.records.records import Cell, Choice, Completion, RequestSpec, Result, Usage
+from evalrun.run.send.attempts import Admission, Attempts, Lane
+from evalrun.run.send.pool import Pool
+from evalrun.run.send.slots import Slots
+from evalrun.run.send.stops import PoolOutcome, Stops
 
 pytestmark = pytest.mark.real_waits  # virtual time: the waits are the real ones, and cost nothing
 

@@ -14,9 +14,9 @@ from evalrun.analysis.scoring import Scorers, parse_number
 from evalrun.analysis.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 from evalrun.config.scorers import ScorerConfig
 from evalrun.errors import ConfigError
-from evalrun.run.coerce import Notes
-from evalrun.run.coerce import logprobs as flatten
-from evalrun.run.records import Logprobs
+from evalrun.run.records.coerce import Notes
+from evalrun.run.records.coerce import logprobs as flatten
+from evalrun.run.records.records import Logprobs
 
 ADAPTER = TypeAdapter(ScorerConfig)
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from conftest import base_config, completion, serve_loopback, write_config
 
 from evalrun.cli import main
-from evalrun.run.framing import decode
+from evalrun.run.store.framing import decode
 
 KEY = "sk-echo-" + "Zq7" * 10  # 38 characters, as a real key is long
 ENV = "EVALRUN_TEST_ECHO_KEY"

@@ -18,10 +18,10 @@ from many import Gateway, children, evalrun_proc, finish, gateway, journal_lines
 from evalrun.analysis.compare import latest_baseline
 from evalrun.config.load import load_experiment
 from evalrun.errors import ConfigError
-from evalrun.run.framing import MARK
-from evalrun.run.grid import build_plan
-from evalrun.run.journal import JOURNAL
-from evalrun.run.shards import Shard, parse_shard
+from evalrun.run.grid.grid import build_plan
+from evalrun.run.scale.shards import Shard, parse_shard
+from evalrun.run.store.framing import MARK
+from evalrun.run.store.journal import JOURNAL
 
 
 def grid_ids(config: Path) -> set[str]:
@@ -235,7 +235,7 @@ def test_workers_resume_after_a_shard_is_killed(tmp_path: Path, gateway: Gateway
 def test_workers_print_what_the_shards_recorded(
     tmp_path: Path, cli: Any, scripted: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("evalrun.run.workers.PROGRESS_EVERY_S", 0.3)
+    monkeypatch.setattr("evalrun.run.scale.workers.PROGRESS_EVERY_S", 0.3)
     server = scripted()
     cfg = base_config(tmp_path, many_rows(tmp_path, 6), server.base_url)
     cfg["providers"]["sim"].update(rpm=120)  # 60 rpm per worker: a few seconds, several progress lines

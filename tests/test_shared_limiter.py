@@ -22,9 +22,9 @@ from many import (
 )
 
 from evalrun.config.load import load_experiment
-from evalrun.run.grid import build_plan
-from evalrun.run.ratelimits import RateHeaders
-from evalrun.run.shared_limiter import SharedLimiter, _client, budget_key, key_fingerprint
+from evalrun.run.grid.grid import build_plan
+from evalrun.run.rate.ratelimits import RateHeaders
+from evalrun.run.rate.shared_limiter import SharedLimiter, _client, budget_key, key_fingerprint
 
 KEY = "sk-test-SECRET-0123456789"
 

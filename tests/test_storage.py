@@ -13,7 +13,7 @@ from conftest import base_config, write_config
 from many import AWS_SECRET, S3Server, s3_server
 
 from evalrun.config.load import load_experiment
-from evalrun.run.grid import build_plan
+from evalrun.run.grid.grid import build_plan
 
 
 def s3_config(tmp_path: Path, dataset: Path | str, **extra: Any) -> Path:

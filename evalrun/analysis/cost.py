@@ -16,8 +16,7 @@ from evalrun.config.diagnostics import did_you_mean
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.errors import ConfigError
-from evalrun.run.journal import JUDGE_JOURNAL, read_journal
-from evalrun.run.store import DATA_PREFIX, request_rows
+from evalrun.run.store import DATA_PREFIX, JUDGE_JOURNAL, read_journal, request_rows
 
 if TYPE_CHECKING:
     import pandas as pd

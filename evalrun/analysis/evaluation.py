@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from evalrun.analysis.judges import Judges, compile_judges
 from evalrun.analysis.scoring import JUDGES, Scorers, load_scorers
 from evalrun.analysis.summary import SummaryBuilder, write_summary
-from evalrun.run.journal import JOURNAL, read_journal
 from evalrun.run.records import RequestSpec
-from evalrun.run.store import DATA_PREFIX
+from evalrun.run.store import DATA_PREFIX, JOURNAL, read_journal
 
 if TYPE_CHECKING:
     from evalrun.config.load import Experiment

@@ -28,9 +28,8 @@ from evalrun.config.params import PARAM_COLUMN, clean_params
 from evalrun.config.scorers import JudgeConfig, LabelModel, PairwiseModel, ScoreModel
 from evalrun.config.templates import fill
 from evalrun.errors import ConfigError
-from evalrun.run.journal import JUDGE_JOURNAL, read_journal
 from evalrun.run.records import Cell, Logprobs, Message, RequestSpec
-from evalrun.run.store import DATA_PREFIX
+from evalrun.run.store import DATA_PREFIX, JUDGE_JOURNAL, read_journal
 
 PICKS = ("A", "B", "TIE")  # what a pairwise judge answers (rubrics.REPLY_PAIRWISE)
 REASONING_CHARS = 2000  # of a judge's explanation kept in the report

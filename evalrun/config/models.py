@@ -88,7 +88,7 @@ class ProviderConfig(_Strict):
     @field_validator("rpm", mode="before")
     @classmethod
     def _rpm_auto(cls, v: Any) -> Any:
-        # "auto" is the default spelled out: learn the limit from the server (run/adaptive.py)
+        # "auto" is the default spelled out: learn the limit from the server (run/rate/adaptive.py)
         return None if v == "auto" else v
 
     @field_validator("limiter")

@@ -22,15 +22,15 @@ from evalrun import __version__
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
-from evalrun.run.cache import CACHE_FILE, cache_problem
-from evalrun.run.grid import Plan, build_plan
-from evalrun.run.journal import JOURNAL, journal_state, repair_journal
-from evalrun.run.records import RequestSpec
-from evalrun.run.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
-from evalrun.run.secrets import provider_key, use_keys
-from evalrun.run.shards import Shard, shard_from_manifest
-from evalrun.run.storage import check_writable, is_url, join, response_cache_dir, staging_dir
-from evalrun.run.store import MANIFEST, RowHook, now_iso, write_json
+from evalrun.run.grid.grid import Plan, build_plan
+from evalrun.run.records.records import RequestSpec
+from evalrun.run.records.secrets import provider_key, use_keys
+from evalrun.run.scale.shards import Shard, shard_from_manifest
+from evalrun.run.store.cache import CACHE_FILE, cache_problem
+from evalrun.run.store.journal import JOURNAL, journal_state, repair_journal
+from evalrun.run.store.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
+from evalrun.run.store.storage import check_writable, is_url, join, response_cache_dir, staging_dir
+from evalrun.run.store.store import MANIFEST, RowHook, now_iso, write_json
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
 # it: a plain --resume sends it again (--retry-errors re-sends every error).
@@ -302,7 +302,7 @@ def _check_limiters(exp: Experiment, providers: frozenset[str]) -> None:
     """A shared limiter must answer before anything is sent (exit 2 otherwise), a judge's too."""
     urls = {n: p.limiter for n, p in exp.providers.items() if p.limiter and n in providers}
     if urls:
-        from evalrun.run.shared_limiter import check_reachable
+        from evalrun.run.rate.shared_limiter import check_reachable
 
         check_reachable(urls)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from evalrun.errors import ConfigError
 from evalrun.run.context import RunContext
-from evalrun.run.rundir import manifest_if_any
+from evalrun.run.store.rundir import manifest_if_any
 
 # what makes two provider records the same server (rpm, timeouts, concurrency do not)
 SERVER_KEYS = ("kind", "preset", "base_urls", "api_key_env", "simulator")

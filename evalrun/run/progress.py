@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from evalrun.run.limiter import Limiters
+from evalrun.run.rate.limiter import Limiters
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar

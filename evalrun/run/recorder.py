@@ -12,13 +12,13 @@ from pathlib import Path
 from types import TracebackType
 
 from evalrun.config.prices import Pricing
-from evalrun.run.budget import CostBudget
-from evalrun.run.cache import CachedAnswer, ResponseCache, cached_rows
-from evalrun.run.journal import JOURNAL, JUDGE_JOURNAL, Journal, read_journal
 from evalrun.run.progress import RunStats
-from evalrun.run.records import RequestSpec, Result
-from evalrun.run.sink import ResultsSink
-from evalrun.run.store import result_rows
+from evalrun.run.records.records import RequestSpec, Result
+from evalrun.run.send.budget import CostBudget
+from evalrun.run.store.cache import CachedAnswer, ResponseCache, cached_rows
+from evalrun.run.store.journal import JOURNAL, JUDGE_JOURNAL, Journal, read_journal
+from evalrun.run.store.sink import ResultsSink
+from evalrun.run.store.store import result_rows
 
 # the columns of a request that describe it in this run; a cached answer takes them from here
 IDENTITY = ("status", "http_status", "error_type", "error_message")

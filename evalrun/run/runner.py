@@ -19,21 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.config.models import ProviderConfig
-from evalrun.run.budget import CostBudget
-from evalrun.run.cache import Caches, open_caches
 from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
-from evalrun.run.journal import JUDGE_JOURNAL
 from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
-from evalrun.run.records import Cell, RequestSpec
-from evalrun.run.rundir import holding_run_dirs, lock_run_dir
-from evalrun.run.sink import ResultsSink
-from evalrun.run.stops import PoolOutcome
-from evalrun.run.store import MANIFEST, now_iso, write_json, write_results
+from evalrun.run.records.records import Cell, RequestSpec
+from evalrun.run.send.budget import CostBudget
+from evalrun.run.send.stops import PoolOutcome
+from evalrun.run.store.cache import Caches, open_caches
+from evalrun.run.store.journal import JUDGE_JOURNAL
+from evalrun.run.store.rundir import holding_run_dirs, lock_run_dir
+from evalrun.run.store.sink import ResultsSink
+from evalrun.run.store.store import MANIFEST, now_iso, write_json, write_results
 
 if TYPE_CHECKING:
-    from evalrun.run.pool import Pool
+    from evalrun.run.send.pool import Pool
 
 __all__ = ["EXIT_INTERRUPTED", "RunOptions", "RunOutcome", "run"]
 
@@ -113,7 +113,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pop("pace_held_by", [])]
     result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
-        from evalrun.run.storage import publish_or_keep
+        from evalrun.run.store.storage import publish_or_keep
 
         if (unpublished := publish_or_keep(ctx.run_dir, ctx.manifest["location"])) is None:
             result.location = ctx.manifest["location"]
@@ -124,7 +124,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
 
 
 def _writes_live(ctx: RunContext) -> bool:
-    """Whether results.parquet is written as the run goes (see run/sink.py). A resumed run
+    """Whether results.parquet is written as the run goes (see run/store/sink.py). A resumed run
     rebuilds it from the journal at the end instead: it must keep each request's latest entry
     (dedupe) and, after a forced resume of a changed grid, leave out the strays. So does a run
     with judges, whose columns need the judge answers that come after the main requests."""
@@ -194,12 +194,12 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
 async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
     import aiohttp
 
-    from evalrun.run.attempts import Admission, Attempts, Lane
-    from evalrun.run.client import ProviderClient
-    from evalrun.run.pool import Pool
-    from evalrun.run.shared_limiter import make_limiters
-    from evalrun.run.slots import Slots
-    from evalrun.run.stops import Stops
+    from evalrun.run.http.client import ProviderClient
+    from evalrun.run.rate.shared_limiter import make_limiters
+    from evalrun.run.send.attempts import Admission, Attempts, Lane
+    from evalrun.run.send.pool import Pool
+    from evalrun.run.send.slots import Slots
+    from evalrun.run.send.stops import Stops
 
     exp = ctx.exp
     providers = _providers(ctx)

@@ -69,8 +69,8 @@ ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 PYCACHE = Path(tempfile.gettempdir()) / "evalrun-bench-pycache"
 ENV["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
 WARM = (
-    "import evalrun.cli, evalrun.run.runner, evalrun.run.store, evalrun.run.pool, evalrun.run.attempts, evalrun.run.client, evalrun.analysis.summary, "
-    "evalrun.config.load, evalrun.run.grid, evalrun.sim, evalrun.sim.server, pandas, pyarrow.parquet, aiohttp, "
+    "import evalrun.cli, evalrun.run.runner, evalrun.run.store.store, evalrun.run.send.pool, evalrun.run.send.attempts, evalrun.run.http.client, evalrun.analysis.summary, "
+    "evalrun.config.load, evalrun.run.grid.grid, evalrun.sim, evalrun.sim.server, pandas, pyarrow.parquet, aiohttp, "
     "rich.table, uvloop, yaml"
 )
 CLK = os.sysconf("SC_CLK_TCK")
@@ -100,7 +100,7 @@ class Measured:
 def _run_phase(run_dir: Path) -> str:
     """Which part of `evalrun run` is going on, from the files it has written so far.
 
-    results.parquet.tmp is written while the requests go (run/sink.py), so it marks no phase of
+    results.parquet.tmp is written while the requests go (run/store/sink.py), so it marks no phase of
     its own; once results.parquet is in place the run is at its end (summary, manifest). A run
     rebuilt from the journal (a resume) is never measured here."""
     if (run_dir / "summary.parquet").exists() or (run_dir / "results.parquet").exists():

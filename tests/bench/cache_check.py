@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from evalrun.run.cache import SCHEMA, cache_problem
+from evalrun.run.store.cache import SCHEMA, cache_problem
 
 
 def main() -> None:
