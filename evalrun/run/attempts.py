@@ -106,7 +106,7 @@ class Admission:
             self.budget.release(spec.request_id)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Progress:
     """One request on its way through its attempts: what they cost so far, and what it holds."""
 
