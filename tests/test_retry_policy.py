@@ -147,3 +147,26 @@ def test_an_immediate_retry_keeps_its_slot_ahead_of_a_waiting_first_attempt(tmp_
     assert r.code == 0, r.err
     asked = [_question(p) for p in srv.requests]
     assert len(asked) == 4 and asked[0] == asked[1] and len(set(asked[1:])) == 3
+
+
+@pytest.mark.real_waits
+def test_another_providers_stop_does_not_cut_this_providers_retry_wait(tmp_path, dataset, scripted, cli) -> None:
+    waits = scripted([Reply(503, headers={"Retry-After": "0.6"})])  # then answers
+    rejects = scripted(
+        default=lambda p: Reply(401, delay=0.1, json={"error": {"message": "bad key", "type": "authentication_error"}})
+    )
+    cfg = base_config(tmp_path, dataset)
+    del cfg["provider"]
+    cfg["providers"] = {"a": {"base_urls": [waits.base_url]}, "b": {"base_urls": [rejects.base_url]}}
+    cfg["models"] = [
+        {"name": "gemini-2.5-flash-lite", "provider": "a"},
+        {"name": "gemini-3.1-pro-preview", "provider": "b"},
+    ]
+    r = cli("-v", "run", write_config(tmp_path, cfg), "--no-progress", "--limit", "1")
+    assert r.code == 1 and "provider 'b' rejected" in r.err
+    assert len(waits.requests) == 2 and waits.times[1] - waits.times[0] >= 0.58  # waited, then sent again
+    rows = read_results(r.run_dir).set_index("model")
+    a, b = rows.loc["gemini-2.5-flash-lite"], rows.loc["gemini-3.1-pro-preview"]
+    assert a.status == "ok" and a.attempts == 2 and list(a.retry_types) == ["server_error"]
+    assert b.error_type == "authentication" and b.attempts == 1
+    assert sum("retry: request" in ln for ln in r.err.splitlines()) == 1
