@@ -42,22 +42,22 @@ def test_each_retry_waits_what_its_own_failure_asked(tmp_path, dataset, scripted
     gaps = [b - a for a, b in itertools.pairwise(srv.times)]
     assert len(gaps) == 3
     for gap, asked in zip(gaps, [0.2, 0.9, 0.4]):
-        assert asked - 0.02 <= gap < asked + 0.8, (gaps, asked)
+        assert asked - 0.02 <= gap < 2.0, (gaps, asked)  # each its own Retry-After, none the backoff
     row = read_results(r.run_dir).iloc[0]
     assert row.status == "ok" and row.attempts == 4 and list(row.retry_types) == ["server_error"] * 3
 
 
 @pytest.mark.real_waits
 def test_the_request_deadline_stops_retrying_before_a_wait_that_would_pass_it(tmp_path, dataset, scripted, cli) -> None:
-    # t ≈ 0, 0.35, 0.70 fail; a 4th attempt would start at 1.05 s, past max_total_s = 1
-    srv = scripted(default=lambda p: Reply(503, headers={"Retry-After": "0.35"}))
-    retry = {"max_attempts": 10, "max_total_s": 1.0, "backoff_initial_s": 3, "backoff_max_s": 3}
+    # t ≈ 0, 0.5, 1.0 fail; a 4th attempt would start after 1.5 s, past max_total_s = 1.5
+    srv = scripted(default=lambda p: Reply(503, headers={"Retry-After": "0.5"}))
+    retry = {"max_attempts": 10, "max_total_s": 1.5, "backoff_initial_s": 3, "backoff_max_s": 3}
     cfg = _config(tmp_path, dataset, srv.base_url, retry, max_concurrency=1)
     t0 = time.monotonic()
     r = cli("run", cfg, "--no-progress", "--limit", "1")
     assert r.code == 1 and "every request ended in error" in r.err
     assert len(srv.requests) == 3
-    assert time.monotonic() - t0 < 1.0 + 5.0  # start-up and the end, but no 4th wait
+    assert time.monotonic() - t0 < 1.5 + 5.0  # start-up and the end, but no 4th wait
     row = read_results(r.run_dir).iloc[0]
     assert row.status == "error" and row.error_type == "server_error" and row.http_status == 503
     assert row.attempts == 3 and list(row.retry_types) == ["server_error"] * 2
