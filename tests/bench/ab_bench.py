@@ -1,12 +1,14 @@
 """Before/after in one invocation: `evalrun run` from two commits, alternated, beside the floor.
 
-    python tests/bench/ab_bench.py BEFORE AFTER [--latency-ms 0] [--n 2000] [--reps 3]
+    python tests/bench/ab_bench.py BEFORE AFTER [--latency-ms 0] [--n 2000] [--reps 3] [--sim-extra ARGS]
 
 Each commit's evalrun/ is exported with `git archive` into a temp dir and put first on
 PYTHONPATH of its subprocesses (as bench.py does for HEAD). Runs go floor, BEFORE, AFTER, floor,
 BEFORE, AFTER, … each against a fresh simulator, so other people's load falls on all three
 alike; medians are printed, with the time from the last answer to exit (from the simulator's
-arrival times) and the journal size.
+arrival times) and the journal size. `--sim-extra "--rate-500 0.1"` gives evalrun's simulators
+faults, to measure the retry path (the floor's stays fault-free: it does not retry; the
+"problems" lines then list the retries, as expected).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--sim-extra", default="", help="extra `evalrun serve-sim` flags for evalrun's runs")
     args = ap.parse_args()
     bench.QUIET_WAIT_S = 10.0  # many runs in one invocation: see bench.QUIET_WAIT_S
     work = Path(tempfile.mkdtemp(prefix="evalrun-ab-"))
@@ -53,7 +56,9 @@ def main() -> int:
         for name, tree in trees.items():
             bench.ENV.clear()
             bench.ENV.update({**base_env, "PYTHONPATH": str(tree)})
-            results[name].append(b.run_evalrun(name, args.n, latency_ms=args.latency_ms, timeout_s=300))
+            results[name].append(
+                b.run_evalrun(name, args.n, latency_ms=args.latency_ms, sim_extra=args.sim_extra.split(), timeout_s=300)
+            )
     bench.ENV.clear()
     bench.ENV.update(base_env)
 

@@ -1,5 +1,7 @@
-"""What to do after a failed attempt: one pure `classify` function and the wait before the
-next attempt (Retry-After is parsed with the other rate headers, `rate/ratelimits.py`). The one retry loop that uses them is `attempts.py`.
+"""What to do after a failed attempt: one pure `classify` function, the wait before the next
+attempt (Retry-After is parsed with the other rate headers, `rate/ratelimits.py`), and the stops
+of the retry policy that are not tenacity's own. The one retry loop that uses them is
+`attempts.py` (its policy, on tenacity, is `Attempts._policy`).
 
 The wait after failed attempt k (k = 1, 2, …):
 
@@ -20,7 +22,11 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
 
 from evalrun.run.http.errors import (
     APIStatusError,
@@ -29,6 +35,7 @@ from evalrun.run.http.errors import (
     TransportError,
     is_quota_error,
 )
+from evalrun.run.send.stops import Interrupted, Stops
 
 # ---- every number in one place -------------------------------------------------------------
 BAD_RESPONSE_MAX_ATTEMPTS = 3  # a malformed 200 is usually transient, but don't pay for it forever
@@ -94,3 +101,28 @@ def retry_wait(decision: Decision, attempt: int, initial: float, maximum: float,
     if decision.wait_s is not None:
         return min(decision.wait_s, retry_after_cap)
     return backoff(attempt, initial, maximum)
+
+
+class StopPastDeadline(stop_base):
+    """The next attempt would start past `max_total_s`: tenacity's `stop_before_delay`, on the
+    run's clock (tenacity's reads time.monotonic, which the tests' fake clock cannot move)."""
+
+    def __init__(self, now: Callable[[], float], t0: float, max_total_s: float) -> None:
+        self.now, self.t0, self.max_total_s = now, t0, max_total_s
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        return self.now() - self.t0 + rs.upcoming_sleep > self.max_total_s
+
+
+class StopOnHalt(stop_base):
+    """The run (or the provider) stopped: the request ends unanswered, with no row (`--resume` sends
+    it again), so this stop raises Interrupted. Asked last: a request out of attempts or time keeps
+    its row."""
+
+    def __init__(self, stops: Stops, provider: str) -> None:
+        self.stops, self.provider = stops, provider
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        if self.stops.halted(self.provider):
+            raise Interrupted
+        return False
