@@ -929,34 +929,31 @@ def case5(b: Bench, reps: int, rows: list[Row]) -> None:
 
 # ---- profile -------------------------------------------------------------------------------
 
-_HOT = [  # innermost frame first; (predicate on (function, file, class), category)
+_HOT = [  # innermost frame first; (predicate on (function, file, class), category); paths as run/ lays them out
     (
         lambda fn, fl, cl: "/aiohttp/" in fl or "/multidict/" in fl or "/yarl/" in fl,
         "request: aiohttp client (request build, connection pool, HTTP parse, read body)",
     ),
     (
-        lambda fn, fl, cl: (
-            fl.endswith("evalrun/client.py")
-            and fn in ("parse_completion", "parse_usage", "_content_text", "_loads", "_int")
-        ),
+        lambda fn, fl, cl: fl.endswith(("run/http/parse.py", "run/records/coerce.py", "run/records/logprobs.py")),
         "request: parse response (orjson.loads + parse_completion/usage)",
     ),
-    (lambda fn, fl, cl: fl.endswith("evalrun/client.py") and fn == "payload", "request: payload build"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/client.py"), "request: ProviderClient.send (orjson.dumps body, headers)"),
+    (lambda fn, fl, cl: fl.endswith("run/http/client.py"), "request: ProviderClient.send (orjson.dumps body, headers)"),
     (
-        lambda fn, fl, cl: fl.endswith("evalrun/store.py") and fn in ("result_rows", "_json_text"),
+        lambda fn, fl, cl: fl.endswith("run/store/store.py") and fn in ("result_rows", "_json_text"),
         "request: Result → report rows (result_rows, orjson messages)",
     ),
-    (lambda fn, fl, cl: fl.endswith("evalrun/store.py"), "request: journal append (orjson.dumps + write + flush)"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/runner.py") and fn == "record", "request: record() stats"),
-    (lambda fn, fl, cl: "/tenacity/" in fl, "request: tenacity retry wrapper"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/ratelimit.py"), "request: limiter acquire"),
-    (lambda fn, fl, cl: fl.endswith("evalrun/pool.py"), "request: pool worker/_execute (+ Result)"),
     (
-        lambda fn, fl, cl: fl.endswith(("evalrun/grid.py", "evalrun/datasets.py")),
-        "request: lazy spec stream (read row, render, ids)",
+        lambda fn, fl, cl: fl.endswith(("run/store/journal.py", "run/store/framing.py")),
+        "request: journal append (orjson.dumps + write + flush)",
     ),
-    (lambda fn, fl, cl: fl.endswith("evalrun/progress.py"), "request: progress"),
+    (lambda fn, fl, cl: fl.endswith(("run/store/sink.py", "run/store/convert.py")), "request: results.parquet writer"),
+    (lambda fn, fl, cl: fl.endswith("run/recorder.py"), "request: record() stats"),
+    (lambda fn, fl, cl: "/tenacity/" in fl, "request: tenacity retry wrapper"),
+    (lambda fn, fl, cl: "/run/rate/" in fl, "request: limiter acquire"),
+    (lambda fn, fl, cl: "/run/send/" in fl, "request: pool worker, attempts (+ Result)"),
+    (lambda fn, fl, cl: "/run/grid/" in fl, "request: lazy spec stream (read row, render, ids)"),
+    (lambda fn, fl, cl: fl.endswith("run/progress.py"), "request: progress"),
     (lambda fn, fl, cl: "/asyncio/" in fl and not fl.endswith("runners.py"), "request: asyncio (queues, tasks, wait)"),
     (
         lambda fn, fl, cl: fl.endswith("asyncio/runners.py") or "uvloop" in fl,
@@ -987,7 +984,7 @@ def categorize(stack: list[tuple[str, str, str]]) -> str:
         return "request: other"
     if any("/rich/" in fl for _, fl, _ in stack):
         return "report: print summary table (rich)"
-    if "run" in names and any(fl.endswith("evalrun/runner.py") for _, fl, _ in stack):
+    if "run" in names and any(fl.endswith("evalrun/run/runner.py") for _, fl, _ in stack):
         return "run: manifest, run dir, journal open/close"
     return "other (cli, logging setup, interpreter)"
 
