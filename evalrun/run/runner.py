@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from evalrun.config.models import ProviderConfig
 from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
+from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
 from evalrun.run.records.records import Cell, RequestSpec
@@ -238,6 +239,7 @@ async def _send(
     connector = aiohttp.TCPConnector(limit=connector_limit(providers), ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
         session = build_session(ctx, providers, http, base_urls, interrupts.stops, sinks.budget)
+        session.limiters.start_from(*learned_at_start(ctx), share=ctx.rate_share)  # what earlier runs learnt
         streams = ((key, sinks.caches.serve(key[0], specs, sinks.recorder)) for key, specs in lane_specs(ctx).items())
         pool = interrupts.pool = Pool(session.lanes(streams), session.attempts, sinks.recorder.record)
         progress = Progress(sinks.stats, session.limiters, ctx.exp.name, enabled=ctx.progress)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from evalrun.config.models import ProviderConfig
 from evalrun.run.context import RunContext
-from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.records.records import RequestSpec
 from evalrun.run.send.budget import CostBudget
 from evalrun.run.send.stops import Stops
@@ -85,8 +84,8 @@ def build_session(
     stops: Stops,
     budget: CostBudget | None,
 ) -> Session:
-    """The clients over `http`, the limiters (started from what earlier runs learnt), the slots
-    and the retry loop, for the providers this run talks to."""
+    """The clients over `http`, the limiters, the slots and the retry loop, for the providers
+    this run talks to."""
     from evalrun.run.http.client import ProviderClient
     from evalrun.run.rate.shared_limiter import make_limiters
     from evalrun.run.send.attempts import Admission, Attempts
@@ -101,7 +100,6 @@ def build_session(
     retry = ctx.exp.config.retry
     shards = ctx.shard.count if ctx.shard else 1
     limiters = make_limiters(providers, base_urls, ctx.keys, ctx.rate_share, shards, retry.retry_after_max_s)
-    limiters.start_from(*learned_at_start(ctx), share=ctx.rate_share)
     slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
     key_env = {n: p.api_key_env for n, p in providers.items()}
     attempts = Attempts(retry, stops, Admission(ctx.max_requests, budget), key_env)
