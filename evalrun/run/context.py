@@ -119,13 +119,7 @@ class RunContext:
 
 def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     """Everything that can fail on bad input, before a run directory or a request exists."""
-    manifest: dict[str, Any] = {}
-    overrides, limit = list(opts.overrides), opts.limit
-    if opts.resume is not None:
-        manifest = read_manifest(opts.resume, config)  # a damaged one: rebuilt, or refused in one line
-        config = config or Path(manifest["config_path"])
-        overrides = overrides or list(manifest.get("overrides") or [])
-        limit = limit if limit is not None else manifest.get("limit")
+    manifest, config, overrides, limit = _resumed_inputs(config, opts)
     shard = _resumed_shard(opts, manifest)
     if config is None:
         raise ConfigError("evalrun run needs a CONFIG file (or --resume RUN_DIR)")
@@ -140,6 +134,59 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     keys = api_keys(exp, providers)
     _check_limiters(exp, providers)
     fingerprint = grid_fingerprint(plan)
+    run_dir, run_id, done = _run_place(opts, plan, manifest, fingerprint, shard)
+    manifest.update(
+        {
+            "run_id": run_id,
+            "experiment": exp.name,
+            "config_path": str(exp.path.resolve()),
+            "overrides": overrides,
+            "limit": limit,
+            "grid_fingerprint": fingerprint,
+        }
+    )
+    if shard is not None:
+        manifest["shard"] = shard.to_json()
+    return RunContext(
+        plan=plan,
+        run_dir=run_dir,
+        run_id=run_id,
+        manifest=manifest,
+        done=done,
+        keys=keys,
+        pricing=pricing,
+        max_requests=exp.config.budget.max_requests if opts.max_requests is None else opts.max_requests,
+        max_cost=max_cost,
+        evaluator=evaluator,
+        resumed=opts.resume is not None,
+        retry_errors=opts.retry_errors,
+        progress=opts.progress,
+        cache=cache_file(exp, opts.no_cache),
+        reuse=_reuse_dir(exp, opts.reuse, run_dir),
+        shard=shard,
+        shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
+        rate_share=opts.rate_share,
+        judges_only=opts.judges_only,
+    )
+
+
+def _resumed_inputs(config: Path | None, opts: RunOptions) -> tuple[dict[str, Any], Path | None, list[str], int | None]:
+    """(manifest so far, config, overrides, limit): on --resume, its manifest fills what argv leaves out."""
+    manifest: dict[str, Any] = {}
+    overrides, limit = list(opts.overrides), opts.limit
+    if opts.resume is not None:
+        manifest = read_manifest(opts.resume, config)  # a damaged one: rebuilt, or refused in one line
+        config = config or Path(manifest["config_path"])
+        overrides = overrides or list(manifest.get("overrides") or [])
+        limit = limit if limit is not None else manifest.get("limit")
+    return manifest, config, overrides, limit
+
+
+def _run_place(
+    opts: RunOptions, plan: Plan, manifest: dict[str, Any], fingerprint: str, shard: Shard | None
+) -> tuple[Path, str, frozenset[str]]:
+    """(run dir, run id, request ids with a row): a resumed run's (grid checked, journal repaired) or a new one's."""
+    exp = plan.exp
     done: set[str] = set()
     if opts.resume is not None:
         changed = grid_changed(manifest, fingerprint, (s.request_id for s in plan.specs()), opts.resume / JOURNAL)
@@ -160,39 +207,7 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         if location is not None:
             manifest["location"] = location
     check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
-    manifest.update(
-        {
-            "run_id": run_id,
-            "experiment": exp.name,
-            "config_path": str(exp.path.resolve()),
-            "overrides": overrides,
-            "limit": limit,
-            "grid_fingerprint": fingerprint,
-        }
-    )
-    if shard is not None:
-        manifest["shard"] = shard.to_json()
-    return RunContext(
-        plan=plan,
-        run_dir=run_dir,
-        run_id=run_id,
-        manifest=manifest,
-        done=frozenset(done),
-        keys=keys,
-        pricing=pricing,
-        max_requests=exp.config.budget.max_requests if opts.max_requests is None else opts.max_requests,
-        max_cost=max_cost,
-        evaluator=evaluator,
-        resumed=opts.resume is not None,
-        retry_errors=opts.retry_errors,
-        progress=opts.progress,
-        cache=cache_file(exp, opts.no_cache),
-        reuse=_reuse_dir(exp, opts.reuse, run_dir),
-        shard=shard,
-        shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
-        rate_share=opts.rate_share,
-        judges_only=opts.judges_only,
-    )
+    return run_dir, run_id, frozenset(done)
 
 
 def new_run_dir(exp: Experiment, run_dir: Path | None, suffix: str = "") -> tuple[Path, str, str | None]:

@@ -34,6 +34,9 @@ from evalrun.run.store.store import MANIFEST, now_iso, write_json, write_results
 
 if TYPE_CHECKING:
     from evalrun.run.send.pool import Pool
+    from evalrun.run.send.stops import Stops
+    from evalrun.run.session import Session
+    from evalrun.sim.app import SimulatorHandle
 
 __all__ = ["EXIT_INTERRUPTED", "RunOptions", "RunOutcome", "run"]
 
@@ -73,32 +76,7 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
         if ctx.resumed and not ctx.judges_only:  # score: the rows missing are said by score
             messages.append(f"nothing to resume: every request of {ctx.run_dir} already has a row")
     else:
-        columns, name = ctx.plan.dataset.columns, ctx.exp.name
-        caches = open_caches(_providers(ctx), ctx.cache, ctx.reuse, ctx.run_dir)
-        keyers, store = caches.keyers, caches.store
-        judging_on = ctx.evaluator is not None and bool(ctx.evaluator.judge_lanes())
-        sink = ResultsSink(ctx.run_dir, columns, ctx.evaluator) if _writes_live(ctx) else None
-        try:
-            main = Recorder(
-                ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store, sink=sink
-            )
-            with main as recorder, contextlib.ExitStack() as stack:
-                judges = (
-                    stack.enter_context(
-                        Recorder(
-                            ctx.run_dir, ctx.run_id, name, (), stats, pricing, budget, JUDGE_JOURNAL, keyers, store
-                        )
-                    )
-                    if judging_on
-                    else None
-                )
-                outcome = _run_loop(ctx, Sinks(recorder, judges, caches, stats, budget))
-        except BaseException:
-            if sink is not None:
-                sink.abandon()
-            raise
-        finally:
-            caches.close()
+        outcome, sink = _record(ctx, stats, budget)
         if stats.cached:
             messages.append(
                 f"{stats.cached:,} answers came from the cache, unsent"
@@ -113,14 +91,49 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
     messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pop("pace_held_by", [])]
     result = _finish(ctx, stats, status, messages, sink)
     if ctx.manifest.get("location"):
-        from evalrun.run.store.storage import publish_or_keep
-
-        if (unpublished := publish_or_keep(ctx.run_dir, ctx.manifest["location"])) is None:
-            result.location = ctx.manifest["location"]
-        else:  # the answers stay in the local staging directory, which is printed as the run's place
-            result.status, result.exit_code = "unpublished", max(result.exit_code, EXIT_INCOMPLETE)
-            result.messages.append(unpublished)
+        _publish(ctx, result)
     return result
+
+
+def _record(ctx: RunContext, stats: RunStats, budget: CostBudget | None) -> tuple[PoolOutcome, ResultsSink | None]:
+    """Send the run's requests (and its judges') with their journals' recorders and the caches
+    open; the live results file, if any, is abandoned on a failure and returned otherwise."""
+    columns, name, pricing = ctx.plan.dataset.columns, ctx.exp.name, ctx.pricing
+    caches = open_caches(_providers(ctx), ctx.cache, ctx.reuse, ctx.run_dir)
+    keyers, store = caches.keyers, caches.store
+    judging_on = ctx.evaluator is not None and bool(ctx.evaluator.judge_lanes())
+    sink = ResultsSink(ctx.run_dir, columns, ctx.evaluator) if _writes_live(ctx) else None
+    try:
+        main = Recorder(
+            ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store, sink=sink
+        )
+        with main as recorder, contextlib.ExitStack() as stack:
+            judges = (
+                stack.enter_context(
+                    Recorder(ctx.run_dir, ctx.run_id, name, (), stats, pricing, budget, JUDGE_JOURNAL, keyers, store)
+                )
+                if judging_on
+                else None
+            )
+            return _run_loop(ctx, Sinks(recorder, judges, caches, stats, budget)), sink
+    except BaseException:
+        if sink is not None:
+            sink.abandon()
+        raise
+    finally:
+        caches.close()
+
+
+def _publish(ctx: RunContext, result: RunOutcome) -> None:
+    """Publish the run to its object-storage location; if that fails, the answers stay in the
+    local staging directory, which is printed as the run's place."""
+    from evalrun.run.store.storage import publish_or_keep
+
+    if (unpublished := publish_or_keep(ctx.run_dir, ctx.manifest["location"])) is None:
+        result.location = ctx.manifest["location"]
+    else:
+        result.status, result.exit_code = "unpublished", max(result.exit_code, EXIT_INCOMPLETE)
+        result.messages.append(unpublished)
 
 
 def _writes_live(ctx: RunContext) -> bool:
@@ -192,141 +205,112 @@ def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
 
 
 async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
-    import aiohttp
-
-    from evalrun.run.http.client import ProviderClient
-    from evalrun.run.rate.shared_limiter import make_limiters
-    from evalrun.run.send.attempts import Admission, Attempts, Lane
-    from evalrun.run.send.pool import Pool
-    from evalrun.run.send.slots import Slots
     from evalrun.run.send.stops import Stops
+    from evalrun.run.session import start_endpoints
 
-    exp = ctx.exp
     providers = _providers(ctx)
-    recorder, judges, caches, stats, budget = sinks.recorder, sinks.judges, sinks.caches, sinks.stats, sinks.budget
-    loop = asyncio.get_running_loop()
     stops = Stops()
-    task: asyncio.Future[PoolOutcome] | None = None
-    pool: Pool | None = None
-    interrupts = 0
-
-    def on_signal() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            stops.stop_run("interrupted", interrupted=True)
-            print(
-                f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {pool.in_flight if pool else 0} requests on the wire "
-                "(Ctrl-C again to exit now)",
-                file=sys.stderr,
-                flush=True,
-            )
-            if task is not None:
-                loop.call_later(GRACE_S, task.cancel)
-        elif task is not None:
-            task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal)
-        except (NotImplementedError, RuntimeError):
-            pass
-    sims = []
+    interrupts = Interrupts(asyncio.get_running_loop(), stops)
+    interrupts.install()
+    sims: list[SimulatorHandle] = []
     try:
-        base_urls: dict[str, list[str]] = {}
-        for name, p in providers.items():
-            if p.kind == "simulator":
-                from evalrun.sim import SimOptions, start_simulator
-
-                sim = await start_simulator(SimOptions.from_mapping(p.simulator))
-                sims.append(sim)
-                base_urls[name] = [sim.base_url]
-            else:
-                base_urls[name] = p.base_urls
-        connector = aiohttp.TCPConnector(limit=sum(p.max_concurrency for p in providers.values()), ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-            clients = {
-                n: ProviderClient(
-                    n,
-                    session,
-                    base_urls[n],
-                    ctx.keys.get(n),
-                    p.headers,
-                    p.timeout_s,
-                    p.connect_timeout_s,
-                    p.fallback_after,
-                )
-                for n, p in providers.items()
-            }
-            limiters = make_limiters(
-                providers,
-                base_urls,
-                ctx.keys,
-                ctx.rate_share,
-                ctx.shard.count if ctx.shard else 1,
-                exp.config.retry.retry_after_max_s,
-            )
-            limiters.start_from(*learned_at_start(ctx), share=ctx.rate_share)
-            slots = {n: Slots(p.max_concurrency) for n, p in providers.items()}
-            lanes = [
-                Lane(
-                    prov,
-                    model,
-                    caches.serve(prov, specs, recorder),
-                    clients[prov],
-                    limiters.get(prov, model),
-                    slots[prov],
-                    providers[prov].max_concurrency,
-                )
-                for (prov, model), specs in lane_specs(ctx).items()
-            ]
-            attempts = Attempts(
-                exp.config.retry,
-                stops,
-                Admission(ctx.max_requests, budget),
-                {n: p.api_key_env for n, p in providers.items()},
-            )
-            pool = Pool(lanes, attempts, recorder.record)
-            progress = Progress(stats, limiters, exp.name, enabled=ctx.progress)
-            progress.start()
-            try:
-                if stops.run_reason is None:  # a Ctrl-C during start-up: send nothing
-                    task = asyncio.ensure_future(pool.run())
-                await _drive(task, pool, progress)
-                if judges is not None and ctx.evaluator is not None and not stops.outcome().stopped:
-                    # the judges' turn: the same clients, limiters, slots, retries and stops
-                    ev = ctx.evaluator
-                    stats.total += sum(1 for _ in ev.judge_requests(ctx.run_dir))
-                    lanes = [
-                        Lane(
-                            p,
-                            m,
-                            caches.serve(p, ev.judge_requests(ctx.run_dir, (p, m)), judges),
-                            clients[p],
-                            limiters.get(p, m),
-                            slots[p],
-                            providers[p].max_concurrency,
-                        )
-                        for p, m in sorted(ev.judge_lanes())
-                    ]
-                    pool = Pool(lanes, attempts, judges.record)
-                    task = asyncio.ensure_future(pool.run())
-                    await _drive(task, pool, progress)
-            except asyncio.CancelledError:
-                pass
-            finally:
-                progress.stop()
-                limiters.record(ctx.manifest)
-                await limiters.aclose()
+        base_urls = await start_endpoints(providers, sims)
+        await _send(ctx, sinks, providers, base_urls, interrupts)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
+        interrupts.remove()
         for sim in sims:
             await sim.close()
     return stops.outcome()
+
+
+async def _send(
+    ctx: RunContext,
+    sinks: Sinks,
+    providers: dict[str, ProviderConfig],
+    base_urls: dict[str, list[str]],
+    interrupts: Interrupts,
+) -> None:
+    """The cells' requests, then the judges', over one HTTP session."""
+    import aiohttp
+
+    from evalrun.run.send.pool import Pool
+    from evalrun.run.session import build_session, connector_limit
+
+    connector = aiohttp.TCPConnector(limit=connector_limit(providers), ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
+        session = build_session(ctx, providers, http, base_urls, interrupts.stops, sinks.budget)
+        session.limiters.start_from(*learned_at_start(ctx), share=ctx.rate_share)  # what earlier runs learnt
+        streams = ((key, sinks.caches.serve(key[0], specs, sinks.recorder)) for key, specs in lane_specs(ctx).items())
+        pool = interrupts.pool = Pool(session.lanes(streams), session.attempts, sinks.recorder.record)
+        progress = Progress(sinks.stats, session.limiters, ctx.exp.name, enabled=ctx.progress)
+        progress.start()
+        try:
+            if interrupts.stops.run_reason is None:  # a Ctrl-C during start-up: send nothing
+                interrupts.task = asyncio.ensure_future(pool.run())
+            await _drive(interrupts.task, pool, progress)
+            if sinks.judges is not None and ctx.evaluator is not None and not interrupts.stops.outcome().stopped:
+                await _judge(ctx, sinks.judges, sinks, session, interrupts, progress)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            progress.stop()
+            session.limiters.record(ctx.manifest)
+            await session.limiters.aclose()
+
+
+async def _judge(
+    ctx: RunContext, judges: Recorder, sinks: Sinks, session: Session, interrupts: Interrupts, progress: Progress
+) -> None:
+    """The judges' turn: the same clients, limiters, slots, retries and stops."""
+    from evalrun.run.send.pool import Pool
+
+    ev = ctx.evaluator
+    assert ev is not None
+    sinks.stats.total += sum(1 for _ in ev.judge_requests(ctx.run_dir))
+    streams = (
+        ((p, m), sinks.caches.serve(p, ev.judge_requests(ctx.run_dir, (p, m)), judges))
+        for p, m in sorted(ev.judge_lanes())
+    )
+    pool = interrupts.pool = Pool(session.lanes(streams), session.attempts, judges.record)
+    interrupts.task = asyncio.ensure_future(pool.run())
+    await _drive(interrupts.task, pool, progress)
+
+
+class Interrupts:
+    """Ctrl-C or SIGTERM while sending: the first stops the run and leaves the requests on the
+    wire GRACE_S to finish; the second cancels the pool's task at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stops: Stops) -> None:
+        self.loop, self.stops = loop, stops
+        self.task: asyncio.Future[PoolOutcome] | None = None  # the pool run now going
+        self.pool: Pool | None = None
+        self.count = 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.add_signal_handler(sig, self.on_signal)
+
+    def remove(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.remove_signal_handler(sig)
+
+    def on_signal(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            if self.task is not None:
+                self.task.cancel()
+            return
+        self.stops.stop_run("interrupted", interrupted=True)
+        print(
+            f"\nevalrun: stopping: waiting up to {GRACE_S:.0f} s for {self.pool.in_flight if self.pool else 0} requests on the wire "
+            "(Ctrl-C again to exit now)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.task is not None:
+            self.loop.call_later(GRACE_S, self.task.cancel)
 
 
 async def _drive(task: asyncio.Future[PoolOutcome] | None, pool: Pool, progress: Progress) -> None:

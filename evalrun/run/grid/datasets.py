@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import ValidationError
@@ -54,52 +54,64 @@ def resolve_path(path: str, config_path: Path) -> Path:
 def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line or row number, row) pairs; raises ConfigError naming the line on bad input."""
     if fmt == "jsonl":
-        with path.open("rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-                if not line.strip():
-                    continue
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:  # its own line/column count within this one line
-                    raise ConfigError(
-                        f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.pos + 1}); "
-                        "each line must be one complete JSON object"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
-                yield lineno, row
+        yield from _jsonl_rows(path)
     elif fmt == "csv":
-        # utf-8-sig: a BOM written by Excel must not become part of the first column's name
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            # the csv module's default of 128 KiB per field refuses a legitimate long document
-            # (a cell holding a whole article); a dataset file is the user's own, so no limit
-            csv.field_size_limit(CSV_FIELD_LIMIT)
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                return
-            header = reader.fieldnames
-            twice = sorted({c for c in header if header.count(c) > 1})
-            if twice:  # DictReader would silently keep only the last column of that name
-                raise ConfigError(f"{path}:1: the header names column {twice[0]!r} more than once")
-            for row in reader:
-                if None in row:
-                    raise ConfigError(f"{path}:{reader.line_num}: more fields than the header has ({len(header)})")
-                if None in row.values():  # DictReader's filler for fields the line lacks
-                    got = sum(v is not None for v in row.values())
-                    raise ConfigError(
-                        f"{path}:{reader.line_num}: fewer fields than the header has ({got} of {len(header)})"
-                    )
-                yield reader.line_num, dict(row)
+        yield from _csv_rows(path)
     else:
-        import pyarrow.parquet as pq
+        yield from _parquet_rows(path)
 
-        n = 1
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                n += 1
-                yield n - 1, row
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:  # its own line/column count within this one line
+                raise ConfigError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.pos + 1}); "
+                    "each line must be one complete JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    # utf-8-sig: a BOM written by Excel must not become part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        # the csv module's default of 128 KiB per field refuses a legitimate long document
+        # (a cell holding a whole article); a dataset file is the user's own, so no limit
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            return
+        header = reader.fieldnames
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:  # DictReader would silently keep only the last column of that name
+            raise ConfigError(f"{path}:1: the header names column {twice[0]!r} more than once")
+        for row in reader:
+            if None in row:
+                raise ConfigError(f"{path}:{reader.line_num}: more fields than the header has ({len(header)})")
+            if None in row.values():  # DictReader's filler for fields the line lacks
+                got = sum(v is not None for v in row.values())
+                raise ConfigError(
+                    f"{path}:{reader.line_num}: fewer fields than the header has ({got} of {len(header)})"
+                )
+            yield reader.line_num, dict(row)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    n = 1
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            n += 1
+            yield n - 1, row
 
 
 def _row_id(row: dict[str, Any], id_column: str | None) -> str:
@@ -129,47 +141,8 @@ def check_dataset(
         raise ConfigError(f"{path}: unknown dataset format; use .jsonl, .csv or .parquet, or set dataset.format")
     if not path.is_file():
         raise ConfigError(f"{path}: dataset file not found (dataset.path)")
-    seen: dict[str, int] = {}
-    columns: dict[str, None] = {}
-    count = 0
-    auto_id = id_column
     try:
-        for lineno, row in _raw_rows(path, fmt):
-            if count == 0 and auto_id is None and "id" in row:
-                auto_id = "id"  # a column named id is the natural row id
-            for name, cols in needed.items():
-                missing = sorted(c for c in cols if c not in row)
-                if missing:
-                    raise ConfigError(
-                        f"{path}:{lineno}: row has no column {missing[0]!r}, used as "
-                        f"{{{missing[0]}}} by prompt {name!r}; columns here: {', '.join(row) or '(none)'}"
-                    )
-            if check_row is not None:
-                try:
-                    check_row(row)
-                except ValueError as exc:
-                    raise ConfigError(f"{path}:{lineno}: {exc}") from None
-            if auto_id is not None:
-                why = "named by dataset.id_column" if id_column else "every row needs one, as the first row has it"
-                if auto_id not in row:
-                    raise ConfigError(
-                        f"{path}:{lineno}: row has no id column {auto_id!r} ({why}); "
-                        f"columns here: {', '.join(row) or '(none)'}"
-                    )
-                if row[auto_id] in (None, ""):
-                    raise ConfigError(f"{path}:{lineno}: row has no value in id column {auto_id!r} ({why})")
-            rid = _row_id(row, auto_id)
-            if rid in seen:
-                what = f"id {rid!r}" if auto_id else "the same content"
-                raise ConfigError(
-                    f"{path}:{lineno}: duplicate row: {what} as at line {seen[rid]}; row ids must be unique"
-                    + ("" if auto_id else " (add an id column to tell them apart)")
-                )
-            seen[rid] = lineno
-            columns.update(dict.fromkeys(row))
-            count += 1
-            if limit is not None and count >= limit:
-                break
+        auto_id, columns, count = _scan(path, fmt, id_column, limit, needed, check_row)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
     except ConfigError:
@@ -178,7 +151,70 @@ def check_dataset(
         raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
     if count == 0:
         raise ConfigError(f"{path}: the dataset has no rows")
-    return DatasetInfo(path, fmt, auto_id, limit, tuple(columns), count)
+    return DatasetInfo(path, fmt, auto_id, limit, columns, count)
+
+
+def _scan(
+    path: Path,
+    fmt: str,
+    id_column: str | None,
+    limit: int | None,
+    needed: dict[str, set[str]],
+    check_row: Callable[[dict[str, Any]], None] | None,
+) -> tuple[str | None, tuple[str, ...], int]:
+    """The rows up to the limit, each checked: (the id column, if any; every column seen; how many)."""
+    seen: dict[str, int] = {}
+    columns: dict[str, None] = {}
+    count = 0
+    auto_id = id_column
+    for lineno, row in _raw_rows(path, fmt):
+        if count == 0 and auto_id is None and "id" in row:
+            auto_id = "id"  # a column named id is the natural row id
+        _check_row(f"{path}:{lineno}", row, needed, check_row)
+        if auto_id is not None:
+            _check_id(f"{path}:{lineno}", row, auto_id, id_column)
+        rid = _row_id(row, auto_id)
+        if rid in seen:
+            what = f"id {rid!r}" if auto_id else "the same content"
+            raise ConfigError(
+                f"{path}:{lineno}: duplicate row: {what} as at line {seen[rid]}; row ids must be unique"
+                + ("" if auto_id else " (add an id column to tell them apart)")
+            )
+        seen[rid] = lineno
+        columns.update(dict.fromkeys(row))
+        count += 1
+        if limit is not None and count >= limit:
+            break
+    return auto_id, tuple(columns), count
+
+
+def _check_row(
+    where: str, row: dict[str, Any], needed: dict[str, set[str]], check_row: Callable[[dict[str, Any]], None] | None
+) -> None:
+    """A row has every column a prompt uses as {column}, and passes the caller's check."""
+    for name, cols in needed.items():
+        missing = sorted(c for c in cols if c not in row)
+        if missing:
+            raise ConfigError(
+                f"{where}: row has no column {missing[0]!r}, used as "
+                f"{{{missing[0]}}} by prompt {name!r}; columns here: {', '.join(row) or '(none)'}"
+            )
+    if check_row is not None:
+        try:
+            check_row(row)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_id(where: str, row: dict[str, Any], auto_id: str, id_column: str | None) -> None:
+    """A row has a value in the id column (the one named, or "id" when the first row has it)."""
+    why = "named by dataset.id_column" if id_column else "every row needs one, as the first row has it"
+    if auto_id not in row:
+        raise ConfigError(
+            f"{where}: row has no id column {auto_id!r} ({why}); columns here: {', '.join(row) or '(none)'}"
+        )
+    if row[auto_id] in (None, ""):
+        raise ConfigError(f"{where}: row has no value in id column {auto_id!r} ({why})")
 
 
 def iter_rows(info: DatasetInfo) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -243,39 +279,46 @@ def conversation(value: Any) -> list[Message]:
         return []
     if not isinstance(value, list):
         raise ValueError(f"must be a list of messages, got {type(value).__name__}")
-    out: list[Message] = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise ValueError(f"[{i}] must be a message object with role and content, got {type(m).__name__}")
-        # Parquet gives every struct field, absent ones as null; a null key means "not there"
-        m = {k: v for k, v in m.items() if v is not None or k == "content"}
-        unknown = sorted(set(m) - set(_MESSAGE_KEYS))
-        if unknown:
-            raise ValueError(f"[{i}].{unknown[0]}: unknown message key; allowed: {', '.join(_MESSAGE_KEYS)}")
-        if m.get("role") not in ROLES:
-            raise ValueError(f"[{i}].role: must be one of {', '.join(ROLES)} (got {m.get('role')!r})")
-        content = m.get("content")
-        if content is None and not (m["role"] == "assistant" and m.get("tool_calls")):
-            raise ValueError(f"[{i}].content: required (null only in an assistant message with tool_calls)")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise ValueError(
-                        f'[{i}].content[{j}]: a content part is an object with a type, e.g. {{"type": "text", '
-                        '"text": "…"} or {"type": "image_url", "image_url": {"url": "…"}}'
-                    )
-                if part["type"] == "text" and not isinstance(part.get("text"), str):
-                    raise ValueError(f"[{i}].content[{j}].text: a text part needs a string text")
-        elif content is not None and not isinstance(content, str):
-            raise ValueError(f"[{i}].content: must be a string or a list of content parts")
-        for key in ("name", "tool_call_id"):
-            if key in m and not isinstance(m[key], str):
-                raise ValueError(f"[{i}].{key}: must be a string")
-        calls = m.get("tool_calls")
-        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
-            raise ValueError(f"[{i}].tool_calls: must be a list of tool-call objects")
-        out.append(m)  # type: ignore[arg-type]
-    return out
+    return [_message(i, m) for i, m in enumerate(value)]
+
+
+def _message(i: int, m: Any) -> Message:
+    """The row's message [i], checked key by key."""
+    if not isinstance(m, dict):
+        raise ValueError(f"[{i}] must be a message object with role and content, got {type(m).__name__}")
+    # Parquet gives every struct field, absent ones as null; a null key means "not there"
+    m = {k: v for k, v in m.items() if v is not None or k == "content"}
+    unknown = sorted(set(m) - set(_MESSAGE_KEYS))
+    if unknown:
+        raise ValueError(f"[{i}].{unknown[0]}: unknown message key; allowed: {', '.join(_MESSAGE_KEYS)}")
+    if m.get("role") not in ROLES:
+        raise ValueError(f"[{i}].role: must be one of {', '.join(ROLES)} (got {m.get('role')!r})")
+    content = m.get("content")
+    if content is None and not (m["role"] == "assistant" and m.get("tool_calls")):
+        raise ValueError(f"[{i}].content: required (null only in an assistant message with tool_calls)")
+    _check_content(i, content)
+    for key in ("name", "tool_call_id"):
+        if key in m and not isinstance(m[key], str):
+            raise ValueError(f"[{i}].{key}: must be a string")
+    calls = m.get("tool_calls")
+    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+        raise ValueError(f"[{i}].tool_calls: must be a list of tool-call objects")
+    return cast(Message, m)
+
+
+def _check_content(i: int, content: Any) -> None:
+    """Message [i]'s content: null (checked by the caller), a string, or a list of typed parts."""
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError(
+                    f'[{i}].content[{j}]: a content part is an object with a type, e.g. {{"type": "text", '
+                    '"text": "…"} or {"type": "image_url", "image_url": {"url": "…"}}'
+                )
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"[{i}].content[{j}].text: a text part needs a string text")
+    elif content is not None and not isinstance(content, str):
+        raise ValueError(f"[{i}].content: must be a string or a list of content parts")
 
 
 def _param(name: str, value: Any) -> Any:

@@ -78,46 +78,14 @@ def _matches(entry: dict[str, Any], model: str, prompt: str, params: dict[str, A
 
 def expand_cells(exp: Experiment) -> list[Cell]:
     """Every cell of the grid, validated, in a stable order."""
-    cfg = exp.config
     templates = prompt_templates(exp)
-    base = cfg.params.model_dump(exclude_none=True)
-    axes = exp.grid.axes
-    names = list(axes)
-    combos: list[tuple[ModelEntry, str, dict[str, Any]]] = []  # (model entry, prompt, grid values)
-    for model in cfg.models:
-        for values in itertools.product(*(axes[n] for n in names)):
-            point = dict(zip(names, values))
-            for prompt in templates:
-                if any(_matches(e, model.name, prompt, point) for e in exp.grid.exclude):
-                    continue
-                combos.append((model, prompt, point))
-                if len(combos) > MAX_CELLS:
-                    raise ConfigError(f"{exp.where('grid')}: the grid has more than {MAX_CELLS:,} cells")
-    for entry in exp.grid.include:
-        point = {k: v for k, v in entry.items() if k not in ("model", "prompt")}
-        for model in cfg.models:
-            if entry.get("model", model.name) != model.name:
-                continue
-            for prompt in [entry["prompt"]] if "prompt" in entry else list(templates):
-                combos.append((model, prompt, point))
-    per_row = cfg.dataset.params_from_columns
+    combos = _combinations(exp, list(templates))
+    base = exp.config.params.model_dump(exclude_none=True)
+    per_row = exp.config.dataset.params_from_columns
     standins = {k: v for k, v in _ROW_STANDINS.items() if k in per_row}
     cells: dict[str, Cell] = {}
     for model, prompt, point in combos:
-        mparams = model.params.model_dump(exclude_none=True)
-        merged = {**base, **mparams, **point}  # later wins: params < model params < grid
-        try:
-            if standins:
-                RequestParams.model_validate({**merged, **standins})
-            params = clean_params(RequestParams.model_validate(merged, context={"partial": bool(standins)}))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            desc = ", ".join(f"{k}={v!r}" for k, v in {"model": model.name, "prompt": prompt, **point}.items())
-            block = "grid" if point else "params"
-            raise ConfigError(
-                f"{exp.where(block)}: {block}: {err['msg'].removeprefix('Value error, ')} "
-                f"(in the cell {desc}, after merging params < model params < grid)"
-            ) from None
+        params = _cell_params(exp, base, standins, (model, prompt, point))
         provider = exp.provider_of(model)
         # which columns set parameters is part of what the cell sends (absent: ids as before)
         identity = [provider, model.name, params, prompt, templates[prompt], *([per_row] if per_row else [])]
@@ -127,6 +95,55 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     if not cells:
         raise ConfigError(f"{exp.where('grid', 'exclude')}: the grid is empty: every combination is excluded")
     return list(cells.values())
+
+
+def _combinations(exp: Experiment, prompts: list[str]) -> list[tuple[ModelEntry, str, dict[str, Any]]]:
+    """(model entry, prompt, grid values) for each point of models × axes × prompts not
+    excluded, then each include's."""
+    axes = exp.grid.axes
+    names = list(axes)
+    combos: list[tuple[ModelEntry, str, dict[str, Any]]] = []
+    for model in exp.config.models:
+        for values in itertools.product(*(axes[n] for n in names)):
+            point = dict(zip(names, values))
+            for prompt in prompts:
+                if any(_matches(e, model.name, prompt, point) for e in exp.grid.exclude):
+                    continue
+                combos.append((model, prompt, point))
+                if len(combos) > MAX_CELLS:
+                    raise ConfigError(f"{exp.where('grid')}: the grid has more than {MAX_CELLS:,} cells")
+    for entry in exp.grid.include:
+        point = {k: v for k, v in entry.items() if k not in ("model", "prompt")}
+        for model in exp.config.models:
+            if entry.get("model", model.name) != model.name:
+                continue
+            for prompt in [entry["prompt"]] if "prompt" in entry else prompts:
+                combos.append((model, prompt, point))
+    return combos
+
+
+def _cell_params(
+    exp: Experiment,
+    base: dict[str, Any],
+    standins: dict[str, object],
+    combo: tuple[ModelEntry, str, dict[str, Any]],
+) -> dict[str, Any]:
+    """A cell's request parameters (params < model params < grid, later wins), validated; the
+    parameters rows supply (`standins`) stand in as set while the cell is checked alone."""
+    model, prompt, point = combo
+    merged = {**base, **model.params.model_dump(exclude_none=True), **point}
+    try:
+        if standins:
+            RequestParams.model_validate({**merged, **standins})
+        return clean_params(RequestParams.model_validate(merged, context={"partial": bool(standins)}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        desc = ", ".join(f"{k}={v!r}" for k, v in {"model": model.name, "prompt": prompt, **point}.items())
+        block = "grid" if point else "params"
+        raise ConfigError(
+            f"{exp.where(block)}: {block}: {err['msg'].removeprefix('Value error, ')} "
+            f"(in the cell {desc}, after merging params < model params < grid)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,22 @@ def _utf8_lists(tokens: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values, pa.int64()))
 
 
+def arrow_type() -> pa.DataType:
+    """The results column's type: a list of tokens, each with its logprob, bytes and top alternatives."""
+    import pyarrow as pa
+
+    top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
+    token = pa.struct(
+        [
+            ("token", pa.string()),
+            ("logprob", pa.float64()),
+            ("bytes", pa.list_(pa.int64())),
+            ("top_logprobs", pa.list_(top)),
+        ]
+    )
+    return pa.list_(token)
+
+
 def to_arrow(values: list[Logprobs | None], column_type: pa.DataType) -> pa.Array:
     """The results column of a batch: one list of token structs per row (null where None)."""
     import pyarrow as pa

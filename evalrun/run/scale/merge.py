@@ -95,18 +95,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
     if out.resolve() in resolved:
         raise ConfigError(f"--out {out}: that is one of the shards; merge into a directory of its own")
     out.mkdir(parents=True, exist_ok=True)
-    run_id = out.name
-    tmp = out / (JOURNAL + ".tmp")
-    with tmp.open("wb") as f:
-        for _, d, _ in shards:
-            repair_journal(d / JOURNAL)  # a shard killed mid-write leaves a torn last line
-            for entry in read_journal(d / JOURNAL):
-                for row in entry["rows"]:
-                    row["run_id"] = run_id
-                f.write(encode(orjson.dumps(entry)))  # the same compact line a run writes
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / JOURNAL)
+    _merge_journals([d for _, d, _ in shards], out)
     merge_judge_journals([d for _, d, _ in shards], out)
     base = dict(shards[0][2])
     base.pop("shard", None)
@@ -120,41 +109,62 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
     counts = write_results(out, columns, dedupe=True, hook=hook)
     if hook is not None:
         hook.write_summary(out)
+    base.update(_merged_state(base, shards, counts, out.name))
+    write_json(out / MANIFEST, base)
+    return base
+
+
+def _merge_journals(shard_dirs: Sequence[Path], out: Path) -> None:
+    """The shards' journals, in shard order, → out's (each row's run_id becomes the merged run's)."""
+    run_id = out.name
+    tmp = out / (JOURNAL + ".tmp")
+    with tmp.open("wb") as f:
+        for d in shard_dirs:
+            repair_journal(d / JOURNAL)  # a shard killed mid-write leaves a torn last line
+            for entry in read_journal(d / JOURNAL):
+                for row in entry["rows"]:
+                    row["run_id"] = run_id
+                f.write(encode(orjson.dumps(entry)))  # the same compact line a run writes
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / JOURNAL)
+
+
+def _merged_state(
+    base: dict[str, Any], shards: list[tuple[Shard, Path, dict[str, Any]]], counts: dict[str, int], run_id: str
+) -> dict[str, Any]:
+    """What the merged manifest says beyond the first shard's: its status, times, shards and counts."""
     statuses = [m.get("status") for _, _, m in shards]
     total = int(base.get("grid", {}).get("requests") or 0)
     missing = total - counts["requests"]
     status = "completed" if not missing and all(s == "completed" for s in statuses) else "stopped"
-    base.update(
-        {
-            "run_id": run_id,
-            "status": status,
-            "started_at": min(str(m.get("started_at", "")) for _, _, m in shards),
-            "finished_at": now_iso(),
-            "merged_at": now_iso(),
-            "shards": [
-                {
-                    "shard": str(s),
-                    "run_dir": str(d),
-                    "run_id": m.get("run_id"),
-                    "status": m.get("status"),
-                    "counts": m.get("counts"),
-                }
-                for s, d, m in shards
-            ],
-            "counts": {
-                "requests": total,
-                "recorded": counts["requests"],
-                "missing": missing,
-                "ok": counts["requests"] - counts["errors"],
-                "errors": counts["errors"],
-                "rows": counts["rows"],
-            },
-            "messages": [],
-            "resumes": [],
-        }
-    )
-    write_json(out / MANIFEST, base)
-    return base
+    return {
+        "run_id": run_id,
+        "status": status,
+        "started_at": min(str(m.get("started_at", "")) for _, _, m in shards),
+        "finished_at": now_iso(),
+        "merged_at": now_iso(),
+        "shards": [
+            {
+                "shard": str(s),
+                "run_dir": str(d),
+                "run_id": m.get("run_id"),
+                "status": m.get("status"),
+                "counts": m.get("counts"),
+            }
+            for s, d, m in shards
+        ],
+        "counts": {
+            "requests": total,
+            "recorded": counts["requests"],
+            "missing": missing,
+            "ok": counts["requests"] - counts["errors"],
+            "errors": counts["errors"],
+            "rows": counts["rows"],
+        },
+        "messages": [],
+        "resumes": [],
+    }
 
 
 def merge_judge_journals(shard_dirs: Sequence[Path], out: Path) -> None:

@@ -21,7 +21,7 @@ import orjson
 from evalrun.config.params import PARAM_ARROW_KIND, PARAM_COLUMN, PARAM_NAMES
 from evalrun.config.prices import COST_COLUMNS
 from evalrun.config.templates import cell_text
-from evalrun.run.records.logprobs import from_arrow
+from evalrun.run.records.logprobs import arrow_type, from_arrow
 from evalrun.run.records.records import Choice, Completion, Result
 from evalrun.run.store.convert import RowHook as RowHook
 from evalrun.run.store.convert import write_batch
@@ -69,17 +69,27 @@ def results_schema(
     score_<name> and pass_<name> per scorer, then `extra` (name, kind) columns (a judge's)."""
     import pyarrow as pa
 
-    top = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
-    token = pa.struct(
-        [
-            ("token", pa.string()),
-            ("logprob", pa.float64()),
-            ("bytes", pa.list_(pa.int64())),
-            ("top_logprobs", pa.list_(top)),
-        ]
-    )
     kinds = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string()}
     fields = [
+        *_request_fields(kinds),
+        *_answer_fields(),
+        *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
+        # what the response cache knows a request by, and whether this answer came from it
+        ("request_key", pa.string()),
+        ("cached", pa.bool_()),
+        ("cache_source_run", pa.string()),
+        ("cached_cost_total", pa.float64()),
+        *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
+        *[(name, kinds[kind]) for name, kind in extra],
+    ]
+    return pa.schema(fields)
+
+
+def _request_fields(kinds: dict[str, pa.DataType]) -> list[tuple[str, pa.DataType]]:
+    """What was asked: the run, cell and model, each request parameter, the prompt and row."""
+    import pyarrow as pa
+
+    return [
         ("run_id", pa.string()),
         ("request_id", pa.string()),
         ("cell_id", pa.string()),
@@ -93,12 +103,20 @@ def results_schema(
         ("row_id", pa.string()),
         ("repeat", pa.int64()),
         ("messages", pa.string()),
+    ]
+
+
+def _answer_fields() -> list[tuple[str, pa.DataType]]:
+    """What came back: the choice, its logprobs, usage and cost, timing, retries and the outcome."""
+    import pyarrow as pa
+
+    return [
         ("choice_index", pa.int64()),
         ("n_choices", pa.int64()),
         ("content", pa.string()),
         ("finish_reason", pa.string()),
         ("tool_calls", pa.string()),
-        ("logprobs", pa.list_(token)),
+        ("logprobs", arrow_type()),
         *[(name, pa.int64()) for name in USAGE_FIELDS],
         *[(name, pa.float64()) for name in COST_COLUMNS],
         ("latency_s", pa.float64()),
@@ -116,16 +134,7 @@ def results_schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("response_id", pa.string()),
-        *[(DATA_PREFIX + c, pa.string()) for c in data_columns],
-        # what the response cache knows a request by, and whether this answer came from it
-        ("request_key", pa.string()),
-        ("cached", pa.bool_()),
-        ("cache_source_run", pa.string()),
-        ("cached_cost_total", pa.float64()),
-        *[f for n in scorer_names for f in ((f"score_{n}", pa.float64()), (f"pass_{n}", pa.bool_()))],
-        *[(name, kinds[kind]) for name, kind in extra],
     ]
-    return pa.schema(fields)
 
 
 # The logprobs are most of results.parquet. Their floats are stored byte-stream-split (zstd then
@@ -175,6 +184,32 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
     first choice's row only, so sums over rows never count a request twice when n > 1. An error
     row keeps what had arrived of a failed stream (its first choice: content, logprobs, …).
     """
+    common = _common_columns(result, run_id, experiment, data_columns)
+    comp = result.completion
+    if comp is None:
+        return [_error_row(result, common)]
+    rows = []
+    for i, choice in enumerate(comp.choices):
+        row = {
+            **common,
+            "status": "ok",
+            "http_status": 200,
+            "response_model": comp.response_model,
+            "response_id": comp.response_id,
+            # a field the answer got wrong was stored as null: the row says which (status stays ok)
+            "error_type": "malformed_response" if comp.malformed else None,
+            "error_message": comp.malformed,
+            "choice_index": choice.index,
+            "n_choices": len(comp.choices),
+            **_choice_columns(choice),
+            **(_request_columns(comp) if i == 0 else {}),
+        }
+        rows.append(row)
+    return rows
+
+
+def _common_columns(result: Result, run_id: str, experiment: str, data_columns: tuple[str, ...]) -> dict[str, Any]:
+    """The columns every row of a request shares: what was asked, the row's data, the timing."""
     spec = result.spec
     cell = spec.cell
     params = spec.params  # the cell's, with the row's own (dataset.params_from_columns) on top
@@ -203,46 +238,31 @@ def result_rows(result: Result, run_id: str, experiment: str, data_columns: tupl
     for c in data_columns:
         v = spec.data.get(c)
         common[DATA_PREFIX + c] = None if v is None else cell_text(v)
-    comp = result.completion
-    if comp is None:
-        row = {
-            **common,
-            "status": "error",
-            "http_status": result.http_status,
-            "error_type": result.error_type,
-            "error_message": result.error_message,
-        }
-        part = result.partial
-        if part is not None and part.malformed:
-            row["error_message"] = f"{result.error_message or ''}; {part.malformed}".lstrip("; ")
-        if part is not None:
-            row.update(
-                _request_columns(part),
-                n_choices=len(part.choices),
-                response_model=part.response_model,
-                response_id=part.response_id,
-            )
-            if part.choices:
-                row.update(_choice_columns(part.choices[0]))
-        return [row]
-    rows = []
-    for i, choice in enumerate(comp.choices):
-        row = {
-            **common,
-            "status": "ok",
-            "http_status": 200,
-            "response_model": comp.response_model,
-            "response_id": comp.response_id,
-            # a field the answer got wrong was stored as null: the row says which (status stays ok)
-            "error_type": "malformed_response" if comp.malformed else None,
-            "error_message": comp.malformed,
-            "choice_index": choice.index,
-            "n_choices": len(comp.choices),
-            **_choice_columns(choice),
-            **(_request_columns(comp) if i == 0 else {}),
-        }
-        rows.append(row)
-    return rows
+    return common
+
+
+def _error_row(result: Result, common: dict[str, Any]) -> dict[str, Any]:
+    """A failed request's one row, with what had arrived of a failed stream."""
+    row = {
+        **common,
+        "status": "error",
+        "http_status": result.http_status,
+        "error_type": result.error_type,
+        "error_message": result.error_message,
+    }
+    part = result.partial
+    if part is not None and part.malformed:
+        row["error_message"] = f"{result.error_message or ''}; {part.malformed}".lstrip("; ")
+    if part is not None:
+        row.update(
+            _request_columns(part),
+            n_choices=len(part.choices),
+            response_model=part.response_model,
+            response_id=part.response_id,
+        )
+        if part.choices:
+            row.update(_choice_columns(part.choices[0]))
+    return row
 
 
 def _choice_columns(choice: Choice) -> dict[str, Any]:
