@@ -148,9 +148,16 @@ def test_recovery_is_multiplicative_to_the_ceiling_then_probes_with_growing_step
     assert rates[2] == pytest.approx(10 * (1 + INCREASE))
     assert rates[3] == pytest.approx(10 * (1 + INCREASE) * (1 + 2 * INCREASE))
     assert rates[5] == pytest.approx(10 * 1.05 * 1.1 * 1.2 * 1.4)
-    # a single 429 answering a probe means it failed: back to the last rate that passed, at once
+    # a 429 while the lane got far less than the ceiling through is a sporadic one, not a
+    # failed probe: the ceiling stays
     ceiling = lim.ceiling
     clock.t += 0.01
+    assert lim.on_rate_limited(0.5, None, lim.sent()) is False
+    assert lim.ceiling == ceiling and lim.decreases == 1
+    # a single 429 answering a probe while the lane sends at its pace means it failed: back to
+    # the last rate that passed, at once
+    for _ in range(int(lim.adaptive or 0) + 1):  # the probe's pace, on the wire
+        lim.sent()
     assert lim.on_rate_limited(0.5, None, lim.sent()) is True
     assert lim.adaptive == pytest.approx(ceiling) and lim.decreases == 2
     assert lim.blocked_until < clock.t  # a failed probe is not a full window: nobody waits

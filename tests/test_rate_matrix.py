@@ -141,13 +141,16 @@ def test_a_limit_nobody_told_is_learnt_whatever_the_window_shape(name: str) -> N
     assert out.learned_rpm is not None and abs(out.learned_rpm - rate * 60) <= 0.2 * rate * 60, out
 
 
-@pytest.mark.parametrize("p", [pytest.param(p, marks=_miss("measured: the pace collapses")) for p in (0.05, 0.15, 0.3)])
+@pytest.mark.parametrize(
+    "p", [0.05, *(pytest.param(p, marks=_miss("measured: 1.1-1.3 x the target")) for p in (0.15, 0.3))]
+)
 def test_sporadic_429s_under_a_window_do_not_lower_the_pace(p: float) -> None:
     # 600 rpm in 1-s windows plus p upstream 429s: the lane should keep near the window's pace.
-    # Measured (fake time): 5 % → 48 s, 15 % → 527 s, 30 % → 16,936 s for ~36–50 s of work
-    # (main before the window-length change: 48, 189, 391 s). Each sporadic 429 to a request
-    # sent at the learnt ceiling reads as "the ceiling is too high" and the accepted rate it is
-    # measured against lacks the sporadic ones: the ceiling ratchets down. Open.
+    # Each sporadic 429 to a request sent at the learnt ceiling used to read as "the ceiling is
+    # too high", measured against an accepted rate that lacked the sporadic ones: the ceiling
+    # ratcheted down (5 % → 48 s, 15 % → 527 s, 30 % → 16,936 s for ~36–50 s of work). Now a
+    # 429 at the ceiling counts only while the server took about the ceiling's worth: 34, 53,
+    # 62 s; 15 % and 30 % still miss the 1.15 × bound.
     server = Window(10, 1, True, 1.0, p429=p)
     out = simulate(server, 300, 32, 0.02)
     assert out.phase_s <= 1.15 * 300 / 10 / (1 - p) + 1, out
