@@ -4,6 +4,7 @@ what x-ratelimit-* headers teach. Milliseconds each; no network."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import pytest
@@ -130,6 +131,30 @@ def test_announced_limit_paces_before_any_429() -> None:
     assert lim2.request_rate() == pytest.approx(2.0)
 
 
+def _at_pace(lim: ModelLimiter, clock: FakeClock, seconds: float) -> None:
+    """The requests a lane sends at its pace over `seconds`, all answered 200 at once."""
+    rate = lim.adaptive or 1.0
+    for _ in range(math.ceil(rate * seconds)):
+        clock.t += 1 / rate
+        lim.on_success(0.01, None, lim.sent())
+
+
+def test_a_clean_episode_the_lane_did_not_use_is_no_probe() -> None:
+    # A lane held back by its concurrency (or out of requests) sends far below its pace: every
+    # episode is clean without testing that pace, and read as clean probes they raised the
+    # ceiling without bound (the next night starts from it).
+    lim, clock = lane()
+    _burst(lim, ok=10, rejected=20)
+    for step in range(1, 12):  # two requests an episode, against a pace of 9-10 a second
+        clock.t = step * (MIN_EPISODE_S + 0.01)
+        lim.on_success(0.01, None, lim.sent())
+        clock.t += 0.001
+        lim.on_success(0.01, None, lim.sent())
+    assert lim.ceiling == pytest.approx(10.0) and lim.adaptive == pytest.approx(10.0)
+    _at_pace(lim, clock, 3.5 * MIN_EPISODE_S)  # at its pace: held one episode, then probes
+    assert (lim.adaptive or 0) > 10.0
+
+
 def test_recovery_is_multiplicative_to_the_ceiling_then_probes_with_growing_steps() -> None:
     # the old rule added 5 % of the ceiling per clean episode and probed only after 20 clean
     # episodes at it: an underestimate of 5x took minutes to make up (issue 24)
@@ -142,6 +167,7 @@ def test_recovery_is_multiplicative_to_the_ceiling_then_probes_with_growing_step
         clock.t += 0.001
         lim.on_success(0.01, None, lim.sent())
         rates.append(lim.adaptive)
+        _at_pace(lim, clock, 0.9 * MIN_EPISODE_S)  # the episode's requests: the lane used its pace
     assert rates[0] == pytest.approx(10.0)  # × RECOVER, capped at the ceiling: back in one episode
     assert rates[1] == pytest.approx(10.0)  # one episode held at the ceiling
     # then probes of 5 %, 10 %, 20 %, 40 % … of the ceiling, each clean one the new ceiling
@@ -151,7 +177,7 @@ def test_recovery_is_multiplicative_to_the_ceiling_then_probes_with_growing_step
     # a 429 while the lane got far less than the ceiling through is a sporadic one, not a
     # failed probe: the ceiling stays
     ceiling = lim.ceiling
-    clock.t += 0.01
+    clock.t += 2 * MIN_EPISODE_S  # nothing sent for a while: the server got far less through
     assert lim.on_rate_limited(0.5, None, lim.sent()) is False
     assert lim.ceiling == ceiling and lim.decreases == 1
     # a single 429 answering a probe while the lane sends at its pace means it failed: back to

@@ -26,7 +26,9 @@ accepted rate measured by arrival looks tiny (issue 24: 54 rpm learnt against a 
   underestimate of 5× is made up in about eight episodes. A clean probe becomes the new ceiling;
   a failed one goes back to the ceiling and doubles `hold` (up to PROBE_AFTER), so a ceiling
   that holds is probed less and less often — no repeated 429 storms — yet a server that raises
-  its limit is followed within PROBE_AFTER + a few episodes.
+  its limit is followed within PROBE_AFTER + a few episodes. An episode holds at least
+  EPISODE_REQUESTS requests, and one in which the lane sent well below its pace (held back by
+  its concurrency, or out of requests) proves nothing: it raises nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ MAX_WINDOW_S = 120.0  # the longest server window evalrun will infer
 # read as "too high" each of them lowered the ceiling to what got through — under a window with
 # 15 % sporadic 429s the pace fell to 23 rpm for 600 (527 s for ~40 s of work)
 SOFT_SHARE = 0.9
+# an episode holds at least this many requests: at 60 rpm a 1-s episode holds one, and probes
+# passed clean before their 429s could show — probed up to 352 rpm for 60 (263 late 429s of
+# 100); more would be surer but slows recovery from a low guess (2 → 10/s: 10 s at 2, 16 s at 5)
+SOFT_COUNT = 5
+EPISODE_REQUESTS = 2
 MIN_RATE = 1.0 / 60  # the adaptive rate never falls below 1 request a minute
 SENDS_KEPT = 4096  # sends remembered per lane (bounded memory)
 LATENCIES_KEPT = 64
@@ -220,6 +227,27 @@ class AdaptiveRate:
                 return True
         return False
 
+    def _episode_s(self) -> float:
+        """How long a pace is tried before it is judged clean: a window (over a 10-s window, a
+        pace too fast shows only after 10 s), and long enough to hold EPISODE_REQUESTS."""
+        per_request = 1.0 / self.rate if self.rate else 0.0
+        return max(MIN_EPISODE_S, self.window_s, EPISODE_REQUESTS * per_request)
+
+    def _pace_used(self, since: float, now: float) -> bool:
+        """Whether the lane sent at about its pace since `since`. One held back by its
+        concurrency, by retries waiting or by running out of requests ("application-limited",
+        RFC 7661) passes every probe without testing it: a 60-rpm server at concurrency 4 had
+        its ceiling probed up to 352 rpm by such clean episodes, each failure a 429 storm."""
+        span = now - since
+        if self.rate is None or span <= 0:
+            return False
+        n = 0
+        for s in reversed(self._sends):
+            if s.at <= since:
+                break
+            n += 1
+        return n / span * self.scale >= SOFT_SHARE * self.rate
+
     def on_success(self, now: float, send: Send) -> bool:
         """A 200; True when it ended a clean episode and the rate rose."""
         self._episode_over(send)
@@ -228,8 +256,11 @@ class AdaptiveRate:
         # the latency); judged by arrival, a probe passed before its 429s came back
         if self.rate is None or self.ceiling is None or send.at < self.next_increase or self._unanswered():
             return False
+        since = max(self.changed_at, now - self._episode_s())  # the episode just judged
         # an episode lasts a window: over a 10-s window, a pace too fast shows only after 10 s
-        self.next_increase = now + max(MIN_EPISODE_S, self.window_s)
+        self.next_increase = now + self._episode_s()
+        if self.rate >= self.ceiling and not self._pace_used(since, now):
+            return False  # a clean episode at a pace the lane never reached proves nothing
         if self.rate < self.ceiling:
             self.rate = min(self.ceiling, self.rate * RECOVER)
         elif self.probing():  # a clean probe: it is the new ceiling, and the next step is bigger
