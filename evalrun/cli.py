@@ -235,7 +235,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evalrun.report.html import write_report
 
-    print(write_report(args.run_dir, args.compare, args.out))
+    base = args.compare
+    if base is not None and str(base) == "latest" and not base.exists():
+        from evalrun.analysis.compare import latest_baseline
+
+        base = latest_baseline(args.run_dir)  # none: one line naming what was looked at, exit 2
+    print(write_report(args.run_dir, base, args.out))
     return 0
 
 

@@ -168,7 +168,12 @@ def _add_reading_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     s = sub.add_parser("report", help="write a self-contained HTML report of a finished run (charts, sortable table)")
     s.add_argument("run_dir", type=Path)
-    s.add_argument("--compare", type=Path, metavar="BASE_RUN", help="add the per-cell comparison with an earlier run")
+    s.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BASE_RUN",
+        help="add the per-cell comparison with an earlier run (latest: the latest completed run of the same experiment)",
+    )
     s.add_argument("--out", type=Path, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
 
     s = sub.add_parser("summary", help="print the per-cell summary of a finished run")

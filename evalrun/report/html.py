@@ -20,6 +20,7 @@ from evalrun.analysis.cost import judge_rows
 from evalrun.analysis.views import answer_notes
 from evalrun.report.charts import latency_boxes, score_vs_cost, token_bars
 from evalrun.report.data import Run, load_run
+from evalrun.report.explorer import explorer, explorer_note
 from evalrun.report.format import (
     esc,
     fmt_money,
@@ -60,9 +61,9 @@ def write_report(run_dir: Path, compare_base: Path | None = None, out: Path | No
     run = load_run(run_dir)
     comparison = None
     if compare_base is not None:
-        from evalrun.analysis.compare import Gate, compare_runs
+        from evalrun.analysis.compare import compare_runs, gate_for
 
-        comparison = compare_runs(compare_base, run_dir, Gate(None, 0.02, 0.05))
+        comparison = compare_runs(compare_base, run_dir, gate_for(run_dir, None, None, None))
     out = out or run_dir / REPORT
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -135,11 +136,41 @@ def _classes_td(r: dict[str, object], scorer: str) -> str:
     return td(esc(text), counts[1], "num", tip(f"{scorer}: rows that passed in every answer / some / none"))
 
 
+def verdict_banner(c: Comparison | None) -> str:
+    """The comparison's verdict, first on the page: a regression matters more than the run's
+    status badge, and at the bottom of a long page under a green 'completed' it went unseen."""
+    if c is None:
+        return ""
+    base = esc(c.base_dir.name)
+    if not c.failed:
+        return (
+            f'<div class="verdict good" id="verdict"><b>PASS</b> against base run <code>{base}</code>: no cell '
+            f'regressed ({c.compared} compared). <a href="#compare">The comparison</a></div>'
+        )
+    pts = lambda x: fmt_signed(x * 100, ".1f")  # noqa: E731
+    cells = "".join(
+        f"<li><b>{esc(r['cell'])}</b>: {fmt_pct(r['base_pass_rate'])} → {fmt_pct(r['new_pass_rate'])} "
+        f"({pts(r['delta'])} pts, p {r['p_value']:.3g}, {r['pass_to_fail']} rows pass→fail)</li>"
+        for r in c.regressed.to_dict("records")
+    )
+    why = f"{len(c.regressed)} cell(s) regressed" if len(c.regressed) else "nothing could be compared"
+    if not len(c.regressed) and c.compared:
+        why = "the runs are not comparable as they are (--strict)"
+    return (
+        f'<div class="verdict bad" id="verdict"><b>FAIL</b> against base run <code>{base}</code>: {esc(why)}. '
+        f'<a href="#compare">The comparison</a> · <a href="#items">the rows</a>'
+        + (f"<ul>{cells}</ul>" if cells else "")
+        + "</div>"
+    )
+
+
 def compare_view(c: Comparison) -> str:
-    n_reg = int((c.cells.verdict == "regressed").sum())
+    n_reg = len(c.regressed)
     out = [
         f'<div class="banner bad"><b>FAIL</b> {n_reg} cell(s) regressed</div>'
         if n_reg
+        else '<div class="banner bad"><b>FAIL</b> no cell could be compared</div>'
+        if c.failed
         else '<div class="banner good"><b>PASS</b> no cell regressed</div>',
         f'<p class="sub">Base <code>{esc(c.base_dir)}</code> → this run. {esc(gate_rule(c)).replace("`", "")} '
         "Cells are matched by model, prompt name and parameters; rows by row id.</p>",
@@ -294,11 +325,17 @@ def render(run: Run, comparison: Comparison | None = None) -> str:
             f'<section class="card" id="compare"><h2>Compared with the base run</h2>{compare_view(comparison)}</section>'
         )
     )
+    rows, rows_data = explorer(run, comparison)
+    failed = "FAIL · " if comparison is not None and comparison.failed else ""
     return Template((assets / "page.html").read_text("utf-8")).substitute(
         _header(run),
-        title=esc(f"{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
+        title=esc(f"{failed}{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
         css=(assets / "report.css").read_text("utf-8"),
-        js=(assets / "report.js").read_text("utf-8"),
+        js=(assets / "report.js").read_text("utf-8") + (assets / "explorer.js").read_text("utf-8"),
+        verdict=verdict_banner(comparison),
+        explorer=rows,
+        explorer_data=rows_data,
+        explorer_note=explorer_note(run),
         **_score_views(run),
         latency=latency_boxes(run),
         tokens=token_bars(run),
