@@ -310,20 +310,15 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
+    from evalrun.analysis.views import console
 
-    from evalrun.analysis.views import terminal_width
-
-    return Console(soft_wrap=False, width=terminal_width())
+    return console()
 
 
 def _print_summary(summary: list[dict[str, object]] | None, title: str) -> None:
-    if summary is None:
-        return
-    from evalrun.analysis.views import answer_notes, cost_note, summary_table, terminal_width
+    from evalrun.analysis.views import print_summary
 
-    notes = cost_note(summary) + answer_notes(summary)
-    _console().print(summary_table(summary, title, terminal_width(), notes))
+    print_summary(summary, title)
 
 
 COMMANDS = {
@@ -339,7 +334,14 @@ COMMANDS = {
     "models": cmd_models,
     "serve-sim": cmd_serve_sim,
     "merge": lambda args: _many().cmd_merge(args),
+    "ci": lambda args: _ci().cmd_ci(args),
 }
+
+
+def _ci() -> Any:  # the CI command, imported only when used
+    import evalrun.cli_ci
+
+    return evalrun.cli_ci
 
 
 def _many() -> Any:  # the many-process commands, imported only when used

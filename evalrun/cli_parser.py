@@ -63,6 +63,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_score_command(sub)
     _add_compare_command(sub)
+    _add_ci_command(sub)
     _add_reading_commands(sub)
     _add_setup_commands(sub, argv)
     return p
@@ -156,6 +157,38 @@ def _add_compare_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="also fail (exit 1) when the baseline's provider, dataset, parameters or cells differ",
     )
+
+
+def _add_ci_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """ci: run + reuse + gate + the texts a CI job posts, in one command."""
+    s = sub.add_parser(
+        "ci", help="for a PR or nightly job: find the baseline, run reusing it, gate; exit 1 if a cell regressed"
+    )
+    s.add_argument("config", type=Path, help="experiment YAML")
+    _set_option(s)
+    s.add_argument(
+        "--baseline",
+        metavar="RUN",
+        help="the baseline run (a directory or URL, e.g. an artifact); default: the latest completed run "
+        "that evalrun ci recorded on --base-branch in reports_dir",
+    )
+    s.add_argument("--base-branch", default="main", help="the branch whose runs are baselines (default: main)")
+    s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
+    s.add_argument(
+        "--max-cost", type=_positive(float), metavar="AMOUNT", help="stop cleanly before the run's cost exceeds AMOUNT"
+    )
+    s.add_argument("--scorer", help="the scorer whose pass rate gates (default: gate.scorer, else the first)")
+    s.add_argument("--fail-on-drop", type=float, metavar="X", help="regression = pass-rate drop > X (0.02 = 2 points)")
+    s.add_argument("--alpha", type=float, help="…and the paired test on rows gives p < alpha (default 0.05)")
+    s.add_argument(
+        "--strict", action="store_true", help="also fail when the baseline's provider, dataset or cells differ"
+    )
+    s.add_argument("--out", type=Path, help="where compare.md, pr-comment.md … go (default: the new run's directory)")
+    s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
+    s.add_argument(
+        "--comment", type=Path, metavar="FILE", help="the PR-comment body (default: OUT/pr-comment.md; marker first)"
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
 def _add_reading_commands(sub: argparse._SubParsersAction[_Parser]) -> None:

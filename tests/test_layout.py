@@ -27,7 +27,7 @@ ALLOWED = {
     "report": {"foundation", "config", "run", "analysis", "report"},
 }
 FOUNDATION = {"evalrun.errors", "evalrun.logs", "evalrun.quantiles", "evalrun"}
-TOP = {"evalrun.cli", "evalrun.cli_parser", "evalrun.cli_many", "evalrun.plan", "evalrun.__main__"}
+TOP = {"evalrun.cli", "evalrun.cli_parser", "evalrun.cli_many", "evalrun.cli_ci", "evalrun.plan", "evalrun.__main__"}
 # what analysis and report may read of the run stage: the stored schema and file names, and
 # only through the faces (`__init__`) of these two sub-packages, never a module behind them
 RUN_SCHEMA = {"evalrun.run.store", "evalrun.run.records"}

@@ -15,6 +15,7 @@ from evalrun.config.prices import COST_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.console import Console
 
 NEVER_DROPPED = 100
 
@@ -310,3 +311,18 @@ def answer_notes(summary: list[dict[str, Any]], shown: int = 4) -> list[str]:
         else "see content and finish_reason in results.parquet"
     )
     return [*lines[:shown], *more, hint]
+
+
+def console() -> Console:
+    """A rich console as wide as terminal_width(), that never wraps a table's lines."""
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=terminal_width())
+
+
+def print_summary(summary: list[dict[str, object]] | None, title: str) -> None:
+    """The per-cell summary table with its notes (cost, answers cut or empty), on stdout."""
+    if summary is None:
+        return
+    notes = cost_note(summary) + answer_notes(summary)
+    console().print(summary_table(summary, title, terminal_width(), notes))

@@ -159,6 +159,13 @@ def publish_run(local: Path, url: str) -> None:
     logger.info("published %s to %s", local, url)
 
 
+def publish_file(local: Path, url: str) -> None:
+    """One file → the run at `url`, beside what publish_run wrote (written whole)."""
+    fs, base = filesystem(url)
+    with local.open("rb") as src, fs.open_output_stream(f"{base}/{local.name}") as dst:
+        _copy_stream(src, dst)
+
+
 def fetch_run(url: str, names: tuple[str, ...] = READ, into: Path | None = None) -> Path:
     """A remote run's files → a local directory (the cache, or `into`); returns it."""
     local = into or (cache_root() / "read" / staging_dir(url).name)
