@@ -85,6 +85,16 @@ def _add_config_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     _set_option(s)
     s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument(
+        "--detect",
+        type=float,
+        metavar="D",
+        help="also: the rows × repeats the gate needs to see a drop of D (0.05 = 5 points), from a baseline run",
+    )
+    s.add_argument(
+        "--baseline", metavar="RUN_DIR", help="with --detect: the run to measure noise from (default: latest)"
+    )
+    s.add_argument("--power", type=float, default=0.8, help="with --detect: the power wanted (default 0.8)")
     _no_cache(s)
 
 

@@ -28,7 +28,7 @@ from evalrun.run.records.secrets import provider_key, use_keys
 from evalrun.run.scale.shards import Shard, shard_from_manifest
 from evalrun.run.store.cache import CACHE_FILE, cache_problem
 from evalrun.run.store.journal import JOURNAL, journal_state, repair_journal
-from evalrun.run.store.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
+from evalrun.run.store.rundir import check_run_dir, grid_changed, latest_completed, read_manifest
 from evalrun.run.store.storage import check_writable, is_url, join, response_cache_dir, staging_dir
 from evalrun.run.store.store import MANIFEST, RowHook, now_iso, write_json
 
@@ -256,17 +256,10 @@ def _reuse_dir(exp: Experiment, reuse: str | None, run_dir: Path) -> Path | None
         return None
     if reuse == "latest":
         folder = Path(exp.config.reports_dir) / exp.name
-        finished = {}
-        for d in folder.glob("*"):
-            try:
-                m = manifest_if_any(d)
-            except ConfigError:  # a damaged run is no baseline
-                continue
-            if d != run_dir and m.get("status") == "completed":
-                finished[d] = str(m.get("finished_at") or "")
-        if not finished:
+        latest = latest_completed(folder, exclude=run_dir)
+        if latest is None:
             raise ConfigError(f"--reuse latest: no completed run of {exp.name!r} under {folder}")
-        return max(finished, key=lambda d: finished[d])
+        return latest
     path = Path(reuse)
     if not (path / JOURNAL).is_file():
         raise ConfigError(f"--reuse {reuse}: no {JOURNAL} there; give a run directory (or latest)")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         check_run_dir,
         grid_changed,
         holding_run_dirs,
+        latest_completed,
         lock_run_dir,
         read_manifest,
     )
@@ -86,6 +87,7 @@ __all__ = [
     "is_url",
     "join",
     "journal_state",
+    "latest_completed",
     "list_models",
     "lock_run_dir",
     "manifest_if_any",

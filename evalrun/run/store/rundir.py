@@ -316,3 +316,16 @@ def request_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per request: its first choice's row, or its error row (usage and cost sit there,
     so sums over these rows count each request once when n > 1)."""
     return frame[frame["choice_index"].isna() | (frame["choice_index"] == 0)]
+
+
+def latest_completed(folder: Path, exclude: Path | None = None) -> Path | None:
+    """The run under `folder` that completed last (by finished_at); a damaged one is none."""
+    finished = {}
+    for d in folder.glob("*"):
+        try:
+            m = manifest_if_any(d)
+        except ConfigError:
+            continue
+        if d != exclude and m.get("status") == "completed" and not m.get("shard"):
+            finished[d] = str(m.get("finished_at") or "")
+    return max(finished, key=lambda d: finished[d]) if finished else None
