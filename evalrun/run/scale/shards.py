@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from evalrun.errors import ConfigError
 from evalrun.run.records.records import RequestSpec
+from evalrun.run.store.manifest import Manifest
 
 MAX_SHARDS = 10_000
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -59,8 +60,6 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def shard_from_manifest(manifest: dict[str, object]) -> Shard | None:
-    raw = manifest.get("shard")
-    if not isinstance(raw, dict):
-        return None
-    return Shard(int(raw["index"]), int(raw["count"]))
+def shard_from_manifest(manifest: Manifest) -> Shard | None:
+    raw = manifest.shard
+    return None if raw is None else Shard(raw.index, raw.count)
