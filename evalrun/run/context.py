@@ -25,14 +25,14 @@ from evalrun.run.records.secrets import provider_key, use_keys
 from evalrun.run.scale.shards import Shard, shard_from_manifest
 from evalrun.run.store.cache import CACHE_FILE, cache_problem
 from evalrun.run.store.journal import JOURNAL, journal_state, repair_journal
-from evalrun.run.store.manifest import Manifest, RunStatus, ShardInfo
+from evalrun.run.store.manifest import ErrorType, Manifest, RunStatus, ShardInfo
 from evalrun.run.store.rundir import check_run_dir, grid_changed, manifest_if_any, read_manifest
 from evalrun.run.store.storage import check_writable, is_url, join, response_cache_dir, staging_dir
 from evalrun.run.store.store import MANIFEST, RowHook
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
 # it: a plain --resume sends it again (--retry-errors re-sends every error).
-RESEND_ON_RESUME = frozenset({"insufficient_quota", "authentication", "permission"})
+RESEND_ON_RESUME = frozenset({ErrorType.INSUFFICIENT_QUOTA, ErrorType.AUTHENTICATION, ErrorType.PERMISSION})
 
 
 class Evaluator(RowHook, Protocol):
