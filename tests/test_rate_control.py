@@ -239,6 +239,7 @@ def test_the_learnt_limit_is_in_the_manifest_and_a_resume_starts_from_it(tmp_pat
     learned = manifest["learned_limits"]["sim/m"]
     assert learned["source"] == "429s" and 500 <= learned["rpm"] <= 700
     assert "pace held back by the server's limit: sim/m:" in r.err + r.out
+    assert "pace_held_by" not in manifest  # this session's only: said, not recorded
     first_session = len(gw.seen)
     r2 = cli("run", "--resume", r.run_dir, "--no-progress")
     assert r2.code == 0, r2.err

@@ -41,9 +41,6 @@ class Shard:
     def filter(self, specs: Iterable[RequestSpec]) -> Iterator[RequestSpec]:
         return (s for s in specs if self.holds(s.request_id))
 
-    def to_json(self) -> dict[str, int]:
-        return {"index": self.index, "count": self.count}
-
 
 def parse_shard(text: str) -> Shard:
     """'2/3' → Shard(2, 3). A ConfigError (exit 2) names what is allowed."""

@@ -184,8 +184,3 @@ class Manifest(_Open):
             self.model_fields_set.discard(key)
         elif self.model_extra is not None:
             self.model_extra.pop(key, None)
-
-    @property
-    def finished(self) -> bool:
-        """Completed, with every request of its grid holding a row."""
-        return self.status is RunStatus.COMPLETED and not (self.counts.missing if self.counts else 0)
