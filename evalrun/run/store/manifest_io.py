@@ -200,7 +200,7 @@ def start_workers(run_dir: Path, fields: Manifest, workers: WorkersInfo) -> None
     """The --workers parent's manifest, written before any shard starts (so a parent killed
     mid-run can be resumed); what an earlier start wrote is kept."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest_file(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else Manifest()
+    manifest = manifest_if_any(run_dir)  # damaged: one line
     for key in fields.model_fields_set:
         setattr(manifest, key, getattr(fields, key))
     manifest.status, manifest.workers = RunStatus.RUNNING, workers
