@@ -2,7 +2,8 @@
 
 tests/old_manifests/ holds manifest.json files written by evalrun at commit 7d830a5 (before the
 typed record: no `version`), for a whole run and the two shards of a --shard run of
-configs/quickstart.yaml with `dataset.limit=4` on the simulator. Each test runs the same
+configs/quickstart.yaml with `dataset.limit=4` on the simulator, and one written by the first
+commit, 8e8c49c (no `data_columns`, no `prices`, cell ids of another scheme). Each test runs the same
 experiment with today's code (the same request and cell ids), puts the old manifest in place of
 the new one, and drives the commands over it through the CLI.
 """
@@ -23,7 +24,9 @@ SETS = ("--set", "dataset.limit=4", "--set", "providers.simulator.simulator.late
 
 
 def _old(name: str) -> dict[str, Any]:
-    return orjson.loads((OLD / f"7d830a5-{name}.json").read_bytes())  # type: ignore[no-any-return]
+    """One of the old manifests: `whole`, `shard1of2`, `shard2of2` (7d830a5), or `first` (8e8c49c)."""
+    path = OLD / ("8e8c49c-whole.json" if name == "first" else f"7d830a5-{name}.json")
+    return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
 
 
 def _run_with_old_manifest(cli: Any, run_dir: Path, old: str, *shard: str, **keys: Any) -> dict[str, Any]:
@@ -120,3 +123,19 @@ def test_a_new_manifest_has_the_old_keys_so_an_older_evalrun_reads_it(tmp_path: 
     for key in ("cells", "grid", "counts"):  # what older readers index into; prices and providers
         assert _shape(new[key]) == _shape(old[key]), key  # follow their own config models
     assert new["status"] == "completed" and isinstance(new["version"], int)
+
+
+def test_a_manifest_of_the_first_version_reads_and_a_resume_of_it_is_refused_in_one_line(
+    tmp_path: Path, cli: Any
+) -> None:
+    first = read_manifest(OLD / "8e8c49c-whole.json")
+    assert first.version == 0 and first.prices is None and first.data_columns is None
+    run_dir = tmp_path / "first"
+    old = _run_with_old_manifest(cli, run_dir, "first")
+    for args in (("summary", run_dir), ("cost", run_dir), ("report", run_dir)):
+        r = cli(*args)
+        assert r.code == 0, (args, r.err)
+    assert _on_disk(run_dir) == old
+    # its cells had ids of another scheme: the grid is not today's, and a resume says so
+    r = cli("run", "--resume", run_dir, "--no-progress")
+    assert r.code == 2 and "Traceback" not in r.err and "grid changed" in r.err, r.err
