@@ -248,7 +248,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     breakdown = cost_breakdown(pd.read_parquet(path, columns=columns), by, pricing, judge_rows(args.run_dir))
     note = partial_note(breakdown, str(args.prices) if args.prices else None)
     manifest = manifest_if_any(args.run_dir)  # optional; damaged: one line
-    currency = pricing.currency if pricing else ((manifest.get("prices") or {}).get("currency") or "")
+    currency = pricing.currency if pricing else ((manifest.prices.currency if manifest.prices else None) or "")
     if args.format == "csv":
         print(breakdown.table.to_csv(index=False), end="")
     elif args.format == "json":

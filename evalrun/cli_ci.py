@@ -171,18 +171,21 @@ def _remote_baseline(parent: str, experiment: str, branch: str) -> Path | None:
 
 def _latest(candidates: list[tuple[Path, Path]], experiment: str, branch: str) -> Path | None:
     """The latest completed whole run of `experiment` that ci recorded on `branch`."""
+    from evalrun.run.manifest import RunStatus
+    from evalrun.run.store import manifest_if_any
+
     best: tuple[str, Path] | None = None
     for run_dir, ci_file in candidates:
         try:
             ci = orjson.loads(ci_file.read_bytes()) if ci_file.is_file() else {}
-            m = orjson.loads((run_dir / "manifest.json").read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            m = manifest_if_any(run_dir)
+        except (OSError, orjson.JSONDecodeError, ConfigError):
             continue  # a damaged run is no baseline
-        if not isinstance(ci, dict) or not isinstance(m, dict) or ci.get("branch") != branch:
+        if not isinstance(ci, dict) or ci.get("branch") != branch:
             continue
-        if m.get("experiment") != experiment or m.get("shard") or m.get("status") != "completed":
+        if m.experiment != experiment or m.shard is not None or m.status is not RunStatus.COMPLETED:
             continue
-        started = str(m.get("started_at") or "")
+        started = m.started_at or ""
         if best is None or started > best[0]:
             best = (started, run_dir)
     return None if best is None else best[1]
@@ -190,9 +193,9 @@ def _latest(candidates: list[tuple[Path, Path]], experiment: str, branch: str) -
 
 def _record(run_dir: Path, location: str | None, place: Place, base_branch: str, base: Path | None) -> None:
     """ci.json beside the run (and published with it): the next job finds its baseline by it."""
-    from evalrun.run.store import storage
+    from evalrun.run.store import manifest_if_any, storage
 
-    baseline = None if base is None else orjson.loads((base / "manifest.json").read_bytes()).get("run_id")
+    baseline = None if base is None else manifest_if_any(base).run_id
     body = {**asdict(place), "base_branch": base_branch, "baseline": baseline}  # its run id, wherever it was
     path = run_dir / CI_FILE
     path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evalrun.errors import ConfigError
+
+if TYPE_CHECKING:
+    from evalrun.run.store import Manifest
 
 
 def add_run_arguments(s: argparse.ArgumentParser) -> None:
@@ -28,12 +31,12 @@ def add_merge_parser(sub: Any) -> None:
 def evaluator_factory() -> Any:
     """manifest → the analysis stage's scorers for the run's config (summary.parquet of a merge)."""
 
-    def build(manifest: dict[str, Any], out: Path) -> Any:
+    def build(manifest: Manifest, out: Path) -> Any:
         from evalrun.analysis.evaluation import for_experiment
         from evalrun.config.load import load_experiment
 
-        exp = load_experiment(Path(manifest["config_path"]), list(manifest.get("overrides") or []))
-        return for_experiment(exp, tuple(manifest.get("data_columns") or ()))
+        exp = load_experiment(Path(str(manifest.config_path)), list(manifest.overrides))
+        return for_experiment(exp, tuple(manifest.data_columns or ()))
 
     return build
 
@@ -59,7 +62,7 @@ def wants_workers(args: argparse.Namespace) -> bool:
         from evalrun.run.store import manifest_if_any
 
         try:
-            return isinstance(manifest_if_any(args.resume).get("workers"), dict)
+            return manifest_if_any(args.resume).workers is not None
         except ConfigError:  # damaged: the single-process path rebuilds it or says so in one line
             return False
     return False  # the single-process path says what is wrong with a --resume
@@ -183,7 +186,7 @@ def _budgets(args: argparse.Namespace, exp: Any) -> tuple[int | None, float | No
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from evalrun.run.scale import check_out, merge_runs
-    from evalrun.run.store import check_no_run, publish_or_keep
+    from evalrun.run.store import Counts, RunStatus, check_no_run, publish_or_keep
 
     target = getattr(args, "publish_to", None)
     if target:
@@ -194,10 +197,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"evalrun: error: {unpublished}", file=sys.stderr)
         print(args.out)
         return 1
-    c = manifest["counts"]
+    c = manifest.counts or Counts()
     print(
-        f"evalrun: merged {len(args.run_dirs)} shards: {c['recorded']:,} of {c['requests']:,} requests "
-        f"({c['errors']:,} errors); {manifest['status']}",
+        f"evalrun: merged {len(args.run_dirs)} shards: {c.recorded:,} of {c.requests:,} requests "
+        f"({c.errors:,} errors); {manifest.status}",
         file=sys.stderr,
     )
     pending = pending_judges(args.out)
@@ -209,7 +212,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(target or args.out)
-    return 0 if manifest["status"] == "completed" else 1
+    return 0 if manifest.status is RunStatus.COMPLETED else 1
 
 
 def localize(args: argparse.Namespace) -> None:
@@ -255,12 +258,10 @@ def localize(args: argparse.Namespace) -> None:
 
 def _latest_remote(new_url: str) -> str:
     """--baseline latest for a run on object storage: the sibling run that started last before it."""
-    import orjson
-
-    from evalrun.run.store import storage
+    from evalrun.run.store import manifest_if_any, storage
 
     parent = new_url.rstrip("/").rsplit("/", 1)[0]
-    new = orjson.loads((storage.fetch_run(new_url, ("manifest.json",)) / "manifest.json").read_bytes())
+    new = manifest_if_any(storage.fetch_run(new_url, ("manifest.json",)))
     best: tuple[str, str] | None = None
     for url in storage.list_runs(parent):
         if url.rstrip("/") == new_url.rstrip("/"):
@@ -271,11 +272,15 @@ def _latest_remote(new_url: str) -> str:
             continue  # not a run directory (or not finished)
         if not (local / "results.parquet").is_file():
             continue
-        m = orjson.loads((local / "manifest.json").read_bytes())
-        if m.get("shard") or m.get("experiment") != new.get("experiment"):
+        try:
+            m = manifest_if_any(local)
+        except ConfigError:  # a damaged run is no baseline
             continue
-        if m.get("started_at", "") < new.get("started_at", "") and (best is None or m["started_at"] > best[0]):
-            best = (m["started_at"], url)
+        if m.shard is not None or m.experiment != new.experiment:
+            continue
+        started = m.started_at or ""
+        if started < (new.started_at or "") and (best is None or started > best[0]):
+            best = (started, url)
     if best is None:
-        raise ConfigError(f"--baseline latest: no earlier finished run of {new.get('experiment')!r} in {parent}")
+        raise ConfigError(f"--baseline latest: no earlier finished run of {new.experiment!r} in {parent}")
     return best[1]

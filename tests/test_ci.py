@@ -145,10 +145,10 @@ def test_on_object_storage_the_baseline_is_found_and_reused_from_the_bucket(tmp_
     assert broken.code == 1, broken.err
     assert "80 answers came from the cache, unsent" in broken.err
     objects = s3_server.objects("evals")
-    recorded = [orjson.loads(v) for k, v in objects.items() if k.endswith("/ci.json")]
-    assert sorted(r["branch"] for r in recorded) == ["feature", "main"]
-    main_run = next(k.split("/")[-2] for k, v in objects.items() if k.endswith("/ci.json") and b'"main"' in v)
-    assert [r["baseline"] for r in recorded if r["branch"] == "feature"] == [main_run]
+    recorded = {k.split("/")[-2]: orjson.loads(v) for k, v in objects.items() if k.endswith("/ci.json")}
+    assert sorted(r["branch"] for r in recorded.values()) == ["feature", "main"]
+    main_run = next(run for run, r in recorded.items() if r["branch"] == "main")
+    assert [r["baseline"] for r in recorded.values() if r["branch"] == "feature"] == [main_run]
 
 
 def test_a_baseline_given_as_a_path_is_used(tmp_path, cli) -> None:

@@ -91,6 +91,10 @@ DAMAGED_MANIFESTS = [
     pytest.param(lambda b: b"", id="empty"),
     pytest.param(lambda b: b"[1, 2]", id="an-array"),
     pytest.param(lambda b: b'{"status": "completed"}', id="no-run-id"),
+    # whole JSON with the run id and config, but a key of the wrong type: the typed record says so
+    pytest.param(lambda b: orjson.dumps({**orjson.loads(b), "counts": "many"}), id="counts-a-string"),
+    pytest.param(lambda b: orjson.dumps({**orjson.loads(b), "status": "exploded"}), id="unknown-status"),
+    pytest.param(lambda b: orjson.dumps({**orjson.loads(b), "cells": ["a", "b"]}), id="cells-not-records"),
 ]
 
 

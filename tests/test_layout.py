@@ -208,3 +208,39 @@ def test_function_length_check_finds_a_long_function(tmp_path: Path) -> None:
     path = tmp_path / "long.py"
     path.write_text(f"def short():\n    pass\n\n\nclass C:\n    async def long(self):\n{body}")
     assert _long_functions("m", path) == [f"m.long ({MAX_FUNCTION_LINES + 1} lines, line 6)"]
+
+
+# manifest.json has one writer (run/store/manifest_io.py): the single-process run, --workers,
+# Ray and merge all change it through its functions, so the paths cannot drift apart again
+MANIFEST_WRITER = "evalrun.run.store.manifest_io"
+_WRITES = {"write_json", "write_bytes", "write_text", "dump", "dumps", "replace", "rename", "open"}
+
+
+def _manifest_writes(module: str, path: Path) -> list[str]:
+    """`module:line call` for each call that writes a file or serializes and names a manifest
+    (MANIFEST, "manifest.json", a `manifest` variable) in its target or arguments, and each
+    dump of the record (`to_json_dict`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        target = [func.value] if isinstance(func, ast.Attribute) else []  # (run_dir / MANIFEST).write_text
+        args = " ".join(ast.unparse(a) for a in [*target, *node.args, *(k.value for k in node.keywords)])
+        if name == "to_json_dict" or (name in _WRITES and "manifest" in args.lower()):
+            found.append(f"{module}:{node.lineno} {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_manifest_has_one_writer() -> None:
+    writes = {m: _manifest_writes(m, p) for m, p in MODULES.items()}
+    assert writes[MANIFEST_WRITER], "the check finds nothing even in the writer: it checks nothing"
+    others = [w for m, found in sorted(writes.items()) if m != MANIFEST_WRITER for w in found]
+    assert not others, "manifest.json is written outside run/store/manifest_io.py:\n" + "\n".join(others)
+
+
+def test_manifest_writer_check_finds_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "w.py"
+    path.write_text("def f(d, m):\n    write_json(d / MANIFEST, m)\n    (d / 'manifest.json').write_text('{}')\n")
+    assert len(_manifest_writes("w", path)) == 2

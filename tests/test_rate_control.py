@@ -239,6 +239,7 @@ def test_the_learnt_limit_is_in_the_manifest_and_a_resume_starts_from_it(tmp_pat
     learned = manifest["learned_limits"]["sim/m"]
     assert learned["source"] == "429s" and 500 <= learned["rpm"] <= 700
     assert "pace held back by the server's limit: sim/m:" in r.err + r.out
+    assert "pace_held_by" not in manifest  # this session's only: said, not recorded
     first_session = len(gw.seen)
     r2 = cli("run", "--resume", r.run_dir, "--no-progress")
     assert r2.code == 0, r2.err
@@ -290,6 +291,7 @@ def test_the_next_run_of_the_experiment_starts_from_the_limit_the_last_one_learn
 
 def test_only_an_earlier_whole_run_of_the_experiment_on_the_same_server_is_a_starting_point(tmp_path) -> None:
     from evalrun.run.prior_limits import prior_limits
+    from evalrun.run.store import Manifest
 
     server = {"kind": "openai", "preset": None, "base_urls": ["http://127.0.0.1:1/v1"], "api_key_env": "K"}
     now = {"experiment": "t", "started_at": "2026-12-05T03:00:00Z", "providers": {"gw": server, "b": server}}
@@ -312,5 +314,5 @@ def test_only_an_earlier_whole_run_of_the_experiment_on_the_same_server_is_a_sta
     here = tmp_path / "now"
     here.mkdir()
     # the latest earlier whole run of "t"; provider b pointed elsewhere that night: not taken
-    assert prior_limits(here, now) == ({"gw/m": learned["gw/m"]}, "run night")
-    assert prior_limits(here, {**now, "experiment": "v"}) == ({}, "")
+    assert prior_limits(here, Manifest.model_validate(now)) == ({"gw/m": learned["gw/m"]}, "run night")
+    assert prior_limits(here, Manifest.model_validate({**now, "experiment": "v"})) == ({}, "")

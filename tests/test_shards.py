@@ -19,6 +19,7 @@ from evalrun.analysis.compare import latest_baseline
 from evalrun.config.load import load_experiment
 from evalrun.errors import ConfigError
 from evalrun.run.grid.grid import build_plan
+from evalrun.run.manifest import MANIFEST_VERSION
 from evalrun.run.scale.shards import Shard, parse_shard
 from evalrun.run.store.framing import MARK
 from evalrun.run.store.journal import JOURNAL
@@ -205,6 +206,7 @@ def test_workers_share_the_budget_evenly_and_merge(tmp_path: Path, gateway: Gate
         shard_manifest = orjson.loads((Path(s["run_dir"]) / "manifest.json").read_bytes())
         assert shard_manifest["providers"]["sim"]["rpm"] == 300  # the config, untouched
         assert shard_manifest["argv"][-2:] == ["--rate-share", "3"]
+        assert shard_manifest["version"] == manifest["version"] == MANIFEST_VERSION  # the one writer, both
 
 
 def test_workers_resume_after_a_shard_is_killed(tmp_path: Path, gateway: Gateway) -> None:

@@ -19,7 +19,16 @@ import orjson
 
 from evalrun.analysis.compare_rows import FLIP_COLUMNS, compare_cell
 from evalrun.errors import ConfigError
-from evalrun.run.store import DATA_PREFIX, MANIFEST, RESULTS, manifest_if_any, require_finished
+from evalrun.run.store import (
+    DATA_PREFIX,
+    MANIFEST,
+    RESULTS,
+    GridInfo,
+    Manifest,
+    RunStatus,
+    manifest_if_any,
+    require_finished,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,7 +87,7 @@ def gate_for(
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
     if min_passes is not None and min_passes < 1:
         raise ConfigError(f"--min-passes must be a whole number of at least 1, got {min_passes}")
-    cfg = (manifest_if_any(new_dir).get("config") or {}).get("gate") or {}  # damaged: one line
+    cfg = (manifest_if_any(new_dir).config or {}).get("gate") or {}  # damaged: one line; config is the YAML
     return Gate(
         scorer=scorer or cfg.get("scorer"),
         fail_on_drop=fail_on_drop if fail_on_drop is not None else cfg.get("fail_on_drop", 0.02),
@@ -88,20 +97,20 @@ def gate_for(
     )
 
 
-def _manifest(run_dir: Path) -> dict[str, Any]:
+def _manifest(run_dir: Path) -> Manifest:
     return require_finished(run_dir)
 
 
-def _grid_mismatch(base: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _grid_mismatch(base: Manifest, new: Manifest) -> str | None:
     """Why `base` cannot be new's baseline (None: same cells, rows and repeats)."""
     if set(_cell_keys(base).values()) != set(_cell_keys(new).values()):
         return "other cells (models, prompt names or parameters)"
     if _endpoints(base) != _endpoints(new):  # a simulator run is no baseline for a real API's
         return f"another provider ({', '.join(sorted(_endpoints(base)))})"
-    bg, ng = base.get("grid") or {}, new.get("grid") or {}
-    for what in ("rows", "repeats"):
-        if bg.get(what) != ng.get(what):
-            return f"{bg.get(what)} {what} instead of {ng.get(what)}"
+    bg, ng = base.grid or GridInfo(), new.grid or GridInfo()
+    for what, b, n in (("rows", bg.rows, ng.rows), ("repeats", bg.repeats, ng.repeats)):
+        if b != n:
+            return f"{b} {what} instead of {n}"
     return None
 
 
@@ -115,14 +124,17 @@ def latest_baseline(new_dir: Path) -> Path:
     for sibling in new_dir.parent.iterdir():
         if sibling == new_dir or not (sibling / RESULTS).is_file() or not (sibling / MANIFEST).is_file():
             continue
-        m = orjson.loads((sibling / MANIFEST).read_bytes())
-        if m.get("shard"):  # one shard of a sharded run is not a whole run
+        try:
+            m = manifest_if_any(sibling)
+        except ConfigError:  # a damaged run is no baseline
             continue
-        started = m.get("started_at") or ""
-        if m.get("experiment") != new.get("experiment") or started >= (new.get("started_at") or ""):
+        if m.shard is not None:  # one shard of a sharded run is not a whole run
             continue
-        missing = (m.get("counts") or {}).get("missing", 0)
-        why = f"status {m.get('status')}" if m.get("status") != "completed" or missing else _grid_mismatch(m, new)
+        started = m.started_at or ""
+        if m.experiment != new.experiment or started >= (new.started_at or ""):
+            continue
+        missing = m.counts.missing if m.counts else 0
+        why = f"status {m.status}" if m.status is not RunStatus.COMPLETED or missing else _grid_mismatch(m, new)
         if why:
             skipped.append((started, sibling, why))
         elif best is None or started > best[0]:
@@ -133,17 +145,17 @@ def latest_baseline(new_dir: Path) -> Path:
             _, path, why = max(skipped, key=lambda s: s[0])
             hint = f"; the latest, {path.name}, has {why}: name a base run explicitly: evalrun compare BASE_RUN NEW_RUN"
         raise ConfigError(
-            f"--baseline latest: no earlier completed run of {new.get('experiment')!r} with the same grid "
+            f"--baseline latest: no earlier completed run of {new.experiment!r} with the same grid "
             f"in {new_dir.parent}{hint}"
         )
     return best[1]
 
 
-def _cell_keys(manifest: dict[str, Any]) -> dict[str, str]:
+def _cell_keys(manifest: Manifest) -> dict[str, str]:
     """cell_id → a key that is the same for the same model, prompt name and parameters."""
     return {
-        c["cell_id"]: orjson.dumps([c["model"], c["prompt_id"], c["params"]], option=orjson.OPT_SORT_KEYS).decode()
-        for c in manifest.get("cells", [])
+        str(c.cell_id): orjson.dumps([c.model, c.prompt_id, c.params], option=orjson.OPT_SORT_KEYS).decode()
+        for c in manifest.cells
     }
 
 
@@ -154,29 +166,29 @@ def _label(key: str, varying: set[str]) -> str:
     return f"{model} · {prompt} · {shown}"
 
 
-def _endpoints(manifest: dict[str, Any]) -> set[str]:
+def _endpoints(manifest: Manifest) -> set[str]:
     """What answered the run's cells: provider name, kind and base URLs (the simulator has none)."""
-    providers = manifest.get("providers") or {}
+    providers = manifest.providers or {}  # each the provider's config, as resolved
     out = set()
-    for name in {c.get("provider") for c in manifest.get("cells", [])}:
-        p = providers.get(name) or {}
+    for name in {c.provider for c in manifest.cells}:
+        p = providers.get(str(name)) or {}
         urls = ", ".join(p.get("base_urls") or []) if p.get("kind") != "simulator" else ""
         out.add(f"{name} ({p.get('kind') or 'openai'}{': ' + urls if urls else ''})")
     return out
 
 
-def _differences(base_m: dict[str, Any], new_m: dict[str, Any], base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+def _differences(base_m: Manifest, new_m: Manifest, base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
     """Everything that makes the two runs not the same experiment, one sentence each."""
     out = []
-    if base_m.get("status") != "completed":
-        out.append(f"the base run is {base_m.get('status')}, not completed")
+    if base_m.status is not RunStatus.COMPLETED:
+        out.append(f"the base run is {base_m.status}, not completed")
     if (b := _endpoints(base_m)) != (n := _endpoints(new_m)):
         out.append(f"the provider differs: base {', '.join(sorted(b))}; new {', '.join(sorted(n))}")
-    bg, ng = base_m.get("grid") or {}, new_m.get("grid") or {}
-    if Path(bg.get("dataset") or "").name != Path(ng.get("dataset") or "").name or bg.get("rows") != ng.get("rows"):
+    bg, ng = base_m.grid or GridInfo(), new_m.grid or GridInfo()
+    if Path(bg.dataset or "").name != Path(ng.dataset or "").name or bg.rows != ng.rows:
         out.append(
-            f"the dataset differs: base {Path(bg.get('dataset') or '?').name} ({bg.get('rows')} rows); "
-            f"new {Path(ng.get('dataset') or '?').name} ({ng.get('rows')} rows)"
+            f"the dataset differs: base {Path(bg.dataset or '?').name} ({bg.rows} rows); "
+            f"new {Path(ng.dataset or '?').name} ({ng.rows} rows)"
         )
     data = sorted(c for c in set(base.columns) & set(new.columns) if c.startswith(DATA_PREFIX))
     if data:
@@ -194,10 +206,10 @@ def _differences(base_m: dict[str, Any], new_m: dict[str, Any], base: pd.DataFra
     return out
 
 
-def _params_by_name(manifest: dict[str, Any]) -> dict[str, set[str]]:
+def _params_by_name(manifest: Manifest) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for c in manifest.get("cells", []):
-        for k, v in c["params"].items():
+    for c in manifest.cells:
+        for k, v in c.params.items():
             out.setdefault(k, set()).add(orjson.dumps(v).decode())
     return out
 
@@ -206,7 +218,7 @@ def _values(values: set[str] | None) -> str:
     return ", ".join(sorted(values)) if values else "not set"
 
 
-def _load(run_dir: Path, manifest: dict[str, Any], scorer: str) -> pd.DataFrame:
+def _load(run_dir: Path, manifest: Manifest, scorer: str) -> pd.DataFrame:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -307,7 +319,7 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
         )
     base, new = _load(base_dir, base_m, scorer), _load(new_dir, new_m, scorer)
     warnings = _differences(base_m, new_m, base, new)
-    params = [c["params"] for c in base_m.get("cells", []) + new_m.get("cells", [])]
+    params = [c.params for c in base_m.cells + new_m.cells]
     varying = {k for k in {k for p in params for k in p} if len({orjson.dumps(p.get(k)) for p in params}) > 1}
     rows: list[dict[str, Any]] = []
     flips: list[pd.DataFrame] = []
@@ -370,14 +382,14 @@ def _coverage_warnings(cells: pd.DataFrame) -> list[str]:
     return warnings
 
 
-def _first_scorer(manifest: dict[str, Any]) -> str | None:
+def _first_scorer(manifest: Manifest) -> str | None:
     """The gate's scorer, else the first of those the results hold: `evalrun score` records
     the scorers it wrote in the manifest's `scorers`, over those the run was configured with."""
-    cfg = manifest.get("config") or {}
+    cfg = manifest.config or {}  # the experiment's YAML
     gate = (cfg.get("gate") or {}).get("scorer")
     if gate:
         return str(gate)
-    scorers = manifest.get("scorers") if manifest.get("scorers") is not None else cfg.get("scorers")
+    scorers = manifest.scorers if manifest.scorers is not None else cfg.get("scorers")
     for s in scorers or []:
         return str(s.get("name") or s.get("type"))
     return None

@@ -99,7 +99,7 @@ def has_judges(run_dir: Path, config: Path | None) -> bool:
     from evalrun.run.store import require_finished
 
     manifest = require_finished(run_dir)
-    exp = load_experiment(config or Path(manifest["config_path"]), manifest.get("overrides") or [])
+    exp = load_experiment(config or Path(str(manifest.config_path)), manifest.overrides)
     return any(isinstance(s, JUDGES) for s in exp.config.scorers)
 
 
@@ -109,17 +109,17 @@ def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]
     import pyarrow.parquet as pq
 
     from evalrun.config.load import load_experiment
-    from evalrun.run.store import MANIFEST, RESULTS, require_finished, rescore, write_json
+    from evalrun.run.store import RESULTS, record_scorers, require_finished, rescore
 
     manifest = require_finished(run_dir)
-    exp = load_experiment(config or Path(manifest["config_path"]), manifest.get("overrides") or [])
+    exp = load_experiment(config or Path(str(manifest.config_path)), manifest.overrides)
     names = pq.read_schema(run_dir / RESULTS).names
     columns = tuple(n[len(DATA_PREFIX) :] for n in names if n.startswith(DATA_PREFIX))
     scorers = load_scorers(exp.config.scorers, exp.path, columns, exp.lines)
     evaluation = Evaluation(scorers)
     rows = rescore(run_dir, evaluation)
-    manifest["scorers"] = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
-    write_json(run_dir / MANIFEST, manifest)
+    scorers_used = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in exp.config.scorers]
+    record_scorers(run_dir, manifest, scorers_used)
     title = f"{run_dir.name}: rescored {rows:,} rows ({', '.join(scorers.names) or 'no scorers'})"
     return evaluation.write_summary(run_dir), title
 
@@ -127,10 +127,10 @@ def rescore_run(run_dir: Path, config: Path | None) -> tuple[list[dict[str, Any]
 def stopped_note(run_dir: Path) -> str | None:
     """What `score` says of a run that did not finish: it scored the rows there are, and how
     to finish the run (score itself never sends the experiment's requests)."""
-    from evalrun.run.store import manifest_if_any
+    from evalrun.run.store import Counts, manifest_if_any
 
-    counts = manifest_if_any(run_dir).get("counts") or {}
-    missing, total = int(counts.get("missing") or 0), int(counts.get("requests") or 0)
+    counts = manifest_if_any(run_dir).counts or Counts()
+    missing, total = counts.missing, counts.requests
     if not missing:
         return None
     return (

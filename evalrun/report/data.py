@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from evalrun.analysis.summary import scorer_names, summary_from_file
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.report.format import fmt_val
-from evalrun.run.store import DATA_PREFIX, RESULTS, request_rows, require_finished
+from evalrun.run.store import DATA_PREFIX, RESULTS, Manifest, request_rows, require_finished
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,7 +25,7 @@ class Run:
     """A finished run as the report reads it."""
 
     dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     requests: pd.DataFrame  # one row per request: its choice-0 row or its error row (usage sits there)
     cells: pd.DataFrame  # summary_from_file() + label, tokens and cost per cell
     scorer: str | None  # the primary scorer: the first pass_<name> column

@@ -9,14 +9,20 @@ from datetime import datetime
 from typing import Any
 
 from evalrun.analysis.compare import ANSWER_CHARS
+from evalrun.run.store import Manifest
 
 
-def price_label(manifest: dict[str, Any]) -> tuple[str, str]:
+def price_label(manifest: Manifest) -> tuple[str, str]:
     """(currency, where the prices came from): the manifest's `prices`, else the config's."""
-    info = manifest.get("prices") or (manifest.get("config") or {}).get("prices") or {}
-    info = {"file": info} if isinstance(info, str) else info
-    source = str(info.get("source") or info.get("file") or "not recorded in the manifest")
-    return str(info.get("currency") or "USD"), source + (f", as of {info['as_of']}" if info.get("as_of") else "")
+    if manifest.prices is not None:
+        p = manifest.prices
+        currency, source, as_of = p.currency, p.source or (p.model_extra and p.model_extra.get("file")), p.as_of
+    else:
+        info = (manifest.config or {}).get("prices") or {}  # the YAML's: a file name or a table
+        info = {"file": info} if isinstance(info, str) else info
+        currency, source, as_of = info.get("currency"), info.get("source") or info.get("file"), info.get("as_of")
+    label = str(source or "not recorded in the manifest")
+    return str(currency or "USD"), label + (f", as of {as_of}" if as_of else "")
 
 
 def esc(v: Any) -> str:

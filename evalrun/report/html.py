@@ -38,7 +38,7 @@ from evalrun.report.format import (
 )
 from evalrun.report.svg import tip
 from evalrun.report.timeline import timeline
-from evalrun.run.store import RESULTS
+from evalrun.run.store import RESULTS, GridInfo
 
 if TYPE_CHECKING:
     from evalrun.analysis.compare import Comparison
@@ -252,29 +252,33 @@ def _flips(c: Comparison) -> str:
 def _header(run: Run) -> dict[str, str]:
     """The page template's header fields: run facts, then the key figures as cards."""
     m, cells, req = run.manifest, run.cells, run.requests
-    grid, counts, status = m.get("grid") or {}, m.get("counts") or {}, str(m.get("status") or "unknown")
-    start, end = parse_time(m.get("started_at")), parse_time(m.get("finished_at"))
+    grid, status = m.grid or GridInfo(), str(m.status or "unknown")
+    start, end = parse_time(m.started_at), parse_time(m.finished_at)
     took = f" ({fmt_secs(round((end - start).total_seconds(), 1))})" if start and end else ""
     utc = [t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–" for t in (start, end)]
     meta = [
-        f"<span>run <b class=mono>{esc(m.get('run_id') or run.dir.name)}</b></span>",
+        f"<span>run <b class=mono>{esc(m.run_id or run.dir.name)}</b></span>",
         f'<span class="badge {dict(completed="good", failed="bad").get(status, "warn")}">{esc(status)}</span>',
         f"<span>started <b>{utc[0]}</b></span>",
         f"<span>finished <b>{utc[1]}</b>{took}</span>",
     ]
-    meta += [f"<span>resumed {len(m['resumes'])}×</span>"] if m.get("resumes") else []
+    meta += [f"<span>resumed {len(m.resumes)}×</span>"] if m.resumes else []
     currency, source = price_label(m)
     meta += [f"<span>prices <b>{esc(currency)}</b> from <code>{esc(source)}</code></span>"] if run.has_cost else []
-    meta.append(f"<span>evalrun {esc(m.get('evalrun_version') or '')}</span>")
+    meta.append(f"<span>evalrun {esc(m.evalrun_version or '')}</span>")
     errors, n_models = int((req.status == "error").sum()), max(cells.model.nunique() if len(cells) else 0, 1)
     kpis = [
-        ("cells", fmt_num(grid.get("cells", len(cells))), f"{n_models} model(s) × {len(cells) // n_models} settings"),
         (
-            "requests",
-            fmt_num(grid.get("requests")),
-            f"{fmt_num(grid.get('rows'))} rows × {grid.get('repeats', 1)} repeats",
+            "cells",
+            fmt_num(len(cells) if grid.cells is None else grid.cells),
+            f"{n_models} model(s) × {len(cells) // n_models} settings",
         ),
-        ("recorded", fmt_num(counts.get("recorded", len(req))), f"{fmt_num(counts.get('missing', 0))} not sent"),
+        ("requests", fmt_num(grid.requests), f"{fmt_num(grid.rows)} rows × {grid.repeats or 1} repeats"),
+        (
+            "recorded",
+            fmt_num(m.counts.recorded if m.counts else len(req)),
+            f"{fmt_num(m.counts.missing if m.counts else 0)} not sent",
+        ),
         ("errors", fmt_num(errors), f"{fmt_pct(errors / max(len(req), 1))} of recorded"),
         ("retries", fmt_num(req.attempts.fillna(1).sub(1).clip(lower=0).sum()), "extra attempts"),
     ]
@@ -287,14 +291,14 @@ def _header(run: Run) -> dict[str, str]:
         per = f"{fmt_money(answers / max(len(req), 1), currency)} per request"
         sub = f"answers {fmt_money(answers, currency)} + judges {fmt_money(judges, currency)}" if judges else per
         kpis.append(("total cost", fmt_money(total, currency), sub))
-    desc = (m.get("config") or {}).get("description")
+    desc = (m.config or {}).get("description")  # the experiment's YAML
     cards = (
         f'<div class="kpi{" bad" if k == "errors" and errors else ""}"><div class="k">{esc(k)}</div>'
         f'<div class="v">{v}</div><div class="s">{esc(s)}</div></div>'
         for k, v, s in kpis
     )
     return {
-        "experiment": esc(m.get("experiment") or run.dir.name),
+        "experiment": esc(m.experiment or run.dir.name),
         "meta": "".join(meta),
         "kpis": "".join(cards),
         "description": f'<p class="desc">{esc(desc)}</p>' if desc else "",
@@ -329,7 +333,7 @@ def render(run: Run, comparison: Comparison | None = None) -> str:
     failed = "FAIL · " if comparison is not None and comparison.failed else ""
     return Template((assets / "page.html").read_text("utf-8")).substitute(
         _header(run),
-        title=esc(f"{failed}{m.get('experiment') or run.dir.name} · {m.get('run_id') or ''} · evalrun report"),
+        title=esc(f"{failed}{m.experiment or run.dir.name} · {m.run_id or ''} · evalrun report"),
         css=(assets / "report.css").read_text("utf-8"),
         js=(assets / "report.js").read_text("utf-8") + (assets / "explorer.js").read_text("utf-8"),
         verdict=verdict_banner(comparison),

@@ -9,16 +9,13 @@ of the run reads and never rebuilds (prices are loaded once, scorers compiled on
 from __future__ import annotations
 
 import hashlib
-import platform
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from evalrun import __version__
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
@@ -28,13 +25,14 @@ from evalrun.run.records.secrets import provider_key, use_keys
 from evalrun.run.scale.shards import Shard, shard_from_manifest
 from evalrun.run.store.cache import CACHE_FILE, cache_problem
 from evalrun.run.store.journal import JOURNAL, journal_state, repair_journal
+from evalrun.run.store.manifest import ErrorType, Manifest, ShardInfo
 from evalrun.run.store.rundir import check_run_dir, grid_changed, latest_completed, read_manifest
 from evalrun.run.store.storage import check_writable, is_url, join, response_cache_dir, staging_dir
-from evalrun.run.store.store import MANIFEST, RowHook, now_iso, write_json
+from evalrun.run.store.store import MANIFEST, RowHook
 
 # A request whose last row is one of these errors was stopped by the provider, not judged by
 # it: a plain --resume sends it again (--retry-errors re-sends every error).
-RESEND_ON_RESUME = frozenset({"insufficient_quota", "authentication", "permission"})
+RESEND_ON_RESUME = frozenset({ErrorType.INSUFFICIENT_QUOTA, ErrorType.AUTHENTICATION, ErrorType.PERMISSION})
 
 
 class Evaluator(RowHook, Protocol):
@@ -86,7 +84,7 @@ class RunContext:
     plan: Plan
     run_dir: Path
     run_id: str
-    manifest: dict[str, Any]  # what manifest.json says so far (the runner adds to it)
+    manifest: Manifest  # what manifest.json says so far (the runner adds to it)
     done: frozenset[str]  # request ids that already have a row (resume)
     keys: Mapping[str, str | None]  # provider → API key (None: none needed), for every provider the run uses
     pricing: Pricing | None
@@ -135,18 +133,10 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     _check_limiters(exp, providers)
     fingerprint = grid_fingerprint(plan)
     run_dir, run_id, done = _run_place(opts, plan, manifest, fingerprint, shard)
-    manifest.update(
-        {
-            "run_id": run_id,
-            "experiment": exp.name,
-            "config_path": str(exp.path.resolve()),
-            "overrides": overrides,
-            "limit": limit,
-            "grid_fingerprint": fingerprint,
-        }
-    )
+    manifest.run_id, manifest.experiment, manifest.config_path = run_id, exp.name, str(exp.path.resolve())
+    manifest.overrides, manifest.limit, manifest.grid_fingerprint = overrides, limit, fingerprint
     if shard is not None:
-        manifest["shard"] = shard.to_json()
+        manifest.shard = ShardInfo(index=shard.index, count=shard.count)
     return RunContext(
         plan=plan,
         run_dir=run_dir,
@@ -170,34 +160,34 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
     )
 
 
-def _resumed_inputs(config: Path | None, opts: RunOptions) -> tuple[dict[str, Any], Path | None, list[str], int | None]:
+def _resumed_inputs(config: Path | None, opts: RunOptions) -> tuple[Manifest, Path | None, list[str], int | None]:
     """(manifest so far, config, overrides, limit): on --resume, its manifest fills what argv leaves out."""
-    manifest: dict[str, Any] = {}
+    manifest = Manifest()
     overrides, limit = list(opts.overrides), opts.limit
     if opts.resume is not None:
         manifest = read_manifest(opts.resume, config)  # a damaged one: rebuilt, or refused in one line
-        config = config or Path(manifest["config_path"])
-        overrides = overrides or list(manifest.get("overrides") or [])
-        limit = limit if limit is not None else manifest.get("limit")
+        config = config or Path(str(manifest.config_path))
+        overrides = overrides or list(manifest.overrides)
+        limit = limit if limit is not None else manifest.limit
     return manifest, config, overrides, limit
 
 
 def _run_place(
-    opts: RunOptions, plan: Plan, manifest: dict[str, Any], fingerprint: str, shard: Shard | None
+    opts: RunOptions, plan: Plan, manifest: Manifest, fingerprint: str, shard: Shard | None
 ) -> tuple[Path, str, frozenset[str]]:
     """(run dir, run id, request ids with a row): a resumed run's (grid checked, journal repaired) or a new one's."""
     exp = plan.exp
     done: set[str] = set()
     if opts.resume is not None:
         changed = grid_changed(manifest, fingerprint, (s.request_id for s in plan.specs()), opts.resume / JOURNAL)
-        manifest["grid_changed"] = changed
+        manifest.grid_changed = changed
         if changed and not opts.force:
             raise ConfigError(
                 f"--resume {opts.resume}: the experiment's grid changed since that run (config, dataset, "
                 "limit or repeats); resuming would mix two experiments. Start a new run, or pass --force"
             )
         run_dir = opts.resume
-        run_id = manifest["run_id"]
+        run_id = str(manifest.run_id)
         repair_journal(run_dir / JOURNAL)
         for rid, (status, etype) in journal_state(run_dir / JOURNAL).items():
             if status == "ok" or (not opts.retry_errors and etype not in RESEND_ON_RESUME):
@@ -205,7 +195,7 @@ def _run_place(
     else:
         run_dir, run_id, location = new_run_dir(exp, opts.run_dir, f"-shard{shard.label}" if shard else "")
         if location is not None:
-            manifest["location"] = location
+            manifest.location = location
     check_run_dir(run_dir, "--resume" if opts.resume else "--run-dir" if opts.run_dir else exp.where("reports_dir"))
     return run_dir, run_id, frozenset(done)
 
@@ -266,7 +256,7 @@ def _reuse_dir(exp: Experiment, reuse: str | None, run_dir: Path) -> Path | None
     return path
 
 
-def _resumed_shard(opts: RunOptions, manifest: dict[str, Any]) -> Shard | None:
+def _resumed_shard(opts: RunOptions, manifest: Manifest) -> Shard | None:
     """The shard of this run: --shard, or on --resume the one its manifest recorded."""
     if opts.resume is None:
         return opts.shard
@@ -329,63 +319,3 @@ def _pricing(plan: Plan, max_cost: float | None, judges: set[str]) -> Pricing | 
                 f"(add them under prices: in {exp.path}, or to {pricing.source if pricing else 'prices.yaml beside it'})"
             )
     return pricing
-
-
-def versions() -> dict[str, str]:
-    """The versions of evalrun and of what it runs on, for the manifest."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"evalrun": __version__, "python": platform.python_version()}
-    for dist in ("aiohttp", "pyarrow", "pandas", "pydantic", "orjson", "uvloop"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def start_manifest(ctx: RunContext) -> None:
-    """manifest.json as the run starts: what it is, with what, and its cells (status running)."""
-    plan, exp, manifest, pricing = ctx.plan, ctx.exp, ctx.manifest, ctx.pricing
-    manifest.setdefault("started_at", now_iso())
-    manifest.pop("publish_error", None)  # a resume of an unpublished run publishes it again
-    manifest.update(
-        {
-            "status": "running",
-            "evalrun_version": __version__,
-            "versions": versions(),
-            "argv": sys.argv[1:],
-            "config": exp.raw,
-            "prices": {
-                "source": pricing.source,
-                "currency": pricing.currency,
-                "as_of": pricing.table.as_of,
-                "models": {m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()},
-            }
-            if pricing
-            else None,
-            "providers": {n: p.model_dump(mode="json") for n, p in exp.providers.items()},
-            "grid": {
-                "cells": len(plan.cells),
-                "rows": plan.dataset.rows,
-                "repeats": plan.repeats,
-                "requests": plan.total_requests,
-                "dataset": str(plan.dataset.path),
-            },
-            "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
-            "cells": [
-                {
-                    "cell_id": c.cell_id,
-                    "provider": c.provider,
-                    "model": c.model,
-                    "prompt_id": c.prompt_id,
-                    "params": c.params,
-                }
-                for c in plan.cells
-            ],
-        }
-    )
-    manifest.setdefault("resumes", [])
-    if ctx.resumed:
-        manifest["resumes"].append({"at": now_iso(), "already_done": len(ctx.done), "retry_errors": ctx.retry_errors})
-    write_json(ctx.run_dir / MANIFEST, manifest)

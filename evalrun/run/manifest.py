@@ -1,85 +1,87 @@
-"""The typed face of manifest.json: one record, its statuses and the error_type names.
+"""The typed manifest, under the name the run stage's top reads it by, and what a run writes in it.
 
-Writers and readers still use the dict today; this record is the first step of moving them over
-(issue 25 item 2). It is lenient on purpose: every key is optional (older manifests lack many)
-and unknown keys are kept (`extra="allow"`) so a manifest from newer code survives a read and
-write by older code, and the other way round.
+The record and its one reader/writer live in `run/store/` (`manifest.py`, `manifest_io.py`)
+because the store, scale-out and the analysis stage read manifests too, and they may not import
+the top of run/. `read_manifest(path)` here checks one manifest.json file against the record;
+`evalrun.run.store.read_manifest(run_dir, config)` is the resume's reader (it also rebuilds a
+damaged one). Both return the `Manifest` record: read keys as attributes (`m.status`,
+`m.counts.missing`), never with `.get`.
 """
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
-from pathlib import Path
-from typing import Any
+import platform
+import sys
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from evalrun import __version__
+from evalrun.run.store.manifest import (
+    MANIFEST_VERSION,
+    CellInfo,
+    ErrorType,
+    GridInfo,
+    Manifest,
+    PricesInfo,
+    RunStatus,
+)
+from evalrun.run.store.manifest_io import ManifestError, now_iso, start_run
+from evalrun.run.store.manifest_io import read_manifest_file as read_manifest
 
-MANIFEST_VERSION = 1  # manifests without `version` predate the record: read as version 0
+if TYPE_CHECKING:
+    from evalrun.run.context import RunContext
 
-
-class RunStatus(StrEnum):
-    """A run's status in manifest.json; str values so the JSON stays byte-identical."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    STOPPED = "stopped"
-    INTERRUPTED = "interrupted"
-
-
-class ErrorType(StrEnum):
-    """The known values of the error_type column. The set is open (`http_NNN` for unlisted
-    statuses), so columns stay plain strings; compare against these members."""
-
-    REQUEST_ERROR = "request_error"
-    CONNECTION_ERROR = "connection_error"
-    TIMEOUT = "timeout"
-    MALFORMED_RESPONSE = "malformed_response"
-    ERROR_IN_200 = "error_in_200"
-    STREAM_TRUNCATED = "stream_truncated"
-    INTERNAL_ERROR = "internal_error"
-    INSUFFICIENT_QUOTA = "insufficient_quota"
-    INVALID_REQUEST = "invalid_request"
-    AUTHENTICATION = "authentication"
-    PERMISSION = "permission"
-    NOT_FOUND = "not_found"
-    REQUEST_TIMEOUT = "request_timeout"
-    CONFLICT = "conflict"
-    REQUEST_TOO_LARGE = "request_too_large"
-    RATE_LIMIT = "rate_limit"
-    SERVER_ERROR = "server_error"
+__all__ = [
+    "MANIFEST_VERSION",
+    "ErrorType",
+    "Manifest",
+    "ManifestError",
+    "RunStatus",
+    "read_manifest",
+    "start_manifest",
+    "versions",
+]
 
 
-class ManifestError(ValueError):
-    """manifest.json cannot be read as a manifest; the message names the file."""
+def versions() -> dict[str, str]:
+    """The versions of evalrun and of what it runs on, for the manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"evalrun": __version__, "python": platform.python_version()}
+    for dist in ("aiohttp", "pyarrow", "pandas", "pydantic", "orjson", "uvloop"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
-class Manifest(BaseModel):
-    """manifest.json. Only the keys every reader relies on are typed; the rest ride in extras."""
-
-    model_config = ConfigDict(extra="allow")
-
-    version: int = 0
-    status: RunStatus | None = None
-    started_at: str | None = None
-    evalrun_version: str | None = None
-    argv: list[str] | None = None
-    config: dict[str, Any] | None = None
-    grid: dict[str, Any] | None = None
-    data_columns: list[str] | None = None
-    cells: list[dict[str, Any]] | None = None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The dict to write: absent keys stay absent, so an old manifest round-trips unchanged."""
-        return self.model_dump(mode="json", exclude_unset=True)
-
-
-def read_manifest(path: Path) -> Manifest:
-    """Read and validate one manifest.json, with an error naming the file on bad content."""
-    try:
-        raw = json.loads(path.read_text())
-        return Manifest.model_validate(raw)
-    except (OSError, json.JSONDecodeError, ValidationError) as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(first[:3]) if first else type(exc).__name__
-        raise ManifestError(f"{path}: not a valid manifest: {detail}") from None
+def start_manifest(ctx: RunContext) -> None:
+    """manifest.json as the run starts: what it is, with what, and its cells (status running)."""
+    plan, exp, manifest, pricing = ctx.plan, ctx.exp, ctx.manifest, ctx.pricing
+    manifest.evalrun_version, manifest.versions, manifest.argv = __version__, versions(), sys.argv[1:]
+    manifest.config = exp.raw
+    manifest.prices = (
+        PricesInfo(
+            source=pricing.source,
+            currency=pricing.currency,
+            as_of=pricing.table.as_of,
+            models={m: p.model_dump(exclude_none=True) for m, p in pricing.table.models.items()},
+        )
+        if pricing
+        else None
+    )
+    manifest.providers = {n: p.model_dump(mode="json") for n, p in exp.providers.items()}
+    manifest.grid = GridInfo(
+        cells=len(plan.cells),
+        rows=plan.dataset.rows,
+        repeats=plan.repeats,
+        requests=plan.total_requests,
+        dataset=str(plan.dataset.path),
+    )
+    manifest.data_columns = list(plan.dataset.columns)  # for `evalrun merge`
+    manifest.cells = [
+        CellInfo(cell_id=c.cell_id, provider=c.provider, model=c.model, prompt_id=c.prompt_id, params=c.params)
+        for c in plan.cells
+    ]
+    resumed = {"at": now_iso(), "already_done": len(ctx.done), "retry_errors": ctx.retry_errors}
+    start_run(ctx.run_dir, manifest, resumed if ctx.resumed else None)

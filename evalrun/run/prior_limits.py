@@ -16,7 +16,8 @@ from typing import Any
 
 from evalrun.errors import ConfigError
 from evalrun.run.context import RunContext
-from evalrun.run.store.rundir import manifest_if_any
+from evalrun.run.store.manifest import Manifest
+from evalrun.run.store.manifest_io import manifest_if_any
 
 # what makes two provider records the same server (rpm, timeouts, concurrency do not)
 SERVER_KEYS = ("kind", "preset", "base_urls", "api_key_env", "simulator")
@@ -25,17 +26,16 @@ SERVER_KEYS = ("kind", "preset", "base_urls", "api_key_env", "simulator")
 def learned_at_start(ctx: RunContext) -> tuple[dict[str, Any], str]:
     """'provider/model' → {"rpm", "source"}: the lanes' starting limits (empty: learn from
     nothing), and where they come from, in words for the progress line."""
-    own = ctx.manifest.get("learned_limits")
     if ctx.resumed or ctx.shard is not None:  # a shard learns its own share, as a resume does
-        return (own if isinstance(own, dict) else {}), "the last run"
+        return ctx.manifest.learned_limits or {}, "the last run"
     return prior_limits(ctx.run_dir, ctx.manifest)
 
 
-def prior_limits(run_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def prior_limits(run_dir: Path, manifest: Manifest) -> tuple[dict[str, Any], str]:
     """The learnt limits of the latest earlier whole run beside `run_dir` (same experiment, same
     server per provider), and that run, named."""
-    best: tuple[str, dict[str, Any]] | None = None
-    started = str(manifest.get("started_at") or "")
+    best: Manifest | None = None
+    started = manifest.started_at or ""
     for sibling in run_dir.parent.iterdir() if run_dir.parent.is_dir() else ():
         if sibling == run_dir or not sibling.is_dir():
             continue
@@ -43,25 +43,25 @@ def prior_limits(run_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any
             m = manifest_if_any(sibling)
         except ConfigError:  # a damaged run teaches nothing
             continue
-        when = str(m.get("started_at") or "")
+        when = m.started_at or ""
         if (
-            m.get("experiment") != manifest.get("experiment")
-            or m.get("shard")  # a shard's record is its share of the limit
-            or not isinstance(m.get("learned_limits"), dict)
+            m.experiment != manifest.experiment
+            or m.shard is not None  # a shard's record is its share of the limit
+            or m.learned_limits is None
             or when >= started
         ):
             continue
-        if best is None or when > best[0]:
-            best = (when, m)
-    if best is None:
+        if best is None or when > (best.started_at or ""):
+            best = m
+    if best is None or best.learned_limits is None:
         return {}, ""
-    then, now = best[1].get("providers") or {}, manifest.get("providers") or {}
+    then, now = best.providers or {}, manifest.providers or {}
     out: dict[str, Any] = {}
-    for lane, rec in best[1]["learned_limits"].items():
+    for lane, rec in best.learned_limits.items():
         provider = str(lane).partition("/")[0]
         if _same_server(then.get(provider), now.get(provider)) and isinstance(rec, dict):
             out[lane] = rec
-    return out, f"run {best[1].get('run_id', '?')}"
+    return out, f"run {best.run_id or '?'}"
 
 
 def _same_server(then: Any, now: Any) -> bool:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.config.models import ProviderConfig
-from evalrun.run.context import RunContext, RunOptions, build_context, start_manifest
+from evalrun.run.context import RunContext, RunOptions, build_context
+from evalrun.run.manifest import start_manifest
 from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
@@ -28,9 +29,11 @@ from evalrun.run.send.budget import CostBudget
 from evalrun.run.send.stops import PoolOutcome
 from evalrun.run.store.cache import Caches, open_caches
 from evalrun.run.store.journal import JUDGE_JOURNAL
+from evalrun.run.store.manifest import Counts, RunStatus
+from evalrun.run.store.manifest_io import finish_run
 from evalrun.run.store.rundir import holding_run_dirs, lock_run_dir
 from evalrun.run.store.sink import ResultsSink
-from evalrun.run.store.store import MANIFEST, now_iso, write_json, write_results
+from evalrun.run.store.store import write_results
 
 if TYPE_CHECKING:
     from evalrun.run.send.pool import Pool
@@ -47,7 +50,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @dataclass
 class RunOutcome:
     run_dir: Path
-    status: str  # completed | stopped | interrupted
+    status: RunStatus  # completed | stopped | interrupted | unpublished
     exit_code: int
     messages: list[str]
     summary: Any = None
@@ -82,15 +85,18 @@ def _run(config: Path | None, opts: RunOptions) -> RunOutcome:
                 f"{stats.cached:,} answers came from the cache, unsent"
                 + (f" (first asked for {stats.saved:,.4f} {pricing.currency})" if pricing else "")
             )
-    status = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "completed"
+    status = (
+        RunStatus.INTERRUPTED if outcome.interrupted else RunStatus.STOPPED if outcome.stopped else RunStatus.COMPLETED
+    )
     reason = outcome.run_reason or outcome.budget_reason
     if reason and not outcome.interrupted:
         messages.append(f"stopped: {reason}")
     messages += [why for _, why in outcome.providers]
     messages += [why for _, _, why in outcome.dead_models]
-    messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pop("pace_held_by", [])]
+    messages += [f"pace held back by the server's limit: {why}" for why in ctx.manifest.pace_held_by or []]
+    ctx.manifest.drop("pace_held_by")  # this session's only
     result = _finish(ctx, stats, status, messages, sink)
-    if ctx.manifest.get("location"):
+    if ctx.manifest.location:
         _publish(ctx, result)
     return result
 
@@ -129,10 +135,11 @@ def _publish(ctx: RunContext, result: RunOutcome) -> None:
     local staging directory, which is printed as the run's place."""
     from evalrun.run.store.storage import publish_or_keep
 
-    if (unpublished := publish_or_keep(ctx.run_dir, ctx.manifest["location"])) is None:
-        result.location = ctx.manifest["location"]
+    location = str(ctx.manifest.location)
+    if (unpublished := publish_or_keep(ctx.run_dir, location)) is None:
+        result.location = location
     else:
-        result.status, result.exit_code = "unpublished", max(result.exit_code, EXIT_INCOMPLETE)
+        result.status, result.exit_code = RunStatus.UNPUBLISHED, max(result.exit_code, EXIT_INCOMPLETE)
         result.messages.append(unpublished)
 
 
@@ -254,7 +261,8 @@ async def _send(
             pass
         finally:
             progress.stop()
-            session.limiters.record(ctx.manifest)
+            if (learned := session.limiters.record(ctx.manifest.learned_limits)) is not None:
+                ctx.manifest.learned_limits, ctx.manifest.pace_held_by = learned
             await session.limiters.aclose()
 
 
@@ -322,21 +330,21 @@ async def _drive(task: asyncio.Future[PoolOutcome] | None, pool: Pool, progress:
         await task
 
 
-def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str], sink: ResultsSink | None) -> RunOutcome:
+def _finish(
+    ctx: RunContext, stats: RunStats, status: RunStatus, messages: list[str], sink: ResultsSink | None
+) -> RunOutcome:
     plan, run_dir, manifest, evaluator = ctx.plan, ctx.run_dir, ctx.manifest, ctx.evaluator
     if sink is not None:
         counts = sink.finish()
     else:
         # after a forced resume of a changed grid, rows of requests no longer in it stay in the
         # journal but not in the report
-        keep = {s.request_id for s in plan.specs()} if manifest.get("grid_changed") else None
+        keep = {s.request_id for s in plan.specs()} if manifest.grid_changed else None
         if keep is not None and ctx.shard is not None:
             keep = {rid for rid in keep if ctx.shard.holds(rid)}
         if evaluator is not None:
             evaluator.prepare(run_dir)  # what the judges answered
-        counts = write_results(
-            run_dir, plan.dataset.columns, dedupe=bool(manifest.get("resumes")), keep=keep, hook=evaluator
-        )
+        counts = write_results(run_dir, plan.dataset.columns, dedupe=bool(manifest.resumes), keep=keep, hook=evaluator)
     if counts["strays"]:
         messages.append(
             f"{counts['strays']:,} recorded requests are not in the changed grid; "
@@ -345,30 +353,24 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str], 
     summary = evaluator.write_summary(run_dir) if evaluator is not None else None
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
     missing = ctx.total - recorded
-    if status == "completed" and missing:
-        status = "stopped"
-    manifest.update(
-        {
-            "status": status,
-            "finished_at": now_iso(),
-            "messages": messages,
-            "counts": {
-                "requests": ctx.total,
-                "recorded": recorded,
-                "missing": missing,
-                "ok": recorded - errors,
-                "errors": errors,
-                "rows": rows,
-                "this_session": {
-                    "done": stats.done,
-                    "retries": stats.retries,
-                    "errors_by_type": dict(stats.errors_by_type),
-                    "retries_by_type": dict(stats.retries_by_type),
-                },
-            },
-        }
+    if status is RunStatus.COMPLETED and missing:
+        status = RunStatus.STOPPED
+    session = {
+        "done": stats.done,
+        "retries": stats.retries,
+        "errors_by_type": dict(stats.errors_by_type),
+        "retries_by_type": dict(stats.retries_by_type),
+    }
+    counts_record = Counts(
+        requests=ctx.total,
+        recorded=recorded,
+        missing=missing,
+        ok=recorded - errors,
+        errors=errors,
+        rows=rows,
+        this_session=session,
     )
-    write_json(run_dir / MANIFEST, manifest)
+    finish_run(run_dir, manifest, status, counts_record, messages)
     if stats.errors_by_type:
         messages.append("errors by type: " + ", ".join(f"{k} {v}" for k, v in stats.errors_by_type.most_common()))
     if stats.retries_by_type:
@@ -377,7 +379,7 @@ def _finish(ctx: RunContext, stats: RunStats, status: str, messages: list[str], 
         messages.append(
             f"{missing:,} of {ctx.total:,} requests have no row yet; continue with: evalrun run --resume {run_dir}"
         )
-    code = EXIT_OK if status == "completed" else EXIT_INTERRUPTED if status == "interrupted" else EXIT_INCOMPLETE
+    code = {RunStatus.COMPLETED: EXIT_OK, RunStatus.INTERRUPTED: EXIT_INTERRUPTED}.get(status, EXIT_INCOMPLETE)
     if code == EXIT_OK and recorded and errors == recorded:
         messages.append("every request ended in error: see error_type / error_message in results.parquet")
         code = EXIT_INCOMPLETE

@@ -340,17 +340,19 @@ class Limiters:
                 out[f"{provider}/{model}"] = {"rpm": got[0], "source": got[1]}
         return out
 
-    def record(self, manifest: dict[str, Any]) -> None:
-        """Into the manifest: the limit learnt per lane, for a resume; and, for this session's
-        summary, what held the pace back ("pace_held_by", taken out again by the runner)."""
+    def record(self, before: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]] | None:
+        """What the manifest records, when a limit was learnt: the limit per lane (over those
+        recorded `before`), for a resume; and, for this session's summary, what held the pace
+        back (`pace_held_by`, taken out again by the runner)."""
         learned = self.learned()
-        if learned:
-            manifest["learned_limits"] = {**(manifest.get("learned_limits") or {}), **learned}
-            started = {f"{p}/{m}": lim.started_from for (p, m), lim in self._by_key.items() if lim.started_from}
-            manifest["pace_held_by"] = [
-                f"{k}: {v['rpm']:,} rpm, learnt from {v['source']}" + (f" ({started[k]})" if k in started else "")
-                for k, v in learned.items()
-            ]
+        if not learned:
+            return None
+        started = {f"{p}/{m}": lim.started_from for (p, m), lim in self._by_key.items() if lim.started_from}
+        held = [
+            f"{k}: {v['rpm']:,} rpm, learnt from {v['source']}" + (f" ({started[k]})" if k in started else "")
+            for k, v in learned.items()
+        ]
+        return {**(before or {}), **learned}, held
 
     def start_from(self, learned: object, source: str = "the last run", share: int = 1) -> None:
         """Lanes without a configured rpm start at the limit a manifest recorded (1/share of it

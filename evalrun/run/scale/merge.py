@@ -22,8 +22,9 @@ from evalrun.errors import ConfigError
 from evalrun.run.scale.shards import Shard, shard_from_manifest
 from evalrun.run.store.framing import encode
 from evalrun.run.store.journal import JOURNAL, JUDGE_JOURNAL, read_journal, repair_journal
-from evalrun.run.store.rundir import manifest_if_any
-from evalrun.run.store.store import MANIFEST, RowHook, now_iso, write_json, write_results
+from evalrun.run.store.manifest import MANIFEST, Counts, Manifest, RunStatus
+from evalrun.run.store.manifest_io import finish_run, manifest_if_any, now_iso
+from evalrun.run.store.store import RowHook, write_results
 
 
 class Evaluator(RowHook, Protocol):
@@ -33,10 +34,10 @@ class Evaluator(RowHook, Protocol):
 
 
 # builds the scorers for the merged run from its config (the analysis stage's for_experiment)
-EvaluatorFactory = Callable[[dict[str, Any], Path], Evaluator | None]
+EvaluatorFactory = Callable[[Manifest, Path], Evaluator | None]
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_manifest(run_dir: Path) -> Manifest:
     """A shard's manifest; missing or damaged: one line (see rundir.manifest_if_any)."""
     if not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"{run_dir}: no {MANIFEST} there; is it a run directory?")
@@ -59,9 +60,9 @@ def check_out(out: Path) -> None:
         )
 
 
-def check_shards(run_dirs: Sequence[Path]) -> list[tuple[Shard, Path, dict[str, Any]]]:
+def check_shards(run_dirs: Sequence[Path]) -> list[tuple[Shard, Path, Manifest]]:
     """The shards, in order, after checking they are one grid's complete set."""
-    found: list[tuple[Shard, Path, dict[str, Any]]] = []
+    found: list[tuple[Shard, Path, Manifest]] = []
     for d in run_dirs:
         m = read_manifest(d)
         shard = shard_from_manifest(m)
@@ -70,7 +71,7 @@ def check_shards(run_dirs: Sequence[Path]) -> list[tuple[Shard, Path, dict[str, 
         found.append((shard, d, m))
     first_shard, first_dir, first = found[0]
     for shard, d, m in found[1:]:
-        if m.get("grid_fingerprint") != first.get("grid_fingerprint"):
+        if m.grid_fingerprint != first.grid_fingerprint:
             raise ConfigError(
                 f"{d}: a different grid than {first_dir} (grid_fingerprint differs); merge one run's shards"
             )
@@ -88,7 +89,7 @@ def check_shards(run_dirs: Sequence[Path]) -> list[tuple[Shard, Path, dict[str, 
     return sorted(found, key=lambda f: f[0].index)
 
 
-def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory | None = None) -> dict[str, Any]:
+def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory | None = None) -> Manifest:
     """Write the merged run directory `out`; returns its manifest."""
     shards = check_shards(run_dirs)
     resolved = {d.resolve() for _, d, _ in shards}
@@ -97,20 +98,20 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, evaluator: EvaluatorFactory 
     out.mkdir(parents=True, exist_ok=True)
     _merge_journals([d for _, d, _ in shards], out)
     merge_judge_journals([d for _, d, _ in shards], out)
-    base = dict(shards[0][2])
-    base.pop("shard", None)
+    base = shards[0][2].model_copy(deep=True)
+    base.drop("shard")
     hook = evaluator(base, out) if evaluator is not None else None
     if hook is not None:
         hook.prepare(out)  # the judges' answers, so the merged rows carry their verdicts
-    columns = tuple(base.get("data_columns") or ())
+    columns = tuple(base.data_columns or ())
     if not columns:
         columns = _data_columns(shards[0][1])
     # a resumed shard may hold a request twice (its latest entry wins, as in a single run)
     counts = write_results(out, columns, dedupe=True, hook=hook)
     if hook is not None:
         hook.write_summary(out)
-    base.update(_merged_state(base, shards, counts, out.name))
-    write_json(out / MANIFEST, base)
+    status, merged_counts = _merged_state(base, shards, counts, out.name)
+    finish_run(out, base, status, merged_counts, [])
     return base
 
 
@@ -131,40 +132,36 @@ def _merge_journals(shard_dirs: Sequence[Path], out: Path) -> None:
 
 
 def _merged_state(
-    base: dict[str, Any], shards: list[tuple[Shard, Path, dict[str, Any]]], counts: dict[str, int], run_id: str
-) -> dict[str, Any]:
-    """What the merged manifest says beyond the first shard's: its status, times, shards and counts."""
-    statuses = [m.get("status") for _, _, m in shards]
-    total = int(base.get("grid", {}).get("requests") or 0)
+    base: Manifest, shards: list[tuple[Shard, Path, Manifest]], counts: dict[str, int], run_id: str
+) -> tuple[RunStatus, Counts]:
+    """What the merged manifest says beyond the first shard's: its run id, times and shards (set
+    on `base`), and its status and counts (returned, for the writer's finish)."""
+    total = (base.grid.requests if base.grid else None) or 0
     missing = total - counts["requests"]
-    status = "completed" if not missing and all(s == "completed" for s in statuses) else "stopped"
-    return {
-        "run_id": run_id,
-        "status": status,
-        "started_at": min(str(m.get("started_at", "")) for _, _, m in shards),
-        "finished_at": now_iso(),
-        "merged_at": now_iso(),
-        "shards": [
-            {
-                "shard": str(s),
-                "run_dir": str(d),
-                "run_id": m.get("run_id"),
-                "status": m.get("status"),
-                "counts": m.get("counts"),
-            }
-            for s, d, m in shards
-        ],
-        "counts": {
-            "requests": total,
-            "recorded": counts["requests"],
-            "missing": missing,
-            "ok": counts["requests"] - counts["errors"],
-            "errors": counts["errors"],
-            "rows": counts["rows"],
-        },
-        "messages": [],
-        "resumes": [],
-    }
+    done = not missing and all(m.status is RunStatus.COMPLETED for _, _, m in shards)
+    base.run_id = run_id
+    base.started_at = min(m.started_at or "" for _, _, m in shards)
+    base.merged_at = now_iso()
+    base.shards = [
+        {
+            "shard": str(s),
+            "run_dir": str(d),
+            "run_id": m.run_id,
+            "status": m.status,
+            "counts": m.counts.model_dump(exclude_unset=True) if m.counts else None,
+        }
+        for s, d, m in shards
+    ]
+    base.resumes = []
+    merged = Counts(
+        requests=total,
+        recorded=counts["requests"],
+        missing=missing,
+        ok=counts["requests"] - counts["errors"],
+        errors=counts["errors"],
+        rows=counts["rows"],
+    )
+    return (RunStatus.COMPLETED if done else RunStatus.STOPPED), merged
 
 
 def merge_judge_journals(shard_dirs: Sequence[Path], out: Path) -> None:

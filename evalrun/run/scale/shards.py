@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from evalrun.errors import ConfigError
 from evalrun.run.records.records import RequestSpec
+from evalrun.run.store.manifest import Manifest
 
 MAX_SHARDS = 10_000
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -40,9 +41,6 @@ class Shard:
     def filter(self, specs: Iterable[RequestSpec]) -> Iterator[RequestSpec]:
         return (s for s in specs if self.holds(s.request_id))
 
-    def to_json(self) -> dict[str, int]:
-        return {"index": self.index, "count": self.count}
-
 
 def parse_shard(text: str) -> Shard:
     """'2/3' → Shard(2, 3). A ConfigError (exit 2) names what is allowed."""
@@ -59,8 +57,6 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def shard_from_manifest(manifest: dict[str, object]) -> Shard | None:
-    raw = manifest.get("shard")
-    if not isinstance(raw, dict):
-        return None
-    return Shard(int(raw["index"]), int(raw["count"]))
+def shard_from_manifest(manifest: Manifest) -> Shard | None:
+    raw = manifest.shard
+    return None if raw is None else Shard(raw.index, raw.count)

@@ -27,15 +27,13 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from evalrun.errors import ConfigError
 from evalrun.run.scale.merge import EvaluatorFactory, merge_runs, read_manifest
 from evalrun.run.scale.shards import Shard
 from evalrun.run.store.journal import JOURNAL
-from evalrun.run.store.store import MANIFEST, now_iso, write_json
+from evalrun.run.store.manifest import MANIFEST, Counts, Manifest, RunStatus, WorkersInfo
+from evalrun.run.store.manifest_io import read_manifest_file, start_workers, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -117,41 +115,33 @@ def _shares(plan: WorkersPlan, shard: Shard) -> list[str]:
 
 def start_manifest(plan: WorkersPlan, experiment: str) -> None:
     """Written before any shard starts, so a parent killed mid-run can be resumed."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.run_dir / MANIFEST
-    manifest: dict[str, Any] = orjson.loads(path.read_bytes()) if path.is_file() else {}
-    manifest.update(
-        {
-            "run_id": plan.run_dir.name,
-            "experiment": experiment,
-            "status": "running",
-            "config_path": str(plan.config.resolve()),
-            "overrides": plan.overrides,
-            "limit": plan.limit,
-            "workers": {"count": plan.workers, "shared_limiter": plan.shared_limiter},
-        }
+    fields = Manifest(
+        run_id=plan.run_dir.name,
+        experiment=experiment,
+        config_path=str(plan.config.resolve()),
+        overrides=plan.overrides,
+        limit=plan.limit,
     )
     if plan.location:
-        manifest["location"] = plan.location
-    manifest.setdefault("started_at", now_iso())
-    write_json(path, manifest)
+        fields.location = plan.location
+    start_workers(plan.run_dir, fields, WorkersInfo(count=plan.workers, shared_limiter=plan.shared_limiter))
 
 
 def plan_from_manifest(run_dir: Path, retry_errors: bool) -> WorkersPlan | None:
     """The WorkersPlan of a --workers run directory (for --resume); None for any other run."""
     manifest = read_manifest(run_dir)
-    workers = manifest.get("workers")
-    if not isinstance(workers, dict):
+    workers = manifest.workers
+    if workers is None:
         return None
     return WorkersPlan(
-        config=Path(manifest["config_path"]),
-        workers=int(workers["count"]),
+        config=Path(str(manifest.config_path)),
+        workers=workers.count,
         run_dir=run_dir,
-        overrides=list(manifest.get("overrides") or []),
-        limit=manifest.get("limit"),
-        shared_limiter=bool(workers.get("shared_limiter")),
+        overrides=list(manifest.overrides),
+        limit=manifest.limit,
+        shared_limiter=workers.shared_limiter,
         retry_errors=retry_errors,
-        location=manifest.get("location"),
+        location=manifest.location,
     )
 
 
@@ -245,22 +235,22 @@ def finish_workers(
     if len(present) < len(dirs):
         messages.append(f"continue with: evalrun run --resume {plan.location or plan.run_dir}")
         return 1, messages
-    workers_info = read_manifest(plan.run_dir).get("workers")
+    workers_info = read_manifest(plan.run_dir).workers
     merged = merge_runs(dirs, plan.run_dir, evaluator)
-    merged["workers"] = workers_info
+    merged.workers = workers_info
     if plan.location:
-        merged["location"] = plan.location
-    write_json(plan.run_dir / MANIFEST, merged)
+        merged.location = plan.location
+    write_manifest(plan.run_dir, merged)
     unpublished = None
     if plan.location:
         from evalrun.run.store.storage import publish_or_keep
 
         if (unpublished := publish_or_keep(plan.run_dir, plan.location)) is not None:
             messages.append(unpublished)
-    missing = merged["counts"]["missing"]
-    if merged["status"] != "completed":
+    counts = merged.counts or Counts()
+    if merged.status is not RunStatus.COMPLETED:
         messages.append(
-            f"{missing:,} of {merged['counts']['requests']:,} requests have no row yet; "
+            f"{counts.missing:,} of {counts.requests:,} requests have no row yet; "
             f"continue with: evalrun run --resume {plan.location or plan.run_dir}"
         )
         return (130 if any(c in (130, -signal.SIGINT) for c in codes.values()) else 1), messages
@@ -269,4 +259,4 @@ def finish_workers(
 
 def _completed(d: Path) -> bool:
     path = d / MANIFEST
-    return path.is_file() and orjson.loads(path.read_bytes()).get("status") == "completed"
+    return path.is_file() and read_manifest_file(path).status is RunStatus.COMPLETED

@@ -20,13 +20,33 @@ if TYPE_CHECKING:
     from evalrun.run.store.framing import encode
     from evalrun.run.store.journal import JOURNAL, JUDGE_JOURNAL, Journal, journal_state, read_journal, repair_journal
     from evalrun.run.store.listing import ListingError, find_provider, list_models
+    from evalrun.run.store.manifest import (
+        CellInfo,
+        Counts,
+        ErrorType,
+        GridInfo,
+        Manifest,
+        PricesInfo,
+        RunStatus,
+        ShardInfo,
+        WorkersInfo,
+    )
+    from evalrun.run.store.manifest_io import (
+        ManifestError,
+        finish_run,
+        read_manifest,
+        read_manifest_file,
+        record_scorers,
+        start_run,
+        start_workers,
+        write_manifest,
+    )
     from evalrun.run.store.rundir import (
         check_run_dir,
         grid_changed,
         holding_run_dirs,
         latest_completed,
         lock_run_dir,
-        read_manifest,
     )
     from evalrun.run.store.sink import ResultsSink
     from evalrun.run.store.storage import (
@@ -66,12 +86,22 @@ __all__ = [
     "SUMMARY",
     "CachedAnswer",
     "Caches",
+    "CellInfo",
+    "Counts",
+    "ErrorType",
+    "GridInfo",
     "Journal",
     "Keyer",
     "ListingError",
+    "Manifest",
+    "ManifestError",
+    "PricesInfo",
     "ResponseCache",
     "ResultsSink",
     "RowHook",
+    "RunStatus",
+    "ShardInfo",
+    "WorkersInfo",
     "cache_problem",
     "cached_rows",
     "check_no_run",
@@ -81,6 +111,7 @@ __all__ = [
     "endpoint_identity",
     "fetch_dataset",
     "find_provider",
+    "finish_run",
     "fix_hint",
     "grid_changed",
     "holding_run_dirs",
@@ -96,6 +127,8 @@ __all__ = [
     "publish_or_keep",
     "read_journal",
     "read_manifest",
+    "read_manifest_file",
+    "record_scorers",
     "repair_journal",
     "request_rows",
     "require_finished",
@@ -104,7 +137,10 @@ __all__ = [
     "result_rows",
     "results_file",
     "staging_dir",
+    "start_run",
+    "start_workers",
     "write_json",
+    "write_manifest",
     "write_results",
 ]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from evalrun.config.locations import DATASET_ONLY, url_scheme
 from evalrun.errors import ConfigError
-from evalrun.run.store.rundir import mark_unpublished
+from evalrun.run.store.manifest_io import mark_unpublished
 
 logger = logging.getLogger(__name__)
 

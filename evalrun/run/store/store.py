@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from evalrun.run.records.records import Choice, Completion, Result
 from evalrun.run.store.convert import RowHook as RowHook
 from evalrun.run.store.convert import write_batch
 from evalrun.run.store.journal import JOURNAL, read_journal
+from evalrun.run.store.manifest_io import now_iso as now_iso
 
 # re-exported: the analysis stage reads a run directory through this module
 from evalrun.run.store.rundir import MANIFEST as MANIFEST
@@ -390,8 +390,3 @@ def _rescore(run_dir: Path, hook: RowHook) -> int:
             total += write_batch(writer, rows, schema, hook, column)
     os.replace(tmp, path)
     return total
-
-
-def now_iso() -> str:
-    """UTC, ISO 8601, milliseconds: runs started in the same second still sort."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
