@@ -239,6 +239,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from evalrun.analysis.history import build_history
+    from evalrun.analysis.history_text import terminal_table
+    from evalrun.report.history_html import check_out, write_history
+
+    check_out(args.out, args.alpha)  # a bad --out or --alpha: refused before anything is read
+    history = build_history(args.source, args.last, args.alpha)
+    for line in history.skipped:
+        print(f"evalrun: skipped {line}", file=sys.stderr)
+    _console().print(terminal_table(history, _console().width))
+    if args.out is not None:
+        print(f"evalrun: wrote {write_history(history, args.out)}", file=sys.stderr)
+    return 1 if args.alert and history.flagged else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from evalrun.config.catalog import catalog
     from evalrun.run.records import provider_key
@@ -330,6 +345,7 @@ COMMANDS = {
     "cost": cmd_cost,
     "report": cmd_report,
     "compare": cmd_compare,
+    "history": cmd_history,
     "init": cmd_init,
     "models": cmd_models,
     "serve-sim": cmd_serve_sim,

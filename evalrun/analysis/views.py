@@ -127,6 +127,7 @@ SCORED = (
     "stable_fail_",
     "pass_at_",
     "pass_pow_",
+    "eff_rows_",
 )
 NOT_PARAMS = {
     "requests",
@@ -148,6 +149,7 @@ NOT_PARAMS = {
     "cost_per_request",
     "judge_cost",
     "cost_with_judges",
+    "response_models",
     *COST_COLUMNS,
 }
 

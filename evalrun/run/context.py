@@ -22,6 +22,7 @@ from evalrun import __version__
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
+from evalrun.run.grid.datasets import file_digest
 from evalrun.run.grid.grid import Plan, build_plan
 from evalrun.run.records.records import RequestSpec
 from evalrun.run.records.secrets import provider_key, use_keys
@@ -380,6 +381,7 @@ def start_manifest(ctx: RunContext) -> None:
                 "dataset": str(plan.dataset.path),
             },
             "data_columns": list(plan.dataset.columns),  # for `evalrun merge`
+            "dataset_hash": file_digest(plan.dataset.path),  # for `evalrun history`'s drift markers
             "cells": [
                 {
                     "cell_id": c.cell_id,
