@@ -37,6 +37,7 @@ class RunFacts:
     prompts: Mapping[str, str] = field(default_factory=dict)  # prompt id → digest of its messages
     prices: Mapping[str, str] = field(default_factory=dict)  # model → digest of its price entry and currency
     cell_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # cell id → its parameters
+    axes: tuple[str, ...] = ()  # the parameters the grid: block varies (axes and include: points)
 
     def skip_reason(self) -> str | None:
         """Why this run is no night of the history (None: it is one)."""
@@ -73,7 +74,14 @@ def run_facts(run_dir: Path, name: str) -> RunFacts:
         prompts={p: _digest(msgs) for p, msgs in (config.get("prompts") or {}).items()},
         prices={model: _digest([currency, entry]) for model, entry in (prices.get("models") or {}).items()},
         cell_params={c["cell_id"]: c.get("params") or {} for c in m.get("cells") or [] if "cell_id" in c},
+        axes=_axes(config.get("grid") or {}),
     )
+
+
+def _axes(grid: Mapping[str, Any]) -> tuple[str, ...]:
+    points = [p for p in grid.get("include") or [] if isinstance(p, dict)]
+    names = {k for k in grid if k not in ("include", "exclude")} | {k for p in points for k in p}
+    return tuple(sorted(names - {"model", "prompt"}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,7 @@ def markdown(h: History) -> str:
     for s in sorted(h.series, key=lambda s: not (s.step and s.step.flagged)):
         cells = series_cells(h, s)
         out.append("| " + " | ".join(cells[c.key].replace("|", "\\|") or " " for c in cols) + " |")
-    out += ["", f"Step test: two-proportion z-test on effective rows, Benjamini–Hochberg over cells × scorers, "
+    out += ["", f"Step test: two-proportion test on effective rows, Benjamini–Hochberg over cells × scorers, "
             f"q < {h.alpha:g}."]  # fmt: skip
     if h.drift:
         out += ["", "### Drift", "", *(f"- {line}" for line in drift_lines(h))]

@@ -168,7 +168,7 @@ def _sections(h: History) -> str:
     rows = [_row(h, s) for s in sorted(h.series, key=lambda s: not (s.step and s.step.flagged))]
     out = [
         f'<section class="card" id="trends"><h2>Pass rate by night</h2>{banner}<p class="sub">The last run against '
-        "the pooled runs before it in the window: a two-proportion z-test on effective rows (the repeat-aware "
+        "the pooled runs before it in the window: a two-proportion test on effective rows (the repeat-aware "
         f"sample size of each rate), Benjamini–Hochberg over cells × scorers; a step is flagged at q &lt; {h.alpha:g}. "
         "Band: each night's 95% interval; dashed marks: drift.</p>"
         + html_table("history-table", HEADS, rows)
