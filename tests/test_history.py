@@ -289,6 +289,12 @@ def test_two_proportion_test_against_hand_computed_values() -> None:
     last, before, p = step_p([_point(0.5, 10), _point(0.8, 30), _point(0.7, 20)])  # type: ignore[misc]
     assert (last, before) == (0.7, pytest.approx(0.725))
     assert p == pytest.approx(two_proportion_p(0.7, 20, 0.725, 40))
+    # with repeats the last night's variance comes from its 20 rows: t with 19 df, divisor rows − 1
+    _, _, p_rep = step_p([_point(0.8, 30), _point(0.7, 25, rows=20, answers=60)])  # type: ignore[misc]
+    assert p_rep == pytest.approx(two_proportion_p(0.7, 25 * 19 / 20, 0.8, 30, df=19))
+    assert p_rep > two_proportion_p(0.7, 25, 0.8, 30)  # the z-test would claim more
+    _, _, p_one = step_p([_point(0.8, 30), _point(0.7, 20, rows=20, answers=20)])  # type: ignore[misc]
+    assert p_one == two_proportion_p(0.7, 20, 0.8, 30)  # one answer per row: the textbook z-test
     assert step_p([None, _point(0.5, 10)]) is None  # nothing before to compare with
     assert step_p([_point(0.5, 10), None]) is None  # the last night lacks the cell
 
@@ -390,3 +396,26 @@ def test_a_summary_without_eff_rows_counts_its_rows(nights: Path, tmp_path: Path
     assert {p.eff_rows for s in h.series for p in s.points if p} == {20.0}  # the 20 dataset rows
     assert [s.label for s in h.flagged] == ["gemini-3-pro-preview"]
     assert "gemini-3-pro-preview" in markdown(h) and to_csv(h).count("\n") == 9
+
+
+def test_two_providers_a_shard_and_a_single_run_dir(tmp_path: Path, dataset: Path, cli: Any) -> None:
+    """Cells of one model on two providers stay apart (the label names the provider); one
+    shard of a sharded run is no night; a run directory alone is a history of one night."""
+    sim = {"kind": "simulator", "simulator": {"latency_scale": 0}}
+    cfg = base_config(tmp_path, dataset)
+    cfg.pop("provider")
+    cfg["providers"] = {"east": sim, "west": sim}
+    cfg["models"] = [{"name": MODELS[0], "provider": "east"}, {"name": MODELS[0], "provider": "west"}]
+    cfg["scorers"] = [{"name": "exact", "type": "exact_match", "expected": "{answer}"}]
+    config = write_config(tmp_path, cfg)
+    exp = tmp_path / "reports" / "t"
+    for name, extra in (("n0", []), ("n1", []), ("n2-shard", ["--shard", "1/2"])):
+        assert cli("run", config, "--no-progress", "--run-dir", exp / name, *extra).code == 0
+    h = build_history(str(exp))
+    assert len(h.runs) == 2
+    assert h.skipped == ("n2-shard: one shard of a sharded run (merge the shards first)",)
+    assert sorted(s.label for s in h.series) == [f"east · {MODELS[0]}", f"west · {MODELS[0]}"]
+    assert all(s.step is not None and not s.step.flagged for s in h.series)
+    one = build_history(str(exp / "n1"))
+    assert len(one.runs) == 1 and all(s.step is None for s in one.series)
+    assert "no step tested" in markdown(one)
