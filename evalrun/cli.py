@@ -248,6 +248,15 @@ def cmd_history(args: argparse.Namespace) -> int:
     history = build_history(args.source, args.last, args.alpha)
     for line in history.skipped:
         print(f"evalrun: skipped {line}", file=sys.stderr)
+    if args.check_models:
+        from dataclasses import replace
+
+        from evalrun.analysis.history_models import model_list_drift
+
+        gone, notes = model_list_drift(history)
+        history = replace(history, drift=(*history.drift, *gone))
+        for note in notes:
+            print(f"evalrun: {note}", file=sys.stderr)
     _console().print(terminal_table(history, _console().width))
     if args.out is not None:
         print(f"evalrun: wrote {write_history(history, args.out)}", file=sys.stderr)

@@ -190,6 +190,11 @@ def _add_history_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--out", type=Path, metavar="FILE", help="also write FILE: .html, .md, .json or .csv")
     s.add_argument("--alpha", type=float, default=0.05, help="a step is flagged when its adjusted p < alpha (0.05)")
     s.add_argument("--alert", action="store_true", help="exit 1 when a step is flagged (a nightly job's alarm)")
+    s.add_argument(
+        "--check-models",
+        action="store_true",
+        help="ask each provider (GET /models) whether it still lists the last run's models; sends no chat",
+    )
 
 
 def _add_setup_commands(sub: argparse._SubParsersAction[_Parser], argv: list[str] | None) -> None:

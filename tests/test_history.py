@@ -419,3 +419,53 @@ def test_two_providers_a_shard_and_a_single_run_dir(tmp_path: Path, dataset: Pat
     one = build_history(str(exp / "n1"))
     assert len(one.runs) == 1 and all(s.step is None for s in one.series)
     assert "no step tested" in markdown(one)
+
+
+def test_check_models_marks_a_model_the_provider_no_longer_lists(
+    tmp_path: Path, dataset: Path, cli: Any, loop_thread: Any
+) -> None:
+    """A fake OpenAI-compatible server on 127.0.0.1 whose GET /v1/models list the test edits."""
+    from aiohttp import web
+
+    listed = {"ids": [MODELS[0], "another-model"], "models": 0}
+
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response(completion("3", model=MODELS[0]))
+
+    async def models(request: web.Request) -> web.Response:
+        listed["models"] += 1
+        return web.json_response({"object": "list", "data": [{"id": i, "object": "model"} for i in listed["ids"]]})
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_get("/v1/models", models)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    runner, port = loop_thread.call(start())
+    try:
+        cfg = base_config(tmp_path, dataset, f"http://127.0.0.1:{port}/v1")
+        cfg["scorers"] = [{"name": "exact", "type": "exact_match", "expected": "{answer}"}]
+        exp = tmp_path / "reports" / "t"
+        for name in ("n0", "n1"):
+            assert cli("run", write_config(tmp_path, cfg), "--no-progress", "--run-dir", exp / name).code == 0
+        assert cli("history", exp, "--out", tmp_path / "a.json").code == 0
+        assert listed["models"] == 0  # not asked unless --check-models
+        res = cli("history", exp, "--check-models", "--out", tmp_path / "b.json")
+        assert res.code == 0 and listed["models"] == 1
+        assert orjson.loads((tmp_path / "b.json").read_bytes())["drift"] == []
+        listed["ids"] = ["another-model"]  # the provider retired the model
+        res = cli("history", exp, "--check-models", "--out", tmp_path / "c.json")
+        assert res.code == 0, res.err
+        drift = orjson.loads((tmp_path / "c.json").read_bytes())["drift"]
+        assert [(d["index"], d["kind"], d["label"], d["before"]) for d in drift] == [
+            (1, "model list", MODELS[0], MODELS[0])
+        ]
+        assert f"not listed at http://127.0.0.1:{port}/v1/models" in drift[0]["after"]
+        assert "model list changed" in res.out
+    finally:
+        loop_thread.call(runner.cleanup())

@@ -38,6 +38,8 @@ class RunFacts:
     prices: Mapping[str, str] = field(default_factory=dict)  # model → digest of its price entry and currency
     cell_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # cell id → its parameters
     axes: tuple[str, ...] = ()  # the parameters the grid: block varies (axes and include: points)
+    # provider → its recorded settings (key variable names, never keys), for --check-models
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def skip_reason(self) -> str | None:
         """Why this run is no night of the history (None: it is one)."""
@@ -75,6 +77,7 @@ def run_facts(run_dir: Path, name: str) -> RunFacts:
         prices={model: _digest([currency, entry]) for model, entry in (prices.get("models") or {}).items()},
         cell_params={c["cell_id"]: c.get("params") or {} for c in m.get("cells") or [] if "cell_id" in c},
         axes=_axes(config.get("grid") or {}),
+        providers=m.get("providers") or {},
     )
 
 

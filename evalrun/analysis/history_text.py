@@ -175,7 +175,7 @@ def to_csv(h: History) -> str:
 
 def to_json(h: History) -> bytes:
     """The History record (orjson writes the dataclasses as objects; missing numbers as null)."""
-    return orjson.dumps(
-        {"flagged": len(h.flagged), **{f: getattr(h, f) for f in History.__dataclass_fields__}},
-        option=orjson.OPT_INDENT_2,
-    )
+    # the providers' settings are what --check-models asks with, not part of the history
+    runs = [{f: getattr(r, f) for f in type(r).__dataclass_fields__ if f != "providers"} for r in h.runs]
+    fields = {f: getattr(h, f) for f in History.__dataclass_fields__}
+    return orjson.dumps({"flagged": len(h.flagged), **fields, "runs": runs}, option=orjson.OPT_INDENT_2)
