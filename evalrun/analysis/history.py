@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from evalrun.analysis.history_load import Place, RunFacts, find_runs, place_facts, read_summary
+from evalrun.analysis.history_load import Place, RunFacts, all_facts, find_runs, read_summary
 from evalrun.analysis.stats import student_t_p
 from evalrun.config.params import PARAM_COLUMN
 from evalrun.errors import ConfigError
@@ -146,8 +146,7 @@ def _nights(places: list[Place], last: int) -> tuple[list[_Night], list[str]]:
     for each run left out on the way (damaged, running, stopped, another experiment)."""
     facts: list[tuple[Place, RunFacts]] = []
     skipped: list[tuple[str, str]] = []  # (when, line)
-    for place in places:
-        f = place_facts(place)
+    for place, f in zip(places, all_facts(places), strict=True):
         if isinstance(f, str):
             skipped.append(("~", f"{place.name}: {f}"))
         elif (why := f.skip_reason()) is not None:
