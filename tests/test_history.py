@@ -469,3 +469,15 @@ def test_check_models_marks_a_model_the_provider_no_longer_lists(
         assert "model list changed" in res.out
     finally:
         loop_thread.call(runner.cleanup())
+
+
+def test_runs_without_a_scorer_still_show_cost_latency_and_errors(tmp_path: Path, dataset: Path, cli: Any) -> None:
+    config = write_config(tmp_path, base_config(tmp_path, dataset))
+    exp = tmp_path / "reports" / "t"
+    for name in ("n0", "n1"):
+        assert cli("run", config, "--no-progress", "--run-dir", exp / name).code == 0
+    h = build_history(str(exp))
+    assert [(s.label, s.scorer, s.step) for s in h.series] == [(MODELS[0], "", None)]
+    assert all(p is not None and p.rate is None and p.latency_p50_s is not None for p in h.series[0].points)
+    res = cli("history", exp, "--alert")
+    assert res.code == 0 and "the runs have no scorer" in res.out

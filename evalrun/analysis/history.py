@@ -125,7 +125,7 @@ def build_history(source: str, last: int = DEFAULT_LAST, alpha: float = ALPHA) -
     labels = _labels(keys)
     scorers = sorted(
         {c[len("pass_rate_") :] for n in nights for row in n.cells.values() for c in row if c.startswith("pass_rate_")}
-    )
+    ) or [""]  # no scorer: still each cell's cost, tokens, latency and errors
     raw = [(k, s, tuple(_point(n, k, s) for n in nights)) for k in keys for s in scorers]
     raw = [r for r in raw if any(p is not None for p in r[2])]
     steps = adjust([step_p(points) for _, _, points in raw], alpha)
@@ -211,7 +211,7 @@ def _num(v: Any) -> float | None:
 
 def _point(night: _Night, key: str, scorer: str) -> Point | None:
     row = night.cells.get(key)
-    if row is None or f"pass_rate_{scorer}" not in row:
+    if row is None or (scorer and f"pass_rate_{scorer}" not in row):
         return None
     requests, tokens = _num(row.get("requests")), _num(row.get("total_tokens"))
     # summaries written before eff_rows existed: the number of rows, never more than n_eff

@@ -69,7 +69,7 @@ def series_cells(h: History, s: Series) -> dict[str, str]:
         "cell": s.label,
         "scorer": s.scorer,
         "trend": spark(s.points),
-        "last": "–" if last is None else f"{_pct(last.rate)} [{_pct(last.low)}–{_pct(last.high)}]",
+        "last": "–" if last is None or last.rate is None else f"{_pct(last.rate)} [{_pct(last.low)}–{_pct(last.high)}]",
         "before": "–" if st is None else _pct(st.before, 1),
         "delta": "–" if st is None else f"{st.delta * 100:+.1f}",
         "q": "–" if st is None else f"{st.q_value:.2g}",
@@ -100,6 +100,8 @@ def verdict(h: History) -> str:
     """One line: the flagged steps, or that there is none (and why none could be tested)."""
     tested = sum(s.step is not None for s in h.series)
     if not tested:
+        if all(not s.scorer for s in h.series):
+            return "no step tested: the runs have no scorer (pass rates need one)"
         return "no step tested: it takes two runs with the same cell"
     flagged = h.flagged
     if not flagged:
