@@ -15,10 +15,10 @@ from evalrun.report.format import esc, fmt_num, fmt_pct, html_table, td
 from evalrun.report.svg import tip
 
 FORMATS = (".html", ".md", ".json", ".csv")
-TREND_W, TREND_H, PAD = 240.0, 46.0, 4.0
+TREND_W, TREND_H, PAD = 180.0, 40.0, 4.0
 POINTS_SHOWN = 90  # beyond this many nights a trend is a line without per-night dots
 EXTRA_CSS = """
-svg.trend { display: block; width: 240px; height: 46px; overflow: visible; }
+svg.trend { display: block; width: 180px; height: 40px; overflow: visible; }
 svg.trend .band { fill: #b9c8ee; opacity: 0.55; }
 svg.trend .line { fill: none; stroke: var(--accent); stroke-width: 1.6; }
 svg.trend .night { fill: var(--accent); }
@@ -111,7 +111,7 @@ def _dots(s: Series, x: list[float]) -> list[str]:
     return out
 
 
-def _row(h: History, s: Series) -> str:
+def _row(h: History, s: Series, several: bool) -> str:
     last, st = s.points[-1], s.step
     flagged = bool(st and st.flagged)
     tone = "" if not flagged or st is None else "num delta-bad" if st.delta < 0 else "num delta-good"
@@ -120,13 +120,16 @@ def _row(h: History, s: Series) -> str:
     word = step_word(s)
     tds = [
         td(esc(s.label), s.label, "model"),
-        td(esc(s.scorer), s.scorer, ""),
+        *([td(esc(s.scorer), s.scorer, "")] if several else []),
         td(trend_svg(h, s), None, ""),
         td(fmt_pct(rate) + ci, rate),
         td(fmt_pct(None if st is None else st.before), None if st is None else st.before),
         td("–" if st is None else f"{st.delta * 100:+.1f}", None if st is None else st.delta, tone or "num"),
-        td("–" if st is None else f"{st.p_value:.3g}", None if st is None else st.p_value),
-        td("–" if st is None else f"{st.q_value:.3g}", None if st is None else st.q_value),
+        td(
+            "–" if st is None else f"{st.q_value:.3g}",
+            None if st is None else st.q_value,
+            extra="" if st is None else tip(f"p = {st.p_value:.3g} before the adjustment"),
+        ),
         td(f'<span class="badge bad">{word}</span>' if word else "", word, ""),
     ]
     figures = (
@@ -146,7 +149,6 @@ HEADS = [
     ("last [95% CI]", "num"),
     ("before (pooled)", "num"),
     ("Δ pts", "num"),
-    ("p", "num"),
     ("q (BH)", "num"),
     ("step", ""),
     ("cost / pass", "num"),
@@ -165,13 +167,15 @@ def _sections(h: History) -> str:
         if flagged
         else f'<div class="banner good"><b>OK</b> {esc(verdict(h))}</div>'
     )
-    rows = [_row(h, s) for s in sorted(h.series, key=lambda s: not (s.step and s.step.flagged))]
+    several = len({s.scorer for s in h.series}) > 1
+    heads = [hd for hd in HEADS if several or hd[0] != "scorer"]
+    rows = [_row(h, s, several) for s in sorted(h.series, key=lambda s: not (s.step and s.step.flagged))]
     out = [
         f'<section class="card" id="trends"><h2>Pass rate by night</h2>{banner}<p class="sub">The last run against '
         "the pooled runs before it in the window: a two-proportion test on effective rows (the repeat-aware "
         f"sample size of each rate), Benjamini–Hochberg over cells × scorers; a step is flagged at q &lt; {h.alpha:g}. "
         "Band: each night's 95% interval; dashed marks: drift.</p>"
-        + html_table("history-table", HEADS, rows)
+        + html_table("history-table", heads, rows)
         + "</section>"
     ]
     drift = [
@@ -180,8 +184,12 @@ def _sections(h: History) -> str:
         + "</tr>"
         for d in h.drift
     ]
-    heads = [("night", ""), ("cell", ""), ("what changed", ""), ("before", ""), ("after", "")]
-    body = html_table("drift-table", heads, drift) if drift else '<p class="empty">Nothing changed between nights.</p>'
+    drift_heads = [("night", ""), ("cell", ""), ("what changed", ""), ("before", ""), ("after", "")]
+    body = (
+        html_table("drift-table", drift_heads, drift)
+        if drift
+        else '<p class="empty">Nothing changed between nights.</p>'
+    )
     out.append(f'<section class="card" id="drift"><h2>Drift</h2>{body}</section>')
     if h.skipped:
         items = "".join(f"<li>{esc(line)}</li>" for line in h.skipped)
