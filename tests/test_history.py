@@ -148,6 +148,9 @@ def test_every_out_format_says_the_same(nights: Path, cli: Any, tmp_path: Path) 
     assert len(lines) == 1 + 4 * 2  # a header, then night × cell × scorer
     flagged = [line for line in lines if line.endswith(",True")]
     assert len(flagged) == 1 and "gemini-3-pro-preview" in flagged[0] and ",params," in flagged[0]
+    (tmp_path / "a-file").write_text("")
+    res = cli("history", nights, "--out", tmp_path / "a-file" / "h.html")
+    assert res.code == 2 and res.err.count("\n") == 4 and "cannot write it" in res.err  # 3 skipped lines first
     md = (tmp_path / "h.md").read_text()
     assert (
         md.index("⚠️ 1 significant step") < md.index("| cell |") < md.index("### Drift") < md.index("### Skipped runs")

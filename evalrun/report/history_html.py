@@ -50,10 +50,13 @@ def write_history(h: History, out: Path) -> Path:
         if suffix == ".json"
         else to_csv(h).encode()
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ConfigError(f"history --out {out}: cannot write it ({exc.strerror or exc})") from None
     return out
 
 
