@@ -401,9 +401,10 @@ def test_a_summary_without_eff_rows_counts_its_rows(nights: Path, tmp_path: Path
     assert "gemini-3-pro-preview" in markdown(h) and to_csv(h).count("\n") == 9
 
 
-def test_two_providers_a_shard_and_a_single_run_dir(tmp_path: Path, dataset: Path, cli: Any) -> None:
-    """Cells of one model on two providers stay apart (the label names the provider); one
-    shard of a sharded run is no night; a run directory alone is a history of one night."""
+def test_two_providers_workers_a_shard_and_a_single_run_dir(tmp_path: Path, dataset: Path, cli: Any) -> None:
+    """Cells of one model on two providers stay apart (the label names the provider); a run
+    merged from --workers is a night; one shard of a sharded run is not; a run directory alone is
+    a history of one night."""
     sim = {"kind": "simulator", "simulator": {"latency_scale": 0}}
     cfg = base_config(tmp_path, dataset)
     cfg.pop("provider")
@@ -412,10 +413,10 @@ def test_two_providers_a_shard_and_a_single_run_dir(tmp_path: Path, dataset: Pat
     cfg["scorers"] = [{"name": "exact", "type": "exact_match", "expected": "{answer}"}]
     config = write_config(tmp_path, cfg)
     exp = tmp_path / "reports" / "t"
-    for name, extra in (("n0", []), ("n1", []), ("n2-shard", ["--shard", "1/2"])):
+    for name, extra in (("n0", []), ("n1", ["--workers", "2"]), ("n2-shard", ["--shard", "1/2"])):
         assert cli("run", config, "--no-progress", "--run-dir", exp / name, *extra).code == 0
     h = build_history(str(exp))
-    assert len(h.runs) == 2
+    assert len(h.runs) == 2 and h.drift == ()  # a merged --workers run is one night, like any other
     assert h.skipped == ("n2-shard: one shard of a sharded run (merge the shards first)",)
     assert sorted(s.label for s in h.series) == [f"east · {MODELS[0]}", f"west · {MODELS[0]}"]
     assert all(s.step is not None and not s.step.flagged for s in h.series)

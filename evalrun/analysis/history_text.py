@@ -46,6 +46,11 @@ def _num(v: float | None, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def points(delta: float) -> str:
+    """A rate difference in points, signed; no "-0.0" for a float sum's tiny negative."""
+    return f"{round(delta * 100, 1) + 0.0:+.1f}"
+
+
 def step_word(s: Series) -> str:
     if s.step is None or not s.step.flagged:
         return ""
@@ -71,7 +76,7 @@ def series_cells(h: History, s: Series) -> dict[str, str]:
         "trend": spark(s.points),
         "last": "–" if last is None or last.rate is None else f"{_pct(last.rate)} [{_pct(last.low)}–{_pct(last.high)}]",
         "before": "–" if st is None else _pct(st.before, 1),
-        "delta": "–" if st is None else f"{st.delta * 100:+.1f}",
+        "delta": "–" if st is None else points(st.delta),
         "q": "–" if st is None else f"{st.q_value:.2g}",
         "step": step_word(s),
         "cost_per_pass": money(None if last is None else last.cost_per_pass),
@@ -107,7 +112,7 @@ def verdict(h: History) -> str:
     if not flagged:
         return f"no significant step (last run vs the {len(h.runs) - 1} before it; {tested} cells × scorers tested)"
     return f"{len(flagged)} significant step(s) of {tested} tested: " + "; ".join(
-        f"{s.label} {s.scorer} {s.step.delta * 100:+.1f} pts" for s in flagged if s.step is not None
+        f"{s.label} {s.scorer} {points(s.step.delta)} pts" for s in flagged if s.step is not None
     )
 
 

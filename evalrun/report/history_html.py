@@ -9,7 +9,16 @@ from importlib import resources
 from pathlib import Path
 
 from evalrun.analysis.history import History, Series
-from evalrun.analysis.history_text import drift_counts, headline, markdown, step_word, to_csv, to_json, verdict
+from evalrun.analysis.history_text import (
+    drift_counts,
+    headline,
+    markdown,
+    points,
+    step_word,
+    to_csv,
+    to_json,
+    verdict,
+)
 from evalrun.errors import ConfigError
 from evalrun.report.format import esc, fmt_num, fmt_pct, html_table, td
 from evalrun.report.svg import tip
@@ -127,7 +136,7 @@ def _row(h: History, s: Series, several: bool) -> str:
         td(trend_svg(h, s), None, ""),
         td(fmt_pct(rate) + ci, rate),
         td(fmt_pct(None if st is None else st.before), None if st is None else st.before),
-        td("–" if st is None else f"{st.delta * 100:+.1f}", None if st is None else st.delta, tone or "num"),
+        td("–" if st is None else points(st.delta), None if st is None else st.delta, tone or "num"),
         td(
             "–" if st is None else f"{st.q_value:.3g}",
             None if st is None else st.q_value,
