@@ -7,12 +7,14 @@ and effective numbers of rows, cost per pass, tokens, latency quantiles, error r
 facts of its manifest; answers are never read.
 
 The step test. For each cell × scorer, the last run's pass rate p₁ is compared with the pooled
-rate p₀ of the window's earlier runs by a two-proportion z-test on *effective* rows: each run
+rate p₀ of the window's earlier runs by a two-proportion test on *effective* rows: each run
 counts n_eff rows (the interval's sample size, Kish's design effect over the row fractions, see
 rowstats.py), p₀ is the n_eff-weighted mean of the earlier rates and n₀ their sum. With one
-answer per row n_eff is the number of rows, the textbook test on row counts; with repeats it
-weighs a run as its rows' spread allows — never as if repeats were independent items. Nights that
-answer the same rows share the row effect, which makes the test conservative, not liberal.
+answer per row n_eff is the number of rows and this is the textbook z-test on row counts; with
+repeats it weighs a run as its rows' spread allows — never as if repeats were independent items —
+and, that spread being an estimate from the last run's rows, the statistic is read against
+Student's t with rows − 1 degrees of freedom. Nights that answer the same rows share the row
+effect, which makes the test conservative, not liberal.
 The p-values of all cells × scorers are adjusted by Benjamini–Hochberg; a step is flagged when
 its adjusted p-value (q) is below alpha. When nothing changed, the chance that any cell is
 flagged is then at most alpha, however many cells there are.
