@@ -361,6 +361,7 @@ COMMANDS = {
     "cost": cmd_cost,
     "report": cmd_report,
     "compare": cmd_compare,
+    "history": lambda args: _ci().cmd_history(args),
     "init": cmd_init,
     "models": cmd_models,
     "serve-sim": cmd_serve_sim,
@@ -369,7 +370,7 @@ COMMANDS = {
 }
 
 
-def _ci() -> Any:  # the CI command, imported only when used
+def _ci() -> Any:  # the CI and nightly commands, imported only when used
     import evalrun.cli_ci
 
     return evalrun.cli_ci

@@ -1,4 +1,6 @@
-"""`evalrun ci CONFIG`: one command for a pull-request job, or a nightly one on the main branch.
+"""The commands of CI and nightly jobs: `evalrun ci CONFIG` (below) and `evalrun history`.
+
+`evalrun ci CONFIG`: one command for a pull-request job, or a nightly one on the main branch.
 
 What a CI recipe built from `run` and `compare` got wrong in real use: on a shallow PR checkout
 there is no `origin/main` to run a baseline from; running the base config again paid twice;
@@ -239,3 +241,29 @@ def _write_texts(out: Path, experiment: str, title: str, text: str, comment: Pat
 
 def _shown(outcome: Any) -> str:
     return str(outcome.location or outcome.run_dir)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from evalrun.analysis.history import build_history
+    from evalrun.analysis.history_text import terminal_table
+    from evalrun.analysis.views import console
+    from evalrun.report.history_html import check_out, write_history
+
+    check_out(args.out, args.alpha)  # a bad --out or --alpha: refused before anything is read
+    history = build_history(args.source, args.last, args.alpha)
+    for line in history.skipped:
+        print(f"evalrun: skipped {line}", file=sys.stderr)
+    if args.check_models:
+        from dataclasses import replace
+
+        from evalrun.analysis.history_models import model_list_drift
+
+        gone, notes = model_list_drift(history)
+        history = replace(history, drift=(*history.drift, *gone))
+        for note in notes:
+            print(f"evalrun: {note}", file=sys.stderr)
+    out = console()
+    out.print(terminal_table(history, out.width))
+    if args.out is not None:
+        print(f"evalrun: wrote {write_history(history, args.out)}", file=sys.stderr)
+    return 1 if args.alert and history.flagged else 0

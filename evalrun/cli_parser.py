@@ -222,6 +222,27 @@ def _add_reading_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("summary", help="print the per-cell summary of a finished run")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    _add_history_command(sub)
+
+
+def _add_history_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    s = sub.add_parser(
+        "history", help="trends of many runs per cell and scorer, significant steps and drift; sends nothing"
+    )
+    s.add_argument(
+        "source", metavar="RUN_DIR_GLOB|EXPERIMENT_DIR", help="a glob of run folders or an experiment's folder"
+    )
+    s.add_argument(
+        "--last", type=_positive(int), default=30, metavar="N", help="the last N completed runs (default 30)"
+    )
+    s.add_argument("--out", type=Path, metavar="FILE", help="also write FILE: .html, .md, .json or .csv")
+    s.add_argument("--alpha", type=float, default=0.05, help="a step is flagged when its adjusted p < alpha (0.05)")
+    s.add_argument("--alert", action="store_true", help="exit 1 when a step is flagged (a nightly job's alarm)")
+    s.add_argument(
+        "--check-models",
+        action="store_true",
+        help="ask each provider (GET /models) whether it still lists the last run's models; sends no chat",
+    )
 
 
 def _add_setup_commands(sub: argparse._SubParsersAction[_Parser], argv: list[str] | None) -> None:

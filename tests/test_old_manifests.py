@@ -119,7 +119,8 @@ def test_a_new_manifest_has_the_old_keys_so_an_older_evalrun_reads_it(tmp_path: 
     r = cli("run", CONFIG, *SETS, "--run-dir", tmp_path / "run", "--no-progress")
     assert r.code == 0, r.err
     new, old = _on_disk(tmp_path / "run"), _old("whole")
-    assert set(new) == set(old) | {"version"}
+    # keys are only ever added (an older reader ignores them), never renamed or dropped
+    assert set(new) == set(old) | {"version", "dataset_hash"}
     for key in ("cells", "grid", "counts"):  # what older readers index into; prices and providers
         assert _shape(new[key]) == _shape(old[key]), key  # follow their own config models
     assert new["status"] == "completed" and isinstance(new["version"], int)

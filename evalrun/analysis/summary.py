@@ -40,6 +40,8 @@ class SummaryBuilder:
             c = self._cell(row)
             c["rows"] += 1
             c["items"].add(row.get("row_id"))
+            if row.get("response_model"):  # what the server says it served: `history` marks a change
+                c["served"].add(row["response_model"])
             if row.get("status") == "ok":
                 # answers that say nothing: cut at max_tokens (thinking can eat the whole budget), or empty
                 c["truncated"] += row.get("finish_reason") == "length"
@@ -69,6 +71,7 @@ class SummaryBuilder:
             "retries": 0,
             "rows": 0,
             "items": set(),  # the dataset rows the cell answered: the unit of its pass rates
+            "served": set(),  # the response_model values of its answers
             "truncated": 0,
             "empty": 0,
             "latency": [],
@@ -142,6 +145,7 @@ class SummaryBuilder:
                 # what one correct answer costs: the cell's whole cost over its passes
                 row[f"cost_per_pass_{n}"] = None if c["cost_total"] is None or not passes else c["cost_total"] / passes
             row["error_rate"] = c["errors"] / c["requests"] if c["requests"] else None
+            row["response_models"] = ", ".join(sorted(c["served"])) or None
             out.append(row)
         key = ["model", *varying, "prompt_id"]
         out.sort(
@@ -177,6 +181,8 @@ def _row_level(name: str, by_row: dict[Any, list[int]]) -> dict[str, Any]:
         f"pass_rate_{name}": r.rate if r.rows else None,
         f"pass_ci_low_{name}": r.low if r.rows else None,
         f"pass_ci_high_{name}": r.high if r.rows else None,
+        # the interval's sample size, so a later test (`evalrun history`) weighs the rate as it did
+        f"eff_rows_{name}": r.effective_rows if r.rows else None,
     }
     classes = class_counts(passes, graded)
     out.update({f"{cls.replace('-', '_')}_{name}": count for cls, count in classes.items()})
@@ -210,7 +216,6 @@ UNSUMMARIZED = (
     "base_url",
     "run_id",
     "experiment",
-    "response_model",
     "retry_types",
 )
 

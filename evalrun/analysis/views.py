@@ -128,6 +128,7 @@ SCORED = (
     "stable_fail_",
     "pass_at_",
     "pass_pow_",
+    "eff_rows_",
 )
 NOT_PARAMS = {
     "requests",
@@ -149,6 +150,7 @@ NOT_PARAMS = {
     "cost_per_request",
     "judge_cost",
     "cost_with_judges",
+    "response_models",
     *COST_COLUMNS,
 }
 

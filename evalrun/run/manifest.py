@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from evalrun import __version__
+from evalrun.run.grid.datasets import file_digest
 from evalrun.run.store.manifest import (
     MANIFEST_VERSION,
     CellInfo,
@@ -79,6 +80,7 @@ def start_manifest(ctx: RunContext) -> None:
         dataset=str(plan.dataset.path),
     )
     manifest.data_columns = list(plan.dataset.columns)  # for `evalrun merge`
+    manifest.dataset_hash = file_digest(plan.dataset.path)  # for `evalrun history`'s drift markers
     manifest.cells = [
         CellInfo(cell_id=c.cell_id, provider=c.provider, model=c.model, prompt_id=c.prompt_id, params=c.params)
         for c in plan.cells

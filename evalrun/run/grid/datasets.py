@@ -121,6 +121,15 @@ def _row_id(row: dict[str, Any], id_column: str | None) -> str:
     return hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str), digest_size=6).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """A dataset file's content hash, kept in the manifest: `history` marks the night it changed."""
+    h = hashlib.blake2b(digest_size=12)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def row_digest(row: dict[str, Any]) -> str:
     """Content hash of a row: a changed row under the same id is a different request."""
     return hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()

@@ -148,6 +148,7 @@ class Manifest(_Open):
     providers: dict[str, Any] | None = None
     grid: GridInfo | None = None
     data_columns: list[str] | None = None
+    dataset_hash: str | None = None  # the dataset file's content: `history` marks the night it changed
     cells: list[CellInfo] = []
     scorers: list[dict[str, Any]] | None = None  # those `evalrun score` applied last
     resumes: list[dict[str, Any]] = []
