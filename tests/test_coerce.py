@@ -85,6 +85,8 @@ def _set(body: Any, path: tuple[Any, ...], value: Any) -> None:
 @given(path=st.sampled_from(PATHS), value=json_values)
 @example(path=PATHS[-1], value=[2**64 - 1])  # one byte value above int64: rare for the generator
 @example(path=("usage", "prompt_tokens"), value=2**63)
+@example(path=("choices", 0, "logprobs", "content", 0, "logprob"), value=2**53 + 1)  # no exact double
+@example(path=("choices", 0, "logprobs", "content", 0, "top_logprobs"), value=[{"logprob": -(2**63)}])
 def test_any_value_anywhere_is_stored_or_refused_never_a_writer_error(path: tuple[Any, ...], value: Any) -> None:
     body = _body()
     _set(body, path, value)

@@ -155,7 +155,9 @@ def _walk(
         elif own is not None:
             own.append(b)
         tokens.append(tok)
-        lps.append(lp)
+        # a float column: an int beyond 2^53 (a server's nonsense, but valid JSON) is no exact
+        # double, and Arrow refused the whole row for it ("logprobs nulled")
+        lps.append(float(lp) if type(lp) is int else lp)
     return -1, own
 
 
