@@ -122,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evalrun.run.runner import RunOptions, run
 
     if wants_workers(args):
+        if args.stop_when_decided:
+            raise ConfigError("--stop-when-decided goes with a whole new run: not with --workers")
         return run_workers_cmd(args)
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force go with --resume RUN_DIR")
@@ -143,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         evaluator=preflight(for_experiment, args.max_cost, notes.append),
         shard=shard_option(args),
         rate_share=args.rate_share,
+        decider=_decider(args.stop_when_decided),
     )
     outcome = run(args.config, opts)
     _print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")
@@ -152,6 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"evalrun: {msg}", file=sys.stderr)
     print(outcome.location or outcome.run_dir)
     return outcome.exit_code
+
+
+def _decider(baseline: str | None) -> Any:
+    if baseline is None:
+        return None
+    from evalrun.analysis.sequential import decider_for
+
+    return decider_for(baseline)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -200,7 +211,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evalrun.analysis.compare import compare_runs, gate_for, latest_baseline
+    from evalrun.analysis.baseline import latest_baseline
+    from evalrun.analysis.compare import compare_runs, gate_for
     from evalrun.analysis.compare_text import to_markdown, write_outputs
     from evalrun.errors import ConfigError
 
@@ -268,7 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     base = args.compare
     if base is not None and str(base) == "latest" and not base.exists():
-        from evalrun.analysis.compare import latest_baseline
+        from evalrun.analysis.baseline import latest_baseline
 
         base = latest_baseline(args.run_dir)  # none: one line naming what was looked at, exit 2
     print(write_report(args.run_dir, base, args.out))

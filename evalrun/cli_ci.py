@@ -99,6 +99,7 @@ def cmd_ci(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, base: Path | None) -> Any:
     from evalrun.analysis.evaluation import for_experiment
+    from evalrun.analysis.sequential import decider_for
     from evalrun.analysis.views import print_summary
     from evalrun.plan import preflight
     from evalrun.run.runner import RunOptions, run
@@ -111,6 +112,7 @@ def _run(args: argparse.Namespace, base: Path | None) -> Any:
         progress=not args.no_progress,
         reuse=None if base is None else str(base),
         evaluator=preflight(for_experiment, args.max_cost, notes.append),
+        decider=decider_for(str(base)) if args.stop_when_decided and base is not None else None,
     )
     outcome = run(args.config, opts)
     print_summary(outcome.summary, f"{outcome.run_dir.name}: {outcome.status}")

@@ -128,6 +128,12 @@ def _add_run_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="stop cleanly before the cost, judges included, would exceed AMOUNT (the price table's currency)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
+    s.add_argument(
+        "--stop-when-decided",
+        metavar="BASELINE",
+        help="stop sending to a cell once an always-valid test has settled its verdict against BASELINE "
+        "(a run directory, or latest)",
+    )
     _no_cache(s)
     add_run_arguments(s)
     add_merge_parser(sub)
@@ -197,6 +203,11 @@ def _add_ci_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report (one test case per cell)")
     s.add_argument(
         "--comment", type=Path, metavar="FILE", help="the PR-comment body (default: OUT/pr-comment.md; marker first)"
+    )
+    s.add_argument(
+        "--stop-when-decided",
+        action="store_true",
+        help="stop sending to a cell once an always-valid test has settled its verdict against the baseline",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress display")
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import Reply, base_config, read_results, write_config
 from many import Gateway, children, evalrun_proc, finish, gateway, journal_lines, wait_for
 
-from evalrun.analysis.compare import latest_baseline
+from evalrun.analysis.baseline import latest_baseline
 from evalrun.config.load import load_experiment
 from evalrun.errors import ConfigError
 from evalrun.run.grid.grid import build_plan

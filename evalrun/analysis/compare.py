@@ -21,7 +21,6 @@ from evalrun.analysis.compare_rows import FLIP_COLUMNS, compare_cell
 from evalrun.errors import ConfigError
 from evalrun.run.store import (
     DATA_PREFIX,
-    MANIFEST,
     RESULTS,
     GridInfo,
     Manifest,
@@ -101,62 +100,15 @@ def _manifest(run_dir: Path) -> Manifest:
     return require_finished(run_dir)
 
 
-def _grid_mismatch(base: Manifest, new: Manifest) -> str | None:
-    """Why `base` cannot be new's baseline (None: same cells, rows and repeats)."""
-    if set(_cell_keys(base).values()) != set(_cell_keys(new).values()):
-        return "other cells (models, prompt names or parameters)"
-    if _endpoints(base) != _endpoints(new):  # a simulator run is no baseline for a real API's
-        return f"another provider ({', '.join(sorted(_endpoints(base)))})"
-    bg, ng = base.grid or GridInfo(), new.grid or GridInfo()
-    for what, b, n in (("rows", bg.rows, ng.rows), ("repeats", bg.repeats, ng.repeats)):
-        if b != n:
-            return f"{b} {what} instead of {n}"
-    return None
+def cell_key(model: str | None, prompt_id: str | None, params: dict[str, Any]) -> str:
+    """A key that is the same for the same model, prompt name and parameters (cell ids change
+    with the prompt's text: runs are matched by this)."""
+    return orjson.dumps([model, prompt_id, params], option=orjson.OPT_SORT_KEYS).decode()
 
 
-def latest_baseline(new_dir: Path) -> Path:
-    """The latest *completed* run of the same experiment, started before NEW, whose grid (cells by
-    model, prompt name and parameters; rows; repeats) is NEW's — a stopped run or one made with
-    another --limit would compare a different set of items."""
-    new = _manifest(new_dir)
-    skipped: list[tuple[str, Path, str]] = []
-    best: tuple[str, Path] | None = None
-    for sibling in new_dir.parent.iterdir():
-        if sibling == new_dir or not (sibling / RESULTS).is_file() or not (sibling / MANIFEST).is_file():
-            continue
-        try:
-            m = manifest_if_any(sibling)
-        except ConfigError:  # a damaged run is no baseline
-            continue
-        if m.shard is not None:  # one shard of a sharded run is not a whole run
-            continue
-        started = m.started_at or ""
-        if m.experiment != new.experiment or started >= (new.started_at or ""):
-            continue
-        missing = m.counts.missing if m.counts else 0
-        why = f"status {m.status}" if m.status is not RunStatus.COMPLETED or missing else _grid_mismatch(m, new)
-        if why:
-            skipped.append((started, sibling, why))
-        elif best is None or started > best[0]:
-            best = (started, sibling)
-    if best is None:
-        hint = ""
-        if skipped:
-            _, path, why = max(skipped, key=lambda s: s[0])
-            hint = f"; the latest, {path.name}, has {why}: name a base run explicitly: evalrun compare BASE_RUN NEW_RUN"
-        raise ConfigError(
-            f"--baseline latest: no earlier completed run of {new.experiment!r} with the same grid "
-            f"in {new_dir.parent}{hint}"
-        )
-    return best[1]
-
-
-def _cell_keys(manifest: Manifest) -> dict[str, str]:
-    """cell_id → a key that is the same for the same model, prompt name and parameters."""
-    return {
-        str(c.cell_id): orjson.dumps([c.model, c.prompt_id, c.params], option=orjson.OPT_SORT_KEYS).decode()
-        for c in manifest.cells
-    }
+def cell_keys(manifest: Manifest) -> dict[str, str]:
+    """cell_id → its cell_key."""
+    return {str(c.cell_id): cell_key(c.model, c.prompt_id, c.params) for c in manifest.cells}
 
 
 def _label(key: str, varying: set[str]) -> str:
@@ -166,7 +118,7 @@ def _label(key: str, varying: set[str]) -> str:
     return f"{model} · {prompt} · {shown}"
 
 
-def _endpoints(manifest: Manifest) -> set[str]:
+def endpoints(manifest: Manifest) -> set[str]:
     """What answered the run's cells: provider name, kind and base URLs (the simulator has none)."""
     providers = manifest.providers or {}  # each the provider's config, as resolved
     out = set()
@@ -182,7 +134,7 @@ def _differences(base_m: Manifest, new_m: Manifest, base: pd.DataFrame, new: pd.
     out = []
     if base_m.status is not RunStatus.COMPLETED:
         out.append(f"the base run is {base_m.status}, not completed")
-    if (b := _endpoints(base_m)) != (n := _endpoints(new_m)):
+    if (b := endpoints(base_m)) != (n := endpoints(new_m)):
         out.append(f"the provider differs: base {', '.join(sorted(b))}; new {', '.join(sorted(n))}")
     bg, ng = base_m.grid or GridInfo(), new_m.grid or GridInfo()
     if Path(bg.dataset or "").name != Path(ng.dataset or "").name or bg.rows != ng.rows:
@@ -245,7 +197,7 @@ def _load(run_dir: Path, manifest: Manifest, scorer: str) -> pd.DataFrame:
         )
     wanted += [n for n in names if n.startswith(DATA_PREFIX)]
     df = pd.read_parquet(run_dir / RESULTS, columns=[c for c in wanted if c in set(names)])
-    keys = _cell_keys(manifest)
+    keys = cell_keys(manifest)
     df["cell_key"] = df.cell_id.map(keys)
     df["choice_index"] = df.choice_index.fillna(0).astype("int64")
     df["passed"] = df[f"pass_{scorer}"].fillna(False).astype(bool)
@@ -332,9 +284,27 @@ def compare_runs(base_dir: Path, new_dir: Path, gate: Gate) -> Comparison:
     for c in COUNTS:  # counts stay whole numbers (a one-sided cell has none: <NA>, not NaN)
         if c in cells:
             cells[c] = cells[c].astype("Int64")
+    _decided_early(cells, new_m)
     warnings += _coverage_warnings(cells)
     flip_df = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame(columns=list(FLIP_COLUMNS))
     return Comparison(base_dir, new_dir, scorer, gate, cells, flip_df, warnings)
+
+
+def _decided_early(cells: pd.DataFrame, new_m: Manifest) -> None:
+    """A cell the new run settled early (--stop-when-decided) keeps the verdict of its
+    always-valid test: a fixed-size test read at a data-dependent stop is not valid."""
+    decided = (new_m.decided or {}).get("cells") or {}
+    keys = cell_keys(new_m)
+    for cell_id, d in decided.items():
+        said, key = d.get("verdict"), keys.get(cell_id)
+        if not said or key is None or cells.empty:
+            continue
+        hit = cells.cell_key == key
+        if said == "regressed":
+            cells.loc[hit, "verdict"] = "regressed"
+        else:  # the drop is known to be under the threshold
+            cells.loc[hit & (cells.verdict == "regressed"), "verdict"] = "no significant change"
+        cells.loc[hit, "decided_after_rows"] = d.get("rows")
 
 
 def _compare_key(
@@ -375,6 +345,8 @@ def _coverage_warnings(cells: pd.DataFrame) -> list[str]:
     if "only_base_items" not in cells:  # no cell in common: no item counts at all
         return warnings
     partial = cells[(cells.only_base_items.fillna(0) > 0) | (cells.only_new_items.fillna(0) > 0)]
+    if "decided_after_rows" in partial:  # cells the run stopped sending to on purpose
+        partial = partial[partial.decided_after_rows.isna()]
     if len(partial):
         sides = [(int(partial[f"only_{side}_items"].sum()), side) for side in ("base", "new")]
         counts = " and ".join(f"{n} item(s) only in {side}" for n, side in sides if n)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from evalrun.config.load import Experiment, load_experiment
 from evalrun.config.prices import Pricing, load_pricing
 from evalrun.errors import ConfigError
+from evalrun.run.decide import Decider
 from evalrun.run.grid.grid import Plan, build_plan
 from evalrun.run.records.records import RequestSpec
 from evalrun.run.records.secrets import provider_key, use_keys
@@ -75,6 +76,8 @@ class RunOptions:
     judges_only: bool = False  # `evalrun score`, a merge's judge pass: no experiment request is sent
     # builds the scorers and summary for a plan; raises ConfigError on a bad scorer, before sending
     evaluator: Callable[[Experiment, tuple[str, ...]], Evaluator] | None = None
+    # --stop-when-decided: builds the decider for a plan (a bad baseline raises ConfigError)
+    decider: Callable[[Plan], Decider] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class RunContext:
     reuse: Path | None = None  # an earlier run whose answers this one takes
     shard: Shard | None = None
     shard_requests: int | None = None  # how many requests the shard holds (None: no shard)
+    decider: Decider | None = None  # --stop-when-decided: cells settled early are not sent further
     rate_share: int = 1
     judges_only: bool = False  # only judge requests are sent (the experiment's missing ones stay missing)
 
@@ -157,7 +161,16 @@ def build_context(config: Path | None, opts: RunOptions) -> RunContext:
         shard_requests=None if shard is None else sum(1 for _ in shard.filter(plan.specs())),
         rate_share=opts.rate_share,
         judges_only=opts.judges_only,
+        decider=_decider(opts, plan, shard),
     )
+
+
+def _decider(opts: RunOptions, plan: Plan, shard: Shard | None) -> Decider | None:
+    if opts.decider is None:
+        return None
+    if opts.resume is not None or shard is not None:  # a part of the rows cannot decide for the whole
+        raise ConfigError("--stop-when-decided goes with a whole new run: not with --resume, --shard or --workers")
+    return opts.decider(plan)
 
 
 def _resumed_inputs(config: Path | None, opts: RunOptions) -> tuple[Manifest, Path | None, list[str], int | None]:

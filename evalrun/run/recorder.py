@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from evalrun.config.prices import Pricing
+from evalrun.run.decide import Decider
 from evalrun.run.progress import RunStats
 from evalrun.run.records.records import RequestSpec, Result
 from evalrun.run.send.budget import CostBudget
@@ -40,6 +41,7 @@ class Recorder:
         keyers: Mapping[str, Callable[[RequestSpec], str]] | None = None,  # provider → request key
         cache: ResponseCache | None = None,  # where successful answers are kept for later runs
         sink: ResultsSink | None = None,  # results.parquet written as the run goes
+        decider: Decider | None = None,  # --stop-when-decided: sees each answer once it is durable
     ) -> None:
         self.run_id = run_id
         self.experiment = experiment
@@ -50,6 +52,7 @@ class Recorder:
         self.journal = Journal(run_dir / journal)
         self.keyers = keyers or {}
         self.cache = cache
+        self.decider = decider
         self._keys: dict[str, str] = {}  # request id → key, computed when the cache was asked
         self.sink = sink  # None: results.parquet is built from the journal at the end
 
@@ -74,6 +77,8 @@ class Recorder:
         recorded = self.journal.append(spec.request_id, status, result.error_type, rows)
         if self.sink is not None:  # after the journal: only a durable answer reaches the report
             self.sink.add(status, recorded)
+        if self.decider is not None:
+            self.decider.observe(spec, recorded)
         if self.cache is not None and key is not None and result.ok:
             self.cache.put(key, recorded, self.run_id, cost)
         if self.budget is not None:

@@ -13,18 +13,17 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalrun.config.models import ProviderConfig
 from evalrun.run.context import RunContext, RunOptions, build_context
+from evalrun.run.decide import settled
 from evalrun.run.manifest import start_manifest
 from evalrun.run.prior_limits import learned_at_start
 from evalrun.run.progress import Progress, RunStats
 from evalrun.run.recorder import Recorder, spent
-from evalrun.run.records.records import Cell, RequestSpec
 from evalrun.run.send.budget import CostBudget
 from evalrun.run.send.stops import PoolOutcome
 from evalrun.run.store.cache import Caches, open_caches
@@ -111,7 +110,17 @@ def _record(ctx: RunContext, stats: RunStats, budget: CostBudget | None) -> tupl
     sink = ResultsSink(ctx.run_dir, columns, ctx.evaluator) if _writes_live(ctx) else None
     try:
         main = Recorder(
-            ctx.run_dir, ctx.run_id, name, columns, stats, pricing, budget, keyers=keyers, cache=store, sink=sink
+            ctx.run_dir,
+            ctx.run_id,
+            name,
+            columns,
+            stats,
+            pricing,
+            budget,
+            keyers=keyers,
+            cache=store,
+            sink=sink,
+            decider=ctx.decider,
         )
         with main as recorder, contextlib.ExitStack() as stack:
             judges = (
@@ -195,22 +204,6 @@ def _run_loop(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
         gc.unfreeze()
 
 
-def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
-    """(provider, model) → the lazy stream of that lane's requests still to send (none when
-    only the judges are asked)."""
-    if ctx.judges_only:
-        return {}
-    cells: dict[tuple[str, str], list[Cell]] = {}
-    for c in ctx.plan.cells:
-        cells.setdefault((c.provider, c.model), []).append(c)
-    done = ctx.done
-    out: dict[tuple[str, str], Iterator[RequestSpec]] = {}
-    for key, group in cells.items():
-        specs = ctx.plan.specs(group) if ctx.shard is None else ctx.shard.filter(ctx.plan.specs(group))
-        out[key] = (s for s in specs if s.request_id not in done) if done else specs
-    return out
-
-
 async def _run_async(ctx: RunContext, sinks: Sinks) -> PoolOutcome:
     from evalrun.run.send.stops import Stops
     from evalrun.run.session import start_endpoints
@@ -241,7 +234,7 @@ async def _send(
     import aiohttp
 
     from evalrun.run.send.pool import Pool
-    from evalrun.run.session import build_session, connector_limit
+    from evalrun.run.session import build_session, connector_limit, lane_specs
 
     connector = aiohttp.TCPConnector(limit=connector_limit(providers), ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
@@ -352,7 +345,7 @@ def _finish(
         )
     summary = evaluator.write_summary(run_dir) if evaluator is not None else None
     recorded, errors, rows = counts["requests"], counts["errors"], counts["rows"]
-    missing = ctx.total - recorded
+    missing = ctx.total - recorded - settled(ctx.decider, ctx.plan, manifest, messages)
     if status is RunStatus.COMPLETED and missing:
         status = RunStatus.STOPPED
     session = {

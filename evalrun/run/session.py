@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from evalrun.config.models import ProviderConfig
 from evalrun.run.context import RunContext
-from evalrun.run.records.records import RequestSpec
+from evalrun.run.records.records import Cell, RequestSpec
 from evalrun.run.send.budget import CostBudget
 from evalrun.run.send.stops import Stops
 
@@ -104,3 +104,23 @@ def build_session(
     key_env = {n: p.api_key_env for n, p in providers.items()}
     attempts = Attempts(retry, stops, Admission(ctx.max_requests, budget), key_env)
     return Session(providers, clients, limiters, slots, attempts)
+
+
+def lane_specs(ctx: RunContext) -> dict[tuple[str, str], Iterator[RequestSpec]]:
+    """(provider, model) → the lazy stream of that lane's requests still to send (none when
+    only the judges are asked)."""
+    if ctx.judges_only:
+        return {}
+    cells: dict[tuple[str, str], list[Cell]] = {}
+    for c in ctx.plan.cells:
+        cells.setdefault((c.provider, c.model), []).append(c)
+    done, rows_first = ctx.done, ctx.decider is not None
+    out: dict[tuple[str, str], Iterator[RequestSpec]] = {}
+    for key, group in cells.items():
+        specs = ctx.plan.specs(group, rows_first)
+        specs = specs if ctx.shard is None else ctx.shard.filter(specs)
+        out[key] = (s for s in specs if s.request_id not in done) if done else specs
+        if ctx.decider is not None:  # a settled cell's requests not yet pulled are never sent
+            decided = ctx.decider.decided
+            out[key] = (s for s in out[key] if s.cell.cell_id not in decided)
+    return out

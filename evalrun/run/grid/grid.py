@@ -163,26 +163,39 @@ class Plan:
     def total_requests(self) -> int:
         return len(self.cells) * self.dataset.rows * self.repeats
 
-    def specs(self, cells: Sequence[Cell] | None = None) -> Iterator[RequestSpec]:
+    def specs(self, cells: Sequence[Cell] | None = None, rows_first: bool = False) -> Iterator[RequestSpec]:
         """Every request of the grid (or of `cells` only — the pool runs one stream per provider ×
-        model): repeat-major, then row, then cell (so models interleave)."""
+        model): repeat-major, then row, then cell (so models interleave). `rows_first`: every
+        repeat of a row before the next row, so rows complete one by one (--stop-when-decided
+        judges whole rows as they come)."""
         by_prompt: dict[str, list[Cell]] = {}
         for cell in self.cells if cells is None else cells:
             by_prompt.setdefault(cell.prompt_id, []).append(cell)
-        mapping = self.exp.config.dataset.params_from_columns
+        if rows_first:
+            for row_id, row in iter_rows(self.dataset):
+                for repeat in range(self.repeats):
+                    yield from self._row_specs(by_prompt, row_id, row, repeat)
+            return
         for repeat in range(self.repeats):
             for row_id, row in iter_rows(self.dataset):
-                digest = row_digest(row)
-                rparams = row_params(row, mapping) if mapping else {}
-                key = f"|{_digest(rparams)}" if rparams else ""  # absent: ids as before
-                for prompt_id, cells in by_prompt.items():
-                    messages = render(self.templates[prompt_id], row)
-                    est = estimate_tokens(messages)
-                    for cell in cells:
-                        rid = hashlib.blake2b(
-                            f"{cell.cell_id}|{row_id}|{digest}|{repeat}{key}".encode(), digest_size=8
-                        ).hexdigest()
-                        yield RequestSpec(rid, cell, row_id, repeat, messages, row, est, rparams)
+                yield from self._row_specs(by_prompt, row_id, row, repeat)
+
+    def _row_specs(
+        self, by_prompt: dict[str, list[Cell]], row_id: str, row: dict[str, Any], repeat: int
+    ) -> Iterator[RequestSpec]:
+        """One row's requests of one repeat, in every cell (request ids do not depend on order)."""
+        mapping = self.exp.config.dataset.params_from_columns
+        digest = row_digest(row)
+        rparams = row_params(row, mapping) if mapping else {}
+        key = f"|{_digest(rparams)}" if rparams else ""  # absent: ids as before
+        for prompt_id, cells in by_prompt.items():
+            messages = render(self.templates[prompt_id], row)
+            est = estimate_tokens(messages)
+            for cell in cells:
+                rid = hashlib.blake2b(
+                    f"{cell.cell_id}|{row_id}|{digest}|{repeat}{key}".encode(), digest_size=8
+                ).hexdigest()
+                yield RequestSpec(rid, cell, row_id, repeat, messages, row, est, rparams)
 
 
 def _check_min_passes(exp: Experiment, cells: list[Cell]) -> None:

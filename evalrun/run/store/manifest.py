@@ -149,6 +149,7 @@ class Manifest(_Open):
     grid: GridInfo | None = None
     data_columns: list[str] | None = None
     dataset_hash: str | None = None  # the dataset file's content: `history` marks the night it changed
+    decided: dict[str, Any] | None = None  # --stop-when-decided: {cells: {id: {verdict, rows, answered}}, skipped}
     cells: list[CellInfo] = []
     scorers: list[dict[str, Any]] | None = None  # those `evalrun score` applied last
     resumes: list[dict[str, Any]] = []
