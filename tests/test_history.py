@@ -138,6 +138,13 @@ def test_the_cli_alerts_on_a_flagged_step_and_only_then(nights: Path, cli: Any, 
     assert cli("history", nights, "--last", "2", "--alert").code == 1  # n2 vs n3 alone
 
 
+def test_a_narrow_terminal_says_where_the_dropped_columns_are(nights: Path, cli: Any, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    res = cli("history", nights)
+    assert res.code == 0 and "not shown for want of width" in res.out
+    assert "(--out FILE.csv or .json has all)" in res.out  # history has no --format
+
+
 def test_every_out_format_says_the_same(nights: Path, cli: Any, tmp_path: Path) -> None:
     for ext in ("json", "csv", "md", "html"):
         res = cli("history", nights, "--out", tmp_path / f"h.{ext}")

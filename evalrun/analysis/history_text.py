@@ -131,7 +131,7 @@ def terminal_table(h: History, width: int) -> Any:
     notes = [verdict(h)]
     notes += [f"step: BH-adjusted two-proportion test on effective rows, q < {h.alpha:g}; see docs/commands.md"]
     notes += [f"drift {line}" for line in drift_lines(h)]
-    return table(headline(h), cols, rows, width, notes)
+    return table(headline(h), cols, rows, width, notes, whole="--out FILE.csv or .json has all")
 
 
 def markdown(h: History) -> str:

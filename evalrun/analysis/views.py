@@ -92,18 +92,23 @@ def fit(columns: list[Column], cells: list[list[str]], width: int) -> tuple[list
     return kept, dropped
 
 
-def table(title: str, columns: list[Column], rows: list[dict[str, str]], width: int, notes: list[str]) -> Any:
+def table(
+    title: str,
+    columns: list[Column],
+    rows: list[dict[str, str]],
+    width: int,
+    notes: list[str],
+    whole: str = "--format csv or json has all",
+) -> Any:
     """A rich Table of string cells that fits `width` (unless the never-dropped columns alone
-    do not), names whole."""
+    do not), names whole; `whole` says where the dropped columns are."""
     from rich.table import Table
 
     cells = [[r[c.key] for c in columns] for r in rows]
     kept, dropped = fit(columns, cells, width)
     caption = list(notes)
     if dropped:
-        caption.append(
-            f"not shown for want of width: {', '.join(c.label for c in dropped)} (--format csv or json has all)"
-        )
+        caption.append(f"not shown for want of width: {', '.join(c.label for c in dropped)} ({whole})")
     t = Table(title=title or None, caption="\n".join(caption) or None, caption_justify="left")
     for i in kept:
         c = columns[i]
