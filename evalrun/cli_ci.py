@@ -48,12 +48,24 @@ class Place:
     commit: str | None
 
 
-def git_place(config: Path) -> Place:
-    """GitHub Actions says it (GITHUB_HEAD_REF on a pull request: its source branch); otherwise
-    the git checkout the config is in; otherwise nothing (not a failure: the run is recorded)."""
+# where CI systems say the branch (a pull request's source branch first) and the commit
+BRANCH_VARS = (
+    "EVALRUN_BRANCH",
+    "GITHUB_HEAD_REF",
+    "GITHUB_REF_NAME",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME",
+    "CI_COMMIT_REF_NAME",
+)
+COMMIT_VARS = ("GITHUB_SHA", "CI_COMMIT_SHA")
+
+
+def git_place(config: Path, branch: str | None = None) -> Place:
+    """`--branch`, else what the CI system says (GitHub Actions, GitLab CI, or EVALRUN_BRANCH),
+    else the git checkout the config is in; else nothing (not a failure: the run is recorded,
+    and runs that know no branch are each other's baselines)."""
     env = os.environ
-    branch = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME") or None
-    commit = env.get("GITHUB_SHA") or None
+    branch = branch or next((env[v] for v in BRANCH_VARS if env.get(v)), None)
+    commit = next((env[v] for v in COMMIT_VARS if env.get(v)), None)
     if branch and commit:
         return Place(branch, commit)
     where = config.resolve().parent
@@ -73,8 +85,15 @@ def cmd_ci(args: argparse.Namespace) -> int:
     from evalrun.config.load import load_experiment
 
     exp = load_experiment(args.config, args.overrides)  # a bad config: one line, exit 2, nothing sent
-    place = git_place(args.config)
-    base = _baseline(args.baseline, str(exp.config.reports_dir), exp.name, args.base_branch)
+    place = git_place(args.config, args.branch)
+    if place.branch is None:
+        print(
+            "evalrun: ci: no branch known (not a git checkout, no CI variable; --branch NAME sets it): "
+            "runs that know no branch are each other's baselines",
+            file=sys.stderr,
+        )
+    wanted = args.base_branch if place.branch is not None else None
+    base = _baseline(args.baseline, str(exp.config.reports_dir), exp.name, wanted)
     outcome = _run(args, base)
     _record(outcome.run_dir, outcome.location, place, args.base_branch, base)
     out = args.out or outcome.run_dir
@@ -136,7 +155,7 @@ def _gate(args: argparse.Namespace, base: Path, new: Path, out: Path) -> Compari
 # --------------------------------------------------------------------------- the baseline
 
 
-def _baseline(given: str | None, reports_dir: str, experiment: str, branch: str) -> Path | None:
+def _baseline(given: str | None, reports_dir: str, experiment: str, branch: str | None) -> Path | None:
     """A local copy (manifest, journal, results) of the baseline run, or None when there is none yet."""
     from evalrun.run.store import storage
 
@@ -156,7 +175,7 @@ def _baseline(given: str | None, reports_dir: str, experiment: str, branch: str)
     return None if best is None else best
 
 
-def _remote_baseline(parent: str, experiment: str, branch: str) -> Path | None:
+def _remote_baseline(parent: str, experiment: str, branch: str | None) -> Path | None:
     from evalrun.run.store import storage
 
     candidates = []
@@ -173,8 +192,9 @@ def _remote_baseline(parent: str, experiment: str, branch: str) -> Path | None:
     return storage.fetch_run(by_local[best], ("manifest.json", "journal.jsonl", "results.parquet"))
 
 
-def _latest(candidates: list[tuple[Path, Path]], experiment: str, branch: str) -> Path | None:
-    """The latest completed whole run of `experiment` that ci recorded on `branch`."""
+def _latest(candidates: list[tuple[Path, Path]], experiment: str, branch: str | None) -> Path | None:
+    """The latest completed whole run of `experiment` that ci recorded on `branch` (None: that
+    knew no branch)."""
     from evalrun.run.manifest import RunStatus
     from evalrun.run.store import manifest_if_any
 

@@ -189,6 +189,7 @@ def _add_ci_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         "that evalrun ci recorded on --base-branch in reports_dir",
     )
     s.add_argument("--base-branch", default="main", help="the branch whose runs are baselines (default: main)")
+    s.add_argument("--branch", help="this run's branch (default: the CI system's variable, else the git checkout's)")
     s.add_argument("--limit", type=_positive(int), help="use only the first N dataset rows")
     s.add_argument(
         "--max-cost", type=_positive(float), metavar="AMOUNT", help="stop cleanly before the run's cost exceeds AMOUNT"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from many import S3Server, s3_server
 
-from evalrun.cli_ci import MARKER
+from evalrun.cli_ci import BRANCH_VARS, COMMIT_VARS, MARKER
 
 __all__ = ["s3_server"]  # the fixture, imported for pytest
 
@@ -92,7 +92,7 @@ def _run_dir(result: Any) -> Path:
 
 @pytest.fixture(autouse=True)
 def _not_on_github(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_SHA", "GITHUB_STEP_SUMMARY"):
+    for name in (*BRANCH_VARS, *COMMIT_VARS, "GITHUB_STEP_SUMMARY"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -173,3 +173,27 @@ def test_bad_input_is_one_line_and_sends_nothing(tmp_path, cli) -> None:
     bad = _ci(cli, work / "bad.yaml")
     assert bad.code == 2 and "temprature" in bad.err and "Traceback" not in bad.err
     assert not (tmp_path / "reports").exists()  # nothing ran, nothing was sent
+
+
+def test_outside_git_runs_that_know_no_branch_are_each_others_baselines(tmp_path, cli) -> None:
+    work = tmp_path / "plain"  # not a git checkout, no CI variable
+    work.mkdir()
+    _, repo = _repo(tmp_path, str(tmp_path / "reports"))
+    for name in ("exp.yaml", "rows.jsonl"):
+        (work / name).write_bytes((repo / name).read_bytes())
+    first = _ci(cli, work / "exp.yaml")
+    assert first.code == 0 and "no branch known" in first.err and "no baseline yet" in first.err
+    second = _ci(cli, work / "exp.yaml")
+    assert second.code == 0 and "PASS" in second.out
+    assert orjson.loads((_run_dir(second) / "ci.json").read_bytes())["baseline"] == _run_dir(first).name
+
+
+def test_the_branch_comes_from_the_ci_system_or_the_flag(tmp_path, cli, monkeypatch) -> None:
+    _, work = _repo(tmp_path, str(tmp_path / "reports"))
+    monkeypatch.setenv("CI_COMMIT_REF_NAME", "release")  # GitLab CI
+    monkeypatch.setenv("CI_COMMIT_SHA", "abc123")
+    r = _ci(cli, work / "exp.yaml")
+    assert orjson.loads((_run_dir(r) / "ci.json").read_bytes())[("branch")] == "release"
+    r = _ci(cli, work / "exp.yaml", "--branch", "topic", "--base-branch", "release")
+    ci = orjson.loads((_run_dir(r) / "ci.json").read_bytes())
+    assert ci["branch"] == "topic" and ci["commit"] == "abc123" and ci["baseline"] is not None

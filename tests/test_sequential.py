@@ -140,13 +140,13 @@ def test_a_broken_prompt_stops_early_and_the_run_is_whole(tmp_path, cli) -> None
 
 
 def test_ci_stops_early_against_its_baseline(tmp_path, cli, monkeypatch) -> None:
-    for name in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_SHA", "GITHUB_STEP_SUMMARY"):
+    from evalrun.cli_ci import BRANCH_VARS, COMMIT_VARS
+
+    for name in (*BRANCH_VARS, *COMMIT_VARS, "GITHUB_STEP_SUMMARY"):
         monkeypatch.delenv(name, raising=False)
     good = _config(tmp_path, 80, GOOD)
-    assert cli("ci", good, "--no-progress", "--base-branch", "unknown").code == 0  # recorded (no git here)
-    ci_file = next((tmp_path / "reports" / "t").glob("*/ci.json"))
-    ci_file.write_text(orjson.dumps({"branch": "main"}).decode())  # as a main job would have recorded it
-    r = cli("ci", _config(tmp_path, 80, BROKEN), "--no-progress", "--stop-when-decided")
+    assert cli("ci", good, "--no-progress", "--branch", "main").code == 0  # main's run, recorded
+    r = cli("ci", _config(tmp_path, 80, BROKEN), "--no-progress", "--branch", "fix", "--stop-when-decided")
     assert r.code == 1, r.err
     assert "regressed against the baseline after" in r.err
 
