@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -79,7 +78,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, args.overrides)
     report = plan_report(build_plan(exp, args.limit), args.no_cache)
     if args.detect is not None:
-        report["detect"] = _detect(args, exp)
+        from evalrun.analysis.power import detect_for
+
+        report["detect"] = detect_for(exp, args.detect, args.power, args.baseline)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -89,29 +90,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
             print("\n" + format_detect(report["detect"]))
     return 0
-
-
-def _detect(args: argparse.Namespace, exp: Any) -> dict[str, Any]:
-    """plan --detect D: from a baseline run, the rows × repeats the gate needs to see D."""
-    from evalrun.analysis.power import detect_report
-    from evalrun.errors import ConfigError
-    from evalrun.run.store import RESULTS, latest_completed
-
-    if not 0 < args.detect < 1:
-        raise ConfigError(f"--detect takes a drop in pass rate between 0 and 1 (0.05 = 5 points), got {args.detect}")
-    if not 0 < args.power < 1:
-        raise ConfigError(f"--power takes a probability between 0 and 1 (0.8 = 80 %), got {args.power}")
-    folder = Path(exp.config.reports_dir) / exp.name
-    base = latest_completed(folder) if args.baseline in (None, "latest") else Path(args.baseline)
-    if base is None:
-        raise ConfigError(
-            f"--detect: no completed run of {exp.name!r} under {folder} to measure the noise from: run it once "
-            "(a pilot with --limit and repeats: 3 is enough), or give --baseline RUN_DIR"
-        )
-    if not (base / RESULTS).is_file():
-        raise ConfigError(f"--baseline {base}: not a finished run (no {RESULTS})")
-    gate = exp.config.gate
-    return detect_report(base, args.detect, args.power, gate.alpha, gate.fail_on_drop, exp.config.repeats, gate.scorer)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

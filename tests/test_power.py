@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 import orjson
+import pandas as pd
 import pytest
 from conftest import base_config, write_config
 
@@ -115,3 +116,28 @@ def test_plan_detect_from_a_baseline_run(tmp_path, capsys) -> None:
         assert code == 2
         err = capsys.readouterr().err
         assert "--detect" in err and "Traceback" not in err
+
+
+def test_with_one_answer_per_row_two_runs_measure_the_noise(tmp_path, capsys) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(
+        b"".join(
+            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
+            for i in range(40)
+        )
+    )
+    runs = []
+    for seed in (1, 2):  # the same grid, answers drawn with other seeds: they disagree on some rows
+        cfg = base_config(tmp_path, rows, params={"max_tokens": 256, "temperature": 1.0})
+        cfg["providers"]["sim"]["simulator"]["seed"] = seed
+        cfg["scorers"] = [{"name": "correct", "type": "numeric", "expected": "{answer}"}]
+        config = write_config(tmp_path, cfg, f"s{seed}.yaml")
+        assert main(["run", str(config), "--no-progress"]) == 0
+        runs.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["plan", str(config), "--detect", "0.1", "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)["detect"]
+    cell = report["cells"][0]
+    assert report["pair"] == runs[0] and cell["noise_from"] == "pair" and cell["noise_measured"]
+    a, b = (pd.read_parquet(f"{r}/results.parquet").set_index("row_id").pass_correct.astype(float) for r in runs)
+    assert cell["noise"] == pytest.approx(((a - b.reindex(a.index)) ** 2).mean() / 2, abs=1e-4)
+    assert 0 < cell["noise"] < cell["pass_rate"] * (1 - cell["pass_rate"])  # less than the worst case

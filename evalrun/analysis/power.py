@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REPEATS_SHOWN = (1, 3, 5)
+MIN_PAIRED = 10  # rows two runs must share before their disagreement stands for the noise
 MAX_ROWS = 1_000_000  # beyond this a drop is not worth planning for: said as "more than"
 _PHI = NormalDist()
 
@@ -104,9 +105,12 @@ def detect_report(
     fail_on_drop: float,
     repeats_now: int,
     scorer: str | None = None,
+    pair: Path | None = None,
 ) -> dict[str, Any]:
     """Per cell of a baseline run: its noise, the power of the current design (its rows ×
-    `repeats_now`), and the rows needed at REPEATS_SHOWN repeats, with what they cost."""
+    `repeats_now`), and the rows needed at REPEATS_SHOWN repeats, with what they cost. `pair`:
+    an earlier run of the same grid; where the baseline has one answer per row, the noise is
+    measured from how often the two runs' answers disagree instead of assumed."""
     import pyarrow.parquet as pq
 
     from evalrun.run.store import RESULTS
@@ -126,14 +130,16 @@ def detect_report(
     firsts = df.groupby("cell_id")[params].first() if params else None
     varying = [] if firsts is None else [p for p in params if firsts[p].astype(str).nunique() > 1]
     goal = (drop, target, alpha, fail_on_drop)
+    paired = {} if pair is None else _disagreement(run_dir, pair, df, f"pass_{scorer}")
     cells = []
     for (cell, model, prompt), part in df.groupby(["cell_id", "model", "prompt_id"], sort=True):
         label = " · ".join([str(model), str(prompt), *(f"{p}={part[p].iloc[0]}" for p in varying)])
-        figures = _cell(part, f"pass_{scorer}", costs, goal, repeats_now)
+        figures = _cell(part, f"pass_{scorer}", costs, goal, repeats_now, paired.get(str(cell)))
         if figures is not None:
             cells.append({"cell": label, "cell_id": cell, **figures})
     return {
         "baseline": str(run_dir),
+        "pair": None if pair is None else str(pair),
         "scorer": scorer,
         "drop": drop,
         "power": target,
@@ -143,20 +149,57 @@ def detect_report(
     }
 
 
+def _disagreement(base: Path, pair: Path, df: pd.DataFrame, column: str) -> dict[str, float]:
+    """Baseline cell id → w from two runs with one answer per row: two independent answers to a
+    row that passes with probability p disagree with probability 2p(1 − p) = 2w. Cells are
+    matched by model, prompt name and parameters; at least MIN_PAIRED rows in common."""
+    import pyarrow.parquet as pq
+
+    from evalrun.analysis.compare import cell_keys
+    from evalrun.run.store import RESULTS, manifest_if_any
+
+    keys_base, keys_pair = cell_keys(manifest_if_any(base)), cell_keys(manifest_if_any(pair))
+    other = pq.read_table(pair / RESULTS, columns=["cell_id", "row_id", column]).to_pandas()
+    frac = {}
+    for name, frame, keys in (("base", df, keys_base), ("pair", other, keys_pair)):
+        g = frame.assign(ok=frame[column].fillna(False).astype(bool)).groupby(["cell_id", "row_id"]).ok
+        frac[name] = {(keys.get(str(c)), str(r)): (v, n) for (c, r), v, n in zip(g.sum().index, g.sum(), g.size())}
+    out: dict[str, float] = {}
+    for cell, key in keys_base.items():
+        both = [
+            (v / n, frac["pair"][(key, row)][0])
+            for (k, row), (v, n) in frac["base"].items()
+            if k == key and n == 1 and frac["pair"].get((key, row), (0, 0))[1] == 1
+        ]
+        if len(both) >= MIN_PAIRED:
+            out[cell] = sum((a - b) ** 2 for a, b in both) / len(both) / 2
+    return out
+
+
 def _cell(
-    part: pd.DataFrame, column: str, costs: list[str], goal: tuple[float, float, float, float], repeats_now: int
+    part: pd.DataFrame,
+    column: str,
+    costs: list[str],
+    goal: tuple[float, float, float, float],
+    repeats_now: int,
+    paired: float | None = None,
 ) -> dict[str, Any] | None:
-    """One cell's noise, power now, rows needed and cost per answer; None if nothing was graded."""
+    """One cell's noise, power now, rows needed and cost per answer; None if nothing was graded.
+    `paired`: w measured against an earlier run (used where one answer per row tells nothing)."""
     drop, target, alpha, fail_on_drop = goal
     by_row = part.groupby("row_id")[column]
     w = noise(list(by_row.sum().astype(int)), list(by_row.size()))  # an error is an answer that failed
     if w is None:
         return None
+    source = "assumed" if w.assumed else "repeats"
+    if w.assumed and paired is not None:
+        w, source = Noise(w.rate, paired, w.rows, False), "pair"
     per_answer = float(part[costs].sum(axis=1, min_count=1).mean()) if costs else math.nan
     return {
         "pass_rate": round(w.rate, 4),
         "noise": round(w.within, 4),
         "noise_measured": not w.assumed,
+        "noise_from": source,  # repeats within the run, the disagreement with `pair`, or assumed
         "rows_now": w.rows,
         "repeats_now": repeats_now,
         "power_now": round(power(w.rows, repeats_now, drop, w.within, alpha, fail_on_drop), 3),
@@ -174,6 +217,8 @@ def format_detect(report: dict[str, Any], currency: str = "") -> str:
         f"measured on {report['baseline']}:",
         "",
     ]
+    if any(c.get("noise_from") == "pair" for c in report["cells"]):  # one answer per row there
+        lines[-2:-1] = [f"measured on {report['baseline']}; its noise: how often it and", f"{report['pair']} disagree:"]
     shown = "/".join(str(r) for r in REPEATS_SHOWN)
     rows = []
     for c in report["cells"]:
@@ -200,3 +245,30 @@ def format_detect(report: dict[str, Any], currency: str = "") -> str:
     if any(None in c["rows_needed"].values() for c in report["cells"]):
         lines.append(f"  -: more than {MAX_ROWS:,} rows, or a drop the gate does not flag")
     return "\n".join(lines)
+
+
+def detect_for(exp: Any, drop: float, target: float, baseline: str | None) -> dict[str, Any]:
+    """`plan --detect D [--baseline RUN_DIR] [--power P]`: the baseline (default: the latest
+    completed run), the run before it with the same grid if any, and detect_report over them."""
+    from evalrun.analysis.baseline import latest_baseline
+    from evalrun.run.store import RESULTS, latest_completed
+
+    if not 0 < drop < 1:
+        raise ConfigError(f"--detect takes a drop in pass rate between 0 and 1 (0.05 = 5 points), got {drop}")
+    if not 0 < target < 1:
+        raise ConfigError(f"--power takes a probability between 0 and 1 (0.8 = 80 %), got {target}")
+    folder = Path(exp.config.reports_dir) / exp.name
+    base = latest_completed(folder) if baseline in (None, "latest") else Path(baseline)
+    if base is None:
+        raise ConfigError(
+            f"--detect: no completed run of {exp.name!r} under {folder} to measure the noise from: run it once "
+            "(a pilot with --limit and repeats: 3 is enough), or give --baseline RUN_DIR"
+        )
+    if not (base / RESULTS).is_file():
+        raise ConfigError(f"--baseline {base}: not a finished run (no {RESULTS})")
+    try:  # with one answer per row, the noise is how often two runs of the same grid disagree
+        pair: Path | None = latest_baseline(base)
+    except ConfigError:
+        pair = None
+    gate = exp.config.gate
+    return detect_report(base, drop, target, gate.alpha, gate.fail_on_drop, exp.config.repeats, gate.scorer, pair)
