@@ -11,6 +11,7 @@ Then the command over a real simulator run: its table, JSON, and bad input.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import orjson
 import pandas as pd
@@ -83,14 +84,19 @@ def test_one_answer_per_row_assumes_the_worst_and_says_so() -> None:
     assert noise([0, 0], [0, 0]) is None
 
 
-def test_plan_detect_from_a_baseline_run(tmp_path, capsys) -> None:
+def _rows(tmp_path: Path, n: int) -> Path:
     rows = tmp_path / "rows.jsonl"
     rows.write_bytes(
         b"".join(
             orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(30)
+            for i in range(n)
         )
     )
+    return rows
+
+
+def test_plan_detect_from_a_baseline_run(tmp_path, capsys) -> None:
+    rows = _rows(tmp_path, 30)
     cfg = base_config(tmp_path, rows, repeats=3, params={"max_tokens": 256, "temperature": 1.0})
     cfg["scorers"] = [{"name": "correct", "type": "numeric", "expected": "{answer}"}]
     config = write_config(tmp_path, cfg)
@@ -119,13 +125,7 @@ def test_plan_detect_from_a_baseline_run(tmp_path, capsys) -> None:
 
 
 def test_with_one_answer_per_row_two_runs_measure_the_noise(tmp_path, capsys) -> None:
-    rows = tmp_path / "rows.jsonl"
-    rows.write_bytes(
-        b"".join(
-            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(40)
-        )
-    )
+    rows = _rows(tmp_path, 40)
     runs = []
     for seed in (1, 2):  # the same grid, answers drawn with other seeds: they disagree on some rows
         cfg = base_config(tmp_path, rows, params={"max_tokens": 256, "temperature": 1.0})
