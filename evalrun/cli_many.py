@@ -235,7 +235,7 @@ def localize(args: argparse.Namespace) -> None:
                 storage.fetch_run(url, ("manifest.json", "journal.jsonl"), into=staging)
             args.resume = staging
     elif cmd in ("summary", "cost", "report", "score") and storage.is_url(args.run_dir):
-        args.run_dir = storage.fetch_run(storage.as_location(args.run_dir))
+        _reading_copy(args)
         if cmd == "report" and args.out is None:
             args.out = args.run_dir / "report.html"
     if cmd == "report" and args.compare is not None and storage.is_url(args.compare):
@@ -254,6 +254,17 @@ def localize(args: argparse.Namespace) -> None:
         if storage.is_url(args.out):
             args.publish_to = storage.as_location(args.out)
             args.out = storage.staging_dir(args.publish_to)
+
+
+def _reading_copy(args: argparse.Namespace) -> None:
+    """A reading command's run on object storage → its cached copy (and report's `--compare
+    latest` → the latest earlier run among its siblings in the bucket, not in the cache)."""
+    from evalrun.run.store import storage
+
+    url = storage.as_location(args.run_dir)
+    if args.command == "report" and args.compare is not None and str(args.compare) == "latest":
+        args.compare = storage.fetch_run(_latest_remote(url))
+    args.run_dir = storage.fetch_run(url)
 
 
 def _latest_remote(new_url: str) -> str:

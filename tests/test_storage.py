@@ -4,6 +4,7 @@ pyarrow's S3 client exactly as a user's bucket is (the AWS environment, AWS_ENDP
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,10 @@ def test_a_run_on_s3_is_published_and_read_back(
     assert cmp.code == 0, cmp.err
     latest = cli("compare", "--baseline", "latest", url2)
     assert latest.code == 0 and url.rsplit("/", 1)[-1] in latest.out + latest.err, latest.out + latest.err
+    shutil.rmtree(tmp_path / "cache" / "read")  # another machine: no run of the bucket read here yet
+    page = cli("report", url2, "--compare", "latest")  # the base found among the bucket's runs
+    assert page.code == 0, page.err
+    assert url.rsplit("/", 1)[-1] in Path(page.out.strip().splitlines()[-1]).read_text()
     # credentials never reach what evalrun writes
     for blob in [*s3_server.objects("evals").values(), html.encode()]:
         assert AWS_SECRET.encode() not in blob and b"testing-key-id" not in blob
