@@ -46,6 +46,17 @@ def dataset(tmp_path: Path) -> Path:
     return path
 
 
+def arithmetic_rows(path: Path, n: int) -> Path:
+    """`n` sums the simulator answers (ids q0…), written as JSONL at `path`."""
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
+            for i in range(n)
+        )
+    )
+    return path
+
+
 def base_config(tmp_path: Path, dataset: Path, base_url: str | None = None, **extra: Any) -> dict[str, Any]:
     """A small valid experiment: the embedded simulator, or an OpenAI-compatible base_url."""
     if base_url is None:

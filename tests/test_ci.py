@@ -18,6 +18,7 @@ import orjson
 import pandas as pd
 import pytest
 import yaml
+from conftest import arithmetic_rows
 from many import S3Server, s3_server
 
 from evalrun.cli_ci import BRANCH_VARS, COMMIT_VARS, MARKER
@@ -54,12 +55,7 @@ def _repo(tmp: Path, reports_dir: str) -> tuple[Path, Path]:
     _git(tmp, "init", "-q", "--bare", str(origin))
     _git(tmp, "clone", "-q", str(origin), str(work))
     (work / "exp.yaml").write_text(yaml.safe_dump(_config(reports_dir), sort_keys=False))
-    (work / "rows.jsonl").write_bytes(
-        b"".join(
-            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(40)
-        )
-    )
+    arithmetic_rows(work / "rows.jsonl", 40)
     _git(work, "add", "-A")
     _git(work, "commit", "-qm", "the experiment")
     _git(work, "push", "-q", "origin", "HEAD:main")

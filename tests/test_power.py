@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from conftest import base_config, write_config
+from conftest import arithmetic_rows, base_config, write_config
 
 from evalrun.analysis.compare import Gate, verdict
 from evalrun.analysis.power import noise, power, rows_needed
@@ -85,14 +85,7 @@ def test_one_answer_per_row_assumes_the_worst_and_says_so() -> None:
 
 
 def _rows(tmp_path: Path, n: int) -> Path:
-    rows = tmp_path / "rows.jsonl"
-    rows.write_bytes(
-        b"".join(
-            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(n)
-        )
-    )
-    return rows
+    return arithmetic_rows(tmp_path / "rows.jsonl", n)
 
 
 def test_plan_detect_from_a_baseline_run(tmp_path, capsys) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, write_config
+from conftest import arithmetic_rows, base_config, write_config
 from test_report import HOSTILE, _browser_page
 
 from evalrun.cli import main
@@ -31,14 +31,7 @@ ROWS = 20_000
 
 
 def _dataset(tmp: Path, n: int = 40) -> Path:
-    data = tmp / "rows.jsonl"
-    data.write_bytes(
-        b"".join(
-            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(n)
-        )
-    )
-    return data
+    return arithmetic_rows(tmp / "rows.jsonl", n)
 
 
 def _run(tmp: Path, name: str, **sim: Any) -> Path:

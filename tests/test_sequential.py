@@ -19,7 +19,7 @@ import orjson
 import pandas as pd
 import pytest
 import yaml
-from conftest import base_config, write_config
+from conftest import arithmetic_rows, base_config, write_config
 from test_gate_repeats import _drawn
 
 from evalrun.analysis.compare import Gate, verdict
@@ -95,14 +95,9 @@ def test_a_settled_verdict_does_not_change() -> None:
 
 
 def _config(tmp: Path, rows: int, terse: str) -> Path:
-    data = tmp / "rows.jsonl"
-    data.write_bytes(
-        b"".join(
-            orjson.dumps({"id": f"q{i}", "question": f"{i * 7 + 3} + {i * 5 + 2}", "answer": i * 12 + 5}) + b"\n"
-            for i in range(rows)
-        )
+    cfg = base_config(
+        tmp, arithmetic_rows(tmp / "rows.jsonl", rows), models=["gemini-2.5-flash-lite", "gemini-3.1-pro-preview"]
     )
-    cfg = base_config(tmp, data, models=["gemini-2.5-flash-lite", "gemini-3.1-pro-preview"])
     cfg["params"] = {"max_tokens": 2048, "reasoning_effort": "low"}
     cfg["prompts"] = {
         "plain": [{"role": "user", "content": "What is {question}? Only the number."}],
