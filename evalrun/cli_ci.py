@@ -24,6 +24,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from evalrun.analysis.compare import Comparison
 
 CI_FILE = "ci.json"
+BASELINE_FILES = ("manifest.json", "journal.jsonl", "results.parquet")  # what reuse and compare read
 MARKER = "<!-- evalrun-ci: {experiment} -->"
 COMMENT_LIMIT = 60_000  # GitHub refuses comments over 65,536 characters
 
@@ -161,50 +163,38 @@ def _baseline(given: str | None, reports_dir: str, experiment: str, branch: str 
 
     if given is not None:
         if storage.is_url(given):
-            return storage.fetch_run(storage.as_location(given), ("manifest.json", "journal.jsonl", "results.parquet"))
+            return storage.fetch_run(storage.as_location(given), BASELINE_FILES)
         path = Path(given)
         if not (path / "results.parquet").is_file() or not (path / "journal.jsonl").is_file():
             raise ConfigError(
                 f"--baseline {given}: not a finished run directory (needs results.parquet and journal.jsonl)"
             )
         return path
-    if storage.is_url(reports_dir):
-        return _remote_baseline(storage.join(reports_dir, experiment), experiment, branch)
-    candidates = [(d, d / CI_FILE) for d in (Path(reports_dir) / experiment).glob("*") if (d / CI_FILE).is_file()]
-    best = _latest(candidates, experiment, branch)
-    return None if best is None else best
-
-
-def _remote_baseline(parent: str, experiment: str, branch: str | None) -> Path | None:
-    from evalrun.run.store import storage
-
-    candidates = []
-    for url in storage.list_runs(parent):
+    if not storage.is_url(reports_dir):
+        return _latest((Path(reports_dir) / experiment).glob("*"), experiment, branch)
+    copies = {}  # local copy (manifest, ci.json) → its URL
+    for url in storage.list_runs(storage.join(reports_dir, experiment)):
         try:
-            local = storage.fetch_run(url, ("manifest.json", CI_FILE))
+            copies[storage.fetch_run(url, ("manifest.json", CI_FILE))] = url
         except ConfigError:
             continue  # not a run directory
-        candidates.append((local, local / CI_FILE, url))
-    by_local = {c[0]: c[2] for c in candidates}
-    best = _latest([(c[0], c[1]) for c in candidates], experiment, branch)
-    if best is None:
-        return None
-    return storage.fetch_run(by_local[best], ("manifest.json", "journal.jsonl", "results.parquet"))
+    best = _latest(copies, experiment, branch)
+    return None if best is None else storage.fetch_run(copies[best], BASELINE_FILES)
 
 
-def _latest(candidates: list[tuple[Path, Path]], experiment: str, branch: str | None) -> Path | None:
-    """The latest completed whole run of `experiment` that ci recorded on `branch` (None: that
-    knew no branch)."""
+def _latest(run_dirs: Iterable[Path], experiment: str, branch: str | None) -> Path | None:
+    """The latest completed whole run of `experiment` that ci recorded (a ci.json) on `branch`
+    (None: that knew no branch)."""
     from evalrun.run.manifest import RunStatus
     from evalrun.run.store import manifest_if_any
 
     best: tuple[str, Path] | None = None
-    for run_dir, ci_file in candidates:
+    for run_dir in run_dirs:
         try:
-            ci = orjson.loads(ci_file.read_bytes()) if ci_file.is_file() else {}
+            ci = orjson.loads((run_dir / CI_FILE).read_bytes())
             m = manifest_if_any(run_dir)
         except (OSError, orjson.JSONDecodeError, ConfigError):
-            continue  # a damaged run is no baseline
+            continue  # not recorded by ci, or damaged: no baseline
         if not isinstance(ci, dict) or ci.get("branch") != branch:
             continue
         if m.experiment != experiment or m.shard is not None or m.status is not RunStatus.COMPLETED:

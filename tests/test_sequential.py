@@ -167,3 +167,25 @@ def test_what_cannot_be_decided_early_is_refused_in_one_line(tmp_path, cli) -> N
     judged = write_config(tmp_path, cfg, "judged.yaml")
     r = cli("run", judged, "--no-progress", "--stop-when-decided", "latest")
     assert r.code == 2 and "model judge" in r.err and "Traceback" not in r.err
+
+
+def test_repeats_choices_and_errors_still_decide_and_leave_the_run_whole(tmp_path, cli) -> None:
+    # a row is whole after its repeats, whatever each request came back with: n choices, or one
+    # error row (as the baseline's results.parquet counts it)
+    def config(terse: str, name: str) -> Path:
+        cfg = yaml.safe_load(_config(tmp_path, 60, terse).read_text())
+        cfg["repeats"] = 2
+        cfg["params"]["n"] = 2
+        cfg["providers"]["sim"]["simulator"].update(rate_500=0.1, status_5xx=500)
+        cfg["retry"]["max_attempts"] = 1
+        return write_config(tmp_path, cfg, name)
+
+    base = cli("run", config(GOOD, "good.yaml"), "--no-progress")
+    assert base.code in (0, 1), base.err  # 1 if every request of a cell failed: not with 10 %
+    r = cli("run", config(BROKEN, "broken.yaml"), "--no-progress", "--stop-when-decided", str(base.run_dir))
+    m = orjson.loads((r.run_dir / "manifest.json").read_bytes())
+    assert r.code == 0 and m["status"] == "completed" and m["counts"]["missing"] == 0, r.err
+    assert m["counts"]["errors"] > 0  # errors were among the rows judged
+    terse = [c for c in m["decided"]["cells"].values() if c["label"].endswith("terse")]
+    assert [c["verdict"] for c in terse] == [REGRESSED, REGRESSED]
+    assert all(c["answered"] < 2 * 60 for c in terse)  # 60 rows × 2 repeats, the rest not sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from evalrun.analysis.compare import cell_keys, endpoints
 from evalrun.errors import ConfigError
@@ -57,3 +58,17 @@ def latest_baseline(new_dir: Path) -> Path:
             f"in {new_dir.parent}{hint}"
         )
     return best[1]
+
+
+def named_or_latest(exp: Any, given: str | None, flag: str, hint: str = "") -> Path:
+    """The run a flag names (a finished run directory), or with `latest` (or nothing) the
+    experiment's latest completed run; one line naming what was looked at when there is none."""
+    from evalrun.run.store import latest_completed
+
+    folder = Path(exp.config.reports_dir) / exp.name
+    base = latest_completed(folder) if given in (None, "latest") else Path(given)
+    if base is None:
+        raise ConfigError(f"{flag}: no completed run of {exp.name!r} under {folder}{hint}")
+    if not (base / RESULTS).is_file():
+        raise ConfigError(f"{flag} {base}: not a finished run (no {RESULTS})")
+    return base

@@ -250,22 +250,14 @@ def format_detect(report: dict[str, Any], currency: str = "") -> str:
 def detect_for(exp: Any, drop: float, target: float, baseline: str | None) -> dict[str, Any]:
     """`plan --detect D [--baseline RUN_DIR] [--power P]`: the baseline (default: the latest
     completed run), the run before it with the same grid if any, and detect_report over them."""
-    from evalrun.analysis.baseline import latest_baseline
-    from evalrun.run.store import RESULTS, latest_completed
+    from evalrun.analysis.baseline import latest_baseline, named_or_latest
 
     if not 0 < drop < 1:
         raise ConfigError(f"--detect takes a drop in pass rate between 0 and 1 (0.05 = 5 points), got {drop}")
     if not 0 < target < 1:
         raise ConfigError(f"--power takes a probability between 0 and 1 (0.8 = 80 %), got {target}")
-    folder = Path(exp.config.reports_dir) / exp.name
-    base = latest_completed(folder) if baseline in (None, "latest") else Path(baseline)
-    if base is None:
-        raise ConfigError(
-            f"--detect: no completed run of {exp.name!r} under {folder} to measure the noise from: run it once "
-            "(a pilot with --limit and repeats: 3 is enough), or give --baseline RUN_DIR"
-        )
-    if not (base / RESULTS).is_file():
-        raise ConfigError(f"--baseline {base}: not a finished run (no {RESULTS})")
+    hint = " to measure the noise from: run it once (a pilot with --limit and repeats: 3 is enough), or give --baseline RUN_DIR"
+    base = named_or_latest(exp, baseline, "--detect", hint)
     try:  # with one answer per row, the noise is how often two runs of the same grid disagree
         pair: Path | None = latest_baseline(base)
     except ConfigError:

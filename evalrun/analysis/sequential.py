@@ -130,7 +130,7 @@ class RowDecider:
         self._tests = {
             c.cell_id: Sequential(gate.fail_on_drop, gate.alpha) for c in plan.cells if c.cell_id in self._base
         }
-        self._expected = {c.cell_id: plan.repeats * int(c.params.get("n") or 1) for c in plan.cells}
+        self._repeats = plan.repeats
         self._labels = {c.cell_id: f"{c.model} · {c.prompt_id}" for c in plan.cells}
         self._answered: dict[str, int] = {c.cell_id: 0 for c in plan.cells}
         self._pending: dict[tuple[str, str], list[int]] = {}
@@ -143,10 +143,13 @@ class RowDecider:
             return
         scored = [dict(r) for r in rows]  # the journal's rows stay as they are
         self._scorers.apply(scored, DATA_PREFIX)
-        acc = self._pending.setdefault((cell, spec.row_id), [0, 0])
+        # [passes, answers, requests]: a row is whole after `repeats` requests (an error is one
+        # row however many choices were asked, as in results.parquet the baseline is read from)
+        acc = self._pending.setdefault((cell, spec.row_id), [0, 0, 0])
         acc[0] += sum(1 for r in scored if r.get(f"pass_{self._name}"))
         acc[1] += len(scored)
-        if acc[1] < self._expected[cell]:
+        acc[2] += 1
+        if acc[2] < self._repeats:
             return
         del self._pending[(cell, spec.row_id)]
         base = self._base[cell].get(spec.row_id)
@@ -192,16 +195,12 @@ def decider_for(baseline: str) -> Callable[[Plan], RowDecider]:
     completed run): the run builds the decider once its plan is known."""
 
     def build(plan: Plan) -> RowDecider:
+        from evalrun.analysis.baseline import named_or_latest
         from evalrun.analysis.compare import Gate
         from evalrun.analysis.scoring import load_scorers
-        from evalrun.run.store import RESULTS, latest_completed
 
         exp = plan.exp
-        folder = Path(exp.config.reports_dir) / exp.name
-        base = latest_completed(folder) if baseline == "latest" else Path(baseline)
-        if base is None or not (base / RESULTS).is_file():
-            where = f"no completed run of {exp.name!r} under {folder}" if base is None else f"{base} has no {RESULTS}"
-            raise ConfigError(f"--stop-when-decided {baseline}: {where}; give a finished run directory")
+        base = named_or_latest(exp, baseline, "--stop-when-decided", "; give a finished run directory")
         cfg = exp.config.gate
         gate = Gate(cfg.scorer, cfg.fail_on_drop, cfg.alpha, False, cfg.min_passes)
         scorers = load_scorers(exp.config.scorers, exp.path, tuple(plan.dataset.columns), exp.lines)
